@@ -1,0 +1,279 @@
+"""Label Studio's lifecycle: install into its own virtualenv, start on loopback, bootstrap a token, stop.
+
+Label Studio pins its own Django stack, so it never shares editloop's environment: it lives in
+`settings.label_studio_venv` (created on first use) and runs as a child process with its data
+under `<state_dir>/label-studio`. The API token is a personal access token (a JWT refresh token,
+`Authorization: Bearer` after the SDK exchanges it): legacy tokens are off by default for new
+organizations since Label Studio 1.17, and personal access tokens can be revoked and expire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from editloop.settings import Settings
+
+LABEL_STUDIO_VERSION = "1.23.2"
+ADMIN_EMAIL = "admin@editloop.local"
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio could not be installed, started or reached."""
+
+
+@dataclass(frozen=True)
+class LabelStudioInfo:
+    """What a client needs to reach a running Label Studio (kept in <state_dir>/label-studio.json)."""
+
+    url: str
+    token: str
+    pid: int
+    data_dir: str
+    admin_email: str
+    admin_password: str
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.chmod(0o600)  # holds the admin password and token
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LabelStudioInfo:
+        if not path.is_file():
+            raise LabelStudioError(f"Label Studio is not up (no {path}); run `editloop annotation up`")
+        return cls(**json.loads(path.read_text()))
+
+
+def info_path(settings: Settings) -> Path:
+    return settings.state_dir / "label-studio.json"
+
+
+def executable(venv: Path) -> Path:
+    return venv / "bin" / "label-studio"
+
+
+def ensure_installed(venv: Path, version: str = LABEL_STUDIO_VERSION) -> Path:
+    """Create the virtualenv and install Label Studio into it if it is not there; returns the executable."""
+    exe = executable(venv)
+    if exe.is_file():
+        return exe
+    print(f"installing label-studio=={version} into {venv} (once; a few minutes)", flush=True)
+    if not (venv / "bin" / "python").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    result = subprocess.run([*pip, f"label-studio=={version}"], capture_output=True, text=True)
+    if result.returncode != 0 or not exe.is_file():
+        raise LabelStudioError(f"installing label-studio into {venv} failed:\n{result.stderr[-3000:]}")
+    return exe
+
+
+def server_env(data_dir: Path, email: str, password: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "LABEL_STUDIO_"))}
+    env.update({
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_USERNAME": email,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",  # simulated annotators sign up like people
+        # The webhook receiver and the image endpoint are editloop processes on loopback; Label Studio's
+        # SSRF guard refuses local addresses by default. Everything here listens on 127.0.0.1 only.
+        "SSRF_PROTECTION_ENABLED": "false",
+        "WEBHOOK_TIMEOUT": "5",
+        "DEBUG": "false",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LabelStudioError(f"Label Studio exited with code {proc.returncode} while starting")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise LabelStudioError(f"Label Studio at {url} did not answer /health within {timeout:.0f}s")
+
+
+def login_session(url: str, email: str, password: str) -> requests.Session:
+    """A browser-like session: GET the login form for the CSRF cookie, POST the credentials."""
+    session = requests.Session()
+    session.get(f"{url}/user/login/", timeout=30)
+    csrf = session.cookies.get("csrftoken", "")
+    resp = session.post(f"{url}/user/login/", data={"email": email, "password": password,
+                                                    "csrfmiddlewaretoken": csrf},
+                        headers={"Referer": f"{url}/user/login/"}, timeout=30, allow_redirects=False)
+    if resp.status_code not in (302, 303) or "sessionid" not in session.cookies:
+        raise LabelStudioError(f"logging in to Label Studio as {email} failed (HTTP {resp.status_code})")
+    session.headers["X-CSRFToken"] = session.cookies.get("csrftoken", "")
+    session.headers["Referer"] = url
+    return session
+
+
+def personal_access_token(url: str, email: str, password: str) -> str:
+    """Log in and create (or, if one exists, rotate to) a personal access token for this user."""
+    session = login_session(url, email, password)
+    resp = session.post(f"{url}/api/token/", timeout=30)
+    if resp.status_code == 201 or resp.status_code == 200:
+        return resp.json()["token"]
+    existing = session.get(f"{url}/api/token/", timeout=30)
+    if existing.ok and existing.json():  # one token per user: rotate it (we never stored the old one)
+        rotated = session.post(f"{url}/api/token/rotate/", json={"refresh": existing.json()[0]["token"]},
+                               timeout=30)
+        if rotated.ok:
+            return rotated.json()["refresh"]
+    raise LabelStudioError(f"could not create an API token for {email}: HTTP {resp.status_code} {resp.text[:300]}")
+
+
+def signup(url: str, email: str, password: str) -> None:
+    """Create a user through the signup form (what a person does); an existing user is left as is."""
+    session = requests.Session()
+    session.get(f"{url}/user/signup/", timeout=30)
+    csrf = session.cookies.get("csrftoken", "")
+    resp = session.post(f"{url}/user/signup/", data={"email": email, "password": password,
+                                                     "csrfmiddlewaretoken": csrf},
+                        headers={"Referer": f"{url}/user/signup/"}, timeout=30, allow_redirects=False)
+    if resp.status_code in (302, 303):
+        return
+    if "already exists" in resp.text:
+        return
+    raise LabelStudioError(f"signing up {email} failed (HTTP {resp.status_code})")
+
+
+def start(venv: Path, data_dir: Path, port: int, log_path: Path, timeout: float = 240) -> LabelStudioInfo:
+    """Start Label Studio on 127.0.0.1:port (installing it first if needed), wait for health, make a token."""
+    exe = ensure_installed(venv)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password_file = data_dir / "editloop-admin-password"
+    if not password_file.is_file():
+        password_file.write_text(secrets.token_urlsafe(18))
+        password_file.chmod(0o600)
+    password = password_file.read_text().strip()
+    url = f"http://127.0.0.1:{port}"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(data_dir), "--username", ADMIN_EMAIL, "--password", password],
+        env=server_env(data_dir, ADMIN_EMAIL, password), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    log.close()
+    try:
+        wait_healthy(url, proc, timeout)
+        token = personal_access_token(url, ADMIN_EMAIL, password)
+    except BaseException:
+        stop_process(proc.pid)
+        raise
+    return LabelStudioInfo(url=url, token=token, pid=proc.pid, data_dir=str(data_dir), admin_email=ADMIN_EMAIL,
+                           admin_password=password)
+
+
+def stop_process(pid: int, timeout: float = 20) -> bool:
+    """SIGTERM the process group Label Studio leads, SIGKILL after `timeout`; False if it was not running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
+
+
+def is_running(info: LabelStudioInfo) -> bool:
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return requests.get(f"{info.url}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def web_pid_path(settings: Settings) -> Path:
+    return settings.state_dir / "annotation-web.pid"
+
+
+def start_web(settings: Settings, timeout: float = 60) -> int:
+    """Start editloop's image endpoint and webhook receiver (`python -m annotation.web`) unless it answers."""
+    url = settings.resolved_annotation_web_url()
+    try:
+        if requests.get(f"{url}/health", timeout=2).ok:
+            return int(web_pid_path(settings).read_text()) if web_pid_path(settings).is_file() else -1
+    except requests.RequestException:
+        pass
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(settings.state_dir.resolve())}
+    with open(settings.state_dir / "annotation-web.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "annotation.web"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabelStudioError(f"the annotation web endpoint exited with code {proc.returncode}; "
+                                   f"see {settings.state_dir / 'annotation-web.log'}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                web_pid_path(settings).write_text(str(proc.pid))
+                return proc.pid
+        except requests.RequestException:
+            time.sleep(0.3)
+    stop_process(proc.pid)
+    raise LabelStudioError(f"the annotation web endpoint did not answer at {url} within {timeout:.0f}s")
+
+
+def up(settings: Settings, port: int | None = None) -> LabelStudioInfo:
+    """`editloop annotation up`: Label Studio (unless the one recorded in the state dir runs) and the web endpoint."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    start_web(settings)
+    path = info_path(settings)
+    if path.is_file():
+        info = LabelStudioInfo.load(path)
+        if is_running(info):
+            return info
+    info = start(settings.label_studio_venv, settings.state_dir / "label-studio", port or settings.label_studio_port,
+                 settings.state_dir / "label-studio.log")
+    info.save(path)
+    return info
+
+
+def down(settings: Settings) -> bool:
+    """Stop Label Studio and the web endpoint; False if neither was recorded as running."""
+    stopped = False
+    if web_pid_path(settings).is_file():
+        stopped |= stop_process(int(web_pid_path(settings).read_text()))
+        web_pid_path(settings).unlink(missing_ok=True)
+    path = info_path(settings)
+    if path.is_file():
+        stopped |= stop_process(LabelStudioInfo.load(path).pid)
+        path.unlink(missing_ok=True)
+    return stopped

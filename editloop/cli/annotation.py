@@ -1,0 +1,148 @@
+"""`editloop annotation up|down|push|label|sync|stats`: best/worst labelling in a real Label Studio."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from editloop.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("annotation", help="Label Studio: start it, push candidate sets, sync labels, statistics")
+    asub = p.add_subparsers(dest="annotation_command", required=True)
+    up = asub.add_parser("up", help="install (once) and start Label Studio on loopback, plus the image/webhook "
+                                    "endpoint")
+    up.add_argument("--port", type=int, default=None, help="Label Studio's port (default EDITLOOP_LABEL_STUDIO_PORT)")
+    up.set_defaults(func=_up)
+    asub.add_parser("down", help="stop Label Studio and the endpoint").set_defaults(func=_down)
+    push = asub.add_parser("push", help="candidate sets (and comparison pairs) become Label Studio tasks; "
+                                        "idempotent")
+    push.add_argument("--overlap", type=int, default=2, help="annotators per task (default 2)")
+    push.add_argument("--batch-size", type=int, default=50)
+    push.add_argument("--ids", type=int, nargs="*", default=None, help="only these candidate sets")
+    push.add_argument("--no-pairs", action="store_true", help="skip side-by-side comparison pairs")
+    push.set_defaults(func=_push)
+    label = asub.add_parser("label", help="simulated annotators label every pushed task through the API")
+    label.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                       help="one simulated annotator per temperature (noise of its answers)")
+    label.add_argument("--seed", type=int, default=0)
+    label.add_argument("--reversed", action="store_true", help="annotators with the reversed utility weights")
+    label.set_defaults(func=_label)
+    sync = asub.add_parser("sync", help="reconcile with Label Studio and apply pending label events")
+    sync.add_argument("--watch", type=float, default=0, help="repeat every SECONDS until interrupted")
+    sync.set_defaults(func=_sync)
+    asub.add_parser("stats", help="labels per annotator and day, agreement, GSB").set_defaults(func=_stats)
+
+
+def _context(settings: Settings):  # noqa: ANN202
+    from editloop.db.session import make_engine, make_sessionmaker, upgrade
+    from editloop.store import open_store
+
+    url = settings.resolved_database_url()
+    upgrade(url)
+    return make_sessionmaker(make_engine(url)), open_store(settings)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from annotation import server
+
+    settings = Settings()
+    info = server.up(settings, args.port)
+    print(f"Label Studio is up at {info.url} (admin {info.admin_email}, password in "
+          f"{info.data_dir}/editloop-admin-password); image/webhook endpoint at "
+          f"{settings.resolved_annotation_web_url()}; API token (personal access token) in "
+          f"{server.info_path(settings)}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from annotation import server
+
+    print("stopped" if server.down(Settings()) else "nothing was running")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from annotation.client import connect_from_state
+    from annotation.links import LinkMaker, webhook_token
+    from annotation.push import Target, push_candidate_sets, push_pairs
+
+    settings = Settings()
+    sessions, store = _context(settings)
+    ls, _ = connect_from_state(settings)
+    target = Target(args.overlap, args.batch_size, f"{settings.resolved_annotation_web_url()}/webhook",
+                    webhook_token(settings))
+    link = LinkMaker(settings, store)
+    report = push_candidate_sets(ls, sessions, store, link, target, args.ids)
+    print(f"best/worst: {report.created} tasks created, {report.adopted} adopted, {report.already} already there; "
+          f"projects {report.projects}")
+    if not args.no_pairs:
+        pairs = push_pairs(ls, sessions, link, target)
+        print(f"side by side: {pairs.created} created, {pairs.adopted} adopted, {pairs.already} already there")
+    return 0
+
+
+def simulated_labellers(url: str, temperatures: list[float], seed: int, reverse: bool) -> list:
+    from annotation.simulate import join
+    from editloop.world.annotators import panel, reversed_weights
+
+    weights = reversed_weights() if reverse else None
+    return [join(url, a) for a in panel(tuple(temperatures), weights, seed)]
+
+
+def _label(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+    from tqdm import tqdm
+
+    from annotation.client import connect_from_state
+    from annotation.simulate import label_project
+    from editloop.db.models import LabelTask
+
+    settings = Settings()
+    sessions, _ = _context(settings)
+    _, info = connect_from_state(settings)
+    labellers = simulated_labellers(info.url, args.temperatures, args.seed, args.reversed)
+    with sessions() as session:
+        projects = session.execute(select(LabelTask.ls_project_id, func.count()).group_by(LabelTask.ls_project_id))
+        projects = list(projects)
+    for project_id, n_tasks in projects:
+        with tqdm(desc=f"labelling project {project_id}", unit="label") as bar:
+            counts = label_project(info.url, labellers, project_id, progress=bar.update)
+        print(f"project {project_id} ({n_tasks} tasks): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from annotation.client import connect_from_state
+    from annotation.sync import sync
+
+    settings = Settings()
+    sessions, _ = _context(settings)
+    ls, _ = connect_from_state(settings)
+    while True:
+        report = sync(ls, sessions)
+        print(f"Label Studio holds {report.seen} annotations; {report.recorded} new events from polling; "
+              f"applied {report.applied.applied} ({dict(report.applied.outcomes)})"
+              + (f"; {len(report.malformed)} malformed: {report.malformed[:3]}" if report.malformed else ""))
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from editloop.labels.stats import format_stats, label_stats
+
+    settings = Settings()
+    sessions, _ = _context(settings)
+    names = {}
+    try:
+        from annotation.client import connect_from_state
+
+        ls, _ = connect_from_state(settings)
+        names = {f"ls:{u.id}": u.email for u in ls.users.list()}
+    except Exception:  # noqa: BLE001 - names are a nicety; ids are printed when Label Studio is down
+        pass
+    with sessions() as session:
+        print(format_stats(label_stats(session), names))
+    return 0

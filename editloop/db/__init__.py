@@ -1,0 +1,25 @@
+"""Database: SQLAlchemy 2 typed models, Alembic migrations, session factory."""
+
+from editloop.db.models import (
+    Base,
+    CandidateItem,
+    CandidateSet,
+    Comparison,
+    ComparisonPair,
+    Generation,
+    GenerationImage,
+    ImageRecord,
+    LabelEvent,
+    LabelTask,
+    ModelVersion,
+    Preference,
+    Prompt,
+    TrainingRun,
+)
+from editloop.db.session import make_engine, make_sessionmaker, upgrade
+
+__all__ = [
+    "Base", "CandidateItem", "CandidateSet", "Comparison", "ComparisonPair", "Generation", "GenerationImage",
+    "ImageRecord", "LabelEvent", "LabelTask", "ModelVersion",
+    "Preference", "Prompt", "TrainingRun", "make_engine", "make_sessionmaker", "upgrade",
+]

@@ -1,0 +1,164 @@
+"""Reward models, ImageReward-style (Xu et al., 2023) at tiny scale.
+
+- `PreferenceReward` (aesthetic R_a and alignment R_b): a patch image encoder and a CLIP-style
+  text encoder, fused by cross-attention (image tokens attend to text tokens), then an MLP
+  head to one score. Optional source image and mask enter as extra input channels, so an edit
+  can be scored against what it edited.
+- `CoherenceReward` (R_g): a per-pixel real/fake map from a small conv encoder-decoder, with a
+  scalar summary (mean probability that a pixel is real).
+
+Both carry their config (ConfigMixin) and save/load with save_pretrained / from_pretrained.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+REWARD_KINDS = ("aesthetic", "alignment", "coherence")
+
+
+class FusionBlock(nn.Module):
+    """Self-attention over image tokens, cross-attention to text tokens, MLP (pre-norm)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_pad: torch.Tensor | None) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        h = self.norm2(x)
+        x = x + self.cross_attn(h, text, text, key_padding_mask=text_pad, need_weights=False)[0]
+        return x + self.mlp(self.norm3(x))
+
+
+class PreferenceReward(ModelMixin, ConfigMixin):
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, image_size: int = 64, patch_size: int = 8, in_channels: int = 7, dim: int = 128,
+                 depth: int = 2, heads: int = 4, text_config: dict | None = None) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"`image_size` {image_size} must be a multiple of `patch_size` {patch_size}")
+        self.patch = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.pos = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, dim))
+        self.text_encoder = CLIPTextModel(CLIPTextConfig(**(text_config or {})))
+        self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, dim)
+        self.blocks = nn.ModuleList([FusionBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                source: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """images/source in [-1, 1] (N,3,H,W), mask in {0,1} (N,1,H,W) -> scores (N,)."""
+        n, _, h, w = images.shape
+        source = source if source is not None else torch.zeros_like(images)
+        mask = mask if mask is not None else images.new_zeros(n, 1, h, w)
+        x = self.patch(torch.cat([images, source, mask], dim=1)).flatten(2).transpose(1, 2) + self.pos
+        text = self.text_proj(self.text_encoder(input_ids, attention_mask=attention_mask)[0])
+        pad = (attention_mask == 0) if attention_mask is not None else None
+        for block in self.blocks:
+            x = block(x, text, pad)
+        return self.head(self.norm(x).mean(dim=1)).squeeze(-1)
+
+
+class CoherenceReward(ModelMixin, ConfigMixin):
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128)) -> None:
+        super().__init__()
+        self.down = nn.ModuleList()
+        prev = in_channels
+        for c in channels:
+            self.down.append(nn.Sequential(nn.Conv2d(prev, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                                           nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()))
+            prev = c
+        self.up = nn.ModuleList()
+        for c in reversed(channels[:-1]):
+            self.up.append(nn.Sequential(nn.Conv2d(prev + c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()))
+            prev = c
+        self.out = nn.Conv2d(prev, 1, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images in [-1, 1] (N,3,H,W) -> logits (N,1,H,W) that a pixel is real (not generated)."""
+        skips, x = [], images
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i < len(self.down) - 1:
+                skips.append(x)
+                x = F.avg_pool2d(x, 2)
+        for block in self.up:
+            skip = skips.pop()
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1))
+        return self.out(x)
+
+    @staticmethod
+    def summary(logits: torch.Tensor) -> torch.Tensor:
+        """Scalar score per image: the mean probability that its pixels are real."""
+        return torch.sigmoid(logits).mean(dim=(1, 2, 3))
+
+
+def tiny_reward(kind: str, seed: int = 0) -> PreferenceReward | CoherenceReward:
+    """An untrained tiny reward model of `kind` (tests, serving benchmarks, start of training)."""
+    from editloop.models.configs import TINY_TEXT
+
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
+    torch.manual_seed(seed)
+    if kind == "coherence":
+        return CoherenceReward()
+    text = dict(TINY_TEXT, num_hidden_layers=2)
+    return PreferenceReward(text_config=text)
+
+
+def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, version: str | None = None,
+                extra: dict | None = None) -> None:  # noqa: ANN001
+    """A reward model directory: model/, tokenizer/ (text-conditioned kinds), editloop.json."""
+    import json
+    from pathlib import Path
+
+    from editloop.models.tokenizer import build_tokenizer
+
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
+    expected = CoherenceReward if kind == "coherence" else PreferenceReward
+    if not isinstance(model, expected):
+        raise ValueError(f"a {kind} reward must be a {expected.__name__}, got {type(model).__name__}")
+    path = Path(path)
+    model.save_pretrained(path / "model", safe_serialization=True)
+    if kind != "coherence":
+        build_tokenizer().save_pretrained(path / "tokenizer")
+    meta = {"kind": kind, **({"version": version} if version else {}), **(extra or {})}
+    (path / "editloop.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_reward(path, kind: str | None = None):  # noqa: ANN001, ANN201
+    """Load (kind, model, tokenizer or None) from a reward directory; refuse the wrong kind."""
+    import json
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    meta_path = path / "editloop.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"`model` {str(path)!r} is not a reward model directory (no editloop.json)")
+    found = json.loads(meta_path.read_text()).get("kind")
+    if found not in REWARD_KINDS:
+        raise ValueError(f"{meta_path} names kind {found!r}; expected one of {list(REWARD_KINDS)}")
+    if kind is not None and found != kind:
+        raise ValueError(f"`model` {str(path)!r} is a {found} reward model, not {kind}")
+    cls = CoherenceReward if found == "coherence" else PreferenceReward
+    model = cls.from_pretrained(path / "model").eval()
+    tokenizer = None if found == "coherence" else PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    return found, model, tokenizer

@@ -1,0 +1,114 @@
+"""Build, save and load the latent diffusion components and pipelines.
+
+Every component saves with `save_pretrained` and loads with `from_pretrained`, so a
+diffusers-format directory (ours or a real Stable Diffusion checkpoint) goes through the
+same entry points. Nothing here downloads: paths only, `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from editloop.models.configs import SCHEDULER, TINY_TEXT, TINY_VAE, tiny_unet
+from editloop.models.tokenizer import build_tokenizer
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else CPU; `device` overrides."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """fp32 on CPU; bf16 on CUDA when supported, else fp16; `dtype` overrides."""
+    if dtype:
+        choices = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if dtype not in choices:
+            raise ValueError(f"`dtype` must be one of {list(choices)}, got {dtype!r}")
+        return choices[dtype]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def tiny_components(seed: int = 0, inpainting: bool = False) -> dict[str, Any]:
+    """Seeded, untrained tiny components (tests, and the start of pretraining)."""
+    torch.manual_seed(seed)
+    return {
+        "vae": AutoencoderKL(**TINY_VAE),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
+        "tokenizer": build_tokenizer(),
+        "unet": UNet2DConditionModel(**tiny_unet(9 if inpainting else 4)),
+        "scheduler": DDIMScheduler(**SCHEDULER),
+    }
+
+
+def training_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "set_alpha_to_one"})
+
+
+def set_scheduler(pipe: Any, name: str) -> Any:
+    if name not in SCHEDULERS:
+        raise ValueError(f"`scheduler` must be one of {list(SCHEDULERS)}, got {name!r}")
+    if not isinstance(pipe.scheduler, SCHEDULERS[name]):
+        pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
+    return pipe
+
+
+def make_pipeline(components: dict[str, Any]) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
+    """The diffusers pipeline matching the UNet: 4 input channels -> text-to-image, 9 -> inpainting."""
+    in_ch = components["unet"].config.in_channels
+    cls = {4: StableDiffusionPipeline, 9: StableDiffusionInpaintPipeline}.get(in_ch)
+    if cls is None:
+        raise ValueError(f"`unet.in_channels` must be 4 (text-to-image) or 9 (inpainting), got {in_ch}")
+    pipe = cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_pipeline(
+    path: str | Path, kind: str, device: str | None = None, dtype: str | None = None
+) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
+    """Load a diffusers-format directory as a `t2i` or `inpaint` pipeline, offline."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise ValueError(f"`model` {str(path)!r} is not a diffusers directory (no model_index.json)")
+    classes = {"t2i": StableDiffusionPipeline, "inpaint": StableDiffusionInpaintPipeline}
+    if kind not in classes:
+        raise ValueError(f"`kind` must be one of {list(classes)}, got {kind!r}")
+    dev = pick_device(device)
+    pipe = classes[kind].from_pretrained(
+        path, local_files_only=True, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, dtype=pick_dtype(dev, dtype),
+    )
+    if kind == "inpaint" and pipe.unet.config.in_channels != 9:
+        raise ValueError(
+            f"`model` {str(path)!r} has no inpainting UNet (in_channels={pipe.unet.config.in_channels}, need 9)"
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def save_pipeline(components: dict[str, Any], path: str | Path) -> None:
+    make_pipeline(components).save_pretrained(path, safe_serialization=True)

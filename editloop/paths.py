@@ -1,0 +1,8 @@
+"""Paths inside the installed package (no heavy imports here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BASE_DIR = PACKAGE_DIR / "weights" / "base"  # the committed base models

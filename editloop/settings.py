@@ -1,0 +1,60 @@
+"""Process settings, read once from the environment (EDITLOOP_*) at start-up.
+
+Everything else receives a `Settings` as an argument.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from editloop.paths import BASE_DIR
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITLOOP_", extra="ignore")
+
+    state_dir: Path = Path(".editloop")  # embedded default: everything lives under here
+    database_url: str = ""  # default: sqlite:///<state_dir>/editloop.db
+    blob_backend: Literal["local", "s3"] = "local"
+    blob_dir: Path | None = None  # default: <state_dir>/blobs
+    s3_endpoint: str = "127.0.0.1:9000"  # host:port of MinIO / any S3 endpoint
+    s3_access_key: str = ""
+    s3_secret_key: str = Field(default="", repr=False)
+    s3_bucket: str = "editloop"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    broker_url: str = ""  # default: kombu SQLAlchemy transport on <state_dir>/broker.db
+    result_backend: str = ""  # default: SQLAlchemy result backend on <state_dir>/results.db
+    generator_model: Path = BASE_DIR / "t2i"
+    editor_model: Path = BASE_DIR / "inpaint"
+    device: str | None = None  # cuda if present, else cpu
+    max_message_mb: int = 32  # gRPC message size limit, both directions
+    label_studio_venv: Path = Path(".venv-label-studio")  # Label Studio's own virtualenv (made on first use)
+    label_studio_port: int = 8080
+    annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
+    annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>
+    link_secret: str = Field(default="", repr=False)  # signs image links; default: a random one in state_dir
+    link_ttl_hours: float = 24 * 7
+
+    def resolved_annotation_web_url(self) -> str:
+        return (self.annotation_web_url or f"http://127.0.0.1:{self.annotation_web_port}").rstrip("/")
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir.resolve() / 'editloop.db'}"
+
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.state_dir / "blobs"
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.state_dir.resolve() / 'broker.db'}"
+
+    def resolved_result_backend(self) -> str:
+        return self.result_backend or f"db+sqlite:///{self.state_dir.resolve() / 'results.db'}"
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,121 @@
+"""Build and run one service process: `editloop serve generator|editor ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from editloop.db.session import make_engine, make_sessionmaker, upgrade
+from editloop.settings import Settings
+from editloop.store import open_store
+from services.core.batching import DynamicBatcher
+from services.core.recorder import Recorder
+from services.core.server import create_server, serve_until_stopped
+
+log = logging.getLogger("editloop.services")
+KINDS = ("generator", "editor", "reward")
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: object
+    batcher: DynamicBatcher
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        await self.batcher.stop()
+
+
+def make_recorder(settings: Settings) -> Recorder:
+    url = settings.resolved_database_url()
+    upgrade(url)
+    return Recorder(make_sessionmaker(make_engine(url)), open_store(settings))
+
+
+def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa: ANN001
+    """Put the served model in the registry (promoted if its kind has no promoted version yet)."""
+    from sqlalchemy import select
+
+    from editloop.db.models import ModelVersion
+    from editloop.models.model_dir import public_config
+
+    model_kind = "t2i" if kind == "generator" else "inpaint"
+    with recorder.sessions.begin() as s:
+        found = s.scalars(select(ModelVersion).where(ModelVersion.name == core.name,
+                                                     ModelVersion.version == core.version)).one_or_none()
+        if found is not None:
+            return
+        promoted = s.scalars(select(ModelVersion).where(ModelVersion.kind == model_kind,
+                                                        ModelVersion.status == "promoted")).first()
+        s.add(ModelVersion(kind=model_kind, name=core.name, version=core.version, checkpoint_key=str(core.path),
+                           config=public_config(core.pipe.unet.config), status="candidate" if promoted else "promoted"))
+
+
+async def start_service(kind: str, settings: Settings, model: Path | None = None, port: int = 0,
+                        host: str = "127.0.0.1", max_batch: int = 16, max_delay: float = 0.005,
+                        max_queue: int = 256, record: bool = True, reward_kind: str | None = None) -> Running:
+    """Load the model, start the batcher and the server; returns the bound port."""
+    recorder = make_recorder(settings) if record and kind != "reward" else None
+    if kind == "reward":
+        from services.gen.editloop.v1 import reward_pb2_grpc
+        from services.reward.core import RewardCore
+        from services.reward.servicer import SERVICE, RewardServicer
+
+        if model is None:
+            raise FileNotFoundError(
+                f"no {reward_kind} reward model given; pass --model DIR (trained reward models arrive with "
+                f"the reward-model issue; `editloop models init-reward` writes an untrained one for testing)"
+            )
+        core = RewardCore(model, reward_kind, device=settings.device)
+        batcher = DynamicBatcher(f"reward-{core.kind}", core.run, max_batch, max_delay, max_queue)
+        servicer = RewardServicer(core, batcher)
+        add = reward_pb2_grpc.add_RewardServicer_to_server
+    elif kind == "generator":
+        from services.gen.editloop.v1 import generator_pb2_grpc
+        from services.generator.core import GeneratorCore
+        from services.generator.servicer import SERVICE, GeneratorServicer
+
+        core = GeneratorCore(model or settings.generator_model, device=settings.device)
+        batcher = DynamicBatcher("generator", core.run, max_batch, max_delay, max_queue)
+        servicer = GeneratorServicer(core, batcher, recorder)
+        add = generator_pb2_grpc.add_GeneratorServicer_to_server
+    elif kind == "editor":
+        from services.editor.core import EditorCore
+        from services.editor.servicer import SERVICE, EditorServicer
+        from services.gen.editloop.v1 import editor_pb2_grpc
+
+        core = EditorCore(model or settings.editor_model, device=settings.device)
+        batcher = DynamicBatcher("editor", core.run, max_batch, max_delay, max_queue)
+        servicer = EditorServicer(core, batcher, recorder)
+        add = editor_pb2_grpc.add_EditorServicer_to_server
+    else:
+        raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
+    if recorder is not None:
+        register_served_model(recorder, kind, core)
+    batcher.start()
+    server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb)
+    log.info("%s serving %s (%s) on %s:%d", kind, core.name, core.version, host, bound)
+    return Running(server, bound, health, batcher)
+
+
+def run_service(kind: str, settings: Settings, model: Path | None, port: int, host: str,
+                metrics_port: int | None = None, grace: float = 30.0, reward_kind: str | None = None,
+                **batching: float) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr=host)
+        running = await start_service(kind, settings, model, port, host, reward_kind=reward_kind, **batching)
+        print(f"READY {kind} {host}:{running.port}", flush=True)
+        await serve_until_stopped(running.server, running.health, running.batcher.stop, grace)
+
+    asyncio.run(main())

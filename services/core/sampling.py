@@ -1,0 +1,74 @@
+"""Sampling parameters: defaults, limits and validation shared by generator and editor cores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from editloop.models.zoo import SCHEDULERS
+from services.core.errors import InvalidArgument
+
+MAX_STEPS = 200
+MAX_GUIDANCE = 30.0
+MAX_IMAGES = 16
+MAX_PROMPT = 1000
+
+
+@dataclass(frozen=True)
+class Sampling:
+    steps: int
+    guidance: float
+    seed: int
+    scheduler: str
+
+    @property
+    def batch_key(self) -> tuple[int, float, str]:
+        return (self.steps, self.guidance, self.scheduler)
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    steps: int = 20
+    guidance: float = 4.0
+    scheduler: str = "ddim"
+
+    @classmethod
+    def from_dir(cls, path: Path) -> ModelDefaults:
+        """`editloop.json` in a model directory may set default steps (an 8-step model says 8)."""
+        meta = path / "editloop.json"
+        if not meta.is_file():
+            return cls()
+        data = json.loads(meta.read_text())
+        return cls(int(data.get("default_steps", 20)), float(data.get("default_guidance", 4.0)),
+                   str(data.get("default_scheduler", "ddim")))
+
+
+def resolve_sampling(steps: int, guidance: float, seed: int, scheduler: str, defaults: ModelDefaults) -> Sampling:
+    steps = steps or defaults.steps
+    if not 1 <= steps <= MAX_STEPS:
+        raise InvalidArgument(f"`params.steps` must be in 1..{MAX_STEPS}, got {steps}")
+    guidance = guidance or defaults.guidance
+    if not 0 < guidance <= MAX_GUIDANCE or guidance != guidance:
+        raise InvalidArgument(f"`params.guidance` must be in (0, {MAX_GUIDANCE}], got {guidance}")
+    scheduler = scheduler or defaults.scheduler
+    if scheduler not in SCHEDULERS:
+        raise InvalidArgument(f"`params.scheduler` must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if not 0 <= seed < 2**63:
+        raise InvalidArgument(f"`params.seed` must be in 0..2^63-1, got {seed}")
+    return Sampling(steps, float(guidance), seed, scheduler)
+
+
+def check_count(n: int, field: str = "num_images") -> int:
+    n = n or 1
+    if not 1 <= n <= MAX_IMAGES:
+        raise InvalidArgument(f"`{field}` must be in 1..{MAX_IMAGES}, got {n}")
+    return n
+
+
+def check_prompt(prompt: str, field: str = "prompt", required: bool = True) -> str:
+    if required and not prompt.strip():
+        raise InvalidArgument(f"`{field}` is empty; describe the image to generate")
+    if len(prompt) > MAX_PROMPT:
+        raise InvalidArgument(f"`{field}` is {len(prompt)} characters; the limit is {MAX_PROMPT}")
+    return prompt.strip()

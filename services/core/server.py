@@ -1,0 +1,64 @@
+"""Server bootstrap shared by every service: grpc.aio server with health, reflection,
+message size limits, Prometheus metrics and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger("editloop.services")
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+async def create_server(
+    register: Sequence[tuple[Callable, object, str]], port: int = 0, host: str = "127.0.0.1",
+    max_message_mb: int = 32,
+) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    """Build and start a server; `register` holds (add_XServicer_to_server, servicer, full name)."""
+    server = grpc.aio.server(options=channel_options(max_message_mb))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    for add, servicer, name in register:
+        add(servicer, server)
+        names.append(name)
+    reflection.enable_server_reflection(names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    await server.start()
+    for _, _, name in register:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health
+
+
+async def serve_until_stopped(server: grpc.aio.Server, health: HealthServicer,
+                              on_stop: Callable[[], Awaitable[None]] | None = None, grace: float = 10.0) -> None:
+    """Run until SIGTERM / SIGINT; then report NOT_SERVING, finish in-flight RPCs, stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(server.wait_for_termination())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping: finishing in-flight requests (grace %.0fs)", grace)
+    await health.enter_graceful_shutdown()
+    await server.stop(grace)
+    if on_stop is not None:
+        await on_stop()
+    stopper.cancel()

@@ -1,0 +1,1 @@
+# Generated from proto/ by `python -m services.gen_protos`. Do not edit.

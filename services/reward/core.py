@@ -1,0 +1,62 @@
+"""Reward scoring core: one reward model (aesthetic, alignment or coherence), batch in, scores out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from editloop.models.data import to_tensor
+from editloop.models.model_dir import model_version
+from editloop.models.reward import load_reward
+from editloop.models.zoo import pick_device
+from services.core.batching import split_per_job
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    image: np.ndarray  # HxWx3 uint8
+    prompt: str
+    source: np.ndarray | None = None
+    mask: np.ndarray | None = None  # HxW {0, 1}
+
+
+class RewardCore:
+    def __init__(self, model_path: Path, kind: str | None = None, device: str | None = None) -> None:
+        self.path = Path(model_path)
+        self.kind, self.model, self.tokenizer = load_reward(self.path, kind)
+        self.device = pick_device(device)
+        self.model.to(self.device)
+        self.name = self.kind
+        self.version = model_version(self.path)
+        self.text_conditioned = self.kind != "coherence"
+
+    @torch.inference_mode()
+    def score(self, items: list[ScoreItem]) -> np.ndarray:
+        images = to_tensor([i.image for i in items]).to(self.device)
+        if not self.text_conditioned:
+            return self.model.summary(self.model(images)).float().cpu().numpy()
+        tok = self.tokenizer([i.prompt for i in items], padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt").to(self.device)
+        source = mask = None
+        if any(i.source is not None for i in items):
+            source = to_tensor([i.source if i.source is not None else i.image for i in items]).to(self.device)
+        if any(i.mask is not None for i in items):
+            h, w = items[0].image.shape[:2]
+            masks = [i.mask if i.mask is not None else np.zeros((h, w), np.uint8) for i in items]
+            mask = torch.from_numpy(np.stack(masks).astype(np.float32))[:, None].to(self.device)
+        return self.model(images, tok.input_ids, tok.attention_mask, source, mask).float().cpu().numpy()
+
+    def run(self, batches: list[list[ScoreItem]], on_step: Callable[[int, int], None]) -> list[np.ndarray]:
+        """Score several requests in one forward pass; split the scores back per request."""
+        return split_per_job(self.score([item for batch in batches for item in batch]), [len(b) for b in batches])
+
+    @torch.inference_mode()
+    def score_map(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-pixel probability that a pixel is generated (uint8, 255 = surely generated), and the score."""
+        logits = self.model(to_tensor([image]).to(self.device))
+        real = torch.sigmoid(logits)[0, 0].float().cpu().numpy()
+        return np.round((1 - real) * 255).astype(np.uint8), float(real.mean())

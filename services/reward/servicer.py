@@ -1,0 +1,77 @@
+"""Reward servicer: Score (batched), ScoreMap (coherence only), ModelInfo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+
+from editloop.models.model_dir import public_config
+from services.core.batching import DynamicBatcher
+from services.core.convert import decode_image, decode_mask
+from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.rpc import unary
+from services.core.sampling import check_prompt
+from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from services.reward.core import RewardCore, ScoreItem
+
+SERVICE = "editloop.v1.Reward"
+MAX_ITEMS = 256
+
+
+class RewardServicer(reward_pb2_grpc.RewardServicer):
+    def __init__(self, core: RewardCore, batcher: DynamicBatcher) -> None:
+        self.core = core
+        self.batcher = batcher
+
+    def _item(self, msg: reward_pb2.ScoreItem, field: str) -> ScoreItem:
+        image = decode_image(msg.image.png, f"{field}.image")
+        prompt = check_prompt(msg.prompt, f"{field}.prompt", required=self.core.text_conditioned)
+        source = decode_image(msg.source.png, f"{field}.source") if msg.source.png else None
+        if source is not None and source.shape != image.shape:
+            raise InvalidArgument(f"`{field}.source` must be the size of `{field}.image`, "
+                                  f"got {source.shape[1]}x{source.shape[0]} vs {image.shape[1]}x{image.shape[0]}")
+        mask = decode_mask(msg.mask.png, f"{field}.mask", image) if msg.mask.png else None
+        return ScoreItem(image, prompt, source, mask)
+
+    def _ref(self) -> common_pb2.ModelRef:
+        return common_pb2.ModelRef(name=self.core.name, version=self.core.version)
+
+    @unary(SERVICE)
+    async def Score(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+        if not 1 <= len(request.items) <= MAX_ITEMS:
+            raise InvalidArgument(f"`items` must hold 1..{MAX_ITEMS} items, got {len(request.items)}")
+        items = [self._item(m, f"items[{i}]") for i, m in enumerate(request.items)]
+        shape = items[0].image.shape
+        for i, it in enumerate(items):
+            if it.image.shape != shape:
+                raise InvalidArgument(f"`items[{i}].image` is {it.image.shape[1]}x{it.image.shape[0]}; "
+                                      f"every item of a request must match items[0] ({shape[1]}x{shape[0]})")
+        scores = await self.batcher.submit(items, shape, len(items))
+        return reward_pb2.ScoreResponse(scores=[float(s) for s in scores], model=self._ref())
+
+    @unary(SERVICE)
+    async def ScoreMap(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+        if self.core.kind != "coherence":
+            raise FailedPrecondition(
+                f"ScoreMap is served by the coherence model only; this server hosts {self.core.kind}"
+            )
+        item = self._item(request.item, "item")
+        pixel_map, score = await asyncio.to_thread(self.core.score_map, item.image)
+        return reward_pb2.ScoreMapResponse(map_png=encode_gray(pixel_map), score=score, model=self._ref())
+
+    @unary(SERVICE)
+    async def ModelInfo(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+        return reward_pb2.ModelInfoResponse(kind=self.core.kind, model=self._ref(),
+                                            config_json=json.dumps(public_config(self.core.model.config)))
+
+
+def encode_gray(pixel_map) -> bytes:  # noqa: ANN001
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(pixel_map, mode="L").save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,301 @@
+"""Generator and editor services through a real gRPC channel on port 0."""
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import select
+
+from editloop.db import Generation, make_engine, make_sessionmaker
+from editloop.settings import Settings
+from editloop.store import open_store
+from editloop.world import cell_mask, render, sample_scene
+from editloop.world.io import from_png, mask_to_png, to_png
+from services.app import start_service
+from services.core.server import channel_options
+from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc, generator_pb2, generator_pb2_grpc
+
+PROMPT = "a large red circle at the top left on a white background"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_service(kind, settings, models, body, **kw):
+    running = await start_service(kind, settings, models / ("t2i" if kind == "generator" else "inpaint"), **kw)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=channel_options(32)) as ch:
+            return await body(ch)
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(state_dir=tmp_path / "state")
+
+
+def gen_request(**kw):
+    params = common_pb2.SamplingParams(steps=kw.pop("steps", 2), seed=kw.pop("seed", 7),
+                                       guidance=kw.pop("guidance", 0), scheduler=kw.pop("scheduler", ""))
+    return generator_pb2.GenerateRequest(prompt=kw.pop("prompt", PROMPT), num_images=kw.pop("n", 2),
+                                         params=params, **kw)
+
+
+def test_generate_is_seeded_recorded_and_names_its_model(settings, tiny_models):
+    async def body(ch):
+        stub = generator_pb2_grpc.GeneratorStub(ch)
+        a = await stub.Generate(gen_request(record=True))
+        b = await stub.Generate(gen_request())
+        check = health_pb2.HealthCheckRequest(service="editloop.v1.Generator")
+        health = await health_pb2_grpc.HealthStub(ch).Check(check)
+        return a, b, health
+
+    a, b, health = run(with_service("generator", settings, tiny_models, body))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert len(a.images) == 2 and a.model.name == "base-t2i" and a.model.version
+    assert a.params.steps == 2 and a.params.guidance == 4.0 and a.params.scheduler == "ddim"
+    imgs = [from_png(i.png) for i in a.images]
+    assert all(im.shape == (64, 64, 3) for im in imgs)
+    assert [i.png for i in a.images] == [i.png for i in b.images]  # same seed, same pixels
+    # recorded: rows in the database, bytes in the blob store
+    store = open_store(settings)
+    with make_sessionmaker(make_engine(settings.resolved_database_url()))() as s:
+        gen = s.scalars(select(Generation)).one()
+        assert gen.id == a.generation_id and gen.seed == 7 and gen.steps == 2 and gen.model_version == a.model.version
+        assert [gi.image.blob_key for gi in gen.images] == [i.blob_key for i in a.images]
+    assert store.get(a.images[0].blob_key) == a.images[0].png
+
+
+def test_stream_reports_every_step_then_the_result(settings, tiny_models):
+    async def body(ch):
+        return [e async for e in generator_pb2_grpc.GeneratorStub(ch).GenerateStream(gen_request(steps=4, n=1))]
+
+    events = run(with_service("generator", settings, tiny_models, body))
+    steps = [e.progress.step for e in events if e.HasField("progress")]
+    assert steps == [1, 2, 3, 4] and all(e.progress.total == 4 for e in events[:-1])
+    assert events[-1].HasField("result") and len(events[-1].result.images) == 1
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_images(settings, tiny_models):
+    async def body(ch):
+        stub = generator_pb2_grpc.GeneratorStub(ch)
+        many = await asyncio.gather(*[stub.Generate(gen_request(n=1, seed=s)) for s in range(6)])
+        single = await stub.Generate(gen_request(n=1, seed=3))
+        return many, single
+
+    many, single = run(with_service("generator", settings, tiny_models, body, max_delay=0.05))
+    assert len({r.images[0].png for r in many}) == 6
+    # image for seed 3 is the same alone or inside a batch (up to float noise in PNG rounding)
+    diff = np.abs(from_png(many[3].images[0].png).astype(int) - from_png(single.images[0].png).astype(int))
+    assert diff.max() <= 2
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, code, text",
+    [
+        (dict(prompt="   "), grpc.StatusCode.INVALID_ARGUMENT, "`prompt` is empty"),
+        (dict(steps=500), grpc.StatusCode.INVALID_ARGUMENT, "`params.steps` must be in 1..200, got 500"),
+        (dict(n=40), grpc.StatusCode.INVALID_ARGUMENT, "`num_images` must be in 1..16, got 40"),
+        (dict(scheduler="plms"), grpc.StatusCode.INVALID_ARGUMENT, "`params.scheduler` must be one of"),
+        (dict(guidance=-1), grpc.StatusCode.INVALID_ARGUMENT, "`params.guidance` must be in"),
+        (dict(model=common_pb2.ModelRef(name="sdxl")), grpc.StatusCode.NOT_FOUND, "'sdxl' is not served"),
+        (dict(prompt="x" * 40 * 1024 * 1024), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ],
+)
+def test_generator_bad_input_gets_a_clear_status_and_the_server_keeps_serving(settings, tiny_models,
+                                                                               request_kwargs, code, text):
+    async def body(ch):
+        stub = generator_pb2_grpc.GeneratorStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Generate(gen_request(**request_kwargs))
+        ok = await stub.Generate(gen_request(n=1))
+        return err.value, ok
+
+    err, ok = run(with_service("generator", settings, tiny_models, body))
+    assert err.code() == code and text in err.details()
+    assert len(ok.images) == 1
+
+
+def test_queue_limit_answers_resource_exhausted(settings, tiny_models):
+    async def body(ch):
+        stub = generator_pb2_grpc.GeneratorStub(ch)
+        # 50 steps: the first batch is still sampling when the others arrive, whatever the machine load
+        calls = [stub.Generate(gen_request(n=4, steps=50)) for _ in range(4)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = run(with_service("generator", settings, tiny_models, body, max_queue=8, max_batch=4))
+    errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert errors and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in errors)
+    assert "queue is full" in errors[0].details()
+    assert any(not isinstance(r, Exception) for r in results)
+
+
+def test_deadline_and_cancel_stop_sampling(settings, tiny_models):
+    async def body(ch):
+        stub = generator_pb2_grpc.GeneratorStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Generate(gen_request(n=1, steps=200), timeout=0.3)
+        call = stub.GenerateStream(gen_request(n=1, steps=200))
+        seen = 0
+        async for event in call:
+            seen = event.progress.step
+            if seen >= 2:
+                call.cancel()
+                break
+        ok = await stub.Generate(gen_request(n=1), timeout=60)
+        return err.value, seen, ok
+
+    err, seen, ok = run(with_service("generator", settings, tiny_models, body))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert seen >= 2 and len(ok.images) == 1  # served again right after; the 200-step runs were stopped
+
+
+def edit_request(image=None, mask=None, prompt=PROMPT, **kw):
+    scene = sample_scene(np.random.default_rng(0), 2)
+    image = to_png(render(scene)) if image is None else image
+    mask = mask_to_png(cell_mask(scene.objects[0].position)) if mask is None else mask
+    return editor_pb2.InpaintRequest(image=common_pb2.Image(png=image), mask=common_pb2.Mask(png=mask),
+                                     prompt=prompt, num_images=kw.pop("n", 1),
+                                     params=common_pb2.SamplingParams(steps=2, seed=1), **kw)
+
+
+def test_editor_inpaint_outpaint_erase_and_edit_is_unimplemented(settings, tiny_models):
+    async def body(ch):
+        stub = editor_pb2_grpc.EditorStub(ch)
+        inp = await stub.Inpaint(edit_request(n=2, record=True))
+        out = await stub.Outpaint(edit_request())
+        era = await stub.Erase(edit_request(prompt=""))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Edit(editor_pb2.EditRequest(instruction="make the red circle blue"))
+        return inp, out, era, err.value
+
+    inp, out, era, err = run(with_service("editor", settings, tiny_models, body))
+    assert len(inp.images) == 2 and inp.generation_id and inp.model.name == "base-inpaint"
+    assert from_png(out.images[0].png).shape == (64, 64, 3) and len(era.images) == 1
+    assert err.code() == grpc.StatusCode.UNIMPLEMENTED and "SeedEdit" in err.details()
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(image=b"not a png"), "`image` is not a readable PNG"),
+        (dict(image=b""), "`image` is empty"),
+        (dict(mask=mask_to_png(np.zeros((64, 64), np.uint8))), "`mask` covers nothing"),
+        (dict(mask=mask_to_png(np.ones((64, 64), np.uint8))), "`mask` covers the whole image"),
+        (dict(prompt=""), "`prompt` is empty"),
+    ],
+)
+def test_editor_bad_input(settings, tiny_models, kwargs, text):
+    async def body(ch):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await editor_pb2_grpc.EditorStub(ch).Inpaint(edit_request(**kwargs))
+        return err.value
+
+    err = run(with_service("editor", settings, tiny_models, body, record=False))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.details()
+
+
+def test_editor_rejects_wrong_sizes_naming_them(settings, tiny_models):
+    from io import BytesIO
+
+    from PIL import Image
+
+    def png(arr, mode):
+        buf = BytesIO()
+        Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+    async def body(ch):
+        stub = editor_pb2_grpc.EditorStub(ch)
+        errs = []
+        for kw in (dict(image=png(np.zeros((32, 48, 3), np.uint8), "RGB")),
+                   dict(mask=png(np.zeros((32, 32), np.uint8), "L")),
+                   dict(image=png(np.zeros((64, 64), np.uint8), "L"))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Inpaint(edit_request(**kw))
+            errs.append(err.value.details())
+        return errs
+
+    errs = run(with_service("editor", settings, tiny_models, body, record=False))
+    assert "`image` must be 64x64 for this model, got 48x32" in errs[0]
+    assert "`mask` must be 64x64 like the image, got 32x32" in errs[1]
+    assert "`image` must be RGB, got mode L" in errs[2]
+
+
+def test_prometheus_metrics_count_requests_and_batches(settings, tiny_models):
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample("editloop_requests_total", service="editloop.v1.Generator", method="Generate", code="OK")
+    bad_before = sample("editloop_requests_total", service="editloop.v1.Generator", method="Generate",
+                        code="INVALID_ARGUMENT")
+
+    async def body(ch):
+        stub = generator_pb2_grpc.GeneratorStub(ch)
+        await stub.Generate(gen_request(n=1))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Generate(gen_request(prompt=""))
+
+    run(with_service("generator", settings, tiny_models, body, record=False))
+    assert sample("editloop_requests_total", service="editloop.v1.Generator", method="Generate",
+                  code="OK") == before + 1
+    assert sample("editloop_requests_total", service="editloop.v1.Generator", method="Generate",
+                  code="INVALID_ARGUMENT") == bad_before + 1
+    assert sample("editloop_batch_size_count", batcher="generator") >= 1
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tiny_models):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "editloop.cli.main", "serve", "generator", "--model",
+                             str(tiny_models / "t2i")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        address = None
+        for line in proc.stdout:
+            if line.startswith("READY"):
+                address = line.split()[-1]
+                break
+        assert address, "server did not start"
+        result = {}
+
+        def call():
+            with grpc.insecure_channel(address) as ch:
+                result["r"] = generator_pb2_grpc.GeneratorStub(ch).Generate(gen_request(n=1, steps=30), timeout=120)
+
+        t = threading.Thread(target=call)
+        t.start()
+        import time
+
+        time.sleep(1.0)  # the request is sampling now
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=120)
+        assert len(result["r"].images) == 1  # the in-flight request completed during the grace period
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_server_reflection_lists_the_services(settings, tiny_models):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def body(ch):
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for response in stub.ServerReflectionInfo(iter([request])):
+            return sorted(s.name for s in response.list_services_response.service)
+
+    names = run(with_service("generator", settings, tiny_models, body, record=False))
+    assert names == ["editloop.v1.Generator", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]

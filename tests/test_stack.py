@@ -1,0 +1,55 @@
+"""`editloop up` machinery and the client commands, as a user drives them."""
+
+
+import numpy as np
+import pytest
+
+from editloop.cli.main import main
+from editloop.cli.stack import running_stack
+from editloop.settings import Settings
+from editloop.world import cell_mask, render, sample_scene
+from editloop.world.io import load_png, mask_to_png, save_png
+
+
+@pytest.fixture
+def stack_env(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setenv("EDITLOOP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("EDITLOOP_GENERATOR_MODEL", str(tiny_models / "t2i"))
+    monkeypatch.setenv("EDITLOOP_EDITOR_MODEL", str(tiny_models / "inpaint"))
+    monkeypatch.setenv("EDITLOOP_QUIET_LOGS", "1")
+    return Settings()
+
+
+def test_up_serves_the_clients_and_leaves_no_process_behind(stack_env, tmp_path, capsys):
+    scene = sample_scene(np.random.default_rng(0), 2)
+    save_png(render(scene), tmp_path / "src.png")
+    (tmp_path / "mask.png").write_bytes(mask_to_png(cell_mask(scene.objects[0].position)))
+    with running_stack(stack_env, ports={"generator": 0, "editor": 0}) as addresses:
+        assert set(addresses) == {"generator", "editor"}
+        assert main(["generate", scene.caption, "--n", "2", "--steps", "2", "--out", str(tmp_path / "g"),
+                     "--record"]) == 0
+        assert main(["erase", str(tmp_path / "src.png"), str(tmp_path / "mask.png"), "--steps", "2",
+                     "--out", str(tmp_path / "e")]) == 0
+        assert main(["inpaint", str(tmp_path / "src.png"), str(tmp_path / "mask.png"), "--steps", "500",
+                     "--prompt", scene.caption, "--out", str(tmp_path / "e")]) == 2
+        assert main(["models", "list"]) == 0
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        assert len(children) >= 3
+    assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
+    out = capsys.readouterr()
+    assert "`params.steps` must be in 1..200, got 500" in out.err
+    assert "base-t2i" in out.out and "base-inpaint" in out.out  # models list shows both, registered
+    assert load_png(tmp_path / "g" / "generate-1.png").shape == (64, 64, 3)
+    assert (tmp_path / "e" / "erase-0.png").is_file()
+
+
+def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path):
+    import json
+
+    assert main(["demo", "--steps", "2", "--prompts", "2", "--candidates", "2", "--out", str(tmp_path / "d")]) == 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert len(summary["candidate_sets"]) == 2 and len(summary["erase_success"]) == 4
+    assert all(len(cs["judged_correct"]) == 2 for cs in summary["candidate_sets"])
+    assert (tmp_path / "d" / "candidates.png").is_file() and (tmp_path / "d" / "erase.png").is_file()

@@ -1,0 +1,95 @@
+"""Generate a candidate set: N images for a prompt, or N edits of a source and mask.
+
+A plain function the Celery task wraps: it receives a session and a store, generates with the
+served base models, stores the images and records the generation and the candidate set.
+Idempotent: the same `idempotency_key` returns the set made the first time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from editloop.db.models import CandidateItem, CandidateSet
+from editloop.models.pipeline_io import inpaint_inputs, per_image_generators, pipeline_to_uint8
+from editloop.models.zoo import load_pipeline, set_scheduler
+from editloop.records import get_or_create_prompt, record_generation
+from editloop.store.base import BlobStore
+from editloop.world.io import from_png, mask_from_png, to_png
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    prompt: str
+    n: int = 4
+    kind: str = "t2i"  # t2i | inpaint
+    source_key: str | None = None  # for inpaint: blob keys of the source image and mask
+    mask_key: str | None = None
+    steps: int = 20
+    guidance: float = 4.0
+    seed: int = 0
+    scheduler: str = "ddim"
+    idempotency_key: str | None = None
+
+    def check(self) -> None:
+        if self.kind not in ("t2i", "inpaint"):
+            raise ValueError(f"`kind` must be 't2i' or 'inpaint', got {self.kind!r}")
+        if not 2 <= self.n <= 16:
+            raise ValueError(f"`n` must be in 2..16 (a candidate set compares images), got {self.n}")
+        if not self.prompt.strip():
+            raise ValueError("`prompt` is empty")
+        if self.kind == "inpaint" and not (self.source_key and self.mask_key):
+            raise ValueError("`source_key` and `mask_key` are required for an inpaint candidate set")
+
+
+@lru_cache(maxsize=2)
+def cached_pipeline(path: str, kind: str, device: str | None):  # noqa: ANN201
+    """One pipeline per worker process, loaded on first use."""
+    return load_pipeline(Path(path), kind, device=device)
+
+
+def generate_images(pipe, spec: CandidateSpec, store: BlobStore) -> tuple[list[np.ndarray], bytes | None, bytes | None]:
+    set_scheduler(pipe, spec.scheduler)
+    gens = per_image_generators(spec.seed + i for i in range(spec.n))
+    kwargs = dict(num_inference_steps=spec.steps, guidance_scale=spec.guidance, generator=gens, output_type="np")
+    source_png = mask_png = None
+    if spec.kind == "inpaint":
+        source_png, mask_png = store.get(spec.source_key), store.get(spec.mask_key)
+        image, mask = from_png(source_png, "source"), mask_from_png(mask_png)
+        image_t, mask_t = inpaint_inputs(np.stack([image] * spec.n), np.stack([mask] * spec.n))
+        kwargs.update(image=image_t, mask_image=mask_t, height=image.shape[0], width=image.shape[1])
+    with torch.inference_mode():
+        out = pipe([spec.prompt] * spec.n, **kwargs).images
+    return list(pipeline_to_uint8(out)), source_png, mask_png
+
+
+def run(spec: CandidateSpec, session: Session, store: BlobStore, model_path: Path, model_name: str,
+        model_version: str, device: str | None = None) -> int:
+    """Make (or find) the candidate set; returns its id. The caller commits."""
+    spec.check()
+    if spec.idempotency_key:
+        found = session.scalars(select(CandidateSet).where(CandidateSet.idempotency_key == spec.idempotency_key))
+        existing = found.one_or_none()
+        if existing is not None:
+            return existing.id
+    pipe = cached_pipeline(str(model_path), spec.kind, device)
+    images, source_png, mask_png = generate_images(pipe, spec, store)
+    pngs = [to_png(im) for im in images]
+    gen, _ = record_generation(
+        session, store, kind=spec.kind, prompt=spec.prompt, pngs=pngs, shape=images[0].shape[:2],
+        model_name=model_name, model_version=model_version, steps=spec.steps, guidance=spec.guidance,
+        seed=spec.seed, scheduler=spec.scheduler, source_png=source_png, mask_png=mask_png,
+    )
+    cs = CandidateSet(kind=spec.kind, prompt=get_or_create_prompt(session, spec.prompt), generation_id=gen.id,
+                      source_image_id=gen.source_image_id, mask_key=gen.mask_key,
+                      idempotency_key=spec.idempotency_key)
+    cs.items = [CandidateItem(position=gi.index, image=gi.image) for gi in gen.images]
+    session.add(cs)
+    session.flush()
+    return cs.id

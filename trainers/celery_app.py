@@ -1,0 +1,35 @@
+"""The Celery app: broker and backend from settings, acks_late, prefetch 1, gpu and cpu queues.
+
+    celery -A trainers.celery_app worker -Q gpu,cpu --pool solo
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from editloop.settings import Settings, load_settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("editloop", broker=settings.resolved_broker_url(), backend=settings.resolved_result_backend(),
+                 include=["trainers.tasks"])
+    app.conf.update(
+        task_acks_late=True,  # a worker that dies mid-task leaves the message for the next one
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue="cpu",
+        task_queues=[Queue("gpu"), Queue("cpu")],
+        task_routes={"editloop.gpu.*": {"queue": "gpu"}, "editloop.cpu.*": {"queue": "cpu"}},
+        broker_connection_retry_on_startup=True,
+        result_extended=True,
+    )
+    return app
+
+
+app = make_celery(load_settings())

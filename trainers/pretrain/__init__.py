@@ -1,0 +1,1 @@
+"""Base-model pretraining on the Shapes World quality mix: VAE, text-to-image, inpainting."""

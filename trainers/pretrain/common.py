@@ -1,0 +1,72 @@
+"""Pieces every pretraining stage shares: device set-up, LR warm-up, EMA, checkpoint cadence."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+
+import torch
+
+from editloop.models.zoo import pick_device, pick_dtype
+from trainers.pretrain.config import PretrainConfig
+
+
+def setup_device(cfg: PretrainConfig) -> tuple[torch.device, torch.dtype]:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    return device, pick_dtype(device, cfg.dtype)
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA; full precision on CPU."""
+    if device.type == "cuda" and dtype != torch.float32:
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: int, warmup: int,
+           final_fraction: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to `final_fraction` of `base_lr` at step `total`.
+
+    A function of the step alone, so a resumed (or lengthened) run continues the same curve.
+    """
+    if step < warmup:
+        lr = base_lr * (step + 1) / warmup
+    else:
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        lr = base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual early-step warm-up of the decay."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], decay: float) -> None:
+        self.params = list(params)
+        self.decay = decay
+        self.shadow = [p.detach().clone().float() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, params: Iterable[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s.to(p.dtype))
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [s.cpu() for s in self.shadow]
+
+    def load_state_dict(self, shadow: list[torch.Tensor]) -> None:
+        self.shadow = [s.to(p.device).float() for s, p in zip(shadow, self.params)]
+
+
+def should_checkpoint(step: int, total: int, every: int) -> bool:
+    return step == total or (every > 0 and step % every == 0)

@@ -1,0 +1,143 @@
+"""Stages 2 and 3: latent diffusion (epsilon prediction, Min-SNR weighting, EMA) for the
+text-to-image UNet + text encoder, then the 9-channel inpainting UNet initialised from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from editloop.checkpoint import load_checkpoint, save_checkpoint
+from editloop.models.configs import SCHEDULER, TINY_TEXT, tiny_unet
+from editloop.models.data import Batch, inpaint_batch, quality_mix_batch, step_rng
+from editloop.models.tokenizer import build_tokenizer
+from editloop.models.zoo import save_pipeline, training_scheduler
+from trainers.pretrain.common import EMA, autocast, set_lr, setup_device, should_checkpoint
+from trainers.pretrain.config import PretrainConfig
+
+
+def inflate_conv_in(unet: UNet2DConditionModel, in_channels: int = 9) -> UNet2DConditionModel:
+    """A copy of `unet` taking `in_channels` inputs; the new channels' weights start at zero."""
+    config = dict(unet.config)
+    config["in_channels"] = in_channels
+    inflated = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    old = state["conv_in.weight"]
+    new = torch.zeros(old.shape[0], in_channels, *old.shape[2:], dtype=old.dtype)
+    new[:, : old.shape[1]] = old
+    state["conv_in.weight"] = new
+    inflated.load_state_dict(state)
+    return inflated
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    if gamma <= 0:
+        return torch.ones_like(timesteps, dtype=torch.float32)
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(
+    unet: UNet2DConditionModel, text_encoder: CLIPTextModel, vae: AutoencoderKL, scheduler,
+    input_ids: torch.Tensor, batch: Batch, gamma: float,
+) -> torch.Tensor:
+    device = input_ids.device
+    x = batch.images.to(device)
+    sf = vae.config.scaling_factor
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.sample() * sf
+        extra = []
+        if batch.masks is not None:  # SD inpainting input: [noisy, mask, masked-image latents]
+            mask = batch.masks.to(device)
+            masked = vae.encode(x * (mask < 0.5)).latent_dist.sample() * sf
+            extra = [F.interpolate(mask, size=latents.shape[-2:]), masked]
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), device=device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    cond = text_encoder(input_ids)[0]
+    pred = unet(torch.cat([noisy, *extra], dim=1), t, cond).sample
+    per_sample = ((pred.float() - noise.float()) ** 2).mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
+
+
+def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Path | None,
+                    out_dir: Path, ckpt_path: Path) -> dict[str, float]:
+    """Train `stage` ("t2i" or "inpaint") and save a full diffusers pipeline to `out_dir`."""
+    steps, batch_size, lr = {
+        "t2i": (cfg.t2i_steps, cfg.t2i_batch, cfg.t2i_lr),
+        "inpaint": (cfg.inpaint_steps, cfg.inpaint_batch, cfg.inpaint_lr),
+    }[stage]
+    # 1. components: frozen VAE; fresh (t2i) or inherited (inpaint) UNet and text encoder
+    device, dtype = setup_device(cfg)
+    torch.manual_seed(cfg.seed + 1)
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval().requires_grad_(False)
+    tokenizer = build_tokenizer()
+    if stage == "t2i":
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+        unet = UNet2DConditionModel(**tiny_unet(4))
+    else:
+        if init_dir is None or not (init_dir / "unet").is_dir():
+            raise ValueError(f"inpainting starts from the text-to-image model; none at {init_dir}")
+        text_encoder = CLIPTextModel.from_pretrained(init_dir / "text_encoder", local_files_only=True)
+        unet = inflate_conv_in(UNet2DConditionModel.from_pretrained(init_dir / "unet", local_files_only=True))
+    text_encoder.to(device).train()
+    unet.to(device).train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ema = EMA(params, cfg.ema)
+    scheduler = training_scheduler()
+
+    # 2. resume
+    step = 0
+    state = load_checkpoint(ckpt_path)
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step = state["step"]
+
+    # 3. the loop
+    bar = tqdm(total=steps, initial=step, desc=stage, unit="step")
+    loss_ema = None
+    while step < steps:
+        rng = step_rng(cfg.seed, stage, step)
+        batch = inpaint_batch(rng, batch_size) if stage == "inpaint" else quality_mix_batch(rng, batch_size)
+        captions = ["" if rng.random() < cfg.caption_dropout else c for c in batch.captions]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(device)
+        set_lr(opt, lr, step, steps, cfg.warmup)
+        with autocast(device, dtype):
+            loss = diffusion_loss(unet, text_encoder, vae, scheduler, ids, batch, cfg.min_snr_gamma)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage} loss is {loss.item()} at step {step}; last good checkpoint kept")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        step += 1
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if should_checkpoint(step, steps, cfg.checkpoint_every):
+            save_checkpoint(ckpt_path, {
+                "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                "optimizer": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                "config": cfg.to_dict(), "stage": stage,
+            })
+    bar.close()
+
+    # 4. save the EMA weights as a diffusers pipeline
+    ema.copy_to(params)
+    components = {
+        "vae": vae.to("cpu"), "text_encoder": text_encoder.to("cpu").eval(), "tokenizer": tokenizer,
+        "unet": unet.to("cpu").eval(), "scheduler": DDIMScheduler(**SCHEDULER),
+    }
+    save_pipeline(components, out_dir)
+    return {f"{stage}_steps": step, f"{stage}_final_loss": float(loss_ema or 0.0)}

@@ -1,0 +1,49 @@
+"""Celery tasks: thin wrappers that take ids and plain values, open a session, call a function."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import lru_cache
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.session import make_engine, make_sessionmaker, upgrade
+from editloop.settings import Settings, load_settings
+from editloop.store import open_store
+from editloop.store.base import BlobStore
+from trainers import candidates
+
+
+@lru_cache(maxsize=1)
+def worker_context() -> tuple[Settings, sessionmaker[Session], BlobStore]:
+    """Settings, one sessionmaker and the store, made once per worker process."""
+    settings = load_settings()
+    url = settings.resolved_database_url()
+    upgrade(url)
+    return settings, make_sessionmaker(make_engine(url)), open_store(settings)
+
+
+@shared_task(name="editloop.gpu.generate_candidates", acks_late=True)
+def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
+    """Generate and record one candidate set; returns its id (the same id when re-run)."""
+    from editloop.models.model_dir import model_version
+
+    settings, sessions, store = worker_context()
+    cs = candidates.CandidateSpec(**spec)
+    path = settings.generator_model if cs.kind == "t2i" else settings.editor_model
+    name = "base-t2i" if cs.kind == "t2i" else "base-inpaint"
+    with sessions.begin() as session:
+        set_id = candidates.run(cs, session, store, path, name, model_version(path), settings.device)
+    return {"candidate_set_id": set_id, "spec": asdict(cs)}
+
+
+@shared_task(name="editloop.cpu.apply_label_events", acks_late=True)
+def apply_label_events() -> dict[str, Any]:
+    """Apply the pending label events the webhook receiver recorded (idempotent: none pending, nothing done)."""
+    from editloop.labels.apply import apply_pending
+
+    _, sessions, _ = worker_context()
+    report = apply_pending(sessions)
+    return {"applied": report.applied, "outcomes": dict(report.outcomes)}
