@@ -38,12 +38,13 @@ class ProjectSpec:
 
     kind: str  # t2i | edit | side_by_side
     n: int = 0
+    prefix: str = "editloop"  # one Label Studio can hold several editloop deployments' projects
 
     @property
     def title(self) -> str:
         if self.kind == "side_by_side":
-            return "editloop side-by-side (Good/Same/Bad)"
-        return f"editloop best/worst {self.kind} x{self.n}"
+            return f"{self.prefix} side-by-side (Good/Same/Bad)"
+        return f"{self.prefix} best/worst {self.kind} x{self.n}"
 
     def label_config(self) -> str:
         if self.kind == "side_by_side":

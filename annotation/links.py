@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from datetime import timedelta
@@ -27,7 +28,7 @@ def link_secret(settings: Settings) -> bytes:
         tmp.write_text(secrets.token_hex(32))
         tmp.chmod(0o600)
         try:
-            tmp.link(path)  # atomic create-if-absent: two processes starting together agree on one secret
+            os.link(tmp, path)  # atomic create-if-absent: two processes starting together agree on one secret
         except FileExistsError:
             pass
         finally:

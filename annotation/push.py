@@ -42,6 +42,7 @@ class Target:
     batch_size: int = 50
     webhook_url: str | None = None
     webhook_token: str | None = None
+    project_prefix: str = "editloop"
 
 
 def overlay_png(source_png: bytes, mask_png: bytes, alpha: float = 0.45) -> bytes:
@@ -52,11 +53,11 @@ def overlay_png(source_png: bytes, mask_png: bytes, alpha: float = 0.45) -> byte
     return to_png(image.round().astype(np.uint8))
 
 
-def _spec_for(cs: CandidateSet) -> ProjectSpec:
+def _spec_for(cs: CandidateSet, prefix: str) -> ProjectSpec:
     kind = "t2i" if cs.kind == "t2i" else "edit"
     if len(cs.items) > MAX_CANDIDATES:
         raise ValueError(f"candidate set {cs.id} has {len(cs.items)} images; at most {MAX_CANDIDATES} can be shown")
-    return ProjectSpec(kind, len(cs.items))
+    return ProjectSpec(kind, len(cs.items), prefix)
 
 
 def candidate_task(cs: CandidateSet, session: Session, store: BlobStore, link: Callable[[str], str]) -> dict:
@@ -139,8 +140,8 @@ def push_candidate_sets(ls: LabelStudio, sessions: sessionmaker[Session], store:
         if ids is not None:
             query = query.where(CandidateSet.id.in_(ids))
         for cs in session.scalars(query):
-            groups[_spec_for(cs)].append((f"cs:{cs.id}", candidate_task(cs, session, store, link),
-                                          {"candidate_set_id": cs.id}))
+            data = candidate_task(cs, session, store, link)
+            groups[_spec_for(cs, target.project_prefix)].append((f"cs:{cs.id}", data, {"candidate_set_id": cs.id}))
     for spec, rows in groups.items():
         project_id = ensure_project(ls, spec, target.overlap, target.webhook_url, target.webhook_token)
         report.projects[spec.title] = project_id
@@ -161,7 +162,7 @@ def push_pairs(ls: LabelStudio, sessions: sessionmaker[Session], link: Callable[
             data, swapped = pair_task(pair, link)
             rows.append((data["external_key"], data, {"pair_id": pair.id, "swapped": swapped}))
     if rows:
-        spec = ProjectSpec("side_by_side")
+        spec = ProjectSpec("side_by_side", prefix=target.project_prefix)
         project_id = ensure_project(ls, spec, target.overlap, target.webhook_url, target.webhook_token)
         report.projects[spec.title] = project_id
         _push_group(ls, sessions, project_id, "side_by_side", rows, target, report)

@@ -162,14 +162,14 @@ def start(venv: Path, data_dir: Path, port: int, log_path: Path, timeout: float 
     data_dir.mkdir(parents=True, exist_ok=True)
     password_file = data_dir / "editloop-admin-password"
     if not password_file.is_file():
-        password_file.write_text(secrets.token_urlsafe(18))
+        password_file.write_text(secrets.token_hex(16))
         password_file.chmod(0o600)
     password = password_file.read_text().strip()
     url = f"http://127.0.0.1:{port}"
     log = open(log_path, "ab")
     proc = subprocess.Popen(
         [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data_dir), "--username", ADMIN_EMAIL, "--password", password],
+         "--data-dir", str(data_dir)],  # the admin's credentials go by environment, not on the command line
         env=server_env(data_dir, ADMIN_EMAIL, password), stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,
     )

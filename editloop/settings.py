@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>
     link_secret: str = Field(default="", repr=False)  # signs image links; default: a random one in state_dir
     link_ttl_hours: float = 24 * 7
+    annotation_project_prefix: str = "editloop"  # Label Studio project titles start with it
 
     def resolved_annotation_web_url(self) -> str:
         return (self.annotation_web_url or f"http://127.0.0.1:{self.annotation_web_port}").rstrip("/")

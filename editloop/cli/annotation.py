@@ -72,7 +72,7 @@ def _push(args: argparse.Namespace) -> int:
     sessions, store = _context(settings)
     ls, _ = connect_from_state(settings)
     target = Target(args.overlap, args.batch_size, f"{settings.resolved_annotation_web_url()}/webhook",
-                    webhook_token(settings))
+                    webhook_token(settings), settings.annotation_project_prefix)
     link = LinkMaker(settings, store)
     report = push_candidate_sets(ls, sessions, store, link, target, args.ids)
     print(f"best/worst: {report.created} tasks created, {report.adopted} adopted, {report.already} already there; "
