@@ -77,8 +77,8 @@ def best_worst_config(n: int, edit: bool = False) -> str:
     header = ['  <Header value="$prompt"/>']
     if edit:
         header.append('  <View style="display:flex;gap:8px">')
-        header.append(_image("source", "source"))
-        header.append(_image("overlay", "edited region"))
+        header.append(_image("source_image", "source"))
+        header.append(_image("mask_overlay", "edited region"))
         header.append("  </View>")
     images = "\n".join(_image(f"img{i + 1}", str(i + 1)) for i in range(n))
     return "\n".join([

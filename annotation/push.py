@@ -66,8 +66,9 @@ def candidate_task(cs: CandidateSet, session: Session, store: BlobStore, link: C
         data[f"img{item.position + 1}"] = link(item.image.blob_key)
     if cs.kind != "t2i" and cs.source_image_id is not None and cs.mask_key:
         source = session.get(ImageRecord, cs.source_image_id)
-        data["source"] = link(source.blob_key)
-        data["overlay"] = link(store.put(overlay_png(store.get(source.blob_key), store.get(cs.mask_key)), "image/png"))
+        data["source_image"] = link(source.blob_key)
+        overlay = overlay_png(store.get(source.blob_key), store.get(cs.mask_key))
+        data["mask_overlay"] = link(store.put(overlay, "image/png"))
     return data
 
 

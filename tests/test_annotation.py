@@ -276,3 +276,37 @@ def test_a_sync_killed_with_sigkill_loses_and_doubles_nothing(env):
     assert "applied 10" in done.stdout
     assert_database_matches_label_studio(env, list(pushed.projects.values()), [])
     assert json.loads(info_path(env.settings).read_text())["url"] == env.info.url
+
+
+# Images inside the labelling view (not the data manager's thumbnails) that loaded at their 64 px size.
+COUNT_LOADED_IMAGES = """Array.from(document.querySelectorAll('.lsf-main-view img'))
+  .filter(i => i.complete && i.naturalWidth === 64).length"""
+
+
+def test_a_task_opens_in_the_labelling_view_with_its_images_rendered(env, tmp_path):
+    from browser import Browser
+
+    from annotation.server import login_session
+
+    make_candidate_sets(env.sessions, env.store, 1, n_images=4, seed=5, kind="inpaint")
+    pushed = push_candidate_sets(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store),
+                                 env.target(webhook=False))
+    project_id = next(iter(pushed.projects.values()))
+    with env.sessions() as s:
+        task_id = s.scalars(select(LabelTask.ls_task_id)).one()
+    session = login_session(env.info.url, env.info.admin_email, env.info.admin_password)
+    browser = Browser(free_port())
+    try:
+        for name in ("sessionid", "csrftoken"):
+            browser.set_cookie(env.info.url, name, session.cookies[name])
+        browser.open(f"{env.info.url}/projects/{project_id}/data?task={task_id}")
+        browser.wait_for(f"({COUNT_LOADED_IMAGES}) >= 6", timeout=90)
+        loaded = browser.evaluate(COUNT_LOADED_IMAGES)
+        shot = browser.screenshot(tmp_path / "labelling-view.png")
+        text = browser.evaluate("document.body.innerText")
+    finally:
+        browser.close()
+    assert loaded == 6, f"{loaded} of 6 images rendered (4 candidates, the source and the mask overlay)"
+    assert "Best image" in text and "Worst image" in text and "edited region" in text
+    assert "issue loading URL" not in text
+    assert len(shot) > 10_000
