@@ -224,14 +224,20 @@ def web_pid_path(settings: Settings) -> Path:
     return settings.state_dir / "annotation-web.pid"
 
 
-def start_web(settings: Settings, timeout: float = 60) -> int:
-    """Start editloop's image endpoint and webhook receiver (`python -m annotation.web`) unless it answers."""
-    url = settings.resolved_annotation_web_url()
+def web_running(settings: Settings) -> bool:
     try:
-        if requests.get(f"{url}/health", timeout=2).ok:
-            return int(web_pid_path(settings).read_text()) if web_pid_path(settings).is_file() else -1
+        return requests.get(f"{settings.resolved_annotation_web_url()}/health", timeout=2).ok
     except requests.RequestException:
-        pass
+        return False
+
+
+def start_web(settings: Settings, timeout: float = 60) -> int | None:
+    """Start editloop's image endpoint and webhook receiver (`python -m annotation.web`) unless it answers.
+
+    Returns the pid it started, or None if one was already answering."""
+    url = settings.resolved_annotation_web_url()
+    if web_running(settings):
+        return None
     env = {**os.environ, "EDITLOOP_STATE_DIR": str(settings.state_dir.resolve())}
     with open(settings.state_dir / "annotation-web.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "annotation.web"], env=env, stdout=log,
@@ -251,29 +257,50 @@ def start_web(settings: Settings, timeout: float = 60) -> int:
     raise LabelStudioError(f"the annotation web endpoint did not answer at {url} within {timeout:.0f}s")
 
 
-def up(settings: Settings, port: int | None = None) -> LabelStudioInfo:
-    """`editloop annotation up`: Label Studio (unless the one recorded in the state dir runs) and the web endpoint."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    start_web(settings)
+def running_info(settings: Settings) -> LabelStudioInfo | None:
+    """The Label Studio recorded in the state dir, if it answers."""
     path = info_path(settings)
     if path.is_file():
         info = LabelStudioInfo.load(path)
         if is_running(info):
             return info
-    info = start(settings.label_studio_venv, settings.state_dir / "label-studio", port or settings.label_studio_port,
+    return None
+
+
+def up(settings: Settings, port: int | None = None) -> LabelStudioInfo:
+    """`editloop annotation up`: Label Studio (unless the one recorded in the state dir runs) and the web endpoint."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    start_web(settings)
+    path = info_path(settings)
+    info = running_info(settings)
+    if info is not None:
+        return info
+    info = start(settings.label_studio_venv.resolve(), settings.state_dir.resolve() / "label-studio",
+                 port or settings.label_studio_port,
                  settings.state_dir / "label-studio.log")
     info.save(path)
     return info
 
 
+def stop_web(settings: Settings) -> bool:
+    path = web_pid_path(settings)
+    if not path.is_file():
+        return False
+    stopped = stop_process(int(path.read_text()))
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def stop_label_studio(settings: Settings) -> bool:
+    path = info_path(settings)
+    if not path.is_file():
+        return False
+    stopped = stop_process(LabelStudioInfo.load(path).pid)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
 def down(settings: Settings) -> bool:
     """Stop Label Studio and the web endpoint; False if neither was recorded as running."""
-    stopped = False
-    if web_pid_path(settings).is_file():
-        stopped |= stop_process(int(web_pid_path(settings).read_text()))
-        web_pid_path(settings).unlink(missing_ok=True)
-    path = info_path(settings)
-    if path.is_file():
-        stopped |= stop_process(LabelStudioInfo.load(path).pid)
-        path.unlink(missing_ok=True)
-    return stopped
+    web = stop_web(settings)
+    return stop_label_studio(settings) or web

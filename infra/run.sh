@@ -8,6 +8,6 @@ bash infra/bootstrap.sh
 export TOKENIZERS_PARALLELISM=false
 case "${1:-}" in
   demo) shift; exec .venv/bin/python -m editloop.cli.main demo "$@" ;;
-  test) shift; .venv/bin/ruff check . && exec .venv/bin/python -m pytest -q "$@" ;;
+  test) shift; bash infra/system-deps.sh; .venv/bin/ruff check . && exec .venv/bin/python -m pytest -q "$@" ;;
   *) echo "usage: bash infra/run.sh demo|test" >&2; exit 2 ;;
 esac

@@ -45,11 +45,23 @@ def test_up_serves_the_clients_and_leaves_no_process_behind(stack_env, tmp_path,
     assert (tmp_path / "e" / "erase-0.png").is_file()
 
 
-def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path):
+def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path, label_studio, monkeypatch):
     import json
+    import uuid
 
-    assert main(["demo", "--steps", "2", "--prompts", "2", "--candidates", "2", "--out", str(tmp_path / "d")]) == 0
+    import psutil
+    from conftest import free_port
+
+    from annotation.server import info_path
+
+    monkeypatch.setenv("EDITLOOP_ANNOTATION_WEB_PORT", str(free_port()))
+    monkeypatch.setenv("EDITLOOP_ANNOTATION_PROJECT_PREFIX", f"demo-{uuid.uuid4().hex[:6]}")
+    label_studio.save(info_path(stack_env))  # the session's Label Studio stands in for `annotation up`
+    assert main(["demo", "--steps", "2", "--prompts", "3", "--candidates", "3", "--out", str(tmp_path / "d")]) == 0
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
-    assert len(summary["candidate_sets"]) == 2 and len(summary["erase_success"]) == 4
-    assert all(len(cs["judged_correct"]) == 2 for cs in summary["candidate_sets"])
+    assert len(summary["candidate_sets"]) == 3 and len(summary["erase_success"]) == 4
+    assert summary["annotation"]["labels"] == {"valid": 6}  # 3 sets x overlap 2, labelled and synced
+    left = [c for c in psutil.Process().children(recursive=True) if "annotation.web" in " ".join(c.cmdline())]
+    assert not left  # the image/webhook endpoint it started is stopped
+    assert all(len(cs["judged_correct"]) == 3 for cs in summary["candidate_sets"])
     assert (tmp_path / "d" / "candidates.png").is_file() and (tmp_path / "d" / "erase.png").is_file()

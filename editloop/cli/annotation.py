@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 
 from editloop.settings import Settings
 
@@ -35,6 +37,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     asub.add_parser("stats", help="labels per annotator and day, agreement, GSB").set_defaults(func=_stats)
 
 
+def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Label Studio down, unreachable or refusing: one clear line on stderr and exit code 1, no traceback."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        import requests
+
+        from annotation.client import LabelStudioUnavailable
+        from annotation.server import LabelStudioError
+        from editloop.cli.world import fail
+
+        try:
+            return func(args)
+        except (LabelStudioError, LabelStudioUnavailable, requests.ConnectionError) as exc:
+            fail(f"Label Studio: {exc}")
+            return 1
+
+    return run
+
+
 def _context(settings: Settings):  # noqa: ANN202
     from editloop.db.session import make_engine, make_sessionmaker, upgrade
     from editloop.store import open_store
@@ -44,6 +66,7 @@ def _context(settings: Settings):  # noqa: ANN202
     return make_sessionmaker(make_engine(url)), open_store(settings)
 
 
+@_friendly
 def _up(args: argparse.Namespace) -> int:
     from annotation import server
 
@@ -56,6 +79,7 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def _down(args: argparse.Namespace) -> int:
     from annotation import server
 
@@ -63,6 +87,7 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def _push(args: argparse.Namespace) -> int:
     from annotation.client import connect_from_state
     from annotation.links import LinkMaker, webhook_token
@@ -91,6 +116,7 @@ def simulated_labellers(url: str, temperatures: list[float], seed: int, reverse:
     return [join(url, a) for a in panel(tuple(temperatures), weights, seed)]
 
 
+@_friendly
 def _label(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
     from tqdm import tqdm
@@ -113,6 +139,7 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def _sync(args: argparse.Namespace) -> int:
     from annotation.client import connect_from_state
     from annotation.sync import sync
@@ -130,6 +157,7 @@ def _sync(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+@_friendly
 def _stats(args: argparse.Namespace) -> int:
     from editloop.labels.stats import format_stats, label_stats
 

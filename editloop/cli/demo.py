@@ -4,13 +4,16 @@
 2. enqueue candidate sets for held-out captions on the queue; the worker generates and records them,
 3. judge every candidate with the world's judge; a simulated annotator picks best and worst,
 4. generate through the generator service and erase objects through the editor service,
-5. write PNG grids and summary.json to --out, then stop the stack.
+5. Label Studio (installed into its own virtualenv on first use): push the candidate sets with
+   overlap 2, simulated annotators label them through its API, sync the labels, print statistics,
+6. write PNG grids and summary.json to --out, then stop the stack (and Label Studio, if it started it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", type=int, default=4, help="images per candidate set")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--no-label-studio", action="store_true", help="skip step 5 (labelling in Label Studio)")
+    p.add_argument("--keep-label-studio", action="store_true", help="leave Label Studio up afterwards")
     p.set_defaults(func=run_demo)
+
+
+def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:  # noqa: ANN001
+    """Push, let simulated annotators label through the API, sync, and return the statistics."""
+    from annotation import server
+    from annotation.client import connect
+    from annotation.links import LinkMaker, webhook_token
+    from annotation.push import Target, push_candidate_sets
+    from annotation.simulate import label_project
+    from annotation.sync import sync
+    from editloop.cli.annotation import simulated_labellers
+    from editloop.db import make_engine, make_sessionmaker
+    from editloop.labels.stats import format_stats, label_stats
+    from editloop.store import open_store
+
+    started, web_started = server.running_info(settings) is None, not server.web_running(settings)
+    print("5. Label Studio" + (" (starting it; the first run installs it, a few minutes)" if started else ""))
+    info = server.up(settings)
+    try:
+        sessions, store = make_sessionmaker(make_engine(settings.resolved_database_url())), open_store(settings)
+        ls = connect(info.url, info.token)
+        target = Target(2, 50, f"{settings.resolved_annotation_web_url()}/webhook", webhook_token(settings),
+                        settings.annotation_project_prefix)
+        pushed = push_candidate_sets(ls, sessions, store, LinkMaker(settings, store), target, set_ids)
+        print(f"   pushed {pushed.created} tasks ({pushed.already} already there) to {info.url}, overlap 2")
+        labellers = simulated_labellers(info.url, [0.25, 0.5, 1.0], 0, False)
+        counts = sum((label_project(info.url, labellers, pid) for pid in pushed.projects.values()), start=Counter())
+        print(f"   simulated annotators labelled through the API: {dict(counts)}")
+        report = sync(ls, sessions)
+        print(f"   synced: {report.seen} annotations in Label Studio, applied {report.applied.applied} events")
+        with sessions() as session:
+            stats = label_stats(session)
+        print("   " + format_stats(stats, {f"ls:{lab.user_id}": lab.email for lab in labellers}).replace("\n", "\n   "))
+        return {"label_studio": info.url, "labels": dict(stats.status), "per_annotator": stats.per_annotator,
+                "agreement_best": stats.agreement_best, "alpha_best": stats.alpha_best}
+    finally:
+        if web_started and not keep:
+            server.stop_web(settings)
+        if started and not keep:
+            server.stop_label_studio(settings)
 
 
 def candidate_sets(settings, scenes, args) -> list[dict]:  # noqa: ANN001
@@ -118,6 +163,9 @@ def run_demo(args: argparse.Namespace) -> int:
         save_grid_png(erase_rows, out / "erase.png")
         summary["erase_success"] = successes
         print(f"4. Editor.Erase: {sum(successes)}/{len(successes)} objects judged gone")
+        if not args.no_label_studio:  # inside the stack: its worker applies what the webhooks record
+            summary["annotation"] = label_in_label_studio(settings, [cs["id"] for cs in sets],
+                                                          args.keep_label_studio)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {out / 'candidates.png'} (column 1: the caption as the world renders it), "
           f"{out / 'erase.png'} (source, mask, result), {out / 'summary.json'}; "
