@@ -81,31 +81,7 @@ def label_studio(tmp_path_factory):
 
 
 def make_candidate_sets(sessions, store, n_sets: int, n_images: int = 4, seed: int = 0, kind: str = "t2i"):
-    """Candidate sets of world renders at mixed quality (what a weak generator gives), recorded as the
-    generator would record them; edit sets get a source and a cell mask. Returns their ids."""
-    import numpy as np
+    """Candidate sets of world renders at mixed quality (what a weak generator gives); returns their ids."""
+    from editloop.labels.simulated import render_candidate_sets
 
-    from editloop.db.models import CandidateItem, CandidateSet
-    from editloop.records import get_or_create_image, get_or_create_prompt
-    from editloop.world import cell_mask, render, sample_scene
-    from editloop.world.io import mask_to_png, to_png
-    from editloop.world.render import sample_quality
-
-    rng = np.random.default_rng(seed)
-    ids = []
-    with sessions.begin() as session:
-        for _ in range(n_sets):
-            scene = sample_scene(rng)
-            cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, scene.caption))
-            if kind != "t2i":
-                source = render(scene)
-                cs.source_image_id = get_or_create_image(session, store.put(to_png(source)), 64, 64).id
-                cs.mask_key = store.put(mask_to_png(cell_mask(scene.objects[0].position)))
-            for position in range(n_images):
-                image = render(scene, sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, 1))))
-                record = get_or_create_image(session, store.put(to_png(image)), 64, 64)
-                cs.items.append(CandidateItem(position=position, image_id=record.id))
-            session.add(cs)
-            session.flush()
-            ids.append(cs.id)
-    return ids
+    return render_candidate_sets(sessions, store, n_sets, n_images, seed, kind)

@@ -219,6 +219,7 @@ class ModelVersion(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="candidate")
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last promotion (rollback order)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

@@ -1,0 +1,72 @@
+"""Candidate sets of world renders and simulated best/worst labels written straight to the database.
+
+For unit tests and learning-quality benchmarks, where going through Label Studio would only add
+time (the integration tests and the demo do go through it). Candidate images are renders of the
+world's quality mix: what a weak generator gives, with a known scene behind each prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from editloop.db.models import CandidateItem, CandidateSet, ImageRecord, Preference
+from editloop.records import get_or_create_image, get_or_create_prompt
+from editloop.store.base import BlobStore
+from editloop.world import cell_mask, render, sample_scene
+from editloop.world.annotators import SimulatedAnnotator
+from editloop.world.io import from_png, mask_to_png, to_png
+from editloop.world.render import sample_quality
+from editloop.world.scene import parse_caption
+
+
+def render_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, n_sets: int, n_images: int = 4,
+                          seed: int = 0, kind: str = "t2i", max_q: float = 1.0) -> list[int]:
+    """`n_sets` candidate sets of `n_images` renders at q ~ U[0, max_q]; edit sets get a source and cell mask."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    with sessions.begin() as session:
+        for _ in range(n_sets):
+            scene = sample_scene(rng)
+            cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, scene.caption))
+            if kind != "t2i":
+                source = render(scene)
+                cs.source_image_id = get_or_create_image(session, store.put(to_png(source)), 64, 64).id
+                cs.mask_key = store.put(mask_to_png(cell_mask(scene.objects[0].position)))
+            for position in range(n_images):
+                quality = sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, max_q)))
+                record = get_or_create_image(session, store.put(to_png(render(scene, quality))), 64, 64)
+                cs.items.append(CandidateItem(position=position, image_id=record.id))
+            session.add(cs)
+            session.flush()
+            ids.append(cs.id)
+    return ids
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    annotators: list[SimulatedAnnotator]
+    overlap: int = 1  # annotators per set, taken round-robin
+
+
+def simulate_labels(sessions: sessionmaker[Session], store: BlobStore, set_ids: list[int], plan: LabelPlan) -> int:
+    """Each set labelled by `overlap` annotators (round-robin); one valid Preference per answer. Returns count."""
+    made = 0
+    with sessions.begin() as session:
+        sets = session.scalars(select(CandidateSet).options(selectinload(CandidateSet.items),
+                                                            selectinload(CandidateSet.prompt))
+                               .where(CandidateSet.id.in_(set_ids)).order_by(CandidateSet.id))
+        keys = dict(session.execute(select(ImageRecord.id, ImageRecord.blob_key)).tuples().all())
+        for i, cs in enumerate(sets):
+            images = [from_png(store.get(keys[item.image_id])) for item in cs.items]
+            intended = parse_caption(cs.prompt.text)
+            for j in range(plan.overlap):
+                annotator = plan.annotators[(i + j) % len(plan.annotators)]
+                best, worst = annotator.best_worst(images, intended)
+                session.add(Preference(candidate_set_id=cs.id, best_image_id=cs.items[best].image_id,
+                                       worst_image_id=cs.items[worst].image_id, annotator=f"sim:{annotator.name}"))
+                made += 1
+    return made

@@ -1,0 +1,149 @@
+"""The model registry: candidate versions with metrics and lineage, gated promotion, rollback.
+
+Checkpoints are model directories packed as deterministic tar archives in the blob store
+(content-addressed, so the same weights are stored once); `fetch_model_dir` unpacks one into a
+local cache. At most one version per kind is `promoted`; promotion retires the previous one and
+rollback re-promotes the version promoted before it.
+
+Gate: a candidate carries `eval_score` and `parent_eval_score`, both measured on the candidate's
+own held-out set (the parent = the version promoted when training started). It is promoted only
+if eval_score >= parent_eval_score - tolerance, and only if its checkpoint loads.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from editloop.db.models import ModelVersion
+from editloop.store.base import BlobStore, check_key
+
+DEFAULT_TOLERANCE = 0.01
+
+
+class PromotionRefused(ValueError):
+    """The version may not be promoted; the message says why."""
+
+
+def pack_model_dir(path: Path) -> bytes:
+    """A deterministic tar of a model directory (sorted names, zeroed times and owners)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(str(f.relative_to(path)))
+            data = f.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def store_model_dir(store: BlobStore, path: Path) -> str:
+    return store.put(pack_model_dir(path), "application/x-tar")
+
+
+def fetch_model_dir(store: BlobStore, key: str, cache_root: Path) -> Path:
+    """The model directory stored under `key`, unpacked once into cache_root/<digest> (atomic rename)."""
+    dest = cache_root / check_key(key).split(":", 1)[1][:32]
+    if dest.is_dir():
+        return dest
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=".unpack-"))
+    with tarfile.open(fileobj=io.BytesIO(store.get(key)), mode="r") as tar:
+        tar.extractall(tmp, filter="data")
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process unpacked it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def promoted(session: Session, kind: str) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.kind == kind,
+                                                      ModelVersion.status == "promoted")).first()
+
+
+def find_version(session: Session, kind: str, version: str) -> ModelVersion:
+    row = session.scalars(select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.version == version)
+                          ).one_or_none()
+    if row is None:
+        other = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
+        if other is not None:
+            raise PromotionRefused(f"version {version!r} is a {other.kind} model, not {kind}")
+        raise PromotionRefused(f"no {kind} version {version!r} in the registry (see `editloop models show {kind}`)")
+    return row
+
+
+def register_candidate(session: Session, kind: str, name: str, version: str, checkpoint_key: str,
+                       metrics: dict, config: dict, parent: ModelVersion | None) -> ModelVersion:
+    """Add a candidate (idempotent on (name, version): a re-run of the same training returns the same row)."""
+    row = session.scalars(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+                          ).one_or_none()
+    if row is not None:
+        return row
+    row = ModelVersion(kind=kind, name=name, version=version, checkpoint_key=checkpoint_key, metrics=metrics,
+                       config=config, parent_id=parent.id if parent else None, status="candidate")
+    session.add(row)
+    session.flush()
+    return row
+
+
+def gate(candidate: ModelVersion, tolerance: float = DEFAULT_TOLERANCE) -> str | None:
+    """None if the candidate passes the gate, else the reason it does not."""
+    score, parent_score = candidate.metrics.get("eval_score"), candidate.metrics.get("parent_eval_score")
+    if score is None:
+        return "the candidate has no eval_score"
+    if parent_score is not None and score < parent_score - tolerance:
+        return (f"held-out score {score:.4f} is below the promoted version's {parent_score:.4f} on the same "
+                f"evaluation set minus the tolerance {tolerance}")
+    return None
+
+
+def promote(session: Session, kind: str, version: str, check: Callable[[ModelVersion], None] | None = None,
+            tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> ModelVersion:
+    """Promote `version` of `kind`; the previous promoted version is retired. The caller commits."""
+    row = find_version(session, kind, version)
+    if row.status == "promoted":
+        return row
+    if not force:
+        why = gate(row, tolerance)
+        if why:
+            raise PromotionRefused(f"{kind} {version} not promoted: {why}")
+    if check is not None:
+        try:
+            check(row)
+        except Exception as exc:  # noqa: BLE001 - any failure to load refuses the promotion
+            raise PromotionRefused(f"{kind} {version} not promoted: its checkpoint does not load ({exc})") from exc
+    current = promoted(session, kind)
+    if current is not None:
+        current.status = "retired"
+    row.status, row.promoted_at = "promoted", datetime.now(UTC)
+    session.flush()
+    return row
+
+
+def rollback(session: Session, kind: str, check: Callable[[ModelVersion], None] | None = None) -> ModelVersion:
+    """Retire the promoted version of `kind` and promote the one promoted before it."""
+    current = promoted(session, kind)
+    if current is None:
+        raise PromotionRefused(f"no promoted {kind} version to roll back")
+    previous = session.scalars(select(ModelVersion).where(
+        ModelVersion.kind == kind, ModelVersion.status == "retired", ModelVersion.promoted_at.is_not(None),
+        ModelVersion.id != current.id).order_by(ModelVersion.promoted_at.desc())).first()
+    if previous is None:
+        raise PromotionRefused(f"{kind} {current.version} was the first promoted version; nothing to roll back to")
+    if check is not None:
+        check(previous)
+    current.status, current.promoted_at = "retired", None  # rolled back: never a rollback target itself
+    current.metrics = {**current.metrics, "rolled_back_at": datetime.now(UTC).isoformat()}
+    previous.status = "promoted"  # keeps its promoted_at: the next rollback goes further back
+    session.flush()
+    return previous

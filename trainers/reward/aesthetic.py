@@ -1,0 +1,58 @@
+"""Aesthetic reward R_a: Bradley-Terry on best/worst answers, loss = -log sigmoid(R(win) - R(lose))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
+
+from editloop.models.reward import PreferenceReward
+from trainers.reward.data import ImageCache, Pair, PairBatch, endless_batches, make_batch
+from trainers.reward.loop import LoopConfig, LoopResult, train_loop
+
+
+def tokenize(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    tok = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                    return_tensors="pt")
+    return tok.input_ids, tok.attention_mask
+
+
+def score(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, images: torch.Tensor, prompts: list[str],
+          source: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    ids, attn = tokenize(tokenizer, prompts)
+    return model(images, ids, attn, source, mask)
+
+
+def pair_margin(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, batch: PairBatch) -> torch.Tensor:
+    """R(win) - R(lose), both images scored in one forward pass."""
+    n = batch.win.shape[0]
+    source = torch.cat([batch.source, batch.source]) if batch.source is not None else None
+    mask = torch.cat([batch.mask, batch.mask]) if batch.mask is not None else None
+    scores = score(model, tokenizer, torch.cat([batch.win, batch.lose]), batch.prompts * 2, source, mask)
+    return scores[:n] - scores[n:]
+
+
+@torch.no_grad()
+def pairwise_accuracy(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, pairs: list[Pair],
+                      cache: ImageCache, batch_size: int = 128) -> float:
+    """Share of pairs the model orders as the label does (ties count half)."""
+    model.eval()
+    hits = []
+    for start in range(0, len(pairs), batch_size):
+        margin = pair_margin(model, tokenizer, make_batch(pairs[start:start + batch_size], cache))
+        hits.append(((margin > 0).float() + 0.5 * (margin == 0).float()).numpy())
+    return float(np.concatenate(hits).mean()) if hits else float("nan")
+
+
+def train_aesthetic(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[Pair],
+                    held_out: list[Pair], cache: ImageCache, cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
+                    progress=None) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
+    def loss_fn(m: PreferenceReward, batch: PairBatch) -> torch.Tensor:
+        return -F.logsigmoid(pair_margin(m, tokenizer, batch)).mean()
+
+    batches = endless_batches(train, batch_size, cache, cfg.seed)
+    return train_loop(model, batches, loss_fn, lambda m: pairwise_accuracy(m, tokenizer, held_out, cache), cfg,
+                      run_dir, progress)

@@ -1,0 +1,91 @@
+"""Alignment reward R_b: does the image match the text? Positive caption vs hard negatives.
+
+Images are the world's quality mix (the weak generator's data) with their true captions; a hard
+negative changes exactly one attribute (a recolor, reshape, resize, move or background edit of
+the world), so the model must read every attribute. Held-out accuracy is reported per attribute.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
+
+from editloop.models.data import to_tensor
+from editloop.models.reward import PreferenceReward
+from editloop.world import make_edit, render, sample_scene
+from editloop.world.render import sample_quality
+from trainers.reward.aesthetic import score
+from trainers.reward.loop import LoopConfig, LoopResult, train_loop
+
+NEGATIVE_KINDS = {"recolor": "color", "reshape": "shape", "resize": "size", "move": "position",
+                  "background": "background"}
+
+
+@dataclass(frozen=True)
+class AlignmentExample:
+    image: np.ndarray
+    caption: str
+    negative: str
+    attribute: str
+
+
+def alignment_examples(n: int, seed: int) -> list[AlignmentExample]:
+    rng = np.random.default_rng(seed)
+    kinds = list(NEGATIVE_KINDS)
+    out = []
+    while len(out) < n:
+        scene = sample_scene(rng)
+        kind = kinds[len(out) % len(kinds)]
+        try:
+            negative = make_edit(scene, kind, rng).target
+        except ValueError:  # e.g. no free cell to move to
+            continue
+        image = render(scene, sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, 1))))
+        out.append(AlignmentExample(image, scene.caption, negative.caption, NEGATIVE_KINDS[kind]))
+    return out
+
+
+def _margin(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, batch: list[AlignmentExample]) -> torch.Tensor:
+    images = to_tensor([e.image for e in batch])
+    scores = score(model, tokenizer, torch.cat([images, images]), [e.caption for e in batch] +
+                   [e.negative for e in batch])
+    return scores[: len(batch)] - scores[len(batch):]
+
+
+@torch.no_grad()
+def accuracy_by_attribute(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast,
+                          examples: list[AlignmentExample], batch_size: int = 128) -> dict[str, float]:
+    model.eval()
+    hits: dict[str, list[float]] = defaultdict(list)
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        for e, m in zip(batch, _margin(model, tokenizer, batch).tolist()):
+            hits[e.attribute].append(1.0 if m > 0 else 0.5 if m == 0 else 0.0)
+    out = {k: float(np.mean(v)) for k, v in sorted(hits.items())}
+    out["all"] = float(np.mean([x for v in hits.values() for x in v]))
+    return out
+
+
+def _batches(examples: list[AlignmentExample], batch_size: int, seed: int) -> Iterator[list[AlignmentExample]]:
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(examples))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield [examples[i] for i in order[start:start + batch_size]]
+
+
+def train_alignment(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[AlignmentExample],
+                    held_out: list[AlignmentExample], cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
+                    progress=None) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
+    def loss_fn(m: PreferenceReward, batch: list[AlignmentExample]) -> torch.Tensor:
+        return -F.logsigmoid(_margin(m, tokenizer, batch)).mean()
+
+    return train_loop(model, _batches(train, batch_size, cfg.seed), loss_fn,
+                      lambda m: accuracy_by_attribute(m, tokenizer, held_out)["all"], cfg, run_dir, progress)

@@ -1,0 +1,136 @@
+"""Training data for the preference rewards, read from the database and the blob store.
+
+A best/worst answer over N images implies the pairs best > every other and every other > worst
+(2N - 3 distinct pairs). Splits are by candidate set (a hash of its id, so the same set is always
+on the same side), which keeps near-duplicate images of one set out of both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from editloop.db.models import CandidateSet, ImageRecord, Preference
+from editloop.models.data import to_tensor
+from editloop.store.base import BlobNotFound, BlobStore
+from editloop.world.io import from_png, mask_from_png
+
+
+class NotEnoughLabels(ValueError):
+    """The labels cannot train a model (too few, one-sided, or their images are gone)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    set_id: int
+    prompt: str
+    win: str  # blob keys
+    lose: str
+    source: str | None = None
+    mask: str | None = None
+
+
+@dataclass
+class PairSet:
+    train: list[Pair]
+    eval: list[Pair]
+    label_ids: list[int]  # the preferences they came from (lineage)
+    skipped: dict[str, int]
+
+
+def split_of(set_id: int, eval_fraction: float = 0.15, salt: str = "editloop-reward-split") -> str:
+    h = int(hashlib.sha256(f"{salt}:{set_id}".encode()).hexdigest()[:8], 16)
+    return "eval" if h / 0xFFFFFFFF < eval_fraction else "train"
+
+
+def pairs_from_answer(items: list[str], best: str, worst: str) -> list[tuple[str, str]]:
+    out = {(best, other) for other in items if other != best}
+    out |= {(other, worst) for other in items if other != worst}
+    return sorted(out)
+
+
+def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 0.15,
+                     min_labels: int = 20) -> PairSet:
+    """Every valid preference as win/lose pairs, split by candidate set. Raises NotEnoughLabels."""
+    prefs = list(session.scalars(select(Preference).where(Preference.status == "valid").order_by(Preference.id)))
+    sets = {cs.id: cs for cs in session.scalars(
+        select(CandidateSet).options(selectinload(CandidateSet.items), selectinload(CandidateSet.prompt))
+        .where(CandidateSet.id.in_({p.candidate_set_id for p in prefs})))}
+    keys = dict(session.execute(select(ImageRecord.id, ImageRecord.blob_key)).tuples().all())
+    result = PairSet([], [], [], {"missing image": 0})
+    for p in prefs:
+        cs = sets[p.candidate_set_id]
+        item_keys = [keys[i.image_id] for i in cs.items]
+        needed = [*item_keys, *([keys[cs.source_image_id], cs.mask_key] if cs.source_image_id else [])]
+        if not all(store.exists(k) for k in needed):
+            result.skipped["missing image"] += 1
+            continue
+        source = keys[cs.source_image_id] if cs.source_image_id else None
+        side = result.eval if split_of(cs.id, eval_fraction) == "eval" else result.train
+        for win, lose in pairs_from_answer(item_keys, keys[p.best_image_id], keys[p.worst_image_id]):
+            if win != lose:  # two positions can hold identical images
+                side.append(Pair(cs.id, cs.prompt.text, win, lose, source, cs.mask_key))
+        result.label_ids.append(p.id)
+    if len(result.label_ids) < min_labels:
+        raise NotEnoughLabels(f"{len(result.label_ids)} usable best/worst labels; at least {min_labels} are needed "
+                              f"(skipped: {result.skipped})")
+    if not result.eval or not result.train:
+        raise NotEnoughLabels(f"the labels cover too few candidate sets to hold some out "
+                              f"({len(result.train)} train pairs, {len(result.eval)} held-out pairs)")
+    return result
+
+
+class ImageCache:
+    """Blob key -> decoded image, loaded once (label sets reuse images many times)."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._get = lru_cache(maxsize=65536)(self._load)
+
+    def _load(self, key: str) -> np.ndarray:
+        try:
+            return from_png(self.store.get(key), key, size=None)
+        except BlobNotFound as exc:
+            raise NotEnoughLabels(f"image {key} is referenced by a label but missing from the blob store") from exc
+
+    def image(self, key: str) -> np.ndarray:
+        return self._get(key)
+
+    def mask(self, key: str) -> np.ndarray:
+        return mask_from_png(self.store.get(key), size=None)
+
+
+@dataclass
+class PairBatch:
+    prompts: list[str]
+    win: torch.Tensor
+    lose: torch.Tensor
+    source: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+def make_batch(pairs: list[Pair], cache: ImageCache) -> PairBatch:
+    win = to_tensor([cache.image(p.win) for p in pairs])
+    lose = to_tensor([cache.image(p.lose) for p in pairs])
+    source = mask = None
+    if any(p.source for p in pairs):
+        source = to_tensor([cache.image(p.source) if p.source else cache.image(p.win) for p in pairs])
+        h, w = win.shape[-2:]
+        mask = torch.from_numpy(np.stack([cache.mask(p.mask) if p.mask else np.zeros((h, w), np.uint8)
+                                          for p in pairs]).astype(np.float32))[:, None]
+    return PairBatch([p.prompt for p in pairs], win, lose, source, mask)
+
+
+def endless_batches(pairs: list[Pair], batch_size: int, cache: ImageCache, seed: int) -> Iterator[PairBatch]:
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(pairs))
+        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield make_batch([pairs[i] for i in order[start:start + batch_size]], cache)

@@ -1,0 +1,99 @@
+"""One training loop for every reward model: AdamW, periodic held-out evaluation, early stopping,
+checkpoints (model, optimizer, step, best score, RNG) and resume from the newest checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 1500
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    eval_every: int = 100
+    patience: int = 5  # evaluations without improvement before stopping
+    checkpoint_every: int = 100
+    seed: int = 0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LoopResult:
+    best_score: float
+    best_step: int
+    steps_done: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+
+
+def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
+                "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a torn checkpoint
+
+
+def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+               eval_fn: Callable[[nn.Module], float], cfg: LoopConfig, run_dir: Path,
+               progress: Callable[[int, int, dict[str, float]], None] | None = None) -> tuple[nn.Module, LoopResult]:
+    """Train `model` in place; returns the best model (by eval_fn, higher is better) and the result.
+
+    `batches` must be an endless, seeded iterator; on resume it is fast-forwarded to the saved step.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state: dict[str, Any] = {"step": 0, "best_score": float("-inf"), "best_step": 0, "bad_evals": 0,
+                             "history": [], "config": asdict(cfg)}
+    if ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        torch.set_rng_state(saved["rng"])
+        for _ in range(state["step"]):
+            next(batches)
+    stopped = False
+    while state["step"] < cfg.steps:
+        model.train()
+        loss = loss_fn(model, next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        state["step"] += 1
+        step = state["step"]
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            with torch.no_grad():
+                score = float(eval_fn(model))
+            state["history"].append({"step": step, "loss": float(loss.detach()), "eval": score})
+            if score > state["best_score"]:
+                state.update(best_score=score, best_step=step, bad_evals=0)
+                torch.save(model.state_dict(), best_path)
+            else:
+                state["bad_evals"] += 1
+            if progress is not None:
+                progress(step, cfg.steps, state["history"][-1])
+            if state["bad_evals"] >= cfg.patience:
+                stopped = True
+        if step % cfg.checkpoint_every == 0 or stopped or step == cfg.steps:
+            _save(ckpt, model, opt, state)
+        if stopped:
+            break
+    best = copy.deepcopy(model)
+    if best_path.is_file():
+        best.load_state_dict(torch.load(best_path, weights_only=True))
+    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return best.eval(), LoopResult(state["best_score"], state["best_step"], state["step"], stopped,
+                                   state["history"])

@@ -1,0 +1,207 @@
+"""One reward training run, end to end: data -> train (resumable) -> evaluate against the promoted
+version on the same held-out set -> candidate version in the registry -> promotion through the gate.
+
+`train_reward` is what the Celery task calls. Its run directory (<state_dir>/runs/<run id>) holds
+the checkpoints, so a worker killed mid-run is replaced and the same run id resumes; the
+candidate's version is derived from the run id, so a re-run never registers a second version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.models import TrainingRun
+from editloop.models.reward import REWARD_KINDS, load_reward, save_reward, tiny_reward
+from editloop.registry import (
+    PromotionRefused,
+    fetch_model_dir,
+    promote,
+    promoted,
+    register_candidate,
+    store_model_dir,
+)
+from editloop.settings import Settings
+from editloop.store.base import BlobStore
+from trainers.reward.loop import LoopConfig
+
+
+@dataclass(frozen=True)
+class RewardTrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-4
+    eval_every: int = 100
+    patience: int = 5
+    seed: int = 0
+    min_labels: int = 20
+    alignment_train: int = 4000  # generated examples (alignment)
+    alignment_eval: int = 1000
+    coherence_train: int = 512  # inpainted composites (coherence)
+    coherence_eval: int = 128
+    coherence_steps: int = 20  # sampling steps of the inpainting model that makes them
+    warm_start: bool = True  # start from the promoted version's weights
+    tolerance: float = 0.01
+    auto_promote: bool = True
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
+                          checkpoint_every=self.eval_every, seed=self.seed)
+
+
+def _update(sessions: sessionmaker[Session], run_id: str, **fields: Any) -> None:
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        for k, v in fields.items():
+            setattr(run, k, v)
+
+
+def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  # noqa: ANN202
+    from editloop.models.tokenizer import build_tokenizer
+
+    if parent_dir is not None and cfg.warm_start:
+        _, model, tokenizer = load_reward(parent_dir, kind)
+        return model.train(), tokenizer
+    return tiny_reward(kind, cfg.seed).train(), (None if kind == "coherence" else build_tokenizer())
+
+
+def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:  # noqa: ANN001
+    """(the score the gate compares, every held-out metric)."""
+    if kind == "aesthetic":
+        from trainers.reward.aesthetic import pairwise_accuracy
+
+        acc = pairwise_accuracy(model, tokenizer, data["eval"], data["cache"])
+        return acc, {"pairwise_accuracy": acc}
+    if kind == "alignment":
+        from trainers.reward.alignment import accuracy_by_attribute
+
+        by_attr = accuracy_by_attribute(model, tokenizer, data["eval"])
+        return by_attr["all"], {f"accuracy_{k}": v for k, v in by_attr.items()}
+    from trainers.reward.coherence import pixel_auc
+
+    value = pixel_auc(model, data["eval"])
+    return value, {"pixel_auc": value}
+
+
+def _data(kind: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+          cfg: RewardTrainConfig) -> dict:
+    if kind == "aesthetic":
+        from trainers.reward.data import ImageCache, preference_pairs
+
+        with sessions() as s:
+            pairs = preference_pairs(s, store, min_labels=cfg.min_labels)
+        return {"train": pairs.train, "eval": pairs.eval, "cache": ImageCache(store),
+                "lineage": {"labels": len(pairs.label_ids), "label_ids_sha256": hashlib.sha256(
+                    json.dumps(pairs.label_ids).encode()).hexdigest(), "max_label_id": max(pairs.label_ids),
+                    "train_pairs": len(pairs.train), "eval_pairs": len(pairs.eval), "skipped": pairs.skipped}}
+    if kind == "alignment":
+        from trainers.reward.alignment import alignment_examples
+
+        return {"train": alignment_examples(cfg.alignment_train, cfg.seed),
+                "eval": alignment_examples(cfg.alignment_eval, 10_000 + cfg.seed),
+                "lineage": {"source": "world captions with one-attribute hard negatives",
+                            "train_examples": cfg.alignment_train, "seed": cfg.seed}}
+    from editloop.models.zoo import load_pipeline
+    from trainers.reward.coherence import coherence_examples
+
+    pipe = load_pipeline(settings.editor_model, "inpaint", device=settings.device)
+    return {"train": coherence_examples(pipe, cfg.coherence_train, cfg.seed, cfg.coherence_steps),
+            "eval": coherence_examples(pipe, cfg.coherence_eval, 10_000 + cfg.seed, cfg.coherence_steps),
+            "lineage": {"source": f"inpainted composites by {settings.editor_model.name}",
+                        "train_examples": cfg.coherence_train, "seed": cfg.seed}}
+
+
+def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_dir: Path, progress):  # noqa: ANN001, ANN202
+    if kind == "aesthetic":
+        from trainers.reward.aesthetic import train_aesthetic
+
+        return train_aesthetic(model, tokenizer, data["train"], data["eval"], data["cache"], cfg.loop(), run_dir,
+                               cfg.batch_size, progress)
+    if kind == "alignment":
+        from trainers.reward.alignment import train_alignment
+
+        return train_alignment(model, tokenizer, data["train"], data["eval"], cfg.loop(), run_dir, cfg.batch_size,
+                               progress)
+    from trainers.reward.coherence import train_coherence
+
+    return train_coherence(model, data["train"], data["eval"], cfg.loop(), run_dir, min(cfg.batch_size, 32),
+                           progress)
+
+
+def loads(store: BlobStore, cache: Path, kind: str):  # noqa: ANN201
+    """A check for `promote`: the version's checkpoint unpacks and loads as a `kind` reward model."""
+    def check(row) -> None:  # noqa: ANN001
+        load_reward(fetch_model_dir(store, row.checkpoint_key, cache), kind)
+
+    return check
+
+
+def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+                 cfg: RewardTrainConfig | None = None) -> dict[str, Any]:
+    """Train (or resume) run `run_id` of a `kind` reward model; returns its outputs (also on the run row)."""
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
+    cfg = cfg or RewardTrainConfig()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cache = settings.state_dir / "models"
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            s.add(TrainingRun(id=run_id, kind=f"reward-{kind}", status="running", inputs={"config": asdict(cfg)}))
+        elif run.status == "succeeded":
+            return run.outputs
+        else:
+            run.status, run.error = "running", None
+        parent = promoted(s, kind)
+        parent_info = (parent.id, parent.version, parent.checkpoint_key) if parent else None
+    try:
+        data = _data(kind, sessions, store, settings, cfg)
+        parent_dir = fetch_model_dir(store, parent_info[2], cache) if parent_info else None
+        model, tokenizer = _start_model(kind, parent_dir, cfg)
+        parent_score = None
+        if parent_dir is not None:
+            _, parent_model, parent_tok = load_reward(parent_dir, kind)
+            parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
+
+        def progress(step: int, total: int, last: dict) -> None:
+            _update(sessions, run_id, progress=step / total, outputs={"last_eval": last})
+
+        run_dir = settings.state_dir / "runs" / run_id
+        best, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
+        score, metrics = _evaluate(kind, best, tokenizer, data)
+        version = f"{kind}-{run_id[:12]}"
+        with tempfile.TemporaryDirectory() as tmp:
+            save_reward(best, kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id})
+            key = store_model_dir(store, Path(tmp))
+        metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
+                       steps_done=result.steps_done, stopped_early=result.stopped_early)
+        outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
+        with sessions.begin() as s:
+            parent_row = promoted(s, kind) if parent_info else None
+            if parent_row is not None and parent_row.id != parent_info[0]:
+                parent_row = None  # promoted changed meanwhile; lineage keeps the one we compared with
+            row = register_candidate(s, kind, kind, version, key, metrics,
+                                     {"lineage": data["lineage"], "run_id": run_id, "train": asdict(cfg),
+                                      "parent_version": parent_info[1] if parent_info else None},
+                                     parent_row)
+            if cfg.auto_promote:
+                try:
+                    promote(s, kind, version, loads(store, cache, kind), cfg.tolerance)
+                    outputs["promoted"] = True
+                except PromotionRefused as exc:
+                    outputs["promoted"], outputs["refused"] = False, str(exc)
+            run = s.get(TrainingRun, run_id)
+            run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+        return outputs
+    except Exception as exc:
+        _update(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+                outputs={"failed_at": datetime.now(UTC).isoformat()})
+        raise
