@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     editor_model: Path = BASE_DIR / "inpaint"
     device: str | None = None  # cuda if present, else cpu
     max_message_mb: int = 32  # gRPC message size limit, both directions
+    reload_interval_s: float = 5.0  # reward services poll the registry for a newly promoted version
     label_studio_venv: Path = Path(".venv-label-studio")  # Label Studio's own virtualenv (made on first use)
     label_studio_port: int = 8080
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links

@@ -26,8 +26,11 @@ class Running:
     port: int
     health: object
     batcher: DynamicBatcher
+    watcher: object | None = None  # the reward services' registry watcher
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         await self.server.stop(grace)
         await self.batcher.stop()
 
@@ -36,6 +39,12 @@ def make_recorder(settings: Settings) -> Recorder:
     url = settings.resolved_database_url()
     upgrade(url)
     return Recorder(make_sessionmaker(make_engine(url)), open_store(settings))
+
+
+def make_registry(settings: Settings):  # noqa: ANN201
+    url = settings.resolved_database_url()
+    upgrade(url)
+    return make_sessionmaker(make_engine(url)), open_store(settings)
 
 
 def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa: ANN001
@@ -62,19 +71,25 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
                         max_queue: int = 256, record: bool = True, reward_kind: str | None = None) -> Running:
     """Load the model, start the batcher and the server; returns the bound port."""
     recorder = make_recorder(settings) if record and kind != "reward" else None
+    watcher = None
     if kind == "reward":
         from services.gen.editloop.v1 import reward_pb2_grpc
         from services.reward.core import RewardCore
+        from services.reward.reload import CoreHolder, RegistryWatcher, promoted_model_dir
         from services.reward.servicer import SERVICE, RewardServicer
 
+        if model is None:  # the promoted version, hot-reloaded when another is promoted
+            sessions, store = make_registry(settings)
+            version, path = promoted_model_dir(sessions, store, reward_kind, settings.state_dir / "models")
+            core = RewardCore(path, reward_kind, device=settings.device)
+            core.version = version
+        else:
+            core = RewardCore(model, reward_kind, device=settings.device)
+        holder = CoreHolder(core)
         if model is None:
-            raise FileNotFoundError(
-                f"no {reward_kind} reward model given; pass --model DIR (trained reward models arrive with "
-                f"the reward-model issue; `editloop models init-reward` writes an untrained one for testing)"
-            )
-        core = RewardCore(model, reward_kind, device=settings.device)
-        batcher = DynamicBatcher(f"reward-{core.kind}", core.run, max_batch, max_delay, max_queue)
-        servicer = RewardServicer(core, batcher)
+            watcher = RegistryWatcher(holder, reward_kind, settings, sessions, store, settings.reload_interval_s)
+        batcher = DynamicBatcher(f"reward-{core.kind}", holder.run, max_batch, max_delay, max_queue)
+        servicer = RewardServicer(holder, batcher)
         add = reward_pb2_grpc.add_RewardServicer_to_server
     elif kind == "generator":
         from services.gen.editloop.v1 import generator_pb2_grpc
@@ -101,7 +116,11 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
     batcher.start()
     server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb)
     log.info("%s serving %s (%s) on %s:%d", kind, core.name, core.version, host, bound)
-    return Running(server, bound, health, batcher)
+    running = Running(server, bound, health, batcher)
+    if watcher is not None:
+        watcher.start()
+        running.watcher = watcher
+    return running
 
 
 def run_service(kind: str, settings: Settings, model: Path | None, port: int, host: str,

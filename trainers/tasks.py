@@ -47,3 +47,13 @@ def apply_label_events() -> dict[str, Any]:
     _, sessions, _ = worker_context()
     report = apply_pending(sessions)
     return {"applied": report.applied, "outcomes": dict(report.outcomes)}
+
+
+@shared_task(name="editloop.gpu.train_reward", acks_late=True)
+def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume, after a lost worker) reward run `run_id`; registers and gates a candidate version."""
+    from trainers.reward.run import RewardTrainConfig, train_reward
+
+    settings, sessions, store = worker_context()
+    outputs = train_reward(kind, run_id, sessions, store, settings, RewardTrainConfig(**(config or {})))
+    return {k: v for k, v in outputs.items() if k != "history"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from editloop.cli import annotation, client, demo, platform, world
+from editloop.cli import annotation, client, demo, platform, train, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     platform.add_parsers(sub)
     client.add_parsers(sub)
     annotation.add_parser(sub)
+    train.add_parser(sub)
     return parser
 
 

@@ -35,6 +35,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     m = msub.add_parser("list", help="every registered model version")
     m.set_defaults(func=_models_list)
+    m = msub.add_parser("show", help="the versions of one kind with status, metrics and lineage")
+    m.add_argument("kind")
+    m.set_defaults(func=_models_show)
+    m = msub.add_parser("promote", help="promote a candidate version (gated: held-out score vs the promoted one)")
+    m.add_argument("kind")
+    m.add_argument("version")
+    m.add_argument("--tolerance", type=float, default=0.01)
+    m.add_argument("--force", action="store_true", help="skip the score gate (the checkpoint must still load)")
+    m.set_defaults(func=_models_promote)
+    m = msub.add_parser("rollback", help="re-promote the version promoted before the current one")
+    m.add_argument("kind")
+    m.set_defaults(func=_models_rollback)
     m = msub.add_parser("init-reward", help="write an UNTRAINED tiny reward model (for tests and benchmarks)")
     m.add_argument("--kind", required=True, choices=["aesthetic", "alignment", "coherence"])
     m.add_argument("--out", type=Path, required=True)
@@ -83,4 +95,66 @@ def _models_list(args: argparse.Namespace) -> int:
             print("no model versions registered yet (services register the model they serve at start)")
         for r in rows:
             print(f"{r.kind:10} {r.name:16} {r.version:16} {r.status:10} {r.checkpoint_key or ''}")
+    return 0
+
+
+def _registry_context():  # noqa: ANN202
+    from editloop.db import make_engine, make_sessionmaker, upgrade
+    from editloop.store import open_store
+
+    settings = Settings()
+    url = settings.resolved_database_url()
+    upgrade(url)
+    return settings, make_sessionmaker(make_engine(url)), open_store(settings)
+
+
+def _load_check(settings: Settings, store, kind: str):  # noqa: ANN001, ANN202
+    from editloop.models.reward import REWARD_KINDS
+
+    if kind not in REWARD_KINDS:
+        return None
+    from editloop.models.reward import load_reward
+    from editloop.registry import fetch_model_dir
+
+    return lambda row: load_reward(fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models"), kind)
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    import json
+
+    from sqlalchemy import select
+
+    from editloop.db import ModelVersion
+
+    _, sessions, _ = _registry_context()
+    with sessions() as s:
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == args.kind).order_by(ModelVersion.id)).all()
+        if not rows:
+            print(f"no {args.kind} versions registered")
+        for r in rows:
+            metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.metrics.items()}
+            print(f"{r.version:24} {r.status:9} parent={r.parent_id or '-'} metrics={json.dumps(metrics)}")
+            if r.config.get("lineage"):
+                print(f"{'':24} lineage={json.dumps(r.config['lineage'])}")
+    return 0
+
+
+def _models_promote(args: argparse.Namespace) -> int:
+    from editloop.registry import promote
+
+    settings, sessions, store = _registry_context()
+    with sessions.begin() as s:
+        row = promote(s, args.kind, args.version, _load_check(settings, store, args.kind), args.tolerance,
+                      args.force)
+        print(f"promoted {row.kind} {row.version}")
+    return 0
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    from editloop.registry import rollback
+
+    settings, sessions, store = _registry_context()
+    with sessions.begin() as s:
+        row = rollback(s, args.kind, _load_check(settings, store, args.kind))
+        print(f"rolled back: {row.kind} {row.version} is promoted again")
     return 0

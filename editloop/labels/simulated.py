@@ -59,7 +59,7 @@ def simulate_labels(sessions: sessionmaker[Session], store: BlobStore, set_ids: 
         sets = session.scalars(select(CandidateSet).options(selectinload(CandidateSet.items),
                                                             selectinload(CandidateSet.prompt))
                                .where(CandidateSet.id.in_(set_ids)).order_by(CandidateSet.id))
-        keys = dict(session.execute(select(ImageRecord.id, ImageRecord.blob_key)).tuples().all())
+        keys = {i: k for i, k in session.execute(select(ImageRecord.id, ImageRecord.blob_key))}
         for i, cs in enumerate(sets):
             images = [from_png(store.get(keys[item.image_id])) for item in cs.items]
             intended = parse_caption(cs.prompt.text)

@@ -15,15 +15,20 @@ from services.core.rpc import unary
 from services.core.sampling import check_prompt
 from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 from services.reward.core import RewardCore, ScoreItem
+from services.reward.reload import CoreHolder
 
 SERVICE = "editloop.v1.Reward"
 MAX_ITEMS = 256
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
-    def __init__(self, core: RewardCore, batcher: DynamicBatcher) -> None:
-        self.core = core
+    def __init__(self, holder: CoreHolder, batcher: DynamicBatcher) -> None:
+        self.holder = holder
         self.batcher = batcher
+
+    @property
+    def core(self) -> RewardCore:
+        return self.holder.core  # hot-reloaded: read it once per use
 
     def _item(self, msg: reward_pb2.ScoreItem, field: str) -> ScoreItem:
         image = decode_image(msg.image.png, f"{field}.image")
@@ -35,8 +40,9 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         mask = decode_mask(msg.mask.png, f"{field}.mask", image) if msg.mask.png else None
         return ScoreItem(image, prompt, source, mask)
 
-    def _ref(self) -> common_pb2.ModelRef:
-        return common_pb2.ModelRef(name=self.core.name, version=self.core.version)
+    @staticmethod
+    def _ref(core: RewardCore, version: str | None = None) -> common_pb2.ModelRef:
+        return common_pb2.ModelRef(name=core.name, version=version or core.version)
 
     @unary(SERVICE)
     async def Score(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
@@ -48,23 +54,25 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             if it.image.shape != shape:
                 raise InvalidArgument(f"`items[{i}].image` is {it.image.shape[1]}x{it.image.shape[0]}; "
                                       f"every item of a request must match items[0] ({shape[1]}x{shape[0]})")
-        scores = await self.batcher.submit(items, shape, len(items))
-        return reward_pb2.ScoreResponse(scores=[float(s) for s in scores], model=self._ref())
+        scores, version = await self.batcher.submit(items, shape, len(items))
+        return reward_pb2.ScoreResponse(scores=[float(s) for s in scores], model=self._ref(self.core, version))
 
     @unary(SERVICE)
     async def ScoreMap(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
-        if self.core.kind != "coherence":
+        core = self.core
+        if core.kind != "coherence":
             raise FailedPrecondition(
-                f"ScoreMap is served by the coherence model only; this server hosts {self.core.kind}"
+                f"ScoreMap is served by the coherence model only; this server hosts {core.kind}"
             )
         item = self._item(request.item, "item")
-        pixel_map, score = await asyncio.to_thread(self.core.score_map, item.image)
-        return reward_pb2.ScoreMapResponse(map_png=encode_gray(pixel_map), score=score, model=self._ref())
+        pixel_map, score = await asyncio.to_thread(core.score_map, item.image)
+        return reward_pb2.ScoreMapResponse(map_png=encode_gray(pixel_map), score=score, model=self._ref(core))
 
     @unary(SERVICE)
     async def ModelInfo(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
-        return reward_pb2.ModelInfoResponse(kind=self.core.kind, model=self._ref(),
-                                            config_json=json.dumps(public_config(self.core.model.config)))
+        core = self.core
+        return reward_pb2.ModelInfoResponse(kind=core.kind, model=self._ref(core),
+                                            config_json=json.dumps(public_config(core.model.config)))
 
 
 def encode_gray(pixel_map) -> bytes:  # noqa: ANN001

@@ -63,7 +63,7 @@ def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 
     sets = {cs.id: cs for cs in session.scalars(
         select(CandidateSet).options(selectinload(CandidateSet.items), selectinload(CandidateSet.prompt))
         .where(CandidateSet.id.in_({p.candidate_set_id for p in prefs})))}
-    keys = dict(session.execute(select(ImageRecord.id, ImageRecord.blob_key)).tuples().all())
+    keys = {i: k for i, k in session.execute(select(ImageRecord.id, ImageRecord.blob_key))}
     result = PairSet([], [], [], {"missing image": 0})
     for p in prefs:
         cs = sets[p.candidate_set_id]
