@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     editor_model: Path = BASE_DIR / "inpaint"
     device: str | None = None  # cuda if present, else cpu
     max_message_mb: int = 32  # gRPC message size limit, both directions
+    retrain_label_threshold: int = 200  # new valid labels that start an aesthetic reward run
+    retrain_debounce_s: float = 600.0  # at most one triggered run per this many seconds
+    drift_window: int = 100  # newest labels the drift check scores
+    drift_min_accuracy: float = 0.6  # below this on the newest labels, retrain
+    reward_train_steps: int = 1500  # steps of a triggered reward run
+    trigger_interval_s: float = 300.0  # Celery beat: how often the triggers are checked
     reload_interval_s: float = 5.0  # reward services poll the registry for a newly promoted version
     label_studio_venv: Path = Path(".venv-label-studio")  # Label Studio's own virtualenv (made on first use)
     label_studio_port: int = 8080

@@ -28,6 +28,8 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={"editloop.gpu.*": {"queue": "gpu"}, "editloop.cpu.*": {"queue": "cpu"}},
         broker_connection_retry_on_startup=True,
         result_extended=True,
+        beat_schedule={"check-retraining-triggers": {"task": "editloop.cpu.check_triggers",
+                                                     "schedule": settings.trigger_interval_s}},
     )
     return app
 

@@ -46,7 +46,24 @@ def apply_label_events() -> dict[str, Any]:
 
     _, sessions, _ = worker_context()
     report = apply_pending(sessions)
-    return {"applied": report.applied, "outcomes": dict(report.outcomes)}
+    out: dict[str, Any] = {"applied": report.applied, "outcomes": dict(report.outcomes)}
+    if report.outcomes.get("valid"):
+        out["trigger"] = check_triggers_task.run(source="new labels applied")
+    return out
+
+
+def _enqueue_reward(kind: str, run_id: str, config: dict[str, Any]) -> None:
+    train_reward_task.apply_async(args=[kind, run_id, config], task_id=run_id)
+
+
+@shared_task(name="editloop.cpu.check_triggers", acks_late=True)
+def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
+    """Start a reward run if new labels or drift call for one (debounced); returns the decision."""
+    from trainers.triggers import check_triggers, drift_check
+
+    settings, sessions, store = worker_context()
+    decision = check_triggers(sessions, settings, _enqueue_reward, drift_check(store, settings), source)
+    return {"start": decision.start, "reason": decision.reason, "run_id": decision.run_id}
 
 
 @shared_task(name="editloop.gpu.train_reward", acks_late=True)

@@ -87,6 +87,23 @@ def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 
     return result
 
 
+def newest_pairs(session: Session, store: BlobStore, n_labels: int) -> list[Pair]:
+    """The pairs of the newest `n_labels` valid labels (for drift checks), images that still exist only."""
+    prefs = list(session.scalars(select(Preference).where(Preference.status == "valid")
+                                 .order_by(Preference.id.desc()).limit(n_labels)))
+    keys = {i: k for i, k in session.execute(select(ImageRecord.id, ImageRecord.blob_key))}
+    out = []
+    for p in prefs:
+        cs = session.get(CandidateSet, p.candidate_set_id)
+        items = [keys[i.image_id] for i in cs.items]
+        if not all(store.exists(k) for k in items):
+            continue
+        source = keys[cs.source_image_id] if cs.source_image_id else None
+        out += [Pair(cs.id, cs.prompt.text, w, lo, source, cs.mask_key)
+                for w, lo in pairs_from_answer(items, keys[p.best_image_id], keys[p.worst_image_id]) if w != lo]
+    return out
+
+
 class ImageCache:
     """Blob key -> decoded image, loaded once (label sets reuse images many times)."""
 
