@@ -6,7 +6,10 @@
 4. generate through the generator service and erase objects through the editor service,
 5. Label Studio (installed into its own virtualenv on first use): push the candidate sets with
    overlap 2, simulated annotators label them through its API, sync the labels, print statistics,
-6. write PNG grids and summary.json to --out, then stop the stack (and Label Studio, if it started it).
+6. reward models: a short alignment-reward run on the queue (the stack's worker trains it, registers
+   a candidate version and promotes it through the gate; the aesthetic reward too once the labels
+   suffice), then a reward service on the promoted version scores captions against hard negatives,
+7. write PNG grids and summary.json to --out, then stop the stack (and Label Studio, if it started it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--no-label-studio", action="store_true", help="skip step 5 (labelling in Label Studio)")
     p.add_argument("--keep-label-studio", action="store_true", help="leave Label Studio up afterwards")
+    p.add_argument("--reward-steps", type=int, default=150, help="steps of the demo's reward runs (0 skips step 6)")
     p.set_defaults(func=run_demo)
+
+
+def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
+    """Step 6: reward runs through the queue, then score through a reward service on the promoted version."""
+    import asyncio
+
+    import grpc
+    from celery.result import AsyncResult
+    from sqlalchemy import func, select
+
+    from editloop.cli.train import enqueue_reward_run
+    from editloop.db import Preference, make_engine, make_sessionmaker
+    from editloop.world.io import to_png
+    from services.app import start_service
+    from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+    from trainers.celery_app import make_celery
+    from trainers.reward.alignment import alignment_examples
+
+    app, out = make_celery(settings), {}
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+    with sessions() as s:
+        labels = s.scalar(select(func.count()).select_from(Preference).where(Preference.status == "valid"))
+    runs = {"alignment": {"steps": steps, "alignment_train": 1000, "alignment_eval": 200, "eval_every": 50}}
+    if labels >= 20:
+        runs["aesthetic"] = {"steps": steps, "eval_every": 50}
+    else:
+        print(f"   aesthetic reward: {labels} labels, fewer than the 20 a run needs (run the demo with more --prompts)")
+    for kind, config in runs.items():
+        run_id = enqueue_reward_run(settings, kind, config, "demo")
+        result = AsyncResult(run_id, app=app).get(timeout=3600)
+        out[kind] = {"version": result["version"], "promoted": result.get("promoted"),
+                     "eval_score": result["metrics"]["eval_score"]}
+        print(f"   {kind} reward run {run_id[:8]}: version {result['version']}, held-out score "
+              f"{result['metrics']['eval_score']:.3f}, promoted: {result.get('promoted')} {result.get('refused', '')}")
+    examples = alignment_examples(32, 777)
+
+    async def score() -> tuple[float, str]:
+        running = await start_service("reward", settings, None, reward_kind="alignment")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                stub = reward_pb2_grpc.RewardStub(ch)
+                items = [reward_pb2.ScoreItem(image=common_pb2.Image(png=to_png(e.image)), prompt=p)
+                         for e in examples for p in (e.caption, e.negative)]
+                resp = await stub.Score(reward_pb2.ScoreRequest(items=items))
+        finally:
+            await running.stop(0)
+        pos, neg = resp.scores[0::2], resp.scores[1::2]
+        return sum(a > b for a, b in zip(pos, neg)) / len(pos), resp.model.version
+
+    accuracy, version = asyncio.run(score())
+    print(f"   Reward.Score ({version}): the true caption outscores its hard negative on "
+          f"{accuracy:.0%} of 32 held-out images")
+    out["service_accuracy"] = accuracy
+    return out
 
 
 def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:  # noqa: ANN001
@@ -166,6 +224,9 @@ def run_demo(args: argparse.Namespace) -> int:
         if not args.no_label_studio:  # inside the stack: its worker applies what the webhooks record
             summary["annotation"] = label_in_label_studio(settings, [cs["id"] for cs in sets],
                                                           args.keep_label_studio)
+        if args.reward_steps:
+            print("6. reward models: training runs on the queue, gated promotion, a reward service")
+            summary["rewards"] = train_rewards(settings, args.reward_steps)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {out / 'candidates.png'} (column 1: the caption as the world renders it), "
           f"{out / 'erase.png'} (source, mask, result), {out / 'summary.json'}; "
