@@ -8,7 +8,6 @@ the world), so the model must read every attribute. Held-out accuracy is reporte
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from editloop.models.reward import PreferenceReward
 from editloop.world import make_edit, render, sample_scene
 from editloop.world.render import sample_quality
 from trainers.reward.aesthetic import score
-from trainers.reward.loop import LoopConfig, LoopResult, train_loop
+from trainers.reward.loop import LoopConfig, LoopResult, shuffled_batches, train_loop
 
 NEGATIVE_KINDS = {"recolor": "color", "reshape": "shape", "resize": "size", "move": "position",
                   "background": "background"}
@@ -73,19 +72,11 @@ def accuracy_by_attribute(model: PreferenceReward, tokenizer: PreTrainedTokenize
     return out
 
 
-def _batches(examples: list[AlignmentExample], batch_size: int, seed: int) -> Iterator[list[AlignmentExample]]:
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(examples))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield [examples[i] for i in order[start:start + batch_size]]
-
-
 def train_alignment(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[AlignmentExample],
                     held_out: list[AlignmentExample], cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
                     progress=None) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
     def loss_fn(m: PreferenceReward, batch: list[AlignmentExample]) -> torch.Tensor:
         return -F.logsigmoid(_margin(m, tokenizer, batch)).mean()
 
-    return train_loop(model, _batches(train, batch_size, cfg.seed), loss_fn,
+    return train_loop(model, shuffled_batches(train, batch_size, cfg.seed), loss_fn,
                       lambda m: accuracy_by_attribute(m, tokenizer, held_out)["all"], cfg, run_dir, progress)

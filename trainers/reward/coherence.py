@@ -8,7 +8,6 @@ ROC AUC (the probability that a random real pixel scores above a random generate
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from editloop.models.evaluate import inpaint
 from editloop.models.reward import CoherenceReward
 from editloop.world import cell_mask, render, sample_scene
 from editloop.world.render import sample_quality
-from trainers.reward.loop import LoopConfig, LoopResult, train_loop
+from trainers.reward.loop import LoopConfig, LoopResult, shuffled_batches, train_loop
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,6 @@ def pixel_auc(model: CoherenceReward, examples: list[CoherenceExample], batch_si
     return auc(np.concatenate(scores), np.concatenate(labels))
 
 
-def _batches(examples: list[CoherenceExample], batch_size: int, seed: int) -> Iterator[list[CoherenceExample]]:
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(examples))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield [examples[i] for i in order[start:start + batch_size]]
-
-
 def train_coherence(model: CoherenceReward, train: list[CoherenceExample], held_out: list[CoherenceExample],
                     cfg: LoopConfig, run_dir: Path, batch_size: int = 32,
                     progress=None) -> tuple[CoherenceReward, LoopResult]:  # noqa: ANN001
@@ -102,5 +93,5 @@ def train_coherence(model: CoherenceReward, train: list[CoherenceExample], held_
         weight = torch.where(real > 0.5, 1.0, balance)
         return F.binary_cross_entropy_with_logits(m(images), real, weight=weight)
 
-    return train_loop(model, _batches(train, batch_size, cfg.seed), loss_fn, lambda m: pixel_auc(m, held_out), cfg,
-                      run_dir, progress)
+    batches = shuffled_batches(train, batch_size, cfg.seed)
+    return train_loop(model, batches, loss_fn, lambda m: pixel_auc(m, held_out), cfg, run_dir, progress)

@@ -146,8 +146,6 @@ def make_batch(pairs: list[Pair], cache: ImageCache) -> PairBatch:
 
 
 def endless_batches(pairs: list[Pair], batch_size: int, cache: ImageCache, seed: int) -> Iterator[PairBatch]:
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(pairs))
-        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            yield make_batch([pairs[i] for i in order[start:start + batch_size]], cache)
+    from trainers.reward.loop import shuffled_batches
+
+    return (make_batch(chunk, cache) for chunk in shuffled_batches(pairs, batch_size, seed))

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
+
+T = TypeVar("T")
+
+
+def shuffled_batches(examples: Sequence[T], batch_size: int, seed: int) -> Iterator[list[T]]:
+    """An endless, seeded stream of batches: a new permutation each epoch, incomplete tails dropped."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(examples))
+        for start in range(0, max(len(order) - batch_size + 1, 1), batch_size):
+            yield [examples[i] for i in order[start:start + batch_size]]
 
 
 @dataclass(frozen=True)
