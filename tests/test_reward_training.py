@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -185,3 +186,55 @@ def test_train_reward_by_hand_runs_on_a_real_worker(tmp_path):
         run = s.scalars(select(TrainingRun)).one()
         assert run.inputs["trigger"] == "by hand: editloop train reward" and run.status == "succeeded"
         assert promoted(s, "aesthetic").version == run.outputs["version"]
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_resumes_into_one_version(tmp_path):
+    """RabbitMQ redelivers the unacknowledged task (acks_late) to the next worker, which resumes from the
+    run's last checkpoint; the candidate's version comes from the run id, so nothing is registered twice."""
+    import signal
+
+    from celery.result import AsyncResult
+
+    from editloop.cli.train import enqueue_reward_run
+    from trainers.celery_app import make_celery
+
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"),
+           "EDITLOOP_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+           "EDITLOOP_RESULT_BACKEND": "redis://127.0.0.1:6379/7", "EDITLOOP_DEVICE": "cpu"}
+    settings = Settings(state_dir=tmp_path / "state", broker_url=env["EDITLOOP_BROKER_URL"],
+                        result_backend=env["EDITLOOP_RESULT_BACKEND"])
+    url = settings.resolved_database_url()
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    store = LocalBlobStore(settings.resolved_blob_dir())
+    labelled((settings, sessions, store), n_sets=40, seed=4)
+    app = make_celery(settings)
+    app.control.purge()  # nothing left over from other tests on the shared broker
+
+    def worker():
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu",
+                                 "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                                 "-n", f"kill-{uuid.uuid4().hex[:6]}@%h"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first = worker()
+    run_id = enqueue_reward_run(settings, "aesthetic", {"steps": 160, "batch_size": 16, "eval_every": 20,
+                                                        "patience": 100}, "test")
+    checkpoint = settings.state_dir / "runs" / run_id / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.is_file():
+        time.sleep(0.2)
+    assert checkpoint.is_file(), "the first worker never checkpointed"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    second = worker()
+    try:
+        result = AsyncResult(run_id, app=app).get(timeout=600)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    with sessions() as s:
+        versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "aesthetic")).all()
+        assert [v.version for v in versions] == [result["version"]]
+        assert s.get(TrainingRun, run_id).status == "succeeded"
+    assert result["metrics"]["steps_done"] == 160
