@@ -56,6 +56,7 @@ def test_a_run_trains_registers_and_promotes_then_a_second_run_is_gated_against_
     labelled(world)
     first = train_reward("aesthetic", uuid.uuid4().hex, sessions, store, settings, TINY)
     assert first["promoted"] and 0.0 <= first["metrics"]["pairwise_accuracy"] <= 1.0
+    assert 0.0 <= first["metrics"]["calibration_error"] <= 0.5
     assert first["metrics"]["parent_eval_score"] is None
     run_id = uuid.uuid4().hex
     second = train_reward("aesthetic", run_id, sessions, store, settings, TINY)

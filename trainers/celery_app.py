@@ -28,8 +28,12 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={"editloop.gpu.*": {"queue": "gpu"}, "editloop.cpu.*": {"queue": "cpu"}},
         broker_connection_retry_on_startup=True,
         result_extended=True,
-        beat_schedule={"check-retraining-triggers": {"task": "editloop.cpu.check_triggers",
-                                                     "schedule": settings.trigger_interval_s}},
+        beat_schedule={
+            "check-retraining-triggers": {"task": "editloop.cpu.check_triggers",
+                                          "schedule": settings.trigger_interval_s},
+            # webhook events whose enqueue was lost are applied within a minute anyway
+            "apply-pending-label-events": {"task": "editloop.cpu.apply_label_events", "schedule": 60.0},
+        },
     )
     return app
 

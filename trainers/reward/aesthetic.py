@@ -47,6 +47,23 @@ def pairwise_accuracy(model: PreferenceReward, tokenizer: PreTrainedTokenizerFas
     return float(np.concatenate(hits).mean()) if hits else float("nan")
 
 
+@torch.no_grad()
+def calibration_error(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, pairs: list[Pair],
+                      cache: ImageCache, bins: int = 10, batch_size: int = 128) -> float:
+    """Expected calibration error of P(label's winner wins) = sigmoid(margin), over `bins` confidence bins."""
+    model.eval()
+    probs = []
+    for start in range(0, len(pairs), batch_size):
+        probs.append(torch.sigmoid(pair_margin(model, tokenizer, make_batch(pairs[start:start + batch_size],
+                                                                               cache))).numpy())
+    p = np.concatenate(probs)
+    confidence, correct = np.maximum(p, 1 - p), (p > 0.5).astype(float)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
+    return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
 def train_aesthetic(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[Pair],
                     held_out: list[Pair], cache: ImageCache, cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
                     progress=None) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001

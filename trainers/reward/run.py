@@ -76,10 +76,11 @@ def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  #
 def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:  # noqa: ANN001
     """(the score the gate compares, every held-out metric)."""
     if kind == "aesthetic":
-        from trainers.reward.aesthetic import pairwise_accuracy
+        from trainers.reward.aesthetic import calibration_error, pairwise_accuracy
 
         acc = pairwise_accuracy(model, tokenizer, data["eval"], data["cache"])
-        return acc, {"pairwise_accuracy": acc}
+        return acc, {"pairwise_accuracy": acc,
+                     "calibration_error": calibration_error(model, tokenizer, data["eval"], data["cache"])}
     if kind == "alignment":
         from trainers.reward.alignment import accuracy_by_attribute
 
