@@ -167,20 +167,28 @@ def main() -> None:
             print("aesthetic, default taste", flush=True)
             results["aesthetic"] = aesthetic_curve(root, args.sizes, dict(DEFAULT_WEIGHTS), "default",
                                                    args.eval_labels, args.steps_per_label, args.min_steps)
+            save(results, args.out)
         if "reversed" not in args.skip:
             print("aesthetic, reversed taste", flush=True)
             results["aesthetic_reversed"] = aesthetic_curve(root, args.sizes, reversed_weights(), "reversed",
                                                             args.eval_labels, args.steps_per_label, args.min_steps)
+            save(results, args.out)
     if "alignment" not in args.skip:
         print("alignment", flush=True)
         results["alignment"] = alignment_bench(args.alignment_steps, 4000, 1000)
+        save(results, args.out)
     if "coherence" not in args.skip:
         print("coherence", flush=True)
         results["coherence"] = coherence_bench(args.coherence_steps, 384, 128, 20)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    save(results, args.out)
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def save(results: dict, out: Path) -> None:
+    """Written after every section, so a crash late in the run keeps what was measured."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
 
 
 def plot(results: dict, path: Path) -> None:
