@@ -181,7 +181,8 @@ def main() -> None:
         print("coherence", flush=True)
         results["coherence"] = coherence_bench(args.coherence_steps, 384, 128, 20)
     save(results, args.out)
-    plot(results, args.out.with_suffix(".png"))
+    if "aesthetic" in results or "aesthetic_reversed" in results:
+        plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
