@@ -145,13 +145,10 @@ class WebServer(ThreadingHTTPServer):
 
 
 def make_server(settings: Settings, port: int | None = None, host: str = "127.0.0.1") -> WebServer:
-    from editloop.db.session import make_engine, make_sessionmaker, upgrade
-    from editloop.store import open_store
+    from editloop.state import open_state
 
-    url = settings.resolved_database_url()
-    upgrade(url)
     return WebServer((host, settings.annotation_web_port if port is None else port), settings,
-                     make_sessionmaker(make_engine(url)), open_store(settings))
+                     *open_state(settings))
 
 
 def main() -> None:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import grpc
 
-from editloop.db.session import make_engine, make_sessionmaker, upgrade
 from editloop.settings import Settings
-from editloop.store import open_store
+from editloop.state import open_state
 from services.core.batching import DynamicBatcher
 from services.core.recorder import Recorder
 from services.core.server import create_server, serve_until_stopped
@@ -36,15 +35,7 @@ class Running:
 
 
 def make_recorder(settings: Settings) -> Recorder:
-    url = settings.resolved_database_url()
-    upgrade(url)
-    return Recorder(make_sessionmaker(make_engine(url)), open_store(settings))
-
-
-def make_registry(settings: Settings):  # noqa: ANN201
-    url = settings.resolved_database_url()
-    upgrade(url)
-    return make_sessionmaker(make_engine(url)), open_store(settings)
+    return Recorder(*open_state(settings))
 
 
 def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa: ANN001
@@ -79,7 +70,7 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         from services.reward.servicer import SERVICE, RewardServicer
 
         if model is None:  # the promoted version, hot-reloaded when another is promoted
-            sessions, store = make_registry(settings)
+            sessions, store = open_state(settings)
             version, path = promoted_model_dir(sessions, store, reward_kind, settings.state_dir / "models")
             core = RewardCore(path, reward_kind, device=settings.device)
             core.version = version

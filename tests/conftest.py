@@ -78,10 +78,3 @@ def label_studio(tmp_path_factory):
     info = start(venv, root / "data", free_port(), root / "label-studio.log")
     yield info
     stop_process(info.pid)
-
-
-def make_candidate_sets(sessions, store, n_sets: int, n_images: int = 4, seed: int = 0, kind: str = "t2i"):
-    """Candidate sets of world renders at mixed quality (what a weak generator gives); returns their ids."""
-    from editloop.labels.simulated import render_candidate_sets
-
-    return render_candidate_sets(sessions, store, n_sets, n_images, seed, kind)

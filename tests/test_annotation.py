@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
-from conftest import free_port, make_candidate_sets
+from conftest import free_port
 from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import func, select
 
@@ -34,6 +34,7 @@ from editloop.db.models import (
     Preference,
 )
 from editloop.labels.results import InvalidLabel, parse_best_worst
+from editloop.labels.simulated import render_candidate_sets
 from editloop.settings import Settings
 from editloop.store import open_store
 from editloop.world.annotators import SimulatedAnnotator
@@ -89,7 +90,7 @@ def test_label_configs_are_validated_by_label_studio(label_studio):
 
 
 def test_push_is_idempotent_and_adopts_tasks_of_a_push_that_crashed(env):
-    ids = make_candidate_sets(env.sessions, env.store, 7, n_images=3)
+    ids = render_candidate_sets(env.sessions, env.store, 7, n_images=3)
     target = env.target(batch_size=3, webhook=False)
     link = LinkMaker(env.settings, env.store)
     faults.arm("push.imported", at=2)  # Label Studio holds the second batch, the database does not
@@ -164,7 +165,7 @@ def assert_database_matches_label_studio(env, project_ids, deleted_ids):
 
 
 def test_fifty_sets_overlap_two_labelled_through_the_api_synced_exactly_once_despite_crashes(env, capsys):
-    make_candidate_sets(env.sessions, env.store, 50, n_images=4, seed=1)
+    render_candidate_sets(env.sessions, env.store, 50, n_images=4, seed=1)
     pushed = push_candidate_sets(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store), env.target())
     assert pushed.created == 50
     project_ids = list(pushed.projects.values())
@@ -228,7 +229,7 @@ def test_fifty_sets_overlap_two_labelled_through_the_api_synced_exactly_once_des
 
 
 def test_side_by_side_pairs_record_verdicts_from_the_model_under_tests_side(env):
-    set_ids = make_candidate_sets(env.sessions, env.store, 12, n_images=2, seed=3)
+    set_ids = render_candidate_sets(env.sessions, env.store, 12, n_images=2, seed=3)
     with env.sessions.begin() as s:
         for cs_id in set_ids:
             items = list(s.scalars(select(CandidateItem).where(CandidateItem.candidate_set_id == cs_id)))
@@ -260,7 +261,7 @@ def test_side_by_side_pairs_record_verdicts_from_the_model_under_tests_side(env)
 
 
 def test_a_sync_killed_with_sigkill_loses_and_doubles_nothing(env):
-    make_candidate_sets(env.sessions, env.store, 10, n_images=3, seed=2)
+    render_candidate_sets(env.sessions, env.store, 10, n_images=3, seed=2)
     pushed = push_candidate_sets(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store),
                                  env.target(overlap=1, webhook=False))
     labeller = join(env.info.url, SimulatedAnnotator(f"kill-{env.settings.annotation_project_prefix}", 0.5))
@@ -288,7 +289,7 @@ def test_a_task_opens_in_the_labelling_view_with_its_images_rendered(env, tmp_pa
 
     from annotation.server import login_session
 
-    make_candidate_sets(env.sessions, env.store, 1, n_images=4, seed=5, kind="inpaint")
+    render_candidate_sets(env.sessions, env.store, 1, n_images=4, seed=5, kind="inpaint")
     pushed = push_candidate_sets(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store),
                                  env.target(webhook=False))
     project_id = next(iter(pushed.projects.values()))

@@ -1,7 +1,6 @@
 """The label sync's kernel on real databases: parsing, events, exactly-once apply, statistics."""
 
 import pytest
-from conftest import make_candidate_sets
 from sqlalchemy import func, select
 
 from editloop.db import make_engine, make_sessionmaker, upgrade
@@ -9,6 +8,7 @@ from editloop.db.models import CandidateItem, ComparisonPair, LabelEvent, LabelT
 from editloop.labels.apply import apply_pending
 from editloop.labels.events import BadPayload, events_from_webhook, record_events
 from editloop.labels.results import InvalidLabel, parse_best_worst, parse_side_by_side
+from editloop.labels.simulated import render_candidate_sets
 from editloop.labels.stats import GSB, krippendorff_alpha_nominal, label_stats, pairwise_agreement
 from editloop.store.local import LocalBlobStore
 
@@ -67,7 +67,7 @@ def synced(db_url, tmp_path):
     upgrade(db_url)
     sessions = make_sessionmaker(make_engine(db_url))
     store = LocalBlobStore(tmp_path / "blobs")
-    set_ids = make_candidate_sets(sessions, store, 3, n_images=4)
+    set_ids = render_candidate_sets(sessions, store, 3, n_images=4)
     with sessions.begin() as s:
         for i, cs_id in enumerate(set_ids):
             s.add(LabelTask(kind="best_worst", ls_project_id=1, ls_task_id=100 + i, external_key=f"cs:{cs_id}",

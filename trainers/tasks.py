@@ -9,9 +9,8 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.session import make_engine, make_sessionmaker, upgrade
 from editloop.settings import Settings, load_settings
-from editloop.store import open_store
+from editloop.state import open_state
 from editloop.store.base import BlobStore
 from trainers import candidates
 
@@ -20,9 +19,7 @@ from trainers import candidates
 def worker_context() -> tuple[Settings, sessionmaker[Session], BlobStore]:
     """Settings, one sessionmaker and the store, made once per worker process."""
     settings = load_settings()
-    url = settings.resolved_database_url()
-    upgrade(url)
-    return settings, make_sessionmaker(make_engine(url)), open_store(settings)
+    return settings, *open_state(settings)
 
 
 @shared_task(name="editloop.gpu.generate_candidates", acks_late=True)

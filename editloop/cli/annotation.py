@@ -58,12 +58,9 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 
 def _context(settings: Settings):  # noqa: ANN202
-    from editloop.db.session import make_engine, make_sessionmaker, upgrade
-    from editloop.store import open_store
+    from editloop.state import open_state
 
-    url = settings.resolved_database_url()
-    upgrade(url)
-    return make_sessionmaker(make_engine(url)), open_store(settings)
+    return open_state(settings)
 
 
 @_friendly

@@ -85,11 +85,10 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _models_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from editloop.db import ModelVersion, make_engine, make_sessionmaker, upgrade
+    from editloop.db import ModelVersion
+    from editloop.state import open_sessions
 
-    url = Settings().resolved_database_url()
-    upgrade(url)
-    with make_sessionmaker(make_engine(url))() as s:
+    with open_sessions(Settings())() as s:
         rows = s.scalars(select(ModelVersion).order_by(ModelVersion.kind, ModelVersion.created_at)).all()
         if not rows:
             print("no model versions registered yet (services register the model they serve at start)")
@@ -99,13 +98,10 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _registry_context():  # noqa: ANN202
-    from editloop.db import make_engine, make_sessionmaker, upgrade
-    from editloop.store import open_store
+    from editloop.state import open_state
 
     settings = Settings()
-    url = settings.resolved_database_url()
-    upgrade(url)
-    return settings, make_sessionmaker(make_engine(url)), open_store(settings)
+    return settings, *open_state(settings)
 
 
 def _load_check(settings: Settings, store, kind: str):  # noqa: ANN001, ANN202

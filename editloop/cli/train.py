@@ -23,13 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def enqueue_reward_run(settings: Settings, kind: str, config: dict, reason: str) -> str:
     """Record a queued run with the reason it was started, then send the task; returns the run id."""
-    from editloop.db import TrainingRun, make_engine, make_sessionmaker, upgrade
+    from editloop.db import TrainingRun
+    from editloop.state import open_sessions
     from trainers.celery_app import make_celery
 
-    url = settings.resolved_database_url()
-    upgrade(url)
     run_id = uuid.uuid4().hex
-    with make_sessionmaker(make_engine(url)).begin() as s:
+    with open_sessions(settings).begin() as s:
         s.add(TrainingRun(id=run_id, kind=f"reward-{kind}", status="queued",
                           inputs={"config": config, "trigger": reason}))
     result = make_celery(settings).send_task("editloop.gpu.train_reward", args=[kind, run_id, config],

@@ -56,27 +56,40 @@ def pairs_from_answer(items: list[str], best: str, worst: str) -> list[tuple[str
     return sorted(out)
 
 
-def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 0.15,
-                     min_labels: int = 20) -> PairSet:
-    """Every valid preference as win/lose pairs, split by candidate set. Raises NotEnoughLabels."""
-    prefs = list(session.scalars(select(Preference).where(Preference.status == "valid").order_by(Preference.id)))
+def _pairs_by_label(session: Session, store: BlobStore, prefs: list[Preference]) -> Iterator[tuple[Preference,
+                                                                                              list[Pair] | None]]:
+    """(label, its pairs) for each label, pairs None when an image it needs is gone from the store.
+
+    Candidate sets load in one query and each blob's existence is asked once."""
     sets = {cs.id: cs for cs in session.scalars(
         select(CandidateSet).options(selectinload(CandidateSet.items), selectinload(CandidateSet.prompt))
         .where(CandidateSet.id.in_({p.candidate_set_id for p in prefs})))}
     keys = {i: k for i, k in session.execute(select(ImageRecord.id, ImageRecord.blob_key))}
-    result = PairSet([], [], [], {"missing image": 0})
+    exists = lru_cache(maxsize=None)(store.exists)
     for p in prefs:
         cs = sets[p.candidate_set_id]
         item_keys = [keys[i.image_id] for i in cs.items]
-        needed = [*item_keys, *([keys[cs.source_image_id], cs.mask_key] if cs.source_image_id else [])]
-        if not all(store.exists(k) for k in needed):
+        source = keys[cs.source_image_id] if cs.source_image_id else None
+        needed = [*item_keys, *([source, cs.mask_key] if source else [])]
+        if not all(exists(k) for k in needed):
+            yield p, None
+            continue
+        yield p, [Pair(cs.id, cs.prompt.text, win, lose, source, cs.mask_key)
+                  for win, lose in pairs_from_answer(item_keys, keys[p.best_image_id], keys[p.worst_image_id])
+                  if win != lose]  # two positions can hold identical images
+
+
+def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 0.15,
+                     min_labels: int = 20) -> PairSet:
+    """Every valid preference as win/lose pairs, split by candidate set. Raises NotEnoughLabels."""
+    prefs = list(session.scalars(select(Preference).where(Preference.status == "valid").order_by(Preference.id)))
+    result = PairSet([], [], [], {"missing image": 0})
+    for p, pairs in _pairs_by_label(session, store, prefs):
+        if pairs is None:
             result.skipped["missing image"] += 1
             continue
-        source = keys[cs.source_image_id] if cs.source_image_id else None
-        side = result.eval if split_of(cs.id, eval_fraction) == "eval" else result.train
-        for win, lose in pairs_from_answer(item_keys, keys[p.best_image_id], keys[p.worst_image_id]):
-            if win != lose:  # two positions can hold identical images
-                side.append(Pair(cs.id, cs.prompt.text, win, lose, source, cs.mask_key))
+        side = result.eval if split_of(p.candidate_set_id, eval_fraction) == "eval" else result.train
+        side.extend(pairs)
         result.label_ids.append(p.id)
     if len(result.label_ids) < min_labels:
         raise NotEnoughLabels(f"{len(result.label_ids)} usable best/worst labels; at least {min_labels} are needed "
@@ -91,17 +104,7 @@ def newest_pairs(session: Session, store: BlobStore, n_labels: int) -> list[Pair
     """The pairs of the newest `n_labels` valid labels (for drift checks), images that still exist only."""
     prefs = list(session.scalars(select(Preference).where(Preference.status == "valid")
                                  .order_by(Preference.id.desc()).limit(n_labels)))
-    keys = {i: k for i, k in session.execute(select(ImageRecord.id, ImageRecord.blob_key))}
-    out = []
-    for p in prefs:
-        cs = session.get(CandidateSet, p.candidate_set_id)
-        items = [keys[i.image_id] for i in cs.items]
-        if not all(store.exists(k) for k in items):
-            continue
-        source = keys[cs.source_image_id] if cs.source_image_id else None
-        out += [Pair(cs.id, cs.prompt.text, w, lo, source, cs.mask_key)
-                for w, lo in pairs_from_answer(items, keys[p.best_image_id], keys[p.worst_image_id]) if w != lo]
-    return out
+    return [pair for _, pairs in _pairs_by_label(session, store, prefs) if pairs for pair in pairs]
 
 
 class ImageCache:
@@ -110,6 +113,7 @@ class ImageCache:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self._get = lru_cache(maxsize=65536)(self._load)
+        self._mask = lru_cache(maxsize=4096)(lambda key: mask_from_png(self.store.get(key), size=None))
 
     def _load(self, key: str) -> np.ndarray:
         try:
@@ -121,7 +125,7 @@ class ImageCache:
         return self._get(key)
 
     def mask(self, key: str) -> np.ndarray:
-        return mask_from_png(self.store.get(key), size=None)
+        return self._mask(key)
 
 
 @dataclass

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import TrainingRun
+from editloop.db.models import ModelVersion, TrainingRun
 from editloop.models.reward import REWARD_KINDS, load_reward, save_reward, tiny_reward
 from editloop.registry import (
     PromotionRefused,
@@ -151,7 +150,6 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
     if kind not in REWARD_KINDS:
         raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
     cfg = cfg or RewardTrainConfig()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cache = settings.state_dir / "models"
     with sessions.begin() as s:
         run = s.get(TrainingRun, run_id)
@@ -186,9 +184,7 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
                        steps_done=result.steps_done, stopped_early=result.stopped_early)
         outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
         with sessions.begin() as s:
-            parent_row = promoted(s, kind) if parent_info else None
-            if parent_row is not None and parent_row.id != parent_info[0]:
-                parent_row = None  # promoted changed meanwhile; lineage keeps the one we compared with
+            parent_row = s.get(ModelVersion, parent_info[0]) if parent_info else None  # the one compared with
             row = register_candidate(s, kind, kind, version, key, metrics,
                                      {"lineage": data["lineage"], "run_id": run_id, "train": asdict(cfg),
                                       "parent_version": parent_info[1] if parent_info else None},
