@@ -66,7 +66,7 @@ def utility_accuracy(pairs, cache: ImageCache, weights: dict[str, float]) -> flo
 
 
 def aesthetic_curve(root: Path, sizes: list[int], weights: dict[str, float], tag: str, eval_labels: int,
-                    steps_per_label: float, min_steps: int) -> dict:
+                    steps_per_label: float, min_steps: int, stem: str = "conv") -> dict:
     eval_sessions, eval_store = labelled_pool(root / f"{tag}-eval", eval_labels, 5000, weights)
     eval_pairs = all_pairs(eval_sessions, eval_store)
     eval_cache = ImageCache(eval_store)
@@ -83,7 +83,7 @@ def aesthetic_curve(root: Path, sizes: list[int], weights: dict[str, float], tag
         train = [p for sid in set_order[:n] for p in by_set[sid]]
         steps = max(min_steps, int(steps_per_label * n))
         torch.manual_seed(0)
-        model = tiny_reward("aesthetic", 0)
+        model = tiny_reward("aesthetic", 0, stem)
         t0 = time.time()
         loop = LoopConfig(steps=steps, eval_every=max(50, steps // 8), patience=4, checkpoint_every=10**9)
         # early stopping watches the first 600 held-out pairs; the reported accuracy uses all of them
@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=200)
     parser.add_argument("--alignment-steps", type=int, default=600)
     parser.add_argument("--coherence-steps", type=int, default=300)
+    parser.add_argument("--stem", default="conv", choices=["conv", "patch"], help="reward image stem")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["aesthetic", "reversed", "alignment", "coherence"])
     args = parser.parse_args()
@@ -166,12 +167,13 @@ def main() -> None:
         if "aesthetic" not in args.skip:
             print("aesthetic, default taste", flush=True)
             results["aesthetic"] = aesthetic_curve(root, args.sizes, dict(DEFAULT_WEIGHTS), "default",
-                                                   args.eval_labels, args.steps_per_label, args.min_steps)
+                                                   args.eval_labels, args.steps_per_label, args.min_steps, args.stem)
             save(results, args.out)
         if "reversed" not in args.skip:
             print("aesthetic, reversed taste", flush=True)
             results["aesthetic_reversed"] = aesthetic_curve(root, args.sizes, reversed_weights(), "reversed",
-                                                            args.eval_labels, args.steps_per_label, args.min_steps)
+                                                            args.eval_labels, args.steps_per_label, args.min_steps,
+                                                            args.stem)
             save(results, args.out)
     if "alignment" not in args.skip:
         print("alignment", flush=True)

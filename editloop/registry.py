@@ -7,7 +7,8 @@ rollback re-promotes the version promoted before it.
 
 Gate: a candidate carries `eval_score` and `parent_eval_score`, both measured on the candidate's
 own held-out set (the parent = the version promoted when training started). It is promoted only
-if eval_score >= parent_eval_score - tolerance, and only if its checkpoint loads.
+if eval_score >= parent_eval_score - tolerance, no `guard_failures` were recorded by its run's
+evaluation, and its checkpoint loads.
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def register_candidate(session: Session, kind: str, name: str, version: str, che
 def gate(candidate: ModelVersion, tolerance: float = DEFAULT_TOLERANCE) -> str | None:
     """None if the candidate passes the gate, else the reason it does not."""
     score, parent_score = candidate.metrics.get("eval_score"), candidate.metrics.get("parent_eval_score")
+    guards = candidate.metrics.get("guard_failures")
+    if guards:  # the training run's own evaluation found it worse in some way the score does not show
+        return "; ".join(guards)
     if score is None:
         return "the candidate has no eval_score"
     if parent_score is not None and score < parent_score - tolerance:

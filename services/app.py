@@ -57,6 +57,19 @@ def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa:
                            config=public_config(core.pipe.unet.config), status="candidate" if promoted else "promoted"))
 
 
+def promoted_editor(settings: Settings) -> tuple[str, str, Path]:
+    """(name, version, directory) of the promoted editor version in the registry, else the base model."""
+    from editloop.models.model_dir import model_version
+    from editloop.registry import fetch_model_dir, promoted
+
+    sessions, store = open_state(settings)
+    with sessions() as s:
+        row = promoted(s, "editor")
+        if row is not None:
+            return "editor", row.version, fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
+    return "base-inpaint", model_version(settings.editor_model), settings.editor_model
+
+
 async def start_service(kind: str, settings: Settings, model: Path | None = None, port: int = 0,
                         host: str = "127.0.0.1", max_batch: int = 16, max_delay: float = 0.005,
                         max_queue: int = 256, record: bool = True, reward_kind: str | None = None) -> Running:
@@ -96,7 +109,12 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         from services.editor.servicer import SERVICE, EditorServicer
         from services.gen.editloop.v1 import editor_pb2_grpc
 
-        core = EditorCore(model or settings.editor_model, device=settings.device)
+        if model is None:  # the promoted editor version (feedback rounds), else the base inpainting model
+            name, version, path = promoted_editor(settings)
+            core = EditorCore(path, device=settings.device, name=name)
+            core.version = version
+        else:
+            core = EditorCore(model, device=settings.device)
         batcher = DynamicBatcher("editor", core.run, max_batch, max_delay, max_queue)
         servicer = EditorServicer(core, batcher, recorder)
         add = editor_pb2_grpc.add_EditorServicer_to_server

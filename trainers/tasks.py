@@ -71,3 +71,32 @@ def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = No
     settings, sessions, store = worker_context()
     outputs = train_reward(kind, run_id, sessions, store, settings, RewardTrainConfig(**(config or {})))
     return {k: v for k, v in outputs.items() if k != "history"}
+
+
+@shared_task(name="editloop.gpu.feedback_stage", acks_late=True)
+def feedback_stage_task(previous: dict[str, Any] | None, stage: str, run_id: str,
+                        config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume) one feedback stage; in a chain, `previous` is the stage before's result and its
+    version is where this stage starts."""
+    from trainers.feedback.run import run_feedback_stage
+
+    settings, sessions, store = worker_context()
+    parent = previous.get("version") if previous else None
+    try:
+        return run_feedback_stage(stage, run_id, sessions, store, settings, config, parent)
+    except Exception:
+        cancel_rest_of_chain(sessions, run_id)
+        raise
+
+
+def cancel_rest_of_chain(sessions: sessionmaker[Session], run_id: str) -> None:
+    """The stages queued after a failed one will not run: say so on their rows."""
+    from editloop.db import TrainingRun
+
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        chain_ids = (run.inputs or {}).get("chain", []) if run else []
+        for later in chain_ids[chain_ids.index(run_id) + 1:] if run_id in chain_ids else []:
+            row = s.get(TrainingRun, later)
+            if row is not None and row.status == "queued":
+                row.status, row.error = "cancelled", f"stage run {run_id} before it in the chain failed"

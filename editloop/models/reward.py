@@ -40,16 +40,36 @@ class FusionBlock(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
+def image_stem(stem: str, in_channels: int, dim: int, patch_size: int) -> nn.Module:
+    """Image -> (N, dim, H/p, W/p) tokens. "patch": one strided conv (ViT); "conv": 3x3 convs that halve the
+    resolution log2(p) times (the early-convolution ViT of Xiao et al., 2021), which sees pixel-level blur and
+    noise a linear patch embedding averages away."""
+    if stem == "patch":
+        return nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+    if stem != "conv":
+        raise ValueError(f"`stem` must be 'patch' or 'conv', got {stem!r}")
+    if patch_size & (patch_size - 1):
+        raise ValueError(f"a conv stem needs a power-of-two `patch_size`, got {patch_size}")
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, 32, 3, padding=1), nn.SiLU()]
+    prev = 32
+    for i in range(patch_size.bit_length() - 1):
+        width = min(dim, 32 * 2 ** (i + 1))
+        layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1), nn.GroupNorm(8, width), nn.SiLU()]
+        prev = width
+    layers.append(nn.Conv2d(prev, dim, 1))
+    return nn.Sequential(*layers)
+
+
 class PreferenceReward(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
     def __init__(self, image_size: int = 64, patch_size: int = 8, in_channels: int = 7, dim: int = 128,
-                 depth: int = 2, heads: int = 4, text_config: dict | None = None) -> None:
+                 depth: int = 2, heads: int = 4, text_config: dict | None = None, stem: str = "patch") -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"`image_size` {image_size} must be a multiple of `patch_size` {patch_size}")
-        self.patch = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.patch = image_stem(stem, in_channels, dim, patch_size)
         self.pos = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, dim))
         self.text_encoder = CLIPTextModel(CLIPTextConfig(**(text_config or {})))
         self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, dim)
@@ -108,7 +128,7 @@ class CoherenceReward(ModelMixin, ConfigMixin):
         return torch.sigmoid(logits).mean(dim=(1, 2, 3))
 
 
-def tiny_reward(kind: str, seed: int = 0) -> PreferenceReward | CoherenceReward:
+def tiny_reward(kind: str, seed: int = 0, stem: str = "conv") -> PreferenceReward | CoherenceReward:
     """An untrained tiny reward model of `kind` (tests, serving benchmarks, start of training)."""
     from editloop.models.configs import TINY_TEXT
 
@@ -118,7 +138,7 @@ def tiny_reward(kind: str, seed: int = 0) -> PreferenceReward | CoherenceReward:
     if kind == "coherence":
         return CoherenceReward()
     text = dict(TINY_TEXT, num_hidden_layers=2)
-    return PreferenceReward(text_config=text)
+    return PreferenceReward(text_config=text, stem=stem)
 
 
 def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, version: str | None = None,

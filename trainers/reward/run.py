@@ -31,6 +31,7 @@ from editloop.registry import (
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.reward.loop import LoopConfig
+from trainers.runs import update_run
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,6 @@ class RewardTrainConfig:
     def loop(self) -> LoopConfig:
         return LoopConfig(steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
                           checkpoint_every=self.eval_every, seed=self.seed)
-
-
-def _update(sessions: sessionmaker[Session], run_id: str, **fields: Any) -> None:
-    with sessions.begin() as s:
-        run = s.get(TrainingRun, run_id)
-        for k, v in fields.items():
-            setattr(run, k, v)
 
 
 def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  # noqa: ANN202
@@ -171,7 +165,7 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
 
         def progress(step: int, total: int, last: dict) -> None:
-            _update(sessions, run_id, progress=step / total, outputs={"last_eval": last})
+            update_run(sessions, run_id, progress=step / total, outputs={"last_eval": last})
 
         run_dir = settings.state_dir / "runs" / run_id
         best, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
@@ -199,6 +193,6 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
         return outputs
     except Exception as exc:
-        _update(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
                 outputs={"failed_at": datetime.now(UTC).isoformat()})
         raise

@@ -1,0 +1,1 @@
+"""ByteEdit feedback learning: PeFL, the adversarial stage and progressive 20 -> 8 acceleration."""

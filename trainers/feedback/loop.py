@@ -1,0 +1,224 @@
+"""The feedback training loop shared by the PeFL, adversarial and progressive stages.
+
+Per step: a batch of world examples drawn from (seed, stage, step) alone (so a resumed run replays
+nothing), the PeFL forward, the reward losses (plus the coherence critic's term in the adversarial
+stage), the reference regulariser, an AdamW step on the UNet (or its LoRA adapters), an EMA update,
+and, in the adversarial stage, a discriminator update. Every `checkpoint_every` steps the UNet, its
+EMA, the optimisers, the critic and the history are written atomically; a non-finite loss stops the
+run with `Diverged` and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from editloop.models.data import step_rng
+from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
+from trainers.feedback.examples import TASKS, check_tasks, make_example
+from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
+from trainers.feedback.rewards import RewardModels, reward_losses
+
+STAGES = ("pefl", "adversarial", "progressive")
+
+
+class Diverged(RuntimeError):
+    """The loss went non-finite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    stage: str = "pefl"
+    schedule: PeflSchedule = field(default_factory=PeflSchedule)
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 2e-5
+    ema_decay: float = 0.98
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"aesthetic": 1.0, "alignment": 1.0})
+    eta: float = 1.0  # reference regulariser weight
+    perceptual_weight: float = 1.0
+    guidance: float = 4.0
+    tasks: tuple[str, ...] = TASKS
+    adversarial: AdversarialConfig | None = None
+    checkpoint_every: int = 25
+    grad_clip: float = 1.0
+    seed: int = 0
+    lora_rank: int = 0  # 0 = full fine-tuning; > 0 trains LoRA adapters (needs peft)
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"`stage` must be one of {list(STAGES)}, got {self.stage!r}")
+        check_tasks(self.tasks)
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeedbackConfig:
+        data = dict(data)
+        data["schedule"] = PeflSchedule(**data.get("schedule", {}))
+        if data.get("adversarial") is not None:
+            data["adversarial"] = AdversarialConfig(**data["adversarial"])
+        if "tasks" in data:
+            data["tasks"] = tuple(data["tasks"])
+        return cls(**data)
+
+
+def trainable_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def add_lora(unet: torch.nn.Module, rank: int) -> None:
+    """LoRA adapters on the attention projections (peft); the base weights freeze."""
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("`lora_rank` > 0 needs peft: `.venv/bin/pip install 'editloop[lora]'`") from exc
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+
+
+class Ema:
+    """Exponential moving average of the trainable parameters (the weights that are saved)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            s.lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s)
+
+
+@dataclass
+class FeedbackState:
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _autocast(device: torch.device):  # noqa: ANN202
+    """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,  # noqa: ANN001
+                   progress: Callable[[int, int, dict[str, float]], None] | None = None) -> FeedbackState:
+    """Fine-tune `pipe.unet` in place (it ends holding the EMA weights); resumes from run_dir/checkpoint.pt."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoint.pt"
+    unet, device = pipe.unet, pipe.unet.device
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    if cfg.lora_rank:
+        add_lora(unet, cfg.lora_rank)
+    else:
+        unet.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = trainable_parameters(unet)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ema = Ema(params, cfg.ema_decay)
+    disc, d_opt = None, None
+    if cfg.adversarial is not None:
+        if rewards.coherence is None:
+            raise ValueError("the adversarial stage needs a coherence reward model as its discriminator")
+        disc = rewards.coherence
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.adversarial.d_lr, weight_decay=0.0)
+    state = FeedbackState()
+    if ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=False, map_location=device)
+        unet.load_state_dict(saved["unet"], strict=False)
+        opt.load_state_dict(saved["opt"])
+        ema.shadow = [t.to(device) for t in saved["ema"]]
+        if disc is not None:
+            disc.load_state_dict(saved["disc"])
+            d_opt.load_state_dict(saved["d_opt"])
+        state = FeedbackState(saved["step"], saved["history"])
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{cfg.stage} (T={cfg.schedule.steps})", unit="step",
+               disable=None)
+    while state.step < cfg.steps:
+        record = _one_step(pipe, rewards, cfg, state.step, params, opt, disc, d_opt)
+        ema.update(params)
+        state.step += 1
+        state.history.append({"step": state.step, **record})
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            payload = {"unet": {k: v for k, v in unet.state_dict().items()}, "opt": opt.state_dict(),
+                       "ema": ema.shadow, "step": state.step, "history": state.history, "config": cfg.to_dict()}
+            if disc is not None:
+                payload.update(disc=disc.state_dict(), d_opt=d_opt.state_dict())
+            _save(ckpt, payload)
+            if progress is not None:
+                progress(state.step, cfg.steps, record)
+    bar.close()
+    ema.copy_to(params)
+    if cfg.lora_rank:
+        unet.fuse_lora() if hasattr(unet, "fuse_lora") else None
+    (run_dir / "history.json").write_text(json.dumps(state.history, indent=1))
+    return state
+
+
+def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt  # noqa: ANN001
+              ) -> dict[str, float]:
+    rng = step_rng(cfg.seed, cfg.stage, step)
+    examples = [make_example(rng, cfg.tasks[(step * cfg.batch_size + i) % len(cfg.tasks)])
+                for i in range(cfg.batch_size)]
+    generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
+    batch = prepare(pipe, examples)
+    pipe.unet.train()
+    with _autocast(pipe.unet.device):
+        x0, steps_left = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance)
+        images = decode(pipe, x0)
+        loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts)
+        reg = reference_loss(pipe.vae, images, batch, cfg.perceptual_weight).mean()
+        loss = loss + cfg.eta * reg
+        if disc is not None and cfg.adversarial.generator_active(step):
+            adv = generator_loss(disc, images, batch.mask)
+            loss = loss + cfg.adversarial.weight * adv
+            record["g_adv"] = float(adv.detach())
+    if not math.isfinite(float(loss.detach())):
+        raise Diverged(f"{cfg.stage} loss is {float(loss.detach())} at step {step + 1}; "
+                       f"the last good checkpoint is kept")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    record.update(loss=float(loss.detach()), reference=float(reg.detach()), steps_left=steps_left,
+                  grad_norm=float(grad_norm))
+    if disc is not None and cfg.adversarial.discriminator_due(step):
+        record.update(discriminator_step(disc, d_opt, images.detach(), batch.source, batch.mask, cfg.adversarial))
+    return record
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(module).requires_grad_(False).eval()

@@ -1,0 +1,146 @@
+"""PeFL (ByteEdit's perceptual feedback learning) for an inpainting latent diffusion model.
+
+One step, as ../shared/DESIGN.md gives it: with a T-step DDIM schedule, the source latent is noised
+straight to step T1, sampled without gradients down to t' ~ U[1, T2] (steps left), and x0 is predicted
+in one step with gradients through the UNet; the VAE decoder turns x0 into pixels and each reward
+model scores them: L_reward = sum_k w_k * -log sigmoid(R_k(c, x0)). A reference regulariser
+eta * (L1 + perceptual) keeps x0 near the source where the source is the ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+
+from editloop.models.data import to_tensor
+from trainers.feedback.examples import FeedbackExample
+
+
+@dataclass(frozen=True)
+class PeflSchedule:
+    steps: int = 20  # T: the sampling steps the model is trained for
+    start: int = 15  # T1: the source latent is noised to the step with this many steps left
+    stop: int = 10  # T2: x0 is predicted with gradients from t' ~ U[1, T2] steps left
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stop < self.start <= self.steps:
+            raise ValueError(f"PeFL schedule needs 1 <= T2 < T1 <= T, got (T, T1, T2) = "
+                             f"({self.steps}, {self.start}, {self.stop})")
+
+
+@dataclass
+class EditBatch:
+    """Model inputs for a batch of examples (pixels in [-1, 1]; latents scaled by the VAE factor)."""
+
+    source: torch.Tensor  # N,3,H,W
+    mask: torch.Tensor  # N,1,H,W, 1 = regenerate
+    reference: torch.Tensor  # N,1,H,W, 1 = pixels compared with the source
+    source_latents: torch.Tensor  # N,4,h,w
+    masked_latents: torch.Tensor  # N,4,h,w (the source with the masked pixels zeroed, as diffusers does)
+    mask_latents: torch.Tensor  # N,1,h,w
+    prompts: list[str]
+    embeddings: torch.Tensor  # 2N,L,D: unconditional then conditional
+
+
+def check_masks(masks: np.ndarray) -> None:
+    """A mask that covers nothing or everything gives the model nothing to learn from."""
+    covered = masks.reshape(len(masks), -1).mean(axis=1)
+    for i, c in enumerate(covered):
+        if c == 0:
+            raise ValueError(f"`mask` of example {i} covers nothing; set the pixels to regenerate to 1")
+        if c == 1:
+            raise ValueError(f"`mask` of example {i} covers the whole image; that is text-to-image, not editing")
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """(2N, L, D) text states: the empty prompt (classifier-free guidance) then the prompts."""
+    tok = pipe.tokenizer([""] * len(prompts) + list(prompts), padding="max_length", truncation=True,
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt")
+    device = pipe.unet.device
+    return pipe.text_encoder(tok.input_ids.to(device), attention_mask=tok.attention_mask.to(device))[0]
+
+
+@torch.no_grad()
+def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:  # noqa: ANN001
+    masks = np.stack([e.mask for e in examples])
+    check_masks(masks)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    source = to_tensor([e.source for e in examples]).to(device, dtype)
+    mask = torch.from_numpy(masks.astype(np.float32))[:, None].to(device, dtype)
+    reference = torch.from_numpy(np.stack([e.reference for e in examples]).astype(np.float32))[:, None]
+    scale = pipe.vae.config.scaling_factor
+    source_latents = pipe.vae.encode(source).latent_dist.mode() * scale
+    masked_latents = pipe.vae.encode(source * (mask < 0.5)).latent_dist.mode() * scale
+    mask_latents = F.interpolate(mask, size=source_latents.shape[-2:])
+    return EditBatch(source, mask, reference.to(device, dtype), source_latents, masked_latents, mask_latents,
+                     [e.prompt for e in examples], encode_prompts(pipe, [e.prompt for e in examples]))
+
+
+def guided_eps(unet, latents: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:  # noqa: ANN001
+    """Classifier-free guided noise prediction of the 9-channel inpainting UNet (one forward for both halves)."""
+    x = torch.cat([latents] * 2)
+    inputs = torch.cat([x, torch.cat([batch.mask_latents] * 2), torch.cat([batch.masked_latents] * 2)], dim=1)
+    eps = unet(inputs, t, encoder_hidden_states=batch.embeddings).sample
+    uncond, cond = eps.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def ddim(pipe, steps: int) -> DDIMScheduler:  # noqa: ANN001
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps, device=pipe.unet.device)
+    return sched
+
+
+def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.Generator,  # noqa: ANN001
+               guidance: float = 4.0, steps_left: int | None = None) -> tuple[torch.Tensor, int]:
+    """The PeFL forward: x0 latents with gradients through the last UNet call, and t' (steps left)."""
+    sched = ddim(pipe, schedule.steps)
+    ts = sched.timesteps
+    first = schedule.steps - schedule.start
+    if steps_left is None:
+        steps_left = int(torch.randint(1, schedule.stop + 1, (1,), generator=generator))
+    last = schedule.steps - steps_left
+    noise = torch.randn(batch.source_latents.shape, generator=generator).to(batch.source_latents)
+    z = sched.add_noise(batch.source_latents, noise, ts[first : first + 1])
+    with torch.no_grad():
+        for i in range(first, last):
+            z = sched.step(guided_eps(pipe.unet, z, ts[i], batch, guidance), ts[i], z).prev_sample
+    t = ts[last]
+    eps = guided_eps(pipe.unet, z, t, batch, guidance)
+    alpha = sched.alphas_cumprod.to(z.device)[t.long()].to(z.dtype)
+    return (z - (1 - alpha).sqrt() * eps) / alpha.sqrt(), steps_left
+
+
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Latents -> pixels in [-1, 1], differentiable (the VAE's weights stay frozen)."""
+    return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+
+def vae_features(vae, images: torch.Tensor) -> list[torch.Tensor]:  # noqa: ANN001
+    """Activations of the frozen VAE encoder's down blocks: the perceptual space of the regulariser
+    (LPIPS needs downloaded weights; this encoder was trained here on the same world)."""
+    h = vae.encoder.conv_in(images)
+    feats = []
+    for block in vae.encoder.down_blocks:
+        h = block(h)
+        feats.append(h)
+    return feats
+
+
+def reference_loss(vae, x0: torch.Tensor, batch: EditBatch, perceptual_weight: float = 1.0) -> torch.Tensor:  # noqa: ANN001
+    """Per-example L1 + perceptual distance to the source over the reference region."""
+    region = batch.reference
+    l1 = ((x0 - batch.source).abs() * region).sum(dim=(1, 2, 3)) / (3 * region.sum(dim=(1, 2, 3)).clamp(min=1))
+    perceptual = torch.zeros_like(l1)
+    for fa, fb in zip(vae_features(vae, x0), vae_features(vae, batch.source)):
+        fa = fa / (fa.norm(dim=1, keepdim=True) + 1e-6)
+        fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-6)
+        r = F.interpolate(region, size=fa.shape[-2:], mode="area")
+        perceptual = perceptual + ((fa - fb) ** 2).sum(dim=1, keepdim=True).mul(r).sum(dim=(1, 2, 3)) / (
+            r.sum(dim=(1, 2, 3)).clamp(min=1e-6))
+    return l1 + perceptual_weight * perceptual

@@ -1,0 +1,37 @@
+"""Progressive acceleration (ByteEdit's Accelerate): the feedback objective at phase 1 (T, T1, T2) =
+(20, 15, 10), then phase 2 = (8, 6, 3) starting from phase 1's parameters. The phase-2 model is
+trained for 8 sampling steps, records that in its editloop.json (`default_steps`), and the editor
+service samples it at 8 steps unless a request says otherwise.
+
+The stage presets live here too: which rewards, which schedule, whether the coherence critic trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainers.feedback.adversarial import AdversarialConfig
+from trainers.feedback.loop import STAGES, FeedbackConfig
+from trainers.feedback.pefl import PeflSchedule
+
+PHASE_1 = PeflSchedule(20, 15, 10)
+PHASE_2 = PeflSchedule(8, 6, 3)
+
+
+def stage_config(stage: str, **overrides: Any) -> FeedbackConfig:
+    """The preset of `stage` with `overrides` (plain values, e.g. steps=50) applied."""
+    if stage not in STAGES:
+        raise ValueError(f"`stage` must be one of {list(STAGES)}, got {stage!r}")
+    preset: dict[str, Any] = {"stage": stage, "schedule": PHASE_2 if stage == "progressive" else PHASE_1}
+    if stage != "pefl":
+        preset["adversarial"] = AdversarialConfig()
+    data = FeedbackConfig(**preset).to_dict()
+    for key, value in overrides.items():
+        if key not in data:
+            raise ValueError(f"unknown feedback config field {key!r}; known: {sorted(data)}")
+        data[key] = value
+    return FeedbackConfig.from_dict(data)
+
+
+def needs_coherence(cfg: FeedbackConfig) -> bool:
+    return cfg.adversarial is not None

@@ -1,0 +1,64 @@
+"""The reward models feedback learning optimises against: loaded by path, frozen, differentiable in
+their input. Aesthetic and alignment give one score per image; coherence a per-pixel real/fake map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from editloop.models.reward import CoherenceReward, PreferenceReward, load_reward
+
+PREFERENCE_KINDS = ("aesthetic", "alignment")
+
+
+@dataclass
+class RewardModels:
+    preference: dict[str, tuple[PreferenceReward, object]] = field(default_factory=dict)  # kind -> (model, tok)
+    coherence: CoherenceReward | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> RewardModels:
+        for model, _ in self.preference.values():
+            model.to(device)
+        if self.coherence is not None:
+            self.coherence.to(device)
+        return self
+
+
+def load_rewards(paths: dict[str, Path], versions: dict[str, str] | None = None) -> RewardModels:
+    """Reward directories by kind; each must be of the kind it is given as (refused otherwise)."""
+    out = RewardModels(versions=dict(versions or {}))
+    for kind, path in paths.items():
+        _, model, tokenizer = load_reward(path, kind)
+        model.requires_grad_(False).eval()
+        if kind == "coherence":
+            out.coherence = model
+        else:
+            out.preference[kind] = (model, tokenizer)
+    return out
+
+
+def preference_scores(rewards: RewardModels, kind: str, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """R_kind(c, x) for images in [-1, 1], with gradients w.r.t. the images."""
+    model, tokenizer = rewards.preference[kind]
+    tok = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                    return_tensors="pt")
+    device = next(model.parameters()).device
+    return model(images.float(), tok.input_ids.to(device), tok.attention_mask.to(device))
+
+
+def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torch.Tensor,
+                  prompts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k w_k * mean(-log sigmoid(R_k(c, x))) over the preference rewards, and each mean score."""
+    total = images.new_zeros(())
+    scores: dict[str, float] = {}
+    for kind, weight in weights.items():
+        if kind not in rewards.preference:
+            raise ValueError(f"reward `{kind}` is weighted but not loaded (loaded: {sorted(rewards.preference)})")
+        r = preference_scores(rewards, kind, images, prompts)
+        total = total + weight * (-F.logsigmoid(r)).mean()
+        scores[f"reward_{kind}"] = float(r.detach().mean())
+    return total, scores

@@ -1,0 +1,188 @@
+"""One feedback stage run, end to end, as the Celery task calls it:
+
+start model (the previous stage's version, else the promoted editor, else the base inpainting model)
+-> reward models (the promoted versions) -> held-out evaluation of the start model -> training
+(resumable from <state_dir>/runs/<run id>) -> candidate editor version in the registry with its
+metrics, plots and lineage -> promotion only if the evaluation says it is better: a higher feedback
+score (mean reward) at its own step count, and world-judge success no more than `success_tolerance`
+below the start model's.
+
+The candidate's version is derived from the run id, so a run resumed after a lost worker registers
+one version, never two.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.models import ModelVersion, TrainingRun
+from editloop.models.zoo import load_pipeline
+from editloop.registry import (
+    PromotionRefused,
+    fetch_model_dir,
+    promote,
+    promoted,
+    register_candidate,
+    store_model_dir,
+)
+from editloop.settings import Settings
+from editloop.store.base import BlobStore
+from trainers.feedback.evaluate import evaluate_samples, sample
+from trainers.feedback.examples import feedback_examples
+from trainers.feedback.loop import FeedbackConfig, train_feedback
+from trainers.feedback.plots import plot_history
+from trainers.feedback.progressive import needs_coherence, stage_config
+from trainers.feedback.rewards import RewardModels, load_rewards
+from trainers.runs import update_run
+
+EDITOR_KIND = "editor"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    examples: int = 48
+    seed: int = 20_000  # held out: training draws examples from (seed, stage, step) streams
+    success_tolerance: float = 0.02
+    auto_promote: bool = True
+
+
+def start_model(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+                parent_version: str | None) -> tuple[Path, str, int | None]:
+    """(directory, version name, registry id or None) of the model this stage starts from."""
+    from editloop.models.model_dir import model_version
+    from editloop.registry import find_version
+
+    with sessions() as s:
+        row = find_version(s, EDITOR_KIND, parent_version) if parent_version else promoted(s, EDITOR_KIND)
+        if row is not None:
+            return fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models"), row.version, row.id
+    return settings.editor_model, model_version(settings.editor_model), None
+
+
+def promoted_rewards(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+                     kinds: list[str]) -> RewardModels:
+    paths, versions = {}, {}
+    with sessions() as s:
+        for kind in kinds:
+            row = promoted(s, kind)
+            if row is None:
+                raise ValueError(f"feedback learning needs a promoted {kind} reward model; train one with "
+                                 f"`editloop train reward --kind {kind}`")
+            paths[kind] = fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
+            versions[kind] = row.version
+    return load_rewards(paths, versions)
+
+
+def default_steps(path: Path) -> int:
+    from services.core.sampling import ModelDefaults
+
+    return ModelDefaults.from_dir(path).steps
+
+
+def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: dict[str, Any]) -> None:  # noqa: ANN001
+    pipe.save_pretrained(dest, safe_serialization=True)
+    meta = {"kind": EDITOR_KIND, "version": version, "default_steps": cfg.schedule.steps,
+            "default_guidance": cfg.guidance, "default_scheduler": "ddim", "stage": cfg.stage, **extra}
+    (dest / "editloop.json").write_text(json.dumps(meta, indent=2))
+
+
+def promotion_guards(metrics: dict[str, float], parent: dict[str, float], tolerance: float) -> list[str]:
+    """Reasons the candidate is not better than its start model (empty = better)."""
+    why = []
+    if metrics["feedback_score"] <= parent["feedback_score"]:
+        why.append(f"feedback score {metrics['feedback_score']:.4f} is not above the start model's "
+                   f"{parent['feedback_score']:.4f}")
+    if metrics["success"] < parent["success"] - tolerance:
+        why.append(f"judged success {metrics['success']:.3f} fell more than {tolerance} below the start model's "
+                   f"{parent['success']:.3f}")
+    return why
+
+
+def run_feedback_stage(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore,
+                       settings: Settings, config: dict[str, Any] | None = None,
+                       parent_version: str | None = None) -> dict[str, Any]:
+    """Train (or resume) feedback run `run_id` of `stage`; returns its outputs (also on the run row)."""
+    config = dict(config or {})
+    evaluation = EvalConfig(**config.pop("eval", {}))
+    cfg = stage_config(stage, **config)
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            s.add(TrainingRun(id=run_id, kind=f"feedback-{stage}", status="running",
+                              inputs={"config": cfg.to_dict(), "eval": asdict(evaluation),
+                                      "parent_version": parent_version}))
+        elif run.status == "succeeded":
+            return run.outputs
+        else:
+            run.status, run.error = "running", None
+    try:
+        return _run(stage, run_id, sessions, store, settings, cfg, evaluation, parent_version)
+    except Exception as exc:
+        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+                outputs={"failed_at": datetime.now(UTC).isoformat()})
+        raise
+
+
+def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+         cfg: FeedbackConfig, evaluation: EvalConfig, parent_version: str | None) -> dict[str, Any]:
+    start_dir, start_version, start_id = start_model(sessions, store, settings, parent_version)
+    kinds = sorted(cfg.reward_weights) + (["coherence"] if needs_coherence(cfg) else [])
+    rewards = promoted_rewards(sessions, store, settings, kinds)
+    pipe = load_pipeline(start_dir, "inpaint", device=settings.device, dtype="fp32")
+    rewards.to(pipe.unet.device)
+    held_out = feedback_examples(evaluation.examples, evaluation.seed, cfg.tasks)
+    parent_metrics = evaluate_samples(sample(pipe, held_out, evaluation.seed, default_steps(start_dir),
+                                             cfg.guidance), held_out, rewards)
+    run_dir = settings.state_dir / "runs" / run_id
+
+    def progress(step: int, total: int, last: dict[str, float]) -> None:
+        update_run(sessions, run_id, progress=step / total, outputs={"last": last})
+
+    state = train_feedback(pipe, rewards, cfg, run_dir, progress)
+    metrics = evaluate_samples(sample(pipe, held_out, evaluation.seed, cfg.schedule.steps, cfg.guidance),
+                               held_out, rewards)
+    plot = plot_history(state.history, run_dir / "curves.png", f"{stage} run {run_id[:12]} (T={cfg.schedule.steps})")
+    plot_key = store.put(plot.read_bytes(), "image/png")
+    version = f"{stage}-{run_id[:12]}"
+    guards = promotion_guards(metrics, parent_metrics, evaluation.success_tolerance)
+    lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_dir(pipe, Path(tmp), version, cfg, {"lineage": lineage})
+        key = store_model_dir(store, Path(tmp))
+    all_metrics = {**metrics, "eval_score": metrics["feedback_score"],
+                   "parent_eval_score": parent_metrics["feedback_score"], "parent": parent_metrics,
+                   "guard_failures": guards, "steps_done": state.step}
+    outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
+                               "curves_key": plot_key, "start_version": start_version}
+    with sessions.begin() as s:
+        parent_row = s.get(ModelVersion, start_id) if start_id is not None else None
+        row = register_candidate(s, EDITOR_KIND, EDITOR_KIND, version, key, all_metrics,
+                                 {"lineage": lineage, "train": cfg.to_dict(), "eval": asdict(evaluation),
+                                  "curves_key": plot_key}, parent_row)
+        outputs["promoted"] = False
+        if guards:
+            outputs["refused"] = "; ".join(guards)
+        elif evaluation.auto_promote:
+            try:
+                promote(s, EDITOR_KIND, version, loads_editor(store, settings.state_dir / "models"), tolerance=0.0)
+                outputs["promoted"] = True
+            except PromotionRefused as exc:
+                outputs["refused"] = str(exc)
+        run = s.get(TrainingRun, run_id)
+        run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+    return outputs
+
+
+def loads_editor(store: BlobStore, cache: Path):  # noqa: ANN201
+    """A check for `promote`: the version unpacks and loads as an inpainting pipeline."""
+    def check(row) -> None:  # noqa: ANN001
+        load_pipeline(fetch_model_dir(store, row.checkpoint_key, cache), "inpaint", device="cpu", dtype="fp32")
+
+    return check
