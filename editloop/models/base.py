@@ -23,8 +23,8 @@ def base_model_dir(kind: str) -> Path:
     return path
 
 
-def load_base(kind: str, device: str | None = None):
-    return load_pipeline(base_model_dir(kind), kind, device=device)
+def load_base(kind: str, device: str | None = None, dtype: str | None = None):  # noqa: ANN201
+    return load_pipeline(base_model_dir(kind), kind, device=device, dtype=dtype)
 
 
 def export_base(run_dir: Path, dest: Path = BASE_DIR) -> list[Path]:

@@ -10,7 +10,6 @@ run with `Diverged` and leaves the last good checkpoint in place.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable
@@ -78,8 +77,17 @@ class FeedbackConfig:
         return cls(**data)
 
 
-def trainable_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in unet.parameters() if p.requires_grad]
+def make_trainable(pipe, cfg: FeedbackConfig) -> list[torch.nn.Parameter]:  # noqa: ANN001
+    """Freeze the VAE and text encoder; the UNet (or its LoRA adapters) trains. Returns what trains."""
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    if cfg.lora_rank:
+        add_lora(pipe.unet, cfg.lora_rank)
+    else:
+        pipe.unet.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    return [p for p in pipe.unet.parameters() if p.requires_grad]
 
 
 def add_lora(unet: torch.nn.Module, rank: int) -> None:
@@ -136,15 +144,7 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
     unet, device = pipe.unet, pipe.unet.device
-    pipe.vae.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
-    if cfg.lora_rank:
-        add_lora(unet, cfg.lora_rank)
-    else:
-        unet.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = trainable_parameters(unet)
+    params = make_trainable(pipe, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ema = Ema(params, cfg.ema_decay)
     disc, d_opt = None, None
@@ -218,7 +218,3 @@ def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, param
     if disc is not None and cfg.adversarial.discriminator_due(step):
         record.update(discriminator_step(disc, d_opt, images.detach(), batch.source, batch.mask, cfg.adversarial))
     return record
-
-
-def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(module).requires_grad_(False).eval()

@@ -1,0 +1,164 @@
+"""Does feedback learning make the editor better, as a panel of simulated annotators sees it? (issue 6)
+
+    .venv/bin/python bench/feedback_quality.py --out bench/results/feedback_quality.json
+
+For each taste (the default utility weights, then the same weights reversed):
+1. a panel of simulated annotators labels candidate sets of world renders (best/worst of 4) and an
+   aesthetic reward trains on those labels (the same code path as a training run); an alignment
+   reward trains on world captions with one-attribute hard negatives (taste-independent, trained once);
+2. PeFL fine-tunes the committed base inpainting model against both rewards (phase 1, T = 20);
+3. progressive phase 2 continues from it at (T, T1, T2) = (8, 6, 3) (default taste only);
+4. on held-out examples (inpaint, erase, outpaint; seeds apart from training): the panel's mean
+   utility, GSB superiority and win rate of each model against the base (every annotator judges every
+   pair side by side), world-judge success, and sampling time per image.
+Writes JSON, a markdown table (stdout) and a picture grid per taste.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reward_quality import _Merged, all_pairs, labelled_pool  # noqa: E402
+
+from editloop.models.base import base_model_dir  # noqa: E402
+from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
+from editloop.models.tokenizer import build_tokenizer  # noqa: E402
+from editloop.models.zoo import load_pipeline  # noqa: E402
+from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
+from editloop.world.io import save_grid_png  # noqa: E402
+from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities  # noqa: E402
+from trainers.feedback.examples import feedback_examples  # noqa: E402
+from trainers.feedback.loop import train_feedback  # noqa: E402
+from trainers.feedback.progressive import stage_config  # noqa: E402
+from trainers.feedback.rewards import load_rewards  # noqa: E402
+from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
+from trainers.reward.data import ImageCache  # noqa: E402
+from trainers.reward.loop import LoopConfig  # noqa: E402
+
+HELD_OUT = 930_000
+
+
+def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, steps: int, tag: str) -> dict:
+    train_sessions, train_store = labelled_pool(root / f"{tag}-train", labels, 11, weights)
+    eval_sessions, eval_store = labelled_pool(root / f"{tag}-eval", 200, 5011, weights)
+    train, held_out = all_pairs(train_sessions, train_store), all_pairs(eval_sessions, eval_store)
+    cache = _Merged(ImageCache(train_store), ImageCache(eval_store))
+    torch.manual_seed(0)
+    loop = LoopConfig(steps=steps, eval_every=max(50, steps // 6), patience=4, checkpoint_every=10**9)
+    best, _ = train_aesthetic(tiny_reward("aesthetic", 0), build_tokenizer(), train, held_out, cache, loop,
+                              Path(tempfile.mkdtemp()), batch_size=32)
+    acc = pairwise_accuracy(best, build_tokenizer(), held_out, cache)
+    save_reward(best, "aesthetic", root / f"{tag}-aesthetic", version=f"bench-{tag}")
+    print(f"  aesthetic reward ({tag}): held-out pairwise accuracy {acc:.3f} on {len(held_out)} pairs", flush=True)
+    return {"path": root / f"{tag}-aesthetic", "heldout_accuracy": acc, "labels": labels}
+
+
+def train_alignment_reward(root: Path, steps: int) -> dict:
+    from trainers.reward.alignment import accuracy_by_attribute, alignment_examples, train_alignment
+
+    train, held_out = alignment_examples(3000, 0), alignment_examples(500, 10_000)
+    torch.manual_seed(0)
+    best, _ = train_alignment(tiny_reward("alignment", 0), build_tokenizer(), train, held_out,
+                              LoopConfig(steps=steps, eval_every=max(50, steps // 4), patience=4,
+                                         checkpoint_every=10**9), Path(tempfile.mkdtemp()), batch_size=32)
+    acc = accuracy_by_attribute(best, build_tokenizer(), held_out)["all"]
+    save_reward(best, "alignment", root / "alignment", version="bench-alignment")
+    print(f"  alignment reward: held-out accuracy {acc:.3f}", flush=True)
+    return {"path": root / "alignment", "heldout_accuracy": acc}
+
+
+def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrides) -> tuple[Path, float]:  # noqa: ANN001
+    pipe = load_pipeline(start, "inpaint", device="cpu", dtype="fp32")
+    cfg = stage_config(stage, steps=steps, **overrides)
+    t0 = time.time()
+    state = train_feedback(pipe, rewards, cfg, out / "run")
+    pipe.save_pretrained(out / "model", safe_serialization=True)
+    (out / "history.json").write_text(json.dumps(state.history))
+    return out / "model", time.time() - t0
+
+
+def measure(model: Path, steps: int, examples, seed: int, rewards, weights) -> dict:  # noqa: ANN001
+    pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
+    samples = sample(pipe, examples, seed, steps)
+    metrics = evaluate_samples(samples, examples, rewards)
+    u = utilities(samples.images, examples, weights)
+    return {"metrics": metrics, "utility": u, "images": samples.images}
+
+
+def compare(name: str, a: dict, base: dict, weights: dict[str, float]) -> dict:
+    gsb = panel_gsb(a["utility"], base["utility"], panel(weights=weights, seed=7))
+    row = {"model": name, "mean_utility": float(a["utility"].mean()), "gsb": [gsb.good, gsb.same, gsb.bad],
+           "superiority": gsb.superiority, "win_rate": gsb.win_rate, **a["metrics"]}
+    return row
+
+
+def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict) -> dict:
+    print(f"taste: {tag}", flush=True)
+    aesthetic = train_aesthetic_reward(root, weights, args.labels, args.reward_steps, tag)
+    rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment["path"]})
+    base = base_model_dir("inpaint")
+    pefl_model, pefl_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl")
+    print(f"  PeFL: {args.pefl_steps} steps in {pefl_s:.0f}s", flush=True)
+    examples = feedback_examples(args.eval, HELD_OUT)
+    results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights),
+               "pefl": measure(pefl_model, 20, examples, HELD_OUT, rewards, weights)}
+    timings = {"pefl_seconds": pefl_s}
+    if not args.skip_progressive and tag == "default":
+        fast, prog_s = fine_tune(pefl_model, rewards, "progressive", args.progressive_steps,
+                                 root / f"{tag}-progressive", adversarial=None)
+        timings["progressive_seconds"] = prog_s
+        results["progressive-8"] = measure(fast, 8, examples, HELD_OUT, rewards, weights)
+        results["base-8"] = measure(base, 8, examples, HELD_OUT, rewards, weights)
+    rows = [compare(name, r, results["base"], weights) for name, r in results.items()]
+    grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:8]]]
+    grid += [list(r["images"][:8]) for r in results.values()]
+    grid_path = Path(args.out).with_name(f"feedback_grid_{tag}.png")
+    save_grid_png(grid, grid_path)
+    for row in rows:
+        print(f"  {row['model']}: utility {row['mean_utility']:.3f}, GSB vs base {row['gsb']} "
+              f"(superiority {row['superiority']}, win rate {row['win_rate']}), success {row['success']:.3f}, "
+              f"feedback score {row['feedback_score']:.3f}, {row['seconds_per_image'] * 1000:.0f} ms/image",
+              flush=True)
+    return {"weights": weights, "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "rows": rows,
+            "grid": str(grid_path), "grid_rows": ["source (mask darkened)", *results], **timings}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/feedback_quality.json"))
+    parser.add_argument("--labels", type=int, default=1000, help="best/worst labels the aesthetic reward learns from")
+    parser.add_argument("--reward-steps", type=int, default=400)
+    parser.add_argument("--alignment-steps", type=int, default=300)
+    parser.add_argument("--pefl-steps", type=int, default=150)
+    parser.add_argument("--progressive-steps", type=int, default=80)
+    parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-progressive", action="store_true")
+    parser.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    report: dict = {"command": "bench/feedback_quality.py " + " ".join(sys.argv[1:]), "torch_threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        alignment = train_alignment_reward(root, args.alignment_steps)
+        report["alignment_reward_accuracy"] = alignment["heldout_accuracy"]
+        for tag in args.tastes:
+            weights = dict(DEFAULT_WEIGHTS) if tag == "default" else reversed_weights()
+            report[tag] = taste(root, tag, weights, args, alignment)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

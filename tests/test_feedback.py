@@ -1,0 +1,271 @@
+"""ByteEdit feedback learning: PeFL, the adversarial critic, progressive acceleration, stage runs, the chain."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+
+from editloop.db import ModelVersion, TrainingRun, make_engine, make_sessionmaker, upgrade
+from editloop.models.base import base_model_dir, load_base
+from editloop.models.reward import CoherenceReward, save_reward, tiny_reward
+from editloop.registry import PromotionRefused, promote, promoted, register_candidate, store_model_dir
+from editloop.settings import Settings
+from editloop.store.local import LocalBlobStore
+from services.core.sampling import ModelDefaults
+from trainers.feedback.adversarial import AdversarialConfig, discriminator_loss, discriminator_step
+from trainers.feedback.examples import TASKS, feedback_examples, make_example
+from trainers.feedback.loop import Diverged, FeedbackConfig, make_trainable, train_feedback
+from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare
+from trainers.feedback.progressive import PHASE_1, PHASE_2, stage_config
+from trainers.feedback.rewards import load_rewards, reward_losses
+from trainers.feedback.run import run_feedback_stage
+
+TINY = {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "eval": {"examples": 3}}
+
+
+@pytest.fixture(scope="module")
+def reward_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rewards")
+    for kind in ("aesthetic", "alignment", "coherence"):
+        save_reward(tiny_reward(kind, seed=1), kind, root / kind, version=f"{kind}-test")
+    return root
+
+
+@pytest.fixture
+def pipe():
+    p = load_base("inpaint", device="cpu")
+    p.unet.float()
+    p.text_encoder.float()
+    return p
+
+
+def rewards_of(reward_dirs, kinds=("aesthetic", "alignment", "coherence")):
+    return load_rewards({k: reward_dirs / k for k in kinds})
+
+
+@pytest.fixture
+def world(tmp_path, reward_dirs):
+    settings = Settings(state_dir=tmp_path / "state", device="cpu")
+    url = settings.resolved_database_url()
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    store = LocalBlobStore(settings.resolved_blob_dir())
+    for kind in ("aesthetic", "alignment", "coherence"):
+        key = store_model_dir(store, reward_dirs / kind)
+        with sessions.begin() as s:
+            register_candidate(s, kind, kind, f"{kind}-test", key, {"eval_score": 0.5}, {}, None)
+            promote(s, kind, f"{kind}-test")
+    return settings, sessions, store
+
+
+def test_schedules_and_presets_follow_the_paper():
+    assert (PHASE_1.steps, PHASE_1.start, PHASE_1.stop) == (20, 15, 10)
+    assert (PHASE_2.steps, PHASE_2.start, PHASE_2.stop) == (8, 6, 3)
+    assert stage_config("pefl").adversarial is None and stage_config("pefl").schedule == PHASE_1
+    assert stage_config("adversarial").adversarial is not None
+    assert stage_config("progressive").schedule == PHASE_2
+    with pytest.raises(ValueError, match=r"1 <= T2 < T1 <= T, got \(T, T1, T2\) = \(8, 3, 6\)"):
+        PeflSchedule(8, 3, 6)
+    with pytest.raises(ValueError, match="`stage` must be one of"):
+        FeedbackConfig(stage="dpo")
+    with pytest.raises(ValueError, match="unknown feedback config field 'stepz'"):
+        stage_config("pefl", stepz=3)
+    with pytest.raises(ValueError, match=r"`tasks` must be a non-empty subset"):
+        FeedbackConfig(tasks=("inpaint", "paint"))
+
+
+def test_examples_cover_the_three_tasks_with_sensible_masks():
+    examples = feedback_examples(9, 0)
+    assert [e.task for e in examples] == list(TASKS) * 3
+    for e in examples:
+        assert 0 < e.mask.mean() < 1
+        if e.task == "erase":  # the object must go: the regulariser only looks outside the mask
+            assert (e.reference == 1 - e.mask).all()
+        else:
+            assert e.reference.all()
+    assert [e.prompt for e in feedback_examples(9, 0)] == [e.prompt for e in examples]  # deterministic
+
+
+def test_masks_that_cover_nothing_or_everything_are_refused(pipe):
+    rng = np.random.default_rng(0)
+    ok, empty, full = (make_example(rng, "inpaint") for _ in range(3))
+    object.__setattr__(empty, "mask", np.zeros_like(empty.mask))
+    object.__setattr__(full, "mask", np.ones_like(full.mask))
+    with pytest.raises(ValueError, match="`mask` of example 1 covers nothing"):
+        prepare(pipe, [ok, empty])
+    with pytest.raises(ValueError, match="`mask` of example 1 covers the whole image"):
+        prepare(pipe, [ok, full])
+
+
+def test_a_pefl_step_sends_gradients_to_the_unet_only(pipe, reward_dirs):
+    rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
+    batch = prepare(pipe, feedback_examples(2, 3))
+    make_trainable(pipe, FeedbackConfig())
+    x0, steps_left = predict_x0(pipe, batch, PHASE_1, torch.Generator().manual_seed(0))
+    assert 1 <= steps_left <= PHASE_1.stop and x0.shape == batch.source_latents.shape
+    loss, scores = reward_losses(rewards, {"aesthetic": 1.0, "alignment": 1.0}, decode(pipe, x0), batch.prompts)
+    loss.backward()
+    assert torch.isfinite(loss) and set(scores) == {"reward_aesthetic", "reward_alignment"}
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pipe.unet.parameters())
+    frozen = [*pipe.vae.parameters(), *pipe.text_encoder.parameters(),
+              *[p for m, _ in rewards.preference.values() for p in m.parameters()]]
+    assert all(p.grad is None for p in frozen)
+
+
+def test_the_critic_stabilisers(pipe, reward_dirs):
+    cfg = AdversarialConfig(warmup_steps=3, d_every=2, d_clip=1e-3, real_label=0.9)
+    assert [cfg.generator_active(s) for s in range(5)] == [False, False, False, True, True]
+    assert [cfg.discriminator_due(s) for s in range(5)] == [True, False, True, False, True]
+    disc = rewards_of(reward_dirs, ("coherence",)).coherence
+    source = torch.rand(2, 3, 64, 64) * 2 - 1
+    generated = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 20:40, 20:40] = 1
+    before = [p.detach().clone() for p in disc.parameters()]
+    record = discriminator_step(disc, torch.optim.SGD(disc.parameters(), lr=1.0), generated, source, mask, cfg)
+    # clipping: the gradient the optimiser applied has norm <= d_clip, so SGD(lr=1) moved the weights that little
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(disc.parameters(), before)))
+    assert record["d_grad_norm"] > cfg.d_clip and float(moved) <= cfg.d_clip * 1.001
+    assert not any(p.requires_grad for p in disc.parameters())  # frozen again for the generator's step
+
+    class Confident(CoherenceReward):  # says "real" with certainty everywhere
+        def forward(self, images):
+            return torch.full_like(images[:, :1], 20.0)
+
+    smoothed = discriminator_loss(Confident(), generated, source, mask, real_label=0.9)
+    unsmoothed = discriminator_loss(Confident(), generated, source, mask, real_label=1.0)
+    # one-sided smoothing penalises certainty on real pixels; fake and real pixels weigh the same (class balance)
+    assert float(smoothed) > float(unsmoothed) > 4.0
+
+
+def test_training_resumes_exactly_and_a_diverging_run_keeps_its_last_good_checkpoint(tmp_path, reward_dirs):
+    cfg = FeedbackConfig(steps=3, batch_size=2, checkpoint_every=1, adversarial=AdversarialConfig(warmup_steps=1))
+    straight = load_base("inpaint", device="cpu", dtype="fp32")
+    train_feedback(straight, rewards_of(reward_dirs), cfg, tmp_path / "straight")
+    resumed = load_base("inpaint", device="cpu", dtype="fp32")
+    train_feedback(resumed, rewards_of(reward_dirs), FeedbackConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "r")
+    again = load_base("inpaint", device="cpu", dtype="fp32")
+    state = train_feedback(again, rewards_of(reward_dirs), cfg, tmp_path / "r")
+    assert state.step == 3 and [h["step"] for h in state.history] == [1, 2, 3]
+    for a, b in zip(straight.unet.parameters(), again.unet.parameters()):
+        torch.testing.assert_close(a, b)
+
+    broken = rewards_of(reward_dirs)
+    with torch.no_grad():
+        for p in broken.preference["aesthetic"][0].head.parameters():
+            p.fill_(float("nan"))
+    longer = FeedbackConfig(**{**cfg.__dict__, "steps": 5})
+    with pytest.raises(Diverged, match="loss is nan at step 4; the last good checkpoint is kept"):
+        train_feedback(load_base("inpaint", device="cpu", dtype="fp32"), broken, longer, tmp_path / "r")
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_a_stage_run_registers_a_candidate_and_promotes_only_a_better_one(world):
+    settings, sessions, store = world
+    out = run_feedback_stage("pefl", uuid.uuid4().hex, sessions, store, settings, TINY)
+    metrics = out["metrics"]
+    assert metrics["steps"] == 20 and metrics["parent"]["steps"] == 20 and 0 <= metrics["success"] <= 1
+    assert out["promoted"] == (not metrics["guard_failures"])
+    assert store.get(out["curves_key"])[:8] == b"\x89PNG\r\n\x1a\n"
+    with sessions() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == out["version"])).one()
+        assert row.kind == "editor" and row.config["lineage"]["rewards"]["aesthetic"] == "aesthetic-test"
+        if metrics["guard_failures"]:
+            with pytest.raises(PromotionRefused, match="not above the start model's|fell more than"):
+                promote(s, "editor", row.version)
+    # the progressive phase starts from it, is trained for 8 steps and says so; the editor samples it at 8
+    fast = run_feedback_stage("progressive", uuid.uuid4().hex, sessions, store, settings,
+                              {**TINY, "adversarial": None}, parent_version=out["version"])
+    assert fast["start_version"] == out["version"] and fast["metrics"]["steps"] == 8
+    from editloop.registry import fetch_model_dir
+
+    model_dir = fetch_model_dir(store, fast["checkpoint_key"], settings.state_dir / "models")
+    meta = json.loads((model_dir / "editloop.json").read_text())
+    assert meta["default_steps"] == 8 and meta["stage"] == "progressive"
+    assert ModelDefaults.from_dir(model_dir).steps == 8
+
+
+def test_bad_inputs_are_refused_with_the_reason(world, reward_dirs, tmp_path):
+    settings, sessions, store = world
+    with pytest.raises(ValueError, match="is a aesthetic reward model, not coherence"):
+        load_rewards({"coherence": reward_dirs / "aesthetic"})
+    t2i = Settings(state_dir=settings.state_dir, device="cpu", editor_model=base_model_dir("t2i"))
+    run_id = uuid.uuid4().hex
+    with pytest.raises(ValueError, match="has no inpainting UNet"):
+        run_feedback_stage("pefl", run_id, sessions, store, t2i, TINY)
+    with sessions() as s:
+        run = s.get(TrainingRun, run_id)
+        assert run.status == "failed" and "has no inpainting UNet" in run.error
+        for row in s.scalars(select(ModelVersion).where(ModelVersion.kind == "coherence")):
+            row.status = "retired"
+        s.commit()
+    with pytest.raises(ValueError, match="needs a promoted coherence reward model; train one with"):
+        run_feedback_stage("adversarial", uuid.uuid4().hex, sessions, store, settings, TINY)
+
+
+def test_a_chain_survives_a_killed_worker_and_ends_in_one_version_per_stage(tmp_path, reward_dirs):
+    """pefl -> progressive as one Celery chain on RabbitMQ; the worker is SIGKILLed once the first stage has a
+    checkpoint; the next worker gets the unacknowledged task again, resumes, and the chain runs on."""
+    from celery.result import AsyncResult
+
+    from editloop.cli.train import enqueue_feedback_chain
+    from trainers.celery_app import make_celery
+
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"),
+           "EDITLOOP_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+           "EDITLOOP_RESULT_BACKEND": "redis://127.0.0.1:6379/7", "EDITLOOP_DEVICE": "cpu"}
+    settings = Settings(state_dir=tmp_path / "state", broker_url=env["EDITLOOP_BROKER_URL"],
+                        result_backend=env["EDITLOOP_RESULT_BACKEND"], device="cpu")
+    url = settings.resolved_database_url()
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    store = LocalBlobStore(settings.resolved_blob_dir())
+    for kind in ("aesthetic", "alignment"):
+        with sessions.begin() as s:
+            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
+                               {"eval_score": 0.5}, {}, None)
+            promote(s, kind, f"{kind}-test")
+    app = make_celery(settings)
+    app.control.purge()
+
+    def worker():
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu",
+                                 "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                                 "-n", f"fb-{uuid.uuid4().hex[:6]}@%h"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first = worker()
+    config = {"steps": 6, "batch_size": 2, "checkpoint_every": 1, "adversarial": None, "eval": {"examples": 3}}
+    run_ids = enqueue_feedback_chain(settings, ["pefl", "progressive"], config, "test")
+    checkpoint = settings.state_dir / "runs" / run_ids[0] / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.is_file():
+        time.sleep(0.2)
+    assert checkpoint.is_file(), "the first worker never checkpointed"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    second = worker()
+    try:
+        result = AsyncResult(run_ids[1], app=app).get(timeout=900)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert killed_at < 6
+    with sessions() as s:
+        versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "editor")).all()
+        assert sorted(v.version for v in versions) == sorted([f"pefl-{run_ids[0][:12]}", result["version"]])
+        runs = [s.get(TrainingRun, r) for r in run_ids]
+        assert [r.status for r in runs] == ["succeeded", "succeeded"]
+        assert runs[0].outputs["metrics"]["steps_done"] == 6
+        assert result["start_version"] == runs[0].outputs["version"] and result["metrics"]["steps"] == 8
+        ever_promoted = promoted(s, "editor")
+        assert ever_promoted is None or ever_promoted.version in {v.version for v in versions}
