@@ -59,12 +59,16 @@ def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path, label_studio, 
     monkeypatch.setenv("EDITLOOP_ANNOTATION_PROJECT_PREFIX", f"demo-{uuid.uuid4().hex[:6]}")
     label_studio.save(info_path(stack_env))  # the session's Label Studio stands in for `annotation up`
     assert main(["demo", "--steps", "2", "--prompts", "3", "--candidates", "3", "--reward-steps", "20",
-                 "--out", str(tmp_path / "d")]) == 0
+                 "--feedback-steps", "2", "--out", str(tmp_path / "d")]) == 0
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert len(summary["candidate_sets"]) == 3 and len(summary["erase_success"]) == 4
     assert summary["annotation"]["labels"] == {"valid": 6}  # 3 sets x overlap 2, labelled and synced
     assert summary["rewards"]["alignment"]["promoted"] is True  # the first version passes the gate
     assert 0.0 <= summary["rewards"]["service_accuracy"] <= 1.0
+    assert summary["feedback"]["rewards"] == ["alignment"]  # 6 labels: too few for an aesthetic run
+    fb = summary["feedback"]
+    assert not fb["promoted"] or fb["eval_score"] > fb["parent_eval_score"]  # promoted only if better
+    assert load_png(tmp_path / "d" / "feedback.png").shape[0] == 3 * 64  # source, before, after
     left = [c for c in psutil.Process().children(recursive=True) if "annotation.web" in " ".join(c.cmdline())]
     assert not left  # the image/webhook endpoint it started is stopped
     assert all(len(cs["judged_correct"]) == 3 for cs in summary["candidate_sets"])

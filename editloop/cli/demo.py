@@ -9,7 +9,10 @@
 6. reward models: a short alignment-reward run on the queue (the stack's worker trains it, registers
    a candidate version and promotes it through the gate; the aesthetic reward too once the labels
    suffice), then a reward service on the promoted version scores captions against hard negatives,
-7. write PNG grids and summary.json to --out, then stop the stack (and Label Studio, if it started it).
+7. one feedback round (ByteEdit's PeFL) on the queue against the promoted reward models; the worker
+   fine-tunes the inpainting model, evaluates it on held-out examples against the model it started
+   from and promotes it only if it is better; before/after images go to feedback.png,
+8. write PNG grids and summary.json to --out, then stop the stack (and Label Studio, if it started it).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import numpy as np
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded default")
     p.add_argument("--out", type=Path, default=Path(".editloop/demo"))
-    p.add_argument("--prompts", type=int, default=4, help="held-out captions")
+    p.add_argument("--prompts", type=int, default=12, help="held-out captions (12 x overlap 2 = 24 labels)")
     p.add_argument("--candidates", type=int, default=4, help="images per candidate set")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--no-label-studio", action="store_true", help="skip step 5 (labelling in Label Studio)")
     p.add_argument("--keep-label-studio", action="store_true", help="leave Label Studio up afterwards")
     p.add_argument("--reward-steps", type=int, default=150, help="steps of the demo's reward runs (0 skips step 6)")
+    p.add_argument("--feedback-steps", type=int, default=40, help="PeFL steps of step 7 (0 skips it)")
     p.set_defaults(func=run_demo)
 
 
@@ -87,6 +91,46 @@ def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
           f"{accuracy:.0%} of 32 held-out images")
     out["service_accuracy"] = accuracy
     return out
+
+
+def feedback_round(settings, steps: int, out: Path) -> dict:  # noqa: ANN001
+    """Step 7: a PeFL run through the queue, then before/after samples of held-out edits."""
+    from celery.result import AsyncResult
+
+    from editloop.cli.train import enqueue_feedback_chain
+    from editloop.models.zoo import load_pipeline
+    from editloop.registry import fetch_model_dir, promoted
+    from editloop.state import open_state
+    from editloop.world.io import save_grid_png
+    from trainers.celery_app import make_celery
+    from trainers.feedback.evaluate import sample
+    from trainers.feedback.examples import feedback_examples
+    from trainers.feedback.run import start_model
+
+    sessions, store = open_state(settings)
+    with sessions() as s:
+        weights = {k: 1.0 for k in ("aesthetic", "alignment") if promoted(s, k) is not None}
+    if not weights:
+        print("   no promoted aesthetic or alignment reward to learn from; skipped")
+        return {}
+    before_dir, before_version, _ = start_model(sessions, store, settings, None)
+    config = {"steps": steps, "batch_size": 4, "reward_weights": weights, "eval": {"examples": 12}}
+    run_id = enqueue_feedback_chain(settings, ["pefl"], config, "demo")[0]
+    result = AsyncResult(run_id, app=make_celery(settings)).get(timeout=3600)
+    m = result["metrics"]
+    print(f"   PeFL run {run_id[:8]} against {sorted(weights)}: {before_version} -> {result['version']}; "
+          f"held-out feedback score {m['parent_eval_score']:.3f} -> {m['eval_score']:.3f}, judged success "
+          f"{m['parent']['success']:.2f} -> {m['success']:.2f}; promoted: {result['promoted']} "
+          f"{result.get('refused', '')}")
+    examples = feedback_examples(6, 424_242)
+    after_dir = fetch_model_dir(store, result["checkpoint_key"], settings.state_dir / "models")
+    rows = [[np.where(e.mask[..., None] > 0, e.source // 2, e.source) for e in examples]]
+    for path in (before_dir, after_dir):
+        rows.append(list(sample(load_pipeline(path, "inpaint", device=settings.device), examples, 7, 20).images))
+    save_grid_png(rows, out / "feedback.png")
+    (out / "feedback_curves.png").write_bytes(store.get(result["curves_key"]))
+    return {"run_id": run_id, "version": result["version"], "promoted": result["promoted"],
+            "eval_score": m["eval_score"], "parent_eval_score": m["parent_eval_score"], "rewards": sorted(weights)}
 
 
 def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:  # noqa: ANN001
@@ -227,8 +271,12 @@ def run_demo(args: argparse.Namespace) -> int:
         if args.reward_steps:
             print("6. reward models: training runs on the queue, gated promotion, a reward service")
             summary["rewards"] = train_rewards(settings, args.reward_steps)
+        if args.feedback_steps:
+            print("7. feedback learning: one PeFL round on the queue, gated against the model it started from")
+            summary["feedback"] = feedback_round(settings, args.feedback_steps, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {out / 'candidates.png'} (column 1: the caption as the world renders it), "
-          f"{out / 'erase.png'} (source, mask, result), {out / 'summary.json'}; "
+          f"{out / 'erase.png'} (source, mask, result), {out / 'feedback.png'} (source with the mask darkened, "
+          f"before, after feedback learning), {out / 'summary.json'}; "
           f"images and rows in {settings.state_dir}")
     return 0
