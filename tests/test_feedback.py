@@ -269,3 +269,18 @@ def test_a_chain_survives_a_killed_worker_and_ends_in_one_version_per_stage(tmp_
         assert result["start_version"] == runs[0].outputs["version"] and result["metrics"]["steps"] == 8
         ever_promoted = promoted(s, "editor")
         assert ever_promoted is None or ever_promoted.version in {v.version for v in versions}
+
+
+def test_lora_trains_only_adapters_and_merges_back_into_a_plain_unet(tmp_path, reward_dirs):
+    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    cfg = FeedbackConfig(steps=2, batch_size=2, lora_rank=4, lr=1e-2, ema_decay=0.0)
+    other = load_base("inpaint", device="cpu", dtype="fp32")
+    params = make_trainable(other, cfg)
+    names = [n for n, p in other.unet.named_parameters() if p.requires_grad]
+    assert len(names) == len(params) > 0 and all("lora" in n for n in names)
+    train_feedback(pipe, rewards_of(reward_dirs, ("aesthetic", "alignment")), cfg, tmp_path / "lora")
+    merged = pipe.unet.state_dict()
+    assert set(merged) == set(base)  # no adapter layers left: it saves and loads like any UNet
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in changed)

@@ -105,12 +105,15 @@ def _registry_context():  # noqa: ANN202
 
 
 def _load_check(settings: Settings, store, kind: str):  # noqa: ANN001, ANN202
-    from editloop.models.reward import REWARD_KINDS
+    from editloop.models.reward import REWARD_KINDS, load_reward
+    from editloop.registry import fetch_model_dir
 
+    if kind == "editor":  # feedback-learning versions: must load as an inpainting pipeline
+        from trainers.feedback.run import loads_editor
+
+        return loads_editor(store, settings.state_dir / "models")
     if kind not in REWARD_KINDS:
         return None
-    from editloop.models.reward import load_reward
-    from editloop.registry import fetch_model_dir
 
     return lambda row: load_reward(fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models"), kind)
 

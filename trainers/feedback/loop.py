@@ -182,8 +182,9 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
                 progress(state.step, cfg.steps, record)
     bar.close()
     ema.copy_to(params)
-    if cfg.lora_rank:
-        unet.fuse_lora() if hasattr(unet, "fuse_lora") else None
+    if cfg.lora_rank:  # merge the adapters into the weights: the saved model is a plain UNet again
+        unet.fuse_lora()
+        unet.unload_lora()
     (run_dir / "history.json").write_text(json.dumps(state.history, indent=1))
     return state
 
