@@ -58,6 +58,21 @@ def make_example(rng: np.random.Generator, task: str) -> FeedbackExample:
     return FeedbackExample(task, render(scene), mask, scene.caption, scene, np.ones_like(mask))
 
 
+def upscale(example: FeedbackExample, size: int) -> FeedbackExample:
+    """The example at `size` px (nearest neighbour; for models that work at a larger resolution, e.g. 512)."""
+    factor = size // example.source.shape[0]
+    if factor * example.source.shape[0] != size or factor < 1:
+        raise ValueError(f"`resolution` must be a multiple of {example.source.shape[0]}, got {size}")
+    if factor == 1:
+        return example
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
+
+    return FeedbackExample(example.task, up(example.source), up(example.mask), example.prompt, example.target,
+                           up(example.reference), example.edit)
+
+
 def feedback_examples(n: int, seed: int, tasks: tuple[str, ...] = TASKS) -> list[FeedbackExample]:
     """`n` examples cycling through `tasks` (deterministic in `seed`)."""
     tasks = check_tasks(tasks)

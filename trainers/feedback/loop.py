@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from editloop.models.data import step_rng
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
-from trainers.feedback.examples import TASKS, check_tasks, make_example
+from trainers.feedback.examples import TASKS, check_tasks, make_example, upscale
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
 from trainers.feedback.rewards import RewardModels, reward_losses
 
@@ -52,6 +53,7 @@ class FeedbackConfig:
     seed: int = 0
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 trains LoRA adapters (needs peft)
     gradient_checkpointing: bool = False
+    resolution: int = 64  # training examples are upscaled to this size (512 for Stable-Diffusion-sized models)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -166,7 +168,11 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{cfg.stage} (T={cfg.schedule.steps})", unit="step",
                disable=None)
     while state.step < cfg.steps:
+        t0 = time.perf_counter()
         record = _one_step(pipe, rewards, cfg, state.step, params, opt, disc, d_opt)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        record["seconds"] = time.perf_counter() - t0
         ema.update(params)
         state.step += 1
         state.history.append({"step": state.step, **record})
@@ -192,7 +198,7 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
 def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt  # noqa: ANN001
               ) -> dict[str, float]:
     rng = step_rng(cfg.seed, cfg.stage, step)
-    examples = [make_example(rng, cfg.tasks[(step * cfg.batch_size + i) % len(cfg.tasks)])
+    examples = [upscale(make_example(rng, cfg.tasks[(step * cfg.batch_size + i) % len(cfg.tasks)]), cfg.resolution)
                 for i in range(cfg.batch_size)]
     generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
     batch = prepare(pipe, examples)
