@@ -48,7 +48,12 @@ from trainers.reward.loop import LoopConfig  # noqa: E402
 HELD_OUT = 930_000
 
 
-def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, steps: int, tag: str) -> dict:
+def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, steps: int, tag: str,
+                           cache: Path | None = None) -> dict:
+    if cache is not None and (cache / f"{tag}-aesthetic" / "result.json").is_file():
+        saved = json.loads((cache / f"{tag}-aesthetic" / "result.json").read_text())
+        print(f"  aesthetic reward ({tag}): from {cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
+        return {**saved, "path": cache / f"{tag}-aesthetic"}
     train_sessions, train_store = labelled_pool(root / f"{tag}-train", labels, 11, weights)
     eval_sessions, eval_store = labelled_pool(root / f"{tag}-eval", 200, 5011, weights)
     train, held_out = all_pairs(train_sessions, train_store), all_pairs(eval_sessions, eval_store)
@@ -58,23 +63,32 @@ def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, s
     best, _ = train_aesthetic(tiny_reward("aesthetic", 0), build_tokenizer(), train, held_out, cache, loop,
                               Path(tempfile.mkdtemp()), batch_size=32)
     acc = pairwise_accuracy(best, build_tokenizer(), held_out, cache)
-    save_reward(best, "aesthetic", root / f"{tag}-aesthetic", version=f"bench-{tag}")
+    where = (cache or root) / f"{tag}-aesthetic"
+    save_reward(best, "aesthetic", where, version=f"bench-{tag}")
+    result = {"heldout_accuracy": acc, "labels": labels, "steps": steps, "eval_pairs": len(held_out)}
+    (where / "result.json").write_text(json.dumps(result))
     print(f"  aesthetic reward ({tag}): held-out pairwise accuracy {acc:.3f} on {len(held_out)} pairs", flush=True)
-    return {"path": root / f"{tag}-aesthetic", "heldout_accuracy": acc, "labels": labels}
+    return {**result, "path": where}
 
 
-def train_alignment_reward(root: Path, steps: int) -> dict:
+def train_alignment_reward(root: Path, steps: int, cache: Path | None = None) -> dict:
     from trainers.reward.alignment import accuracy_by_attribute, alignment_examples, train_alignment
 
+    if cache is not None and (cache / "alignment" / "result.json").is_file():
+        saved = json.loads((cache / "alignment" / "result.json").read_text())
+        print(f"  alignment reward: from {cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
+        return {**saved, "path": cache / "alignment"}
     train, held_out = alignment_examples(3000, 0), alignment_examples(500, 10_000)
     torch.manual_seed(0)
     best, _ = train_alignment(tiny_reward("alignment", 0), build_tokenizer(), train, held_out,
                               LoopConfig(steps=steps, eval_every=max(50, steps // 4), patience=4,
                                          checkpoint_every=10**9), Path(tempfile.mkdtemp()), batch_size=32)
     acc = accuracy_by_attribute(best, build_tokenizer(), held_out)["all"]
-    save_reward(best, "alignment", root / "alignment", version="bench-alignment")
+    where = (cache or root) / "alignment"
+    save_reward(best, "alignment", where, version="bench-alignment")
+    (where / "result.json").write_text(json.dumps({"heldout_accuracy": acc, "steps": steps}))
     print(f"  alignment reward: held-out accuracy {acc:.3f}", flush=True)
-    return {"path": root / "alignment", "heldout_accuracy": acc}
+    return {"path": where, "heldout_accuracy": acc}
 
 
 def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrides) -> tuple[Path, float]:  # noqa: ANN001
@@ -104,10 +118,11 @@ def compare(name: str, a: dict, base: dict, weights: dict[str, float]) -> dict:
 
 def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict) -> dict:
     print(f"taste: {tag}", flush=True)
-    aesthetic = train_aesthetic_reward(root, weights, args.labels, args.reward_steps, tag)
+    aesthetic = train_aesthetic_reward(root, weights, args.labels, args.reward_steps, tag, args.reward_cache)
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment["path"]})
     base = base_model_dir("inpaint")
-    pefl_model, pefl_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl")
+    extra = {"lr": args.lr} if args.lr else {}
+    pefl_model, pefl_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl", **extra)
     print(f"  PeFL: {args.pefl_steps} steps in {pefl_s:.0f}s", flush=True)
     examples = feedback_examples(args.eval, HELD_OUT)
     results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights),
@@ -115,7 +130,7 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
     timings = {"pefl_seconds": pefl_s}
     if not args.skip_progressive and tag == "default":
         fast, prog_s = fine_tune(pefl_model, rewards, "progressive", args.progressive_steps,
-                                 root / f"{tag}-progressive", adversarial=None)
+                                 root / f"{tag}-progressive", adversarial=None, **extra)
         timings["progressive_seconds"] = prog_s
         results["progressive-8"] = measure(fast, 8, examples, HELD_OUT, rewards, weights)
         results["base-8"] = measure(base, 8, examples, HELD_OUT, rewards, weights)
@@ -143,6 +158,9 @@ def main() -> None:
     parser.add_argument("--progressive-steps", type=int, default=80)
     parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reward-cache", type=Path, default=None,
+                        help="keep the trained reward models here and reuse them on the next run")
+    parser.add_argument("--lr", type=float, default=None, help="feedback learning rate (default: the preset's)")
     parser.add_argument("--skip-progressive", action="store_true")
     parser.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
     args = parser.parse_args()
@@ -150,7 +168,7 @@ def main() -> None:
     report: dict = {"command": "bench/feedback_quality.py " + " ".join(sys.argv[1:]), "torch_threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        alignment = train_alignment_reward(root, args.alignment_steps)
+        alignment = train_alignment_reward(root, args.alignment_steps, args.reward_cache)
         report["alignment_reward_accuracy"] = alignment["heldout_accuracy"]
         for tag in args.tastes:
             weights = dict(DEFAULT_WEIGHTS) if tag == "default" else reversed_weights()

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from editloop.models.data import step_rng
+from editloop.models.data import step_rng, to_tensor
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
-from trainers.feedback.examples import TASKS, check_tasks, make_example, upscale
+from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
-from trainers.feedback.rewards import RewardModels, reward_losses
+from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
 
 STAGES = ("pefl", "adversarial", "progressive")
 
@@ -54,6 +54,7 @@ class FeedbackConfig:
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 trains LoRA adapters (needs peft)
     gradient_checkpointing: bool = False
     resolution: int = 64  # training examples are upscaled to this size (512 for Stable-Diffusion-sized models)
+    calibration_examples: int = 64  # rewards are normalised on this many clean sources (0: raw scores)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -155,6 +156,8 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
             raise ValueError("the adversarial stage needs a coherence reward model as its discriminator")
         disc = rewards.coherence
         d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.adversarial.d_lr, weight_decay=0.0)
+    if cfg.calibration_examples:
+        calibrate_rewards(rewards, cfg)
     state = FeedbackState()
     if ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False, map_location=device)
@@ -193,6 +196,16 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
         unet.unload_lora()
     (run_dir / "history.json").write_text(json.dumps(state.history, indent=1))
     return state
+
+
+def calibrate_rewards(rewards: RewardModels, cfg: FeedbackConfig) -> None:
+    """Normalise the rewards on clean sources of a fixed calibration set (the same on every resume)."""
+    examples = [upscale(e, cfg.resolution) for e in feedback_examples(cfg.calibration_examples, 7_777_777, cfg.tasks)]
+    if not rewards.preference:
+        return
+    model, _ = next(iter(rewards.preference.values()))
+    images = to_tensor([e.source for e in examples]).to(next(model.parameters()).device)
+    calibrate(rewards, images, [e.prompt for e in examples])
 
 
 def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt  # noqa: ANN001

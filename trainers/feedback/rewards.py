@@ -19,6 +19,9 @@ class RewardModels:
     preference: dict[str, tuple[PreferenceReward, object]] = field(default_factory=dict)  # kind -> (model, tok)
     coherence: CoherenceReward | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # kind -> (mean, std) of R on reference images: Bradley-Terry scores have no fixed offset or scale, and
+    # -log sigmoid(R) stops pushing once R is large, so the losses see (R - mean) / std (see `calibrate`)
+    scale: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> RewardModels:
         for model, _ in self.preference.values():
@@ -50,6 +53,21 @@ def preference_scores(rewards: RewardModels, kind: str, images: torch.Tensor, pr
     return model(images.float(), tok.input_ids.to(device), tok.attention_mask.to(device))
 
 
+@torch.no_grad()
+def calibrate(rewards: RewardModels, images: torch.Tensor, prompts: list[str]) -> dict[str, tuple[float, float]]:
+    """Mean and std of each preference reward over reference images (the task's clean sources): afterwards a
+    normalised score of 0 means "as good as the references", and the loss keeps pushing below that."""
+    for kind in rewards.preference:
+        r = preference_scores(rewards, kind, images, prompts)
+        rewards.scale[kind] = (float(r.mean()), float(r.std().clamp(min=1e-3)))
+    return rewards.scale
+
+
+def normalised(rewards: RewardModels, kind: str, scores: torch.Tensor) -> torch.Tensor:
+    mean, std = rewards.scale.get(kind, (0.0, 1.0))
+    return (scores - mean) / std
+
+
 def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torch.Tensor,
                   prompts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
     """sum_k w_k * mean(-log sigmoid(R_k(c, x))) over the preference rewards, and each mean score."""
@@ -58,7 +76,7 @@ def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torc
     for kind, weight in weights.items():
         if kind not in rewards.preference:
             raise ValueError(f"reward `{kind}` is weighted but not loaded (loaded: {sorted(rewards.preference)})")
-        r = preference_scores(rewards, kind, images, prompts)
+        r = normalised(rewards, kind, preference_scores(rewards, kind, images, prompts))
         total = total + weight * (-F.logsigmoid(r)).mean()
         scores[f"reward_{kind}"] = float(r.detach().mean())
     return total, scores
