@@ -49,11 +49,11 @@ HELD_OUT = 930_000
 
 
 def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, steps: int, tag: str,
-                           cache: Path | None = None) -> dict:
-    if cache is not None and (cache / f"{tag}-aesthetic" / "result.json").is_file():
-        saved = json.loads((cache / f"{tag}-aesthetic" / "result.json").read_text())
-        print(f"  aesthetic reward ({tag}): from {cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
-        return {**saved, "path": cache / f"{tag}-aesthetic"}
+                           reward_cache: Path | None = None) -> dict:
+    if reward_cache is not None and (reward_cache / f"{tag}-aesthetic" / "result.json").is_file():
+        saved = json.loads((reward_cache / f"{tag}-aesthetic" / "result.json").read_text())
+        print(f"  aesthetic reward ({tag}): from {reward_cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
+        return {**saved, "path": reward_cache / f"{tag}-aesthetic"}
     train_sessions, train_store = labelled_pool(root / f"{tag}-train", labels, 11, weights)
     eval_sessions, eval_store = labelled_pool(root / f"{tag}-eval", 200, 5011, weights)
     train, held_out = all_pairs(train_sessions, train_store), all_pairs(eval_sessions, eval_store)
@@ -63,7 +63,7 @@ def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, s
     best, _ = train_aesthetic(tiny_reward("aesthetic", 0), build_tokenizer(), train, held_out, cache, loop,
                               Path(tempfile.mkdtemp()), batch_size=32)
     acc = pairwise_accuracy(best, build_tokenizer(), held_out, cache)
-    where = (cache or root) / f"{tag}-aesthetic"
+    where = (reward_cache or root) / f"{tag}-aesthetic"
     save_reward(best, "aesthetic", where, version=f"bench-{tag}")
     result = {"heldout_accuracy": acc, "labels": labels, "steps": steps, "eval_pairs": len(held_out)}
     (where / "result.json").write_text(json.dumps(result))

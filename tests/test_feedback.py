@@ -120,6 +120,19 @@ def test_a_pefl_step_sends_gradients_to_the_unet_only(pipe, reward_dirs):
     assert all(p.grad is None for p in frozen)
 
 
+def test_rewards_are_normalised_on_clean_sources(reward_dirs):
+    from editloop.models.data import to_tensor
+    from trainers.feedback.rewards import calibrate, normalised, preference_scores
+
+    rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
+    examples = feedback_examples(12, 5)
+    images, prompts = to_tensor([e.source for e in examples]), [e.prompt for e in examples]
+    scale = calibrate(rewards, images, prompts)
+    assert set(scale) == {"aesthetic", "alignment"} and all(std > 0 for _, std in scale.values())
+    z = normalised(rewards, "aesthetic", preference_scores(rewards, "aesthetic", images, prompts))
+    assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3
+
+
 def test_the_critic_stabilisers(pipe, reward_dirs):
     cfg = AdversarialConfig(warmup_steps=3, d_every=2, d_clip=1e-3, real_label=0.9)
     assert [cfg.generator_active(s) for s in range(5)] == [False, False, False, True, True]
@@ -284,3 +297,45 @@ def test_lora_trains_only_adapters_and_merges_back_into_a_plain_unet(tmp_path, r
     assert set(merged) == set(base)  # no adapter layers left: it saves and loads like any UNet
     changed = [k for k in base if not torch.equal(base[k], merged[k])]
     assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in changed)
+
+
+def test_editloop_train_progressive_runs_the_whole_round_on_a_real_worker(tmp_path, reward_dirs):
+    """The CLI's chain pefl -> adversarial -> progressive on the embedded broker; each stage starts from the one
+    before, the last one is an 8-step model, and a version is promoted exactly when its gate passed."""
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"), "EDITLOOP_BROKER_URL": "",
+           "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DEVICE": "cpu"}
+    settings = Settings(state_dir=tmp_path / "state")
+    url = settings.resolved_database_url()
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    store = LocalBlobStore(settings.resolved_blob_dir())
+    for kind in ("aesthetic", "alignment", "coherence"):
+        with sessions.begin() as s:
+            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
+                               {"eval_score": 0.5}, {}, None)
+            promote(s, kind, f"{kind}-test")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"fr-{uuid.uuid4().hex[:6]}@%h"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([sys.executable, "-m", "editloop.cli.main", "train", "progressive", "--steps", "2",
+                               "--batch-size", "2", "--eval-examples", "3", "--wait"], env=env, capture_output=True,
+                              text=True, timeout=1200)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with sessions() as s:
+        runs = s.scalars(select(TrainingRun).order_by(TrainingRun.created_at)).all()
+        assert [r.kind for r in runs] == ["feedback-pefl", "feedback-adversarial", "feedback-progressive"]
+        assert all(r.status == "succeeded" and r.inputs["trigger"] == "by hand: editloop train progressive"
+                   for r in runs)
+        outs = [r.outputs for r in runs]
+        assert outs[1]["start_version"] == outs[0]["version"] and outs[2]["start_version"] == outs[1]["version"]
+        assert outs[2]["metrics"]["steps"] == 8
+        critic = json.loads((settings.state_dir / "runs" / runs[1].id / "history.json").read_text())
+        assert all("d_loss" in h for h in critic)  # the adversarial stage trained its critic every step
+        for out in outs:
+            assert out["promoted"] == (not out["metrics"]["guard_failures"])
+        assert f"queued progressive run {runs[2].id}" in done.stdout
