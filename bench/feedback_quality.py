@@ -121,13 +121,19 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
     aesthetic = train_aesthetic_reward(root, weights, args.labels, args.reward_steps, tag, args.reward_cache)
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment["path"]})
     base = base_model_dir("inpaint")
-    extra = {"lr": args.lr} if args.lr else {}
+    extra: dict = {"lr": args.lr} if args.lr else {}
+    if args.reward_weight is not None:
+        extra["reward_weights"] = {"aesthetic": args.reward_weight, "alignment": args.reward_weight}
     pefl_model, pefl_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl", **extra)
     print(f"  PeFL: {args.pefl_steps} steps in {pefl_s:.0f}s", flush=True)
     examples = feedback_examples(args.eval, HELD_OUT)
     results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights),
                "pefl": measure(pefl_model, 20, examples, HELD_OUT, rewards, weights)}
     timings = {"pefl_seconds": pefl_s}
+    if args.ablation and tag == "default":  # the same run with the rewards switched off: the regulariser alone
+        reg_only, _ = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-reference-only",
+                                **{**extra, "reward_weights": {"aesthetic": 0.0, "alignment": 0.0}})
+        results["reference-only"] = measure(reg_only, 20, examples, HELD_OUT, rewards, weights)
     if not args.skip_progressive and tag == "default":
         fast, prog_s = fine_tune(pefl_model, rewards, "progressive", args.progressive_steps,
                                  root / f"{tag}-progressive", adversarial=None, **extra)
@@ -160,8 +166,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reward-cache", type=Path, default=None,
                         help="keep the trained reward models here and reuse them on the next run")
+    parser.add_argument("--reward-weight", type=float, default=None, help="weight of each reward's loss")
     parser.add_argument("--lr", type=float, default=None, help="feedback learning rate (default: the preset's)")
     parser.add_argument("--skip-progressive", action="store_true")
+    parser.add_argument("--ablation", action="store_true", help="also train with the rewards off (regulariser only)")
     parser.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

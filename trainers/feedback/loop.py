@@ -54,7 +54,7 @@ class FeedbackConfig:
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 trains LoRA adapters (needs peft)
     gradient_checkpointing: bool = False
     resolution: int = 64  # training examples are upscaled to this size (512 for Stable-Diffusion-sized models)
-    calibration_examples: int = 64  # rewards are normalised on this many clean sources (0: raw scores)
+    calibration_examples: int = 0  # > 0: rewards normalised on this many clean sources (BENCHMARKS.md: hacked)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
