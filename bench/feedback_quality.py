@@ -122,6 +122,8 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment["path"]})
     base = base_model_dir("inpaint")
     extra: dict = {"lr": args.lr} if args.lr else {}
+    if args.calibrate:
+        extra["calibration_examples"] = args.calibrate
     if args.reward_weight is not None:
         extra["reward_weights"] = {"aesthetic": args.reward_weight, "alignment": args.reward_weight}
     pefl_model, pefl_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl", **extra)
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reward-cache", type=Path, default=None,
                         help="keep the trained reward models here and reuse them on the next run")
+    parser.add_argument("--calibrate", type=int, default=0, help="normalise rewards on this many clean sources")
     parser.add_argument("--reward-weight", type=float, default=None, help="weight of each reward's loss")
     parser.add_argument("--lr", type=float, default=None, help="feedback learning rate (default: the preset's)")
     parser.add_argument("--skip-progressive", action="store_true")
