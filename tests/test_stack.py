@@ -68,7 +68,9 @@ def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path, label_studio, 
     assert summary["feedback"]["rewards"] == ["alignment"]  # 6 labels: too few for an aesthetic run
     fb = summary["feedback"]
     assert not fb["promoted"] or fb["eval_score"] > fb["parent_eval_score"]  # promoted only if better
-    assert load_png(tmp_path / "d" / "feedback.png").shape[0] == 3 * 64  # source, before, after
+    from PIL import Image
+
+    assert Image.open(tmp_path / "d" / "feedback.png").size == (6 * 64, 3 * 64)  # 6 edits: source, before, after
     left = [c for c in psutil.Process().children(recursive=True) if "annotation.web" in " ".join(c.cmdline())]
     assert not left  # the image/webhook endpoint it started is stopped
     assert all(len(cs["judged_correct"]) == 3 for cs in summary["candidate_sets"])
