@@ -151,3 +151,15 @@ def rollback(session: Session, kind: str, check: Callable[[ModelVersion], None] 
     previous.status = "promoted"  # keeps its promoted_at: the next rollback goes further back
     session.flush()
     return previous
+
+
+def editor_model_dir(session: Session, store: BlobStore, base_dir: Path, cache_root: Path,
+                     version: str | None = None) -> tuple[str, str, Path, int | None]:
+    """(name, version, directory, registry id) of the editor to use: editor `version` if given, else the
+    promoted editor (a feedback-learning result), else the base inpainting model at `base_dir` (id None)."""
+    from editloop.models.model_dir import model_version
+
+    row = find_version(session, "editor", version) if version else promoted(session, "editor")
+    if row is not None:
+        return "editor", row.version, fetch_model_dir(store, row.checkpoint_key, cache_root), row.id
+    return "base-inpaint", model_version(base_dir), base_dir, None

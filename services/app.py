@@ -59,15 +59,12 @@ def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa:
 
 def promoted_editor(settings: Settings) -> tuple[str, str, Path]:
     """(name, version, directory) of the promoted editor version in the registry, else the base model."""
-    from editloop.models.model_dir import model_version
-    from editloop.registry import fetch_model_dir, promoted
+    from editloop.registry import editor_model_dir
 
     sessions, store = open_state(settings)
     with sessions() as s:
-        row = promoted(s, "editor")
-        if row is not None:
-            return "editor", row.version, fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
-    return "base-inpaint", model_version(settings.editor_model), settings.editor_model
+        name, version, path, _ = editor_model_dir(s, store, settings.editor_model, settings.state_dir / "models")
+    return name, version, path
 
 
 async def start_service(kind: str, settings: Settings, model: Path | None = None, port: int = 0,

@@ -1,10 +1,14 @@
 import os
+import subprocess
+import sys
 import uuid
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+REDIS_RESULTS_URL = "redis://127.0.0.1:6379/7"
 PG_ADMIN_URL = os.environ.get("EDITLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
@@ -78,3 +82,27 @@ def label_studio(tmp_path_factory):
     info = start(venv, root / "data", free_port(), root / "label-studio.log")
     yield info
     stop_process(info.pid)
+
+
+def worker_state(tmp_path, rabbitmq: bool = False):
+    """(env, settings, sessions, store) for a test that drives real worker processes: the embedded broker
+    under tmp_path, or this machine's RabbitMQ with Redis results. The database is migrated."""
+    from editloop.db import make_engine, make_sessionmaker, upgrade
+    from editloop.settings import Settings
+    from editloop.store.local import LocalBlobStore
+
+    broker, backend = (RABBITMQ_URL, REDIS_RESULTS_URL) if rabbitmq else ("", "")
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"), "EDITLOOP_BROKER_URL": broker,
+           "EDITLOOP_RESULT_BACKEND": backend, "EDITLOOP_DEVICE": "cpu"}
+    settings = Settings(state_dir=tmp_path / "state", broker_url=broker, result_backend=backend, device="cpu")
+    url = settings.resolved_database_url()
+    upgrade(url)
+    return env, settings, make_sessionmaker(make_engine(url)), LocalBlobStore(settings.resolved_blob_dir())
+
+
+def start_worker(queues: str, name: str, env: dict | None = None) -> subprocess.Popen:
+    """A real Celery worker (solo pool) on `queues`, its output discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", queues, "--pool", "solo",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

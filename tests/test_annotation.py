@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
-from conftest import free_port
+from conftest import free_port, start_worker
 from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy import func, select
 
@@ -242,10 +242,7 @@ def test_side_by_side_pairs_record_verdicts_from_the_model_under_tests_side(env)
         swapped = [t.swapped for t in s.scalars(select(LabelTask))]
     assert 0 < sum(swapped) < 12  # the order is randomised per pair
     labeller = join(env.info.url, SimulatedAnnotator(f"sbs-{env.settings.annotation_project_prefix}", 0.25))
-    worker = subprocess.Popen(  # webhook -> receiver records -> enqueues -> a real worker applies
-        [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "cpu", "--pool", "solo",
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"sbs-{uuid.uuid4().hex[:6]}@%h"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start_worker("cpu", "sbs")  # webhook -> receiver records -> enqueues -> a real worker applies
     try:
         label_project(env.info.url, [labeller], next(iter(pushed.projects.values())))
         deadline, comps = time.time() + 90, []

@@ -1,7 +1,6 @@
 """ByteEdit feedback learning: PeFL, the adversarial critic, progressive acceleration, stage runs, the chain."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,14 +10,14 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from conftest import start_worker, worker_state
 from sqlalchemy import select
 
-from editloop.db import ModelVersion, TrainingRun, make_engine, make_sessionmaker, upgrade
+from editloop.db import ModelVersion, TrainingRun
 from editloop.models.base import base_model_dir, load_base
 from editloop.models.reward import CoherenceReward, save_reward, tiny_reward
 from editloop.registry import PromotionRefused, promote, promoted, register_candidate, store_model_dir
 from editloop.settings import Settings
-from editloop.store.local import LocalBlobStore
 from services.core.sampling import ModelDefaults
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_loss, discriminator_step
 from trainers.feedback.examples import TASKS, feedback_examples, make_example
@@ -51,18 +50,19 @@ def rewards_of(reward_dirs, kinds=("aesthetic", "alignment", "coherence")):
     return load_rewards({k: reward_dirs / k for k in kinds})
 
 
+def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment", "coherence")):
+    """Register the test's untrained reward models and promote them (what feedback runs learn from)."""
+    for kind in kinds:
+        with sessions.begin() as s:
+            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
+                               {"eval_score": 0.5}, {}, None)
+            promote(s, kind, f"{kind}-test")
+
+
 @pytest.fixture
 def world(tmp_path, reward_dirs):
-    settings = Settings(state_dir=tmp_path / "state", device="cpu")
-    url = settings.resolved_database_url()
-    upgrade(url)
-    sessions = make_sessionmaker(make_engine(url))
-    store = LocalBlobStore(settings.resolved_blob_dir())
-    for kind in ("aesthetic", "alignment", "coherence"):
-        key = store_model_dir(store, reward_dirs / kind)
-        with sessions.begin() as s:
-            register_candidate(s, kind, kind, f"{kind}-test", key, {"eval_score": 0.5}, {}, None)
-            promote(s, kind, f"{kind}-test")
+    _, settings, sessions, store = worker_state(tmp_path)
+    promote_rewards(sessions, store, reward_dirs)
     return settings, sessions, store
 
 
@@ -232,30 +232,12 @@ def test_a_chain_survives_a_killed_worker_and_ends_in_one_version_per_stage(tmp_
     from editloop.cli.train import enqueue_feedback_chain
     from trainers.celery_app import make_celery
 
-    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"),
-           "EDITLOOP_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
-           "EDITLOOP_RESULT_BACKEND": "redis://127.0.0.1:6379/7", "EDITLOOP_DEVICE": "cpu"}
-    settings = Settings(state_dir=tmp_path / "state", broker_url=env["EDITLOOP_BROKER_URL"],
-                        result_backend=env["EDITLOOP_RESULT_BACKEND"], device="cpu")
-    url = settings.resolved_database_url()
-    upgrade(url)
-    sessions = make_sessionmaker(make_engine(url))
-    store = LocalBlobStore(settings.resolved_blob_dir())
-    for kind in ("aesthetic", "alignment"):
-        with sessions.begin() as s:
-            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
-                               {"eval_score": 0.5}, {}, None)
-            promote(s, kind, f"{kind}-test")
+    env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
+    promote_rewards(sessions, store, reward_dirs, ("aesthetic", "alignment"))
     app = make_celery(settings)
     app.control.purge()
 
-    def worker():
-        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu",
-                                 "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                                 "-n", f"fb-{uuid.uuid4().hex[:6]}@%h"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    first = worker()
+    first = start_worker("gpu", "fb", env)
     config = {"steps": 6, "batch_size": 2, "checkpoint_every": 1, "adversarial": None, "eval": {"examples": 3}}
     run_ids = enqueue_feedback_chain(settings, ["pefl", "progressive"], config, "test")
     checkpoint = settings.state_dir / "runs" / run_ids[0] / "checkpoint.pt"
@@ -266,7 +248,7 @@ def test_a_chain_survives_a_killed_worker_and_ends_in_one_version_per_stage(tmp_
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     killed_at = torch.load(checkpoint, weights_only=False)["step"]
-    second = worker()
+    second = start_worker("gpu", "fb", env)
     try:
         result = AsyncResult(run_ids[1], app=app).get(timeout=900)
     finally:
@@ -302,22 +284,9 @@ def test_lora_trains_only_adapters_and_merges_back_into_a_plain_unet(tmp_path, r
 def test_editloop_train_progressive_runs_the_whole_round_on_a_real_worker(tmp_path, reward_dirs):
     """The CLI's chain pefl -> adversarial -> progressive on the embedded broker; each stage starts from the one
     before, the last one is an 8-step model, and a version is promoted exactly when its gate passed."""
-    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"), "EDITLOOP_BROKER_URL": "",
-           "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DEVICE": "cpu"}
-    settings = Settings(state_dir=tmp_path / "state")
-    url = settings.resolved_database_url()
-    upgrade(url)
-    sessions = make_sessionmaker(make_engine(url))
-    store = LocalBlobStore(settings.resolved_blob_dir())
-    for kind in ("aesthetic", "alignment", "coherence"):
-        with sessions.begin() as s:
-            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
-                               {"eval_score": 0.5}, {}, None)
-            promote(s, kind, f"{kind}-test")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"fr-{uuid.uuid4().hex[:6]}@%h"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env, settings, sessions, store = worker_state(tmp_path)
+    promote_rewards(sessions, store, reward_dirs)
+    worker = start_worker("gpu", "fr", env)
     try:
         done = subprocess.run([sys.executable, "-m", "editloop.cli.main", "train", "progressive", "--steps", "2",
                                "--batch-size", "2", "--eval-examples", "3", "--wait"], env=env, capture_output=True,

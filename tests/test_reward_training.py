@@ -1,7 +1,6 @@
 """Reward models: training runs from labels, the registry's gate, rollback, hot reload in the service."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import start_worker, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun, make_engine, make_sessionmaker, upgrade
@@ -163,18 +163,9 @@ def test_the_service_hot_reloads_two_promotions_without_a_failed_request(world):
 
 
 def test_train_reward_by_hand_runs_on_a_real_worker(tmp_path):
-    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"), "EDITLOOP_BROKER_URL": "",
-           "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DEVICE": "cpu"}
-    settings = Settings(state_dir=tmp_path / "state")
-    url = settings.resolved_database_url()
-    upgrade(url)
-    sessions = make_sessionmaker(make_engine(url))
-    store = LocalBlobStore(settings.resolved_blob_dir())
+    env, settings, sessions, store = worker_state(tmp_path)
     labelled((settings, sessions, store), n_sets=40, seed=3)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"rw-{uuid.uuid4().hex[:6]}@%h"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start_worker("gpu", "rw", env)
     try:
         done = subprocess.run([sys.executable, "-m", "editloop.cli.main", "train", "reward", "--kind", "aesthetic",
                                "--steps", "20", "--wait"], env=env, capture_output=True, text=True, timeout=600)
@@ -199,26 +190,12 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_resumes_into_one_versio
     from editloop.cli.train import enqueue_reward_run
     from trainers.celery_app import make_celery
 
-    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"),
-           "EDITLOOP_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
-           "EDITLOOP_RESULT_BACKEND": "redis://127.0.0.1:6379/7", "EDITLOOP_DEVICE": "cpu"}
-    settings = Settings(state_dir=tmp_path / "state", broker_url=env["EDITLOOP_BROKER_URL"],
-                        result_backend=env["EDITLOOP_RESULT_BACKEND"])
-    url = settings.resolved_database_url()
-    upgrade(url)
-    sessions = make_sessionmaker(make_engine(url))
-    store = LocalBlobStore(settings.resolved_blob_dir())
+    env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
     labelled((settings, sessions, store), n_sets=40, seed=4)
     app = make_celery(settings)
     app.control.purge()  # nothing left over from other tests on the shared broker
 
-    def worker():
-        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu",
-                                 "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                                 "-n", f"kill-{uuid.uuid4().hex[:6]}@%h"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    first = worker()
+    first = start_worker("gpu", "kill", env)
     run_id = enqueue_reward_run(settings, "aesthetic", {"steps": 160, "batch_size": 16, "eval_every": 20,
                                                         "patience": 100}, "test")
     checkpoint = settings.state_dir / "runs" / run_id / "checkpoint.pt"
@@ -228,7 +205,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_resumes_into_one_versio
     assert checkpoint.is_file(), "the first worker never checkpointed"
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    second = worker()
+    second = start_worker("gpu", "kill", env)
     try:
         result = AsyncResult(run_id, app=app).get(timeout=600)
     finally:

@@ -1,9 +1,11 @@
-"""Training-run rows: the one place a run's status, progress and outputs are written."""
+"""Training runs: the one place a run's row (status, progress, outputs) and its checkpoint files are written."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import TrainingRun
@@ -14,3 +16,10 @@ def update_run(sessions: sessionmaker[Session], run_id: str, **fields: Any) -> N
         run = s.get(TrainingRun, run_id)
         for k, v in fields.items():
             setattr(run, k, v)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save through a temporary file and a rename: a crash mid-write never leaves a torn checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

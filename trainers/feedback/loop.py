@@ -26,6 +26,7 @@ from trainers.feedback.adversarial import AdversarialConfig, discriminator_step,
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
 from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
+from trainers.runs import save_checkpoint
 
 STAGES = ("pefl", "adversarial", "progressive")
 
@@ -128,12 +129,6 @@ class FeedbackState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
 def _autocast(device: torch.device):  # noqa: ANN202
     """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
     if device.type == "cuda":
@@ -182,11 +177,11 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            payload = {"unet": {k: v for k, v in unet.state_dict().items()}, "opt": opt.state_dict(),
+            payload = {"unet": unet.state_dict(), "opt": opt.state_dict(),
                        "ema": ema.shadow, "step": state.step, "history": state.history, "config": cfg.to_dict()}
             if disc is not None:
                 payload.update(disc=disc.state_dict(), d_opt=d_opt.state_dict())
-            _save(ckpt, payload)
+            save_checkpoint(ckpt, payload)
             if progress is not None:
                 progress(state.step, cfg.steps, record)
     bar.close()
@@ -200,9 +195,9 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
 
 def calibrate_rewards(rewards: RewardModels, cfg: FeedbackConfig) -> None:
     """Normalise the rewards on clean sources of a fixed calibration set (the same on every resume)."""
-    examples = [upscale(e, cfg.resolution) for e in feedback_examples(cfg.calibration_examples, 7_777_777, cfg.tasks)]
     if not rewards.preference:
         return
+    examples = [upscale(e, cfg.resolution) for e in feedback_examples(cfg.calibration_examples, 7_777_777, cfg.tasks)]
     model, _ = next(iter(rewards.preference.values()))
     images = to_tensor([e.source for e in examples]).to(next(model.parameters()).device)
     calibrate(rewards, images, [e.prompt for e in examples])

@@ -26,6 +26,7 @@ from editloop.db.models import ModelVersion, TrainingRun
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
     PromotionRefused,
+    editor_model_dir,
     fetch_model_dir,
     promote,
     promoted,
@@ -56,14 +57,10 @@ class EvalConfig:
 def start_model(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
                 parent_version: str | None) -> tuple[Path, str, int | None]:
     """(directory, version name, registry id or None) of the model this stage starts from."""
-    from editloop.models.model_dir import model_version
-    from editloop.registry import find_version
-
     with sessions() as s:
-        row = find_version(s, EDITOR_KIND, parent_version) if parent_version else promoted(s, EDITOR_KIND)
-        if row is not None:
-            return fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models"), row.version, row.id
-    return settings.editor_model, model_version(settings.editor_model), None
+        _, version, path, row_id = editor_model_dir(s, store, settings.editor_model, settings.state_dir / "models",
+                                                    parent_version)
+    return path, version, row_id
 
 
 def promoted_rewards(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
@@ -167,14 +164,14 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
                                  {"lineage": lineage, "train": cfg.to_dict(), "eval": asdict(evaluation),
                                   "curves_key": plot_key}, parent_row)
         outputs["promoted"] = False
-        if guards:
-            outputs["refused"] = "; ".join(guards)
-        elif evaluation.auto_promote:
+        if evaluation.auto_promote:  # the registry's gate refuses a candidate with guard failures
             try:
                 promote(s, EDITOR_KIND, version, loads_editor(store, settings.state_dir / "models"), tolerance=0.0)
                 outputs["promoted"] = True
             except PromotionRefused as exc:
                 outputs["refused"] = str(exc)
+        elif guards:
+            outputs["refused"] = "; ".join(guards)
         run = s.get(TrainingRun, run_id)
         run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
     return outputs

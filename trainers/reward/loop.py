@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainers.runs import save_checkpoint
+
 T = TypeVar("T")
 
 
@@ -45,13 +47,6 @@ class LoopResult:
     steps_done: int
     stopped_early: bool
     history: list[dict[str, float]]
-
-
-def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
-                "rng": torch.get_rng_state()}, tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a torn checkpoint
 
 
 def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
@@ -100,7 +95,8 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
             if state["bad_evals"] >= cfg.patience:
                 stopped = True
         if step % cfg.checkpoint_every == 0 or stopped or step == cfg.steps:
-            _save(ckpt, model, opt, state)
+            save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
+                                   "rng": torch.get_rng_state()})
         if stopped:
             break
     best = copy.deepcopy(model)
