@@ -163,3 +163,18 @@ def editor_model_dir(session: Session, store: BlobStore, base_dir: Path, cache_r
     if row is not None:
         return "editor", row.version, fetch_model_dir(store, row.checkpoint_key, cache_root), row.id
     return "base-inpaint", model_version(base_dir), base_dir, None
+
+
+def instruct_model_dir(session: Session, store: BlobStore, default_dir: Path, cache_root: Path,
+                       version: str | None = None) -> tuple[str, str, Path, int | None] | None:
+    """(name, version, directory, registry id) of the instruction editor to use: `version` if given, else the
+    promoted instruct version (an alignment round's result), else the committed default at `default_dir`
+    (id None); None when there is none at all."""
+    from editloop.models.model_dir import model_version
+
+    row = find_version(session, "instruct", version) if version else promoted(session, "instruct")
+    if row is not None:
+        return "instruct", row.version, fetch_model_dir(store, row.checkpoint_key, cache_root), row.id
+    if (default_dir / "editloop.json").is_file():
+        return "default-instruct", model_version(default_dir), default_dir, None
+    return None

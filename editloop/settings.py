@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from editloop.paths import BASE_DIR
+from editloop.paths import BASE_DIR, INSTRUCT_DIR
 
 
 class Settings(BaseSettings):
@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     result_backend: str = ""  # default: SQLAlchemy result backend on <state_dir>/results.db
     generator_model: Path = BASE_DIR / "t2i"
     editor_model: Path = BASE_DIR / "inpaint"
+    instruct_model: Path = INSTRUCT_DIR  # served when no instruct version is promoted
     device: str | None = None  # cuda if present, else cpu
     max_message_mb: int = 32  # gRPC message size limit, both directions
     retrain_label_threshold: int = 200  # new valid labels that start an aesthetic reward run

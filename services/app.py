@@ -26,12 +26,17 @@ class Running:
     health: object
     batcher: DynamicBatcher
     watcher: object | None = None  # the reward services' registry watcher
+    more_batchers: tuple[DynamicBatcher, ...] = ()  # the editor's instruction-editing batcher
+
+    async def stop_batchers(self) -> None:
+        for b in (self.batcher, *self.more_batchers):
+            await b.stop()
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.watcher is not None:
             await self.watcher.stop()
         await self.server.stop(grace)
-        await self.batcher.stop()
+        await self.stop_batchers()
 
 
 def make_recorder(settings: Settings) -> Recorder:
@@ -57,6 +62,22 @@ def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa:
                            config=public_config(core.pipe.unet.config), status="candidate" if promoted else "promoted"))
 
 
+def instruct_core(settings: Settings):  # noqa: ANN201
+    """The instruction editor to serve (the promoted instruct version, else the committed default), or None."""
+    from editloop.registry import instruct_model_dir
+    from services.editor.instruct import InstructCore
+
+    sessions, store = open_state(settings)
+    with sessions() as s:
+        found = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models")
+    if found is None:
+        log.warning("no instruction editor (none promoted, none at %s): Editor.Edit answers FAILED_PRECONDITION",
+                    settings.instruct_model)
+        return None
+    name, version, path, _ = found
+    return InstructCore(path, device=settings.device, name=name, version=version)
+
+
 def promoted_editor(settings: Settings) -> tuple[str, str, Path]:
     """(name, version, directory) of the promoted editor version in the registry, else the base model."""
     from editloop.registry import editor_model_dir
@@ -73,6 +94,7 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
     """Load the model, start the batcher and the server; returns the bound port."""
     recorder = make_recorder(settings) if record and kind != "reward" else None
     watcher = None
+    more: tuple[DynamicBatcher, ...] = ()
     if kind == "reward":
         from services.gen.editloop.v1 import reward_pb2_grpc
         from services.reward.core import RewardCore
@@ -113,16 +135,20 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         else:
             core = EditorCore(model, device=settings.device)
         batcher = DynamicBatcher("editor", core.run, max_batch, max_delay, max_queue)
-        servicer = EditorServicer(core, batcher, recorder)
+        instruct = instruct_core(settings)
+        if instruct is not None:
+            more = (DynamicBatcher("editor-instruct", instruct.run, max_batch, max_delay, max_queue),)
+        servicer = EditorServicer(core, batcher, recorder, instruct, more[0] if more else None)
         add = editor_pb2_grpc.add_EditorServicer_to_server
     else:
         raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
     if recorder is not None:
         register_served_model(recorder, kind, core)
-    batcher.start()
+    for b in (batcher, *more):
+        b.start()
     server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb)
     log.info("%s serving %s (%s) on %s:%d", kind, core.name, core.version, host, bound)
-    running = Running(server, bound, health, batcher)
+    running = Running(server, bound, health, batcher, more_batchers=more)
     if watcher is not None:
         watcher.start()
         running.watcher = watcher
@@ -141,6 +167,6 @@ def run_service(kind: str, settings: Settings, model: Path | None, port: int, ho
             start_http_server(metrics_port, addr=host)
         running = await start_service(kind, settings, model, port, host, reward_kind=reward_kind, **batching)
         print(f"READY {kind} {host}:{running.port}", flush=True)
-        await serve_until_stopped(running.server, running.health, running.batcher.stop, grace)
+        await serve_until_stopped(running.server, running.health, running.stop_batchers, grace)
 
     asyncio.run(main())

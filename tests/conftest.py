@@ -71,6 +71,18 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_instruct(tiny_models):
+    """Untrained tiny instruction editors (causal and concat) built from the tiny t2i model."""
+    from editloop.models.zoo import load_pipeline
+    from trainers.align.editor_train import editor_from_t2i
+
+    for arch in ("causal", "concat"):
+        pipe = load_pipeline(tiny_models / "t2i", "t2i", device="cpu", dtype="fp32")
+        editor_from_t2i(pipe, arch).save(tiny_models / f"instruct-{arch}", {"version": f"tiny-{arch}"})
+    return {arch: tiny_models / f"instruct-{arch}" for arch in ("causal", "concat")}
+
+
+@pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """A real Label Studio (installed once into its own virtualenv) on a free loopback port."""
     from pathlib import Path

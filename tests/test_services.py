@@ -163,7 +163,9 @@ def edit_request(image=None, mask=None, prompt=PROMPT, **kw):
                                      params=common_pb2.SamplingParams(steps=2, seed=1), **kw)
 
 
-def test_editor_inpaint_outpaint_erase_and_edit_is_unimplemented(settings, tiny_models):
+def test_editor_inpaint_outpaint_erase_and_edit_without_an_instruction_editor(tmp_path, tiny_models):
+    settings = Settings(state_dir=tmp_path / "state", instruct_model=tmp_path / "no-editor")
+
     async def body(ch):
         stub = editor_pb2_grpc.EditorStub(ch)
         inp = await stub.Inpaint(edit_request(n=2, record=True))
@@ -176,7 +178,76 @@ def test_editor_inpaint_outpaint_erase_and_edit_is_unimplemented(settings, tiny_
     inp, out, era, err = run(with_service("editor", settings, tiny_models, body))
     assert len(inp.images) == 2 and inp.generation_id and inp.model.name == "base-inpaint"
     assert from_png(out.images[0].png).shape == (64, 64, 3) and len(era.images) == 1
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED and "SeedEdit" in err.details()
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "editloop train align" in err.details()
+
+
+def instruct_request(**kw):
+    image = kw.pop("image", None) or to_png(render(sample_scene(np.random.default_rng(3), 1)))
+    params = common_pb2.SamplingParams(steps=kw.pop("steps", 2), seed=kw.pop("seed", 5),
+                                       guidance=kw.pop("guidance", 0), scheduler=kw.pop("scheduler", ""))
+    return editor_pb2.EditRequest(image=common_pb2.Image(png=image), num_images=kw.pop("n", 1), params=params,
+                                  instruction=kw.pop("instruction", "make the red circle blue"), **kw)
+
+
+@pytest.mark.parametrize("arch", ["causal", "concat"])
+def test_edit_serves_the_instruction_editor_seeded_and_recorded(tmp_path, tiny_models, tiny_instruct, arch):
+    settings = Settings(state_dir=tmp_path / "state", instruct_model=tiny_instruct[arch])
+
+    async def body(ch):
+        stub = editor_pb2_grpc.EditorStub(ch)
+        a = await stub.Edit(instruct_request(n=2, record=True, image_guidance=2.0))
+        b, c = await asyncio.gather(stub.Edit(instruct_request(n=1, image_guidance=2.0)),
+                                    stub.Edit(instruct_request(n=1, image_guidance=2.0, seed=6)))
+        return a, b, c
+
+    a, b, c = run(with_service("editor", settings, tiny_models, body))
+    assert len(a.images) == 2 and a.model.name == "default-instruct" and a.model.version == f"tiny-{arch}"
+    assert a.params.steps == 2 and a.params.guidance == 5.0 and a.generation_id
+    first = from_png(a.images[0].png)
+    assert first.shape == (64, 64, 3)
+    # image i of a request uses seed + i, whatever shares its batch: b (seed 5) repeats a's first image,
+    # c (seed 6) is a's second
+    diff = lambda x, y: int(np.abs(from_png(x.png).astype(int) - from_png(y.png).astype(int)).max())  # noqa: E731
+    assert diff(b.images[0], a.images[0]) <= 2 and diff(c.images[0], a.images[1]) <= 2
+    assert diff(b.images[0], c.images[0]) > 10
+    engine = make_engine(settings.resolved_database_url())
+    with make_sessionmaker(engine)() as s:
+        gen = s.scalars(select(Generation).where(Generation.id == a.generation_id)).one()
+        assert gen.kind == "edit" and gen.prompt.text == "make the red circle blue" and gen.source_image_id
+
+
+def rgb_png(size: int) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.new("RGB", (size, size)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(instruction="paint the red circle bleu"), "closest valid forms: 'make the red circle blue'"),
+        (dict(instruction=""), "`instruction` is empty"),
+        (dict(guidance=12.0), "`params.guidance` must be in (0, 10.0]"),
+        (dict(image_guidance=-1.0), "`image_guidance` must be in (0, 10.0]"),
+        (dict(scheduler="euler"), "`params.scheduler` must be 'ddim'"),
+        (dict(n=17), "`num_images` must be in 1..16"),
+        (dict(image=rgb_png(32)), "`image` must be 64x64"),
+    ],
+)
+def test_edit_bad_input_is_invalid_argument(tmp_path, tiny_models, tiny_instruct, kwargs, text):
+    settings = Settings(state_dir=tmp_path / "state", instruct_model=tiny_instruct["causal"])
+
+    async def body(ch):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await editor_pb2_grpc.EditorStub(ch).Edit(instruct_request(**kwargs))
+        return err.value
+
+    err = run(with_service("editor", settings, tiny_models, body))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.details(), err.details()
 
 
 @pytest.mark.parametrize(

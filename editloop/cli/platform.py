@@ -112,6 +112,10 @@ def _load_check(settings: Settings, store, kind: str):  # noqa: ANN001, ANN202
         from trainers.feedback.run import loads_editor
 
         return loads_editor(store, settings.state_dir / "models")
+    if kind == "instruct":  # alignment-round versions: must load as an instruction editor
+        from trainers.align.run import loads_instruct
+
+        return loads_instruct(store, settings.state_dir / "models")
     if kind not in REWARD_KINDS:
         return None
 

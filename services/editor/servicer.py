@@ -1,5 +1,5 @@
-"""Editor servicer: Inpaint, Outpaint and Erase through the batcher; Edit is UNIMPLEMENTED
-until the SeedEdit issue lands."""
+"""Editor servicer: Inpaint, Outpaint and Erase on the inpainting editor; Edit (instruction editing) on the
+instruction editor (SeedEdit), each through its own dynamic batcher."""
 
 from __future__ import annotations
 
@@ -7,22 +7,27 @@ import grpc
 
 from services.core.batching import DynamicBatcher
 from services.core.convert import decode_image, decode_mask
+from services.core.errors import FailedPrecondition
 from services.core.model_dir import check_model_ref
 from services.core.recorder import Recorder
 from services.core.results import result_message
 from services.core.rpc import unary
 from services.core.sampling import check_count, check_prompt, resolve_sampling
 from services.editor.core import EditorCore, InpaintJob
+from services.editor.instruct import EditJob, InstructCore
 from services.gen.editloop.v1 import editor_pb2, editor_pb2_grpc
 
 SERVICE = "editloop.v1.Editor"
 
 
 class EditorServicer(editor_pb2_grpc.EditorServicer):
-    def __init__(self, core: EditorCore, batcher: DynamicBatcher, recorder: Recorder | None = None) -> None:
+    def __init__(self, core: EditorCore, batcher: DynamicBatcher, recorder: Recorder | None = None,
+                 instruct: InstructCore | None = None, instruct_batcher: DynamicBatcher | None = None) -> None:
         self.core = core
         self.batcher = batcher
         self.recorder = recorder
+        self.instruct = instruct
+        self.instruct_batcher = instruct_batcher
 
     def _job(self, request: editor_pb2.InpaintRequest, prompt_required: bool) -> InpaintJob:
         check_model_ref(request.model.name, request.model.version, self.core.name, self.core.version)
@@ -57,8 +62,24 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     async def Erase(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         return await self._edit("erase", request, prompt_required=False)
 
+    def _edit_job(self, request: editor_pb2.EditRequest) -> EditJob:
+        core = self.instruct
+        if core is None or self.instruct_batcher is None:
+            raise FailedPrecondition("this editor server has no instruction editor: train one with "
+                                     "`editloop train align` (or point EDITLOOP_INSTRUCT_MODEL at an editor directory)")
+        check_model_ref(request.model.name, request.model.version, core.name, core.version)
+        image = decode_image(request.image.png, "image")
+        core.check_image(image)
+        instruction = core.instruction(request.instruction)
+        p = request.params
+        sampling, image_guidance = core.resolve(p.steps, p.guidance, p.seed, p.scheduler, request.image_guidance)
+        return EditJob(image, instruction, check_count(request.num_images), sampling, image_guidance)
+
     @unary(SERVICE)
     async def Edit(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
-        raise NotImplementedError(
-            "Editor.Edit (instruction editing) is not implemented yet: it arrives with the SeedEdit causal editor"
-        )
+        job = self._edit_job(request)
+        images = await self.instruct_batcher.submit(job, job.batch_key, job.num_images)
+        core = self.instruct
+        return await result_message(editor_pb2.EditResponse, images, core.name, core.version, job.sampling,
+                                    recorder=self.recorder, record=request.record, kind="edit",
+                                    prompt=job.instruction, source_png=request.image.png)

@@ -1,0 +1,165 @@
+"""SeedEdit alignment rounds: does each round make the instruction editor better? (issue 7)
+
+    .venv/bin/python bench/edit_quality.py --out bench/results/edit_quality.json
+
+1. Round 1 pairs from the weak generator: edit specs from the Shapes World, sources as degraded renders
+   ("photos"; inputs only), targets by the base inpainting model (initialised from the text-to-image
+   model) regenerating the edit region from the target caption; filtered (agreement, direction,
+   similarity; counts recorded).
+2. Each architecture (the causal two-branch editor, the InstructPix2Pix concat baseline) starts from the
+   text-to-image UNet and trains on the same kept pairs with the same steps and batch.
+3. Round k > 1: each editor regenerates pairs for new instructions (new specs), they are filtered, and
+   the editor is fine-tuned on all kept pairs so far.
+4. After each round, on held-out scenes and instructions (clean renders, seeds apart from training),
+   the world judge measures edit success, preservation and L1 outside the edit region, per edit kind;
+   the weak generator itself (inpainting with the true edit mask, which the editors never get) is the
+   reference row. A picture grid per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from editloop.models.base import load_base
+from editloop.models.evaluate import inpaint
+from editloop.models.instruct import InstructEditor
+from editloop.world.edits import EDIT_KINDS
+from editloop.world.io import save_grid_png
+from editloop.world.render import render
+from trainers.align.editor_train import EditorTrainConfig, editor_from_t2i, train_editor
+from trainers.align.evaluate import HELD_OUT_SEED, evaluate_editor, held_out_edits, judge_edits
+from trainers.align.filters import AlignmentScorer, FilterConfig, JudgeScorer, filter_pairs
+from trainers.align.pairs import Pairs
+from trainers.align.run import RoundConfig, round_pairs
+
+
+def weak_generator_row(edits: list) -> dict:  # noqa: ANN001
+    """The round-1 pair generator as an editor: inpainting the true edit region from the target caption."""
+    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    sources = np.stack([render(e.source) for e in edits])
+    outs = inpaint(pipe, sources, np.stack([e.mask for e in edits]), [e.target.caption for e in edits],
+                   HELD_OUT_SEED, steps=20)
+    return judge_edits(edits, sources, outs)
+
+
+def fmt(m: dict) -> str:
+    return f"success {m['success']:.3f}  preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench/results/edit_quality.json"))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=320, help="edit specs per round")
+    ap.add_argument("--steps", type=int, default=300, help="training steps in round 1")
+    ap.add_argument("--round-steps", type=int, default=150, help="fine-tuning steps in each later round")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--regen-steps", type=int, default=12, help="the editor's sampling steps when making pairs")
+    ap.add_argument("--eval-per-kind", type=int, default=8)
+    ap.add_argument("--scorer", choices=["judge", "alignment"], default="judge")
+    ap.add_argument("--alignment-reward", type=Path, default=None, help="an alignment reward directory")
+    ap.add_argument("--archs", default="causal,concat")
+    ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t_all = time.perf_counter()
+    archs = args.archs.split(",")
+    if args.scorer == "alignment":
+        from trainers.feedback.rewards import load_rewards
+
+        scorer = AlignmentScorer(load_rewards({"alignment": args.alignment_reward}))
+    else:
+        scorer = JudgeScorer()
+    cfg = RoundConfig(pairs=args.pairs, pair_steps=12)
+    held = held_out_edits(args.eval_per_kind)
+    result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}
+    print(f"held-out edits: {len(held)} ({args.eval_per_kind} per kind)", flush=True)
+    result["weak_generator"] = weak_generator_row(held)
+    print(f"weak generator (inpainting with the true mask): {fmt(result['weak_generator'])}", flush=True)
+
+    t2i = load_base("t2i", device="cpu", dtype="fp32")
+    editors: dict[str, InstructEditor] = {a: editor_from_t2i(t2i, a) for a in archs}
+    kept_so_far: dict[str, list] = {a: [] for a in archs}
+    run_root = args.out.parent / "edit_quality_runs"
+    for round_no in range(1, args.rounds + 1):
+        row: dict = {"round": round_no, "archs": {}}
+        shared = None
+        if round_no == 1:  # the weak generator's pairs, shared by both architectures
+            t0 = time.perf_counter()
+            all_pairs = round_pairs(1, cfg, None, "cpu")
+            keep, counts = filter_pairs(all_pairs, scorer, FilterConfig())
+            shared = (all_pairs.select(keep), counts, time.perf_counter() - t0)
+            print(f"round 1 pairs: kept {counts['kept']} of {counts['total']} ({counts['after']})", flush=True)
+        outputs = {}
+        for arch in archs:
+            editor = editors[arch]
+            t0 = time.perf_counter()
+            if shared is not None:
+                kept, counts, gen_s = shared
+            else:
+                regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps)
+                all_pairs = round_pairs(round_no, regen, editor, "cpu")
+                keep, counts = filter_pairs(all_pairs, scorer, FilterConfig())
+                kept, gen_s = all_pairs.select(keep), time.perf_counter() - t0
+                print(f"round {round_no} {arch} pairs: kept {counts['kept']} of {counts['total']} "
+                      f"({counts['after']})", flush=True)
+            kept_so_far[arch].append(kept)
+            train_pairs = Pairs.concat(kept_so_far[arch])
+            steps = args.steps if round_no == 1 else args.round_steps
+            tcfg = EditorTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
+                                     warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no)
+            t1 = time.perf_counter()
+            state = train_editor(editor, train_pairs, tcfg, run_root / f"{arch}-r{round_no}")
+            train_s = time.perf_counter() - t1
+            metrics, outs = evaluate_editor(editor, held)
+            outputs[arch] = outs
+            row["archs"][arch] = {**metrics, "filter": counts, "train_pairs": len(train_pairs),
+                                  "pair_seconds": gen_s, "train_seconds": train_s,
+                                  "seconds_per_step": train_s / steps, "final_loss": state.history[-1]["loss_ema"]}
+            print(f"round {round_no} {arch}: {fmt(metrics)}  ({len(train_pairs)} pairs, {steps} steps, "
+                  f"{train_s / steps:.2f} s/step)", flush=True)
+        result["rounds"].append(row)
+        pick = [i for k in EDIT_KINDS for i in [j for j, e in enumerate(held) if e.kind == k][:2]]
+        grid = [[render(held[i].source) for i in pick]] + [[outputs[a][i] for i in pick] for a in archs]
+        save_grid_png(grid, args.out.parent / f"edit_grid_round{round_no}.png")
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+    if args.save_editor and "causal" in editors:
+        ed = editors["causal"]
+        ed.unet.half()
+        ed.text_encoder.half()
+        ed.save(args.save_editor, {"version": f"bench-r{args.rounds}", "round": args.rounds,
+                                   "made_by": " ".join(sys.argv)})
+    result["seconds"] = time.perf_counter() - t_all
+    args.out.write_text(json.dumps(result, indent=2, default=float))
+    print_table(result, archs)
+
+
+def print_table(result: dict, archs: list[str]) -> None:
+    print("\n| round | editor | pairs kept / made | success | preservation | L1 outside |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    w = result["weak_generator"]
+    print(f"| - | weak generator (true mask) | - | {w['success']:.3f} | {w['preservation']:.3f} | "
+          f"{w['l1_outside']:.4f} |")
+    for row in result["rounds"]:
+        for a in archs:
+            m = row["archs"][a]
+            print(f"| {row['round']} | {a} | {m['filter']['kept']} / {m['filter']['total']} | {m['success']:.3f} | "
+                  f"{m['preservation']:.3f} | {m['l1_outside']:.4f} |")
+    print("\nper kind (success / preservation), last round:")
+    last = result["rounds"][-1]["archs"]
+    for k in EDIT_KINDS:
+        cells = "  ".join(f"{a} {last[a]['per_kind'][k]['success']:.2f}/{last[a]['per_kind'][k]['preservation']:.2f}"
+                          for a in archs if k in last[a]["per_kind"])
+        print(f"  {k:10s} {cells}")
+
+
+if __name__ == "__main__":
+    main()

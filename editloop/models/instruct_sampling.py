@@ -1,0 +1,68 @@
+"""Sampling an instruction editor: DDIM with classifier-free guidance over text and image (two scales).
+
+As InstructPix2Pix defines it, with three predictions per image per step:
+    eps = eps(no image, no text) + s_I * (eps(image, no text) - eps(no image, no text))
+                                 + s_T * (eps(image, text) - eps(image, no text))
+The causal editor encodes each input image once (its branch does not depend on the step) and reuses its
+attention keys and values at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from editloop.models.data import to_uint8
+from editloop.models.instruct import InstructEditor
+from editloop.models.pipeline_io import per_image_generators
+
+MAX_GUIDANCE = 10.0
+
+
+def check_guidance(text_guidance: float, image_guidance: float) -> None:
+    for name, value in (("guidance", text_guidance), ("image_guidance", image_guidance)):
+        if not 0.0 <= value <= MAX_GUIDANCE:
+            raise ValueError(f"`{name}` must be in [0, {MAX_GUIDANCE}], got {value}")
+
+
+@torch.no_grad()
+def edit_images(editor: InstructEditor, images: np.ndarray, instructions: Sequence[str], seeds: Sequence[int],
+                steps: int | None = None, text_guidance: float | None = None, image_guidance: float | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Edit uint8 images (N,H,W,3) by their instructions; one seed per image. Returns uint8 N,H,W,3."""
+    steps = int(steps or editor.setting("default_steps"))
+    s_t = float(editor.setting("default_guidance") if text_guidance is None else text_guidance)
+    s_i = float(editor.setting("default_image_guidance") if image_guidance is None else image_guidance)
+    check_guidance(s_t, s_i)
+    n = len(images)
+    if not (n == len(instructions) == len(seeds)):
+        raise ValueError(f"{n} images, {len(instructions)} instructions and {len(seeds)} seeds: need one each")
+    dev = editor.device
+    scheduler = editor.scheduler.__class__.from_config(editor.scheduler.config)
+    scheduler.set_timesteps(steps, device=dev)
+    image_latents = editor.encode_images(images)
+    text = editor.encode_text(list(instructions))
+    empty = editor.encode_text([""])
+    noise = [torch.randn(image_latents.shape[1:], generator=g) for g in per_image_generators(seeds)]
+    latents = torch.stack(noise).to(dev) * scheduler.init_noise_sigma
+    # rows: [image + text | image, no text | no image, no text]
+    rows = torch.arange(n, device=dev).repeat(3)
+    sees = torch.tensor([True] * (2 * n) + [False] * n, device=dev)
+    conds = torch.cat([text, empty.expand(2 * n, -1, -1)])
+    if editor.arch == "causal":
+        editor.encode_input_branch(image_latents, empty)
+    try:
+        for i, t in enumerate(scheduler.timesteps):
+            x = scheduler.scale_model_input(latents, t).repeat(3, 1, 1, 1)
+            eps = editor.eps(x, t.expand(3 * n), conds, image_latents, sees, rows)
+            e_full, e_img, e_none = eps.chunk(3)
+            guided = e_none + s_i * (e_img - e_none) + s_t * (e_full - e_img)
+            latents = scheduler.step(guided, t, latents).prev_sample
+            if on_step is not None:
+                on_step(i + 1, steps)
+    finally:
+        if editor.branches is not None:
+            editor.branches.clear()
+    return to_uint8(editor.decode(latents))

@@ -1,0 +1,151 @@
+"""Train an instruction editor on edit pairs: epsilon prediction on the target latent, conditioned on the
+instruction and the input image, with InstructPix2Pix's condition dropout (so both guidance scales work),
+Min-SNR weighting, EMA, checkpoints and exact resume (the data of step k depends on (seed, k) alone)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from tqdm import tqdm
+
+from editloop.models.data import step_rng
+from editloop.models.instruct import InstructEditor
+from editloop.models.zoo import training_scheduler
+from trainers.align.pairs import Pairs
+from trainers.pretrain.common import EMA, set_lr
+from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights
+from trainers.runs import save_checkpoint
+
+
+@dataclass(frozen=True)
+class EditorTrainConfig:
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-4
+    warmup: int = 50
+    ema: float = 0.995
+    drop_text: float = 0.05  # InstructPix2Pix: 5% no text, 5% no image, 5% neither
+    drop_image: float = 0.05
+    drop_both: float = 0.05
+    min_snr_gamma: float = 5.0
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"`steps` and `batch_size` must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.drop_text + self.drop_image + self.drop_both >= 1:
+            raise ValueError("condition dropout probabilities must sum to less than 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def editor_from_t2i(pipe, arch: str) -> InstructEditor:  # noqa: ANN001 - a StableDiffusionPipeline
+    """A new editor initialised from the text-to-image model: the causal editor reuses its UNet as is;
+    the concat baseline inflates conv_in to 8 channels with the new ones zero (as InstructPix2Pix does)."""
+    unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    unet.load_state_dict(pipe.unet.state_dict())
+    if arch == "concat":
+        unet = inflate_conv_in(unet, 8)
+    return InstructEditor(arch, unet.float(), pipe.vae.float(), pipe.text_encoder.float(), pipe.tokenizer,
+                          pipe.scheduler.__class__.from_config(pipe.scheduler.config), meta={})
+
+
+@dataclass
+class TrainState:
+    step: int
+    history: list[dict[str, float]]
+
+
+def condition_flags(rng: np.random.Generator, n: int, cfg: EditorTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(keep text, keep image) per row, with the three dropout cases exclusive."""
+    u = rng.random(n)
+    no_text = u < cfg.drop_text
+    no_image = (u >= cfg.drop_text) & (u < cfg.drop_text + cfg.drop_image)
+    both = (u >= cfg.drop_text + cfg.drop_image) & (u < cfg.drop_text + cfg.drop_image + cfg.drop_both)
+    return ~(no_text | both), ~(no_image | both)
+
+
+def editor_loss(editor: InstructEditor, scheduler, src_lat: torch.Tensor, tgt_lat: torch.Tensor,  # noqa: ANN001
+                text: torch.Tensor, empty: torch.Tensor, sees: torch.Tensor, gen: torch.Generator,
+                gamma: float) -> torch.Tensor:
+    """Min-SNR-weighted epsilon MSE on the target latents; for the causal editor the input branch runs
+    in the same graph, so its gradients reach the shared UNet too."""
+    noise = torch.randn(tgt_lat.shape, generator=gen).to(tgt_lat.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(tgt_lat),), generator=gen).to(tgt_lat.device)
+    noisy = scheduler.add_noise(tgt_lat, noise, t)
+    if editor.arch == "causal":
+        editor.encode_input_branch(src_lat, empty)
+    pred = editor.eps(noisy, t, text, src_lat, sees)
+    per = ((pred.float() - noise.float()) ** 2).mean(dim=(1, 2, 3))
+    return (per * min_snr_weights(scheduler, t, gamma)).mean()
+
+
+def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, run_dir: Path,
+                 progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainState:
+    """Train `editor.unet` (text encoder and VAE frozen) on `pairs`; resumes from run_dir/editor.pt.
+    The EMA weights are copied into the UNet at the end."""
+    if len(pairs) == 0:
+        raise ValueError("no pairs to train on")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "editor.pt"
+    dev = editor.device
+    src_lat, tgt_lat = editor.encode_images(pairs.sources), editor.encode_images(pairs.targets)
+    instr = editor.encode_text(pairs.instructions)
+    empty = editor.encode_text([""])
+    unet = editor.unet.train()
+    params = [p for p in unet.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    ema = EMA(params, cfg.ema)
+    scheduler = training_scheduler()
+    state = TrainState(0, [])
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location=dev, weights_only=False)
+        unet.load_state_dict(saved["unet"])
+        opt.load_state_dict(saved["optimizer"])
+        ema.load_state_dict(saved["ema"])
+        state = TrainState(saved["step"], saved["history"])
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {editor.arch} editor", unit="step")
+    loss_ema = state.history[-1]["loss_ema"] if state.history else None
+    while state.step < cfg.steps:
+        t0 = time.perf_counter()
+        rng = step_rng(cfg.seed, "align", state.step)
+        idx = rng.integers(0, len(pairs), cfg.batch_size)
+        keep_text, keep_image = condition_flags(rng, cfg.batch_size, cfg)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        text = torch.where(torch.from_numpy(keep_text).to(dev)[:, None, None], instr[idx], empty)
+        sees = torch.from_numpy(keep_image).to(dev)
+        set_lr(opt, cfg.lr, state.step, cfg.steps, cfg.warmup)
+        loss = editor_loss(editor, scheduler, src_lat[idx], tgt_lat[idx], text, empty, sees, gen, cfg.min_snr_gamma)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"editor loss is {loss.item()} at step {state.step}; last good checkpoint kept")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(state.step)
+        state.step += 1
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        last = {"step": state.step, "loss": loss.item(), "loss_ema": loss_ema, "seconds": time.perf_counter() - t0}
+        state.history.append(last)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if state.step == cfg.steps or state.step % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt, {"unet": unet.state_dict(), "optimizer": opt.state_dict(),
+                                   "ema": ema.state_dict(), "step": state.step, "history": state.history,
+                                   "config": cfg.to_dict()})
+            if progress is not None:
+                progress(state.step, cfg.steps, last)
+    bar.close()
+    if editor.branches is not None:
+        editor.branches.clear()
+    ema.copy_to(params)
+    unet.eval()
+    return state

@@ -1,0 +1,263 @@
+"""One SeedEdit alignment round, end to end, as the Celery task calls it:
+
+start editor (the round before's version in a chain; none for a first round) -> pairs (a first round:
+the weak generator; later rounds: the editor regenerates pairs for new instructions) -> filters (counts
+per test and kind; too few survivors stop the round with that reason) -> fine-tuning (resumable from
+<state_dir>/runs/<run id>) -> held-out evaluation by the world judge -> candidate `instruct` version with
+its metrics, lineage and the pairs it trained on (in the blob store) -> promotion through the registry
+gate against the promoted instruct editor evaluated on the same held-out edits.
+
+The candidate's version is derived from the run id, so a run resumed after a lost worker registers one
+version, never two; the pairs are regenerated identically on resume (seeded by round).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.models import ModelVersion, TrainingRun
+from editloop.models.base import load_base
+from editloop.models.instruct import InstructEditor, load_instruct_editor
+from editloop.registry import (
+    PromotionRefused,
+    find_version,
+    instruct_model_dir,
+    promote,
+    register_candidate,
+    store_model_dir,
+)
+from editloop.settings import Settings
+from editloop.store.base import BlobStore
+from trainers.align.editor_train import EditorTrainConfig, editor_from_t2i, train_editor
+from trainers.align.evaluate import evaluate_editor, held_out_edits
+from trainers.align.filters import SCORERS, AlignmentScorer, FilterConfig, JudgeScorer, Scorer, filter_pairs
+from trainers.align.pairs import (
+    Pairs,
+    edit_specs,
+    editor_pairs,
+    generated_sources,
+    inpaint_pairs,
+    rendered_sources,
+    weak_pairs,
+)
+from trainers.runs import update_run
+
+KIND = "instruct"
+SOURCES = ("render", "t2i")
+METHODS = ("inpaint", "blend")
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    arch: str = "causal"
+    pairs: int = 384  # edit specs per round
+    candidates: int = 1  # the editor's candidates per spec (rounds after the first)
+    pair_steps: int = 12  # sampling steps of the pair generators
+    source: str = "render"  # inputs: degraded renders ("photos") or text-to-image samples
+    method: str = "inpaint"  # first round: inpainting model (region-based) or text-to-image latent blending
+    scorer: str = "auto"  # alignment reward if one is promoted, else the world judge
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    min_pairs: int = 32
+    keep_previous: bool = True  # train on the earlier rounds' kept pairs too
+    train: EditorTrainConfig = field(default_factory=EditorTrainConfig)
+    eval_per_kind: int = 8
+    auto_promote: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("source", self.source, SOURCES), ("method", self.method, METHODS),
+                                     ("scorer", self.scorer, (*SCORERS, "auto"))):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}")
+        if self.pairs < 1 or self.candidates < 1:
+            raise ValueError(f"`pairs` and `candidates` must be >= 1, got {self.pairs} and {self.candidates}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundConfig:
+        data = dict(data)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown alignment round settings: {sorted(unknown)}")
+        return cls(**{**data, "filter": FilterConfig(**data.get("filter", {})),
+                      "train": EditorTrainConfig(**data.get("train", {}))})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TooFewPairs(ValueError):
+    """Too few pairs survived the filters to train on."""
+
+
+def round_pairs(round_no: int, cfg: RoundConfig, editor: InstructEditor | None, device: str | None) -> Pairs:
+    """All pairs of a round before filtering: the weak generator's in round 1, the editor's afterwards."""
+    seed = 1000 * cfg.seed + round_no  # training specs: small seeds; held-out edits use 770000+
+    specs = edit_specs(cfg.pairs, seed)
+    if editor is None and cfg.method == "blend":
+        return weak_pairs(load_base("t2i", device=device, dtype="fp32"), specs, seed, cfg.pair_steps)
+    if cfg.source == "render":
+        sources = rendered_sources(specs, seed)
+    else:
+        sources = generated_sources(load_base("t2i", device=device, dtype="fp32"), specs, seed, cfg.pair_steps)
+    if editor is None:
+        return inpaint_pairs(load_base("inpaint", device=device, dtype="fp32"), specs, sources, seed, cfg.pair_steps)
+    return editor_pairs(editor, specs, sources, seed, cfg.candidates, steps=cfg.pair_steps)
+
+
+def make_scorer(cfg: RoundConfig, sessions: sessionmaker[Session], store: BlobStore, settings: Settings) -> Scorer:
+    from trainers.feedback.run import promoted_rewards
+
+    if cfg.scorer == "judge":
+        return JudgeScorer()
+    try:
+        return AlignmentScorer(promoted_rewards(sessions, store, settings, ["alignment"]))
+    except ValueError:
+        if cfg.scorer == "alignment":
+            raise
+        return JudgeScorer()
+
+
+def check_survivors(round_no: int, kept: int, counts: dict, min_pairs: int) -> None:
+    if kept < min_pairs:
+        raise TooFewPairs(f"round {round_no}: only {kept} of {counts['total']} pairs survived the filters "
+                          f"({counts['scorer']} scorer; after each test: {counts['after']}), need at least "
+                          f"{min_pairs}; loosen the filters or generate more pairs")
+
+
+def pairs_blob(store: BlobStore, pairs: Pairs) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return store.put(pairs.save(Path(tmp) / "pairs.npz").read_bytes(), "application/octet-stream")
+
+
+def load_pairs_blob(store: BlobStore, key: str) -> Pairs:
+    return Pairs.load(io.BytesIO(store.get(key)))
+
+
+def run_align_round(run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+                    config: dict[str, Any] | None = None, parent_version: str | None = None) -> dict[str, Any]:
+    """Run (or resume) alignment round `run_id`; returns its outputs (also on the run row)."""
+    cfg = RoundConfig.from_dict(config or {})
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            s.add(TrainingRun(id=run_id, kind="align", status="running",
+                              inputs={"config": cfg.to_dict(), "parent_version": parent_version}))
+        elif run.status == "succeeded":
+            return run.outputs
+        else:
+            run.status, run.error = "running", None
+    try:
+        return _run(run_id, sessions, store, settings, cfg, parent_version)
+    except Exception as exc:
+        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+                   outputs={"failed_at": datetime.now(UTC).isoformat()})
+        raise
+
+
+def _start(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+           parent_version: str | None) -> tuple[InstructEditor | None, int, dict[str, Any]]:
+    """(start editor, round number, parent row config) for a round."""
+    if parent_version is None:
+        return None, 1, {}
+    with sessions() as s:
+        row = find_version(s, KIND, parent_version)
+        _, _, path, _ = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models",
+                                           parent_version)
+        meta = dict(row.config or {})
+    editor = load_instruct_editor(path, device=settings.device)
+    return editor, int(meta.get("round", 0)) + 1, meta
+
+
+def _reference_metrics(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+                       edits: list, cfg: RoundConfig) -> tuple[dict | None, str | None]:
+    """The promoted (or default) instruction editor's metrics on the same held-out edits."""
+    with sessions() as s:
+        found = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models")
+    if found is None:
+        return None, None
+    name, version, path, _ = found
+    metrics, _ = evaluate_editor(load_instruct_editor(path, device=settings.device), edits)
+    return metrics, f"{name}:{version}"
+
+
+def eval_score(metrics: dict) -> float:
+    """One number for the gate: the mean of judged success and preservation on the held-out edits."""
+    return 0.5 * (metrics["success"] + metrics["preservation"])
+
+
+def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings, cfg: RoundConfig,
+         parent_version: str | None) -> dict[str, Any]:
+    start, round_no, parent_meta = _start(sessions, store, settings, parent_version)
+    all_pairs = round_pairs(round_no, cfg, start, settings.device)
+    keep, counts = filter_pairs(all_pairs, make_scorer(cfg, sessions, store, settings), cfg.filter)
+    check_survivors(round_no, int(keep.sum()), counts, cfg.min_pairs)
+    kept = all_pairs.select(keep)
+    pairs_key = pairs_blob(store, kept)
+    previous_keys = list(parent_meta.get("pairs_keys", [])) if cfg.keep_previous else []
+    train_pairs = Pairs.concat([load_pairs_blob(store, k) for k in previous_keys] + [kept])
+    update_run(sessions, run_id, outputs={"filter": counts, "pairs_key": pairs_key, "train_pairs": len(train_pairs)})
+    editor = start if start is not None else editor_from_t2i(load_base("t2i", device=settings.device,
+                                                                       dtype="fp32"), cfg.arch)
+    if editor.arch != cfg.arch:
+        raise ValueError(f"round {round_no} continues a {editor.arch} editor; `arch` {cfg.arch!r} does not match")
+
+    def progress(step: int, total: int, last: dict[str, float]) -> None:
+        update_run(sessions, run_id, progress=step / total, outputs={"last": last, "filter": counts})
+
+    state = train_editor(editor, train_pairs, cfg.train, settings.state_dir / "runs" / run_id, progress)
+    edits = held_out_edits(cfg.eval_per_kind)
+    metrics, _ = evaluate_editor(editor, edits)
+    reference, reference_name = _reference_metrics(sessions, store, settings, edits, cfg)
+    version = f"align-r{round_no}-{run_id[:12]}"
+    lineage = {"run_id": run_id, "round": round_no, "start_version": parent_version, "reference": reference_name}
+    all_metrics = {**metrics, "eval_score": eval_score(metrics), "filter": counts, "train_pairs": len(train_pairs),
+                   "steps_done": state.step, "final_loss": state.history[-1]["loss_ema"],
+                   **({"parent_eval_score": eval_score(reference), "reference": reference} if reference else {})}
+    meta = {"round": round_no, "pairs_keys": [*previous_keys, pairs_key], "lineage": lineage,
+            "train": cfg.to_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        editor.save(Path(tmp), {"version": version, "round": round_no, "lineage": lineage})
+        key = store_model_dir(store, Path(tmp))
+    outputs: dict[str, Any] = {"version": version, "round": round_no, "checkpoint_key": key, "filter": counts,
+                               "metrics": {k: v for k, v in all_metrics.items() if k not in ("filter", "reference")},
+                               "pairs_key": pairs_key}
+    with sessions.begin() as s:
+        parent_row = find_version(s, KIND, parent_version) if parent_version else None
+        row = register_candidate(s, KIND, KIND, version, key, all_metrics, meta, parent_row)
+        outputs["promoted"] = False
+        if cfg.auto_promote:
+            try:
+                promote(s, KIND, version, loads_instruct(store, settings.state_dir / "models"), tolerance=0.0)
+                outputs["promoted"] = True
+            except PromotionRefused as exc:
+                outputs["refused"] = str(exc)
+        run = s.get(TrainingRun, run_id)
+        run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+    return outputs
+
+
+def loads_instruct(store: BlobStore, cache: Path):  # noqa: ANN201
+    """A check for `promote`: the version unpacks and loads as an instruction editor."""
+    from editloop.registry import fetch_model_dir
+
+    def check(row: ModelVersion) -> None:
+        load_instruct_editor(fetch_model_dir(store, row.checkpoint_key, cache), device="cpu")
+
+    return check
+
+
+def per_round_rows(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A compact per-round table (CLI and bench)."""
+    return [{"round": o["round"], "version": o["version"], "kept": o["filter"]["kept"],
+             "total": o["filter"]["total"], "success": round(o["metrics"]["success"], 3),
+             "preservation": round(o["metrics"]["preservation"], 3),
+             "l1_outside": round(o["metrics"]["l1_outside"], 4), "promoted": o["promoted"]} for o in outputs]
+
+
