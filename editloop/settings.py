@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     drift_min_accuracy: float = 0.6  # below this on the newest labels, retrain
     reward_train_steps: int = 1500  # steps of a triggered reward run
     trigger_interval_s: float = 300.0  # Celery beat: how often the triggers are checked
-    reload_interval_s: float = 5.0  # reward services poll the registry for a newly promoted version
+    reload_interval_s: float = 5.0  # reward and editor services poll the registry for a newly promoted version
     label_studio_venv: Path = Path(".venv-label-studio")  # Label Studio's own virtualenv (made on first use)
     label_studio_port: int = 8080
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links

@@ -25,7 +25,7 @@ class Running:
     port: int
     health: object
     batcher: DynamicBatcher
-    watcher: object | None = None  # the reward services' registry watcher
+    watchers: tuple = ()  # registry watchers (hot reload of promoted versions)
     more_batchers: tuple[DynamicBatcher, ...] = ()  # the editor's instruction-editing batcher
 
     async def stop_batchers(self) -> None:
@@ -33,8 +33,8 @@ class Running:
             await b.stop()
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self.watcher is not None:
-            await self.watcher.stop()
+        for w in self.watchers:
+            await w.stop()
         await self.server.stop(grace)
         await self.stop_batchers()
 
@@ -62,43 +62,18 @@ def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa:
                            config=public_config(core.pipe.unet.config), status="candidate" if promoted else "promoted"))
 
 
-def instruct_core(settings: Settings):  # noqa: ANN201
-    """The instruction editor to serve (the promoted instruct version, else the committed default), or None."""
-    from editloop.registry import instruct_model_dir
-    from services.editor.instruct import InstructCore
-
-    sessions, store = open_state(settings)
-    with sessions() as s:
-        found = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models")
-    if found is None:
-        log.warning("no instruction editor (none promoted, none at %s): Editor.Edit answers FAILED_PRECONDITION",
-                    settings.instruct_model)
-        return None
-    name, version, path, _ = found
-    return InstructCore(path, device=settings.device, name=name, version=version)
-
-
-def promoted_editor(settings: Settings) -> tuple[str, str, Path]:
-    """(name, version, directory) of the promoted editor version in the registry, else the base model."""
-    from editloop.registry import editor_model_dir
-
-    sessions, store = open_state(settings)
-    with sessions() as s:
-        name, version, path, _ = editor_model_dir(s, store, settings.editor_model, settings.state_dir / "models")
-    return name, version, path
-
-
 async def start_service(kind: str, settings: Settings, model: Path | None = None, port: int = 0,
                         host: str = "127.0.0.1", max_batch: int = 16, max_delay: float = 0.005,
                         max_queue: int = 256, record: bool = True, reward_kind: str | None = None) -> Running:
     """Load the model, start the batcher and the server; returns the bound port."""
     recorder = make_recorder(settings) if record and kind != "reward" else None
     watcher = None
+    watchers: list = []
     more: tuple[DynamicBatcher, ...] = ()
     if kind == "reward":
         from services.gen.editloop.v1 import reward_pb2_grpc
         from services.reward.core import RewardCore
-        from services.reward.reload import CoreHolder, RegistryWatcher, promoted_model_dir
+        from services.reward.reload import CoreHolder, promoted_model_dir, reward_watcher
         from services.reward.servicer import SERVICE, RewardServicer
 
         if model is None:  # the promoted version, hot-reloaded when another is promoted
@@ -110,7 +85,7 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
             core = RewardCore(model, reward_kind, device=settings.device)
         holder = CoreHolder(core)
         if model is None:
-            watcher = RegistryWatcher(holder, reward_kind, settings, sessions, store, settings.reload_interval_s)
+            watcher = reward_watcher(holder, reward_kind, settings, sessions, store, settings.reload_interval_s)
         batcher = DynamicBatcher(f"reward-{core.kind}", holder.run, max_batch, max_delay, max_queue)
         servicer = RewardServicer(holder, batcher)
         add = reward_pb2_grpc.add_RewardServicer_to_server
@@ -124,21 +99,26 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         servicer = GeneratorServicer(core, batcher, recorder)
         add = generator_pb2_grpc.add_GeneratorServicer_to_server
     elif kind == "editor":
+        from services.core.reload import Holder
         from services.editor.core import EditorCore
+        from services.editor.reload import editor_watchers, load_editor, load_instruct, resolve_editor, resolve_instruct
         from services.editor.servicer import SERVICE, EditorServicer
         from services.gen.editloop.v1 import editor_pb2_grpc
 
+        sessions, store = open_state(settings)
         if model is None:  # the promoted editor version (feedback rounds), else the base inpainting model
-            name, version, path = promoted_editor(settings)
-            core = EditorCore(path, device=settings.device, name=name)
-            core.version = version
+            core = load_editor(settings, *resolve_editor(settings, sessions, store))
         else:
             core = EditorCore(model, device=settings.device)
-        batcher = DynamicBatcher("editor", core.run, max_batch, max_delay, max_queue)
-        instruct = instruct_core(settings)
-        if instruct is not None:
-            more = (DynamicBatcher("editor-instruct", instruct.run, max_batch, max_delay, max_queue),)
-        servicer = EditorServicer(core, batcher, recorder, instruct, more[0] if more else None)
+        found = resolve_instruct(settings, sessions, store)
+        if found is None:
+            log.warning("no instruction editor (none promoted, none at %s): Editor.Edit answers "
+                        "FAILED_PRECONDITION until one is promoted", settings.instruct_model)
+        editors, instructs = Holder(core), Holder(load_instruct(settings, *found) if found else None)
+        batcher = DynamicBatcher("editor", editors.run, max_batch, max_delay, max_queue)
+        more = (DynamicBatcher("editor-instruct", instructs.run, max_batch, max_delay, max_queue),)
+        servicer = EditorServicer(editors, batcher, recorder, instructs, more[0])
+        watchers = editor_watchers(editors, instructs, settings, sessions, store, watch_editor=model is None)
         add = editor_pb2_grpc.add_EditorServicer_to_server
     else:
         raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
@@ -148,10 +128,11 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         b.start()
     server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb)
     log.info("%s serving %s (%s) on %s:%d", kind, core.name, core.version, host, bound)
-    running = Running(server, bound, health, batcher, more_batchers=more)
     if watcher is not None:
-        watcher.start()
-        running.watcher = watcher
+        watchers.append(watcher)
+    running = Running(server, bound, health, batcher, watchers=tuple(watchers), more_batchers=more)
+    for w in watchers:
+        w.start()
     return running
 
 

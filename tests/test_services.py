@@ -370,3 +370,36 @@ def test_server_reflection_lists_the_services(settings, tiny_models):
 
     names = run(with_service("generator", settings, tiny_models, body, record=False))
     assert names == ["editloop.v1.Generator", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+
+
+def test_edit_hot_reloads_a_newly_promoted_instruction_editor_without_failing_requests(tmp_path, tiny_models,
+                                                                                     tiny_instruct):
+    """Editor.Edit serves the committed default, then the promoted instruct version once the registry has one;
+    requests keep flowing through the swap and each names the version that produced it."""
+    from editloop.registry import promote, register_candidate, store_model_dir
+    from editloop.state import open_state
+
+    settings = Settings(state_dir=tmp_path / "state", instruct_model=tiny_instruct["causal"], reload_interval_s=0.2)
+    sessions, store = open_state(settings)
+
+    async def body(ch):
+        stub = editor_pb2_grpc.EditorStub(ch)
+        versions, errors = [], 0
+        for i in range(200):
+            try:
+                versions.append((await stub.Edit(instruct_request(n=1, steps=1))).model)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            if i == 2:
+                with sessions.begin() as s:
+                    register_candidate(s, "instruct", "instruct", "tiny-concat",
+                                       store_model_dir(store, tiny_instruct["concat"]), {"eval_score": 0.5}, {}, None)
+                    promote(s, "instruct", "tiny-concat")
+            if versions[-1].version == "tiny-concat" and i > 4:
+                break
+        return versions, errors
+
+    versions, errors = run(with_service("editor", settings, tiny_models, body))
+    assert errors == 0
+    assert (versions[0].name, versions[0].version) == ("default-instruct", "tiny-causal")
+    assert (versions[-1].name, versions[-1].version) == ("instruct", "tiny-concat")

@@ -12,8 +12,9 @@ from editloop.world.io import load_png, mask_to_png, save_png
 
 
 @pytest.fixture
-def stack_env(tmp_path, tiny_models, monkeypatch):
+def stack_env(tmp_path, tiny_models, tiny_instruct, monkeypatch):
     monkeypatch.setenv("EDITLOOP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("EDITLOOP_INSTRUCT_MODEL", str(tiny_instruct["causal"]))
     monkeypatch.setenv("EDITLOOP_GENERATOR_MODEL", str(tiny_models / "t2i"))
     monkeypatch.setenv("EDITLOOP_EDITOR_MODEL", str(tiny_models / "inpaint"))
     monkeypatch.setenv("EDITLOOP_QUIET_LOGS", "1")
@@ -35,6 +36,9 @@ def test_up_serves_the_clients_and_leaves_no_process_behind(stack_env, tmp_path,
                      "--out", str(tmp_path / "e")]) == 0
         assert main(["inpaint", str(tmp_path / "src.png"), str(tmp_path / "mask.png"), "--steps", "500",
                      "--prompt", scene.caption, "--out", str(tmp_path / "e")]) == 2
+        assert main(["edit", str(tmp_path / "src.png"), f"remove the {scene.objects[0].color} "
+                     f"{scene.objects[0].shape}", "--n", "2", "--steps", "2", "--out", str(tmp_path / "i")]) == 0
+        assert main(["edit", str(tmp_path / "src.png"), "paint it red", "--steps", "2"]) == 2
         assert main(["models", "list"]) == 0
         children = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
         assert len(children) >= 3
@@ -44,6 +48,8 @@ def test_up_serves_the_clients_and_leaves_no_process_behind(stack_env, tmp_path,
     assert "base-t2i" in out.out and "base-inpaint" in out.out  # models list shows both, registered
     assert load_png(tmp_path / "g" / "generate-1.png").shape == (64, 64, 3)
     assert (tmp_path / "e" / "erase-0.png").is_file()
+    assert load_png(tmp_path / "i" / "edit-1.png").shape == (64, 64, 3)
+    assert "`instruction` 'paint it red' is not an instruction of the Shapes World grammar" in out.err
 
 
 def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path, label_studio, monkeypatch):
@@ -75,3 +81,6 @@ def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path, label_studio, 
     assert not left  # the image/webhook endpoint it started is stopped
     assert all(len(cs["judged_correct"]) == 3 for cs in summary["candidate_sets"])
     assert (tmp_path / "d" / "candidates.png").is_file() and (tmp_path / "d" / "erase.png").is_file()
+    edits = summary["instruction_edits"]
+    assert edits["model"] == "default-instruct tiny-causal" and len(edits["edits"]) == 7  # one per edit kind
+    assert Image.open(tmp_path / "d" / "edit.png").size == (7 * 64, 2 * 64)

@@ -100,3 +100,19 @@ def cancel_rest_of_chain(sessions: sessionmaker[Session], run_id: str) -> None:
             row = s.get(TrainingRun, later)
             if row is not None and row.status == "queued":
                 row.status, row.error = "cancelled", f"stage run {run_id} before it in the chain failed"
+
+
+@shared_task(name="editloop.gpu.align_round", acks_late=True)
+def align_round_task(previous: dict[str, Any] | None, run_id: str, config: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """Run (or resume) one SeedEdit alignment round; in a chain, `previous` is the round before's result and
+    its editor version is where this round starts (it regenerates the pairs)."""
+    from trainers.align.run import run_align_round
+
+    settings, sessions, store = worker_context()
+    parent = previous.get("version") if previous else None
+    try:
+        return run_align_round(run_id, sessions, store, settings, config, parent)
+    except Exception:
+        cancel_rest_of_chain(sessions, run_id)
+        raise

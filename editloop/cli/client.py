@@ -1,4 +1,4 @@
-"""Client commands: `editloop generate|inpaint|outpaint|erase` read and write PNG files over gRPC."""
+"""Client commands: `editloop generate|inpaint|outpaint|erase|edit` read and write PNG files over gRPC."""
 
 from __future__ import annotations
 
@@ -82,6 +82,24 @@ def edit(kind: str, args: argparse.Namespace, settings: Settings) -> list[Path]:
     return paths
 
 
+def instruct(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    """Instruction editing (Editor.Edit): image + instruction -> edited images."""
+    from editloop.cli.stack import service_address
+    from services.core.server import channel_options
+    from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc
+
+    address = args.address or service_address(settings, "editor")
+    request = editor_pb2.EditRequest(
+        image=common_pb2.Image(png=Path(args.image).read_bytes()), instruction=args.instruction,
+        num_images=args.n, params=_params(args), image_guidance=args.image_guidance, record=args.record,
+    )
+    with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
+        result = editor_pb2_grpc.EditorStub(ch).Edit(request, timeout=600)
+    paths = _write(result.images, args.out, "edit")
+    print(f"{result.model.name} {result.model.version}: wrote {', '.join(map(str, paths))}")
+    return paths
+
+
 def score(args: argparse.Namespace, settings: Settings) -> list[float]:
     from services.core.server import channel_options
     from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -108,6 +126,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--prompt", default="", help="the scene to produce (required except for erase)")
         add_sampling(p)
         p.set_defaults(func=lambda a, kind=kind: bool(edit(kind, a, Settings())) and 0)
+    p = sub.add_parser("edit", help="instruction editing through the editor service (SeedEdit)")
+    p.add_argument("image", type=Path)
+    p.add_argument("instruction", help='e.g. "make the red circle blue" (the Shapes World grammar)')
+    p.add_argument("--image-guidance", type=float, default=0.0, help="image guidance scale; 0 = the model's default")
+    add_sampling(p)
+    p.set_defaults(func=lambda a: bool(instruct(a, Settings())) and 0)
     p = sub.add_parser("score", help="score PNG files with a reward service")
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--prompt", default="", help="caption or instruction (aesthetic and alignment)")

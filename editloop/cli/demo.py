@@ -3,7 +3,8 @@
 1. bring the stack up (generator and editor services, a Celery worker; SQLite, local blobs),
 2. enqueue candidate sets for held-out captions on the queue; the worker generates and records them,
 3. judge every candidate with the world's judge; a simulated annotator picks best and worst,
-4. generate through the generator service and erase objects through the editor service,
+4. generate through the generator service, erase objects through the editor service, and edit by
+   instruction (SeedEdit's causal editor: the promoted one, else the committed one) through Editor.Edit,
 5. Label Studio (installed into its own virtualenv on first use): push the candidate sets with
    overlap 2, simulated annotators label them through its API, sync the labels, print statistics,
 6. reward models: a short alignment-reward run on the queue (the stack's worker trains it, registers
@@ -198,6 +199,36 @@ def candidate_sets(settings, scenes, args) -> list[dict]:  # noqa: ANN001
     return sets
 
 
+def instruction_edits(address: str, opts, seed: int, out: Path) -> dict:  # noqa: ANN001
+    """Editor.Edit on one held-out edit of each kind; the judge says which succeeded (edit.png)."""
+    import grpc
+
+    from editloop.world import edit_success, judge, render
+    from editloop.world.io import from_png, save_grid_png, to_png
+    from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc
+    from trainers.align.evaluate import held_out_edits
+
+    edits = held_out_edits(1, seed=880_000 + seed)
+    rows, results = [[render(e.source) for e in edits]], []
+    with grpc.insecure_channel(address, options=opts) as ch:
+        stub = editor_pb2_grpc.EditorStub(ch)
+        try:
+            resps = [stub.Edit(editor_pb2.EditRequest(
+                image=common_pb2.Image(png=to_png(src)), instruction=e.instruction, record=True,
+                params=common_pb2.SamplingParams(seed=seed)), timeout=600) for src, e in zip(rows[0], edits)]
+        except grpc.RpcError as exc:
+            print(f"4b. Editor.Edit: {exc.code().name}: {exc.details()}")
+            return {"error": exc.details()}
+    rows.append([from_png(r.images[0].png) for r in resps])
+    for e, image in zip(edits, rows[1]):
+        results.append({"instruction": e.instruction, "kind": e.kind, "success": edit_success(judge(image), e)})
+    save_grid_png(rows, out / "edit.png")
+    model = f"{resps[0].model.name} {resps[0].model.version}"
+    print(f"4b. Editor.Edit ({model}): {sum(r['success'] for r in results)}/{len(results)} instruction edits judged "
+          f"right: " + "; ".join(f"{r['instruction']!r} {'ok' if r['success'] else 'missed'}" for r in results))
+    return {"model": model, "edits": results}
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import grpc
 
@@ -265,6 +296,7 @@ def run_demo(args: argparse.Namespace) -> int:
         save_grid_png(erase_rows, out / "erase.png")
         summary["erase_success"] = successes
         print(f"4. Editor.Erase: {sum(successes)}/{len(successes)} objects judged gone")
+        summary["instruction_edits"] = instruction_edits(addresses["editor"], opts, args.seed, out)
         if not args.no_label_studio:  # inside the stack: its worker applies what the webhooks record
             summary["annotation"] = label_in_label_studio(settings, [cs["id"] for cs in sets],
                                                           args.keep_label_studio)
@@ -276,7 +308,8 @@ def run_demo(args: argparse.Namespace) -> int:
             summary["feedback"] = feedback_round(settings, args.feedback_steps, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {out / 'candidates.png'} (column 1: the caption as the world renders it), "
-          f"{out / 'erase.png'} (source, mask, result), {out / 'feedback.png'} (source with the mask darkened, "
+          f"{out / 'erase.png'} (source, mask, result), {out / 'edit.png'} (source, instruction edit), "
+          f"{out / 'feedback.png'} (source with the mask darkened, "
           f"before, after feedback learning), {out / 'summary.json'}; "
           f"images and rows in {settings.state_dir}")
     return 0

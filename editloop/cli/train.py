@@ -1,5 +1,6 @@
 """`editloop train reward --kind K [--wait]`: enqueue a reward-model training run on the gpu queue.
-`editloop train pefl|adversarial|progressive [--wait]`: enqueue a feedback chain (ByteEdit) on the gpu queue."""
+`editloop train pefl|adversarial|progressive [--wait]`: enqueue a feedback chain (ByteEdit) on the gpu queue.
+`editloop train align --rounds N [--wait]`: enqueue SeedEdit alignment rounds as a chain on the gpu queue."""
 
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
         f.add_argument("--wait", action="store_true", help="wait for the chain and print each stage's result")
         f.set_defaults(func=_train_feedback, stage=stage)
+    a = tsub.add_parser("align", help="SeedEdit alignment rounds: weak-generator pairs, filters, the editor "
+                                      "regenerating pairs round after round")
+    a.add_argument("--rounds", type=int, default=2, help="rounds in the chain (default 2)")
+    a.add_argument("--arch", choices=["causal", "concat"], default="causal",
+                   help="causal two-branch editor (SeedEdit) or the InstructPix2Pix concat baseline")
+    a.add_argument("--pairs", type=int, default=None, help="edit specs per round (default 384)")
+    a.add_argument("--steps", type=int, default=None, help="training steps per round (default 600)")
+    a.add_argument("--batch-size", type=int, default=None)
+    a.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every K steps (default 50)")
+    a.add_argument("--pair-steps", type=int, default=None, help="sampling steps when making pairs (default 12)")
+    a.add_argument("--scorer", choices=["auto", "alignment", "judge"], default=None,
+                   help="agreement scorer of the filters (default auto: the promoted alignment reward, else "
+                        "the world judge)")
+    a.add_argument("--min-pairs", type=int, default=None, help="stop a round with fewer surviving pairs")
+    a.add_argument("--eval-per-kind", type=int, default=None, help="held-out edits per kind (default 8)")
+    a.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
+    a.add_argument("--wait", action="store_true", help="wait for the chain and print each round's result")
+    a.set_defaults(func=_train_align)
 
 
 def enqueue_reward_run(settings: Settings, kind: str, config: dict, reason: str) -> str:
@@ -101,6 +120,58 @@ def _train_feedback(args: argparse.Namespace) -> int:
         return 0
     for stage, run_id in zip(stages, run_ids):
         if wait_for_run(settings, run_id, stage) != 0:
+            return 1
+    return 0
+
+
+def align_config(args: argparse.Namespace) -> dict:
+    config: dict = {"arch": args.arch, "auto_promote": not args.no_promote}
+    for key, value in (("pairs", args.pairs), ("pair_steps", args.pair_steps), ("scorer", args.scorer),
+                       ("min_pairs", args.min_pairs), ("eval_per_kind", args.eval_per_kind)):
+        if value is not None:
+            config[key] = value
+    train = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                               ("checkpoint_every", args.checkpoint_every)) if v}
+    if train:
+        config["train"] = train
+    return config
+
+
+def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: str) -> list[str]:
+    """Record one queued run per round, then send them as one Celery chain; returns the run ids."""
+    from celery import chain
+
+    from editloop.db import TrainingRun
+    from editloop.state import open_sessions
+    from trainers.align.run import RoundConfig
+    from trainers.celery_app import make_celery
+
+    if rounds < 1:
+        raise ValueError(f"`rounds` must be >= 1, got {rounds}")
+    RoundConfig.from_dict(config)  # refuse bad settings here, not in the worker
+    run_ids = [uuid.uuid4().hex for _ in range(rounds)]
+    with open_sessions(settings).begin() as s:
+        for run_id in run_ids:
+            s.add(TrainingRun(id=run_id, kind="align", status="queued",
+                              inputs={"config": config, "trigger": reason, "chain": run_ids}))
+    app = make_celery(settings)
+    sigs = [app.signature("editloop.gpu.align_round", args=[None, run_ids[0], config], task_id=run_ids[0])]
+    sigs += [app.signature("editloop.gpu.align_round", args=[run_id, config], task_id=run_id)
+             for run_id in run_ids[1:]]  # each gets the round before's result first
+    chain(*sigs).apply_async()
+    return run_ids
+
+
+def _train_align(args: argparse.Namespace) -> int:
+    settings = Settings()
+    run_ids = enqueue_align_chain(settings, args.rounds, align_config(args),
+                                  f"by hand: editloop train align --rounds {args.rounds}")
+    for k, run_id in enumerate(run_ids, 1):
+        print(f"queued alignment round {k} run {run_id}")
+    if not args.wait:
+        return 0
+    for k, run_id in enumerate(run_ids, 1):
+        if wait_for_run(settings, run_id, f"round {k}") != 0:
             return 1
     return 0
 

@@ -1,5 +1,6 @@
 """Editor servicer: Inpaint, Outpaint and Erase on the inpainting editor; Edit (instruction editing) on the
-instruction editor (SeedEdit), each through its own dynamic batcher."""
+instruction editor (SeedEdit), each through its own dynamic batcher and its own hot-reloaded holder: every
+response names the model version that produced it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from services.core.convert import decode_image, decode_mask
 from services.core.errors import FailedPrecondition
 from services.core.model_dir import check_model_ref
 from services.core.recorder import Recorder
+from services.core.reload import Holder
 from services.core.results import result_message
 from services.core.rpc import unary
 from services.core.sampling import check_count, check_prompt, resolve_sampling
@@ -21,32 +23,33 @@ SERVICE = "editloop.v1.Editor"
 
 
 class EditorServicer(editor_pb2_grpc.EditorServicer):
-    def __init__(self, core: EditorCore, batcher: DynamicBatcher, recorder: Recorder | None = None,
-                 instruct: InstructCore | None = None, instruct_batcher: DynamicBatcher | None = None) -> None:
-        self.core = core
+    def __init__(self, editors: Holder, batcher: DynamicBatcher, recorder: Recorder | None = None,
+                 instructs: Holder | None = None, instruct_batcher: DynamicBatcher | None = None) -> None:
+        self.editors = editors  # holds the EditorCore
         self.batcher = batcher
         self.recorder = recorder
-        self.instruct = instruct
+        self.instructs = instructs  # holds the InstructCore (None inside: no instruction editor yet)
         self.instruct_batcher = instruct_batcher
 
     def _job(self, request: editor_pb2.InpaintRequest, prompt_required: bool) -> InpaintJob:
-        check_model_ref(request.model.name, request.model.version, self.core.name, self.core.version)
+        core: EditorCore = self.editors.core
+        check_model_ref(request.model.name, request.model.version, core.name, core.version)
         image = decode_image(request.image.png, "image")
-        self.core.check_image(image)
+        core.check_image(image)
         mask = decode_mask(request.mask.png, "mask", image)
-        self.core.check_mask(mask)
+        core.check_mask(mask)
         p = request.params
         return InpaintJob(
             image=image, mask=mask, prompt=check_prompt(request.prompt, required=prompt_required),
             num_images=check_count(request.num_images),
-            sampling=resolve_sampling(p.steps, p.guidance, p.seed, p.scheduler, self.core.defaults),
+            sampling=resolve_sampling(p.steps, p.guidance, p.seed, p.scheduler, core.defaults),
         )
 
     async def _edit(self, kind: str, request: editor_pb2.InpaintRequest, prompt_required: bool):
         job = self._job(request, prompt_required)
         key = (*job.sampling.batch_key, job.image.shape)
-        images = await self.batcher.submit(job, key, job.num_images)
-        return await result_message(editor_pb2.EditResponse, images, self.core.name, self.core.version, job.sampling,
+        images, name, version = await self.batcher.submit(job, key, job.num_images)
+        return await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,
                                     recorder=self.recorder, record=request.record, kind=kind, prompt=job.prompt,
                                     source_png=request.image.png, mask_png=request.mask.png)
 
@@ -63,7 +66,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
         return await self._edit("erase", request, prompt_required=False)
 
     def _edit_job(self, request: editor_pb2.EditRequest) -> EditJob:
-        core = self.instruct
+        core: InstructCore | None = self.instructs.core if self.instructs is not None else None
         if core is None or self.instruct_batcher is None:
             raise FailedPrecondition("this editor server has no instruction editor: train one with "
                                      "`editloop train align` (or point EDITLOOP_INSTRUCT_MODEL at an editor directory)")
@@ -78,8 +81,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     @unary(SERVICE)
     async def Edit(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         job = self._edit_job(request)
-        images = await self.instruct_batcher.submit(job, job.batch_key, job.num_images)
-        core = self.instruct
-        return await result_message(editor_pb2.EditResponse, images, core.name, core.version, job.sampling,
+        images, name, version = await self.instruct_batcher.submit(job, job.batch_key, job.num_images)
+        return await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,
                                     recorder=self.recorder, record=request.record, kind="edit",
                                     prompt=job.instruction, source_png=request.image.png)

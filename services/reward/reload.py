@@ -1,15 +1,8 @@
-"""The promoted reward model, hot-reloaded: a watcher polls the registry and swaps in a newly promoted
-version without failing a request in flight.
-
-Each batch takes the core that is current when the batch starts and keeps it to the end, so a swap
-between batches is atomic from a request's point of view, and every response names the version
-that actually scored it. A version that fails to load is logged and skipped; the old one serves on.
-"""
+"""The promoted reward model, hot-reloaded (services.core.reload): every response names the version that
+actually scored it."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from editloop.registry import fetch_model_dir, promoted
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
+from services.core.reload import RegistryWatcher
 from services.reward.core import RewardCore, ScoreItem
-
-log = logging.getLogger("editloop.services.reward")
 
 
 class CoreHolder:
@@ -46,49 +38,20 @@ def promoted_model_dir(sessions: sessionmaker[Session], store: BlobStore, kind: 
     return version, fetch_model_dir(store, key, cache)
 
 
-class RegistryWatcher:
-    def __init__(self, holder: CoreHolder, kind: str, settings: Settings, sessions: sessionmaker[Session],
-                 store: BlobStore, interval: float) -> None:
-        self.holder, self.kind, self.settings = holder, kind, settings
-        self.sessions, self.store, self.interval = sessions, store, interval
-        self.swaps = 0
-        self._task: asyncio.Task | None = None
+def reward_watcher(holder: CoreHolder, kind: str, settings: Settings, sessions: sessionmaker[Session],
+                   store: BlobStore, interval: float) -> RegistryWatcher:
+    """Watch the registry for a newly promoted `kind` reward version and swap it into `holder`."""
+    cache = settings.state_dir / "models"
 
-    def check_once(self) -> bool:
-        """Load and swap in the promoted version if it changed; True if it swapped. Runs in a thread."""
+    def resolve() -> tuple[str, Path] | None:
         try:
-            version, path = promoted_model_dir(self.sessions, self.store, self.kind, self.settings.state_dir / "models")
+            return promoted_model_dir(sessions, store, kind, cache)
         except FileNotFoundError:
-            return False
-        if version == self.holder.core.version:
-            return False
-        try:
-            core = RewardCore(path, self.kind, device=self.settings.device)
-        except Exception as exc:  # noqa: BLE001 - keep serving the loaded version
-            log.error("promoted %s version %s does not load (%s); still serving %s", self.kind, version, exc,
-                      self.holder.core.version)
-            return False
+            return None
+
+    def load(version: str, path: Path) -> RewardCore:
+        core = RewardCore(path, kind, device=settings.device)
         core.version = version
-        self.holder.core = core
-        self.swaps += 1
-        log.info("now serving %s reward version %s", self.kind, version)
-        return True
+        return core
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await asyncio.to_thread(self.check_once)
-            except Exception:  # noqa: BLE001 - a database hiccup must not stop the watcher
-                log.exception("registry check failed")
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+    return RegistryWatcher(holder, f"{kind} reward", resolve, load, interval)

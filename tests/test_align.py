@@ -1,0 +1,250 @@
+"""SeedEdit: causal two-branch attention, instruction editors, pairs, filters, training, rounds on a worker."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import start_worker, worker_state
+from sqlalchemy import select
+
+from editloop.db import ModelVersion, TrainingRun
+from editloop.models.instruct import load_instruct_editor
+from editloop.models.instruct_sampling import edit_images
+from editloop.models.zoo import load_pipeline
+from editloop.world.edits import EDIT_KINDS, sample_edit
+from editloop.world.instructions import check_instruction, valid_instructions
+from editloop.world.render import render
+from editloop.world.scene import sample_scene
+from trainers.align.editor_train import EditorTrainConfig, editor_from_t2i, train_editor
+from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs
+from trainers.align.pairs import Pairs, edit_specs, latent_region, weak_pairs_batch
+from trainers.align.run import RoundConfig, TooFewPairs, run_align_round
+
+ALIGN_TINY = {"pairs": 14, "pair_steps": 2, "scorer": "judge", "min_pairs": 1, "eval_per_kind": 1,
+              "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 1}}
+
+
+@pytest.fixture
+def t2i(tiny_models):
+    return load_pipeline(tiny_models / "t2i", "t2i", device="cpu", dtype="fp32")
+
+
+def noisy_inputs(editor, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    noisy = torch.randn(n, 4, 16, 16, generator=g)
+    images = np.stack([render(sample_scene(np.random.default_rng(seed + k))) for k in range(n)])
+    return noisy, editor.encode_images(images), editor.encode_text(["make the red circle blue"] * n)
+
+
+@torch.no_grad()
+def test_causal_rows_without_the_image_are_the_text_to_image_unet(t2i):
+    """Target tokens that may not see the input attend only to themselves: exactly the plain UNet; rows that
+    see it depend on the input image, and the input branch's keys do not depend on the target."""
+    editor = editor_from_t2i(t2i, "causal")
+    noisy, image_lat, text = noisy_inputs(editor)
+    t = torch.tensor([500, 500])
+    plain = t2i.unet(noisy, t, text).sample
+    empty = editor.encode_text([""])
+    editor.encode_input_branch(image_lat, empty)
+    kept = {k: v[0].clone() for k, v in editor.branches.kept.items()}
+    hidden = editor.eps(noisy, t, text, None, torch.tensor([False, False]))
+    seen = editor.eps(noisy, t, text, None, torch.tensor([True, True]))
+    seen_other = editor.eps(noisy * 0.5, t, text, None, torch.tensor([True, True]))
+    assert torch.allclose(hidden, plain, atol=1e-5)
+    assert not torch.allclose(seen, plain, atol=1e-3)
+    assert all(torch.equal(kept[k], v[0]) for k, v in editor.branches.kept.items())  # untouched by the target
+    editor.encode_input_branch(image_lat.flip(0), empty)  # another input image changes the seen rows
+    assert not torch.allclose(editor.eps(noisy, t, text, None, torch.tensor([True, True])), seen, atol=1e-3)
+    assert not torch.allclose(seen_other, seen)
+
+
+@torch.no_grad()
+def test_a_new_concat_editor_starts_as_the_text_to_image_unet(t2i):
+    editor = editor_from_t2i(t2i, "concat")
+    assert editor.unet.config.in_channels == 8
+    noisy, image_lat, text = noisy_inputs(editor)
+    t = torch.tensor([300, 300])
+    plain = t2i.unet(noisy, t, text).sample
+    assert torch.allclose(editor.eps(noisy, t, text, image_lat, torch.tensor([True, False])), plain, atol=1e-5)
+
+
+def test_gradients_reach_the_shared_unet_through_both_branches(t2i):
+    editor = editor_from_t2i(t2i, "causal")
+    noisy, image_lat, text = noisy_inputs(editor)
+    image_lat.requires_grad_(True)
+    editor.encode_input_branch(image_lat, editor.encode_text([""]))
+    out = editor.eps(noisy, torch.tensor([10, 10]), text, None, torch.tensor([True, True]))
+    out.square().mean().backward()
+    assert image_lat.grad is not None and image_lat.grad.abs().sum() > 0  # the target attends to the input
+    assert editor.unet.conv_in.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["causal", "concat"])
+def test_sampling_is_seeded_per_image_and_saves_and_loads(tmp_path, t2i, arch):
+    editor = editor_from_t2i(t2i, arch)
+    images = np.stack([render(sample_scene(np.random.default_rng(k))) for k in range(3)])
+    texts = ["make the red circle blue", "remove the blue square", "change the background to white"]
+    together = edit_images(editor, images, texts, [5, 6, 7], steps=3)
+    alone = edit_images(editor, images[1:2], texts[1:2], [6], steps=3)
+    assert together.shape == (3, 64, 64, 3) and together.dtype == np.uint8
+    assert np.abs(together[1].astype(int) - alone[0].astype(int)).max() <= 2
+    editor.save(tmp_path / "m", {"version": "v1", "default_steps": 3})
+    loaded = load_instruct_editor(tmp_path / "m")
+    assert loaded.arch == arch and loaded.meta["version"] == "v1" and loaded.setting("default_steps") == 3
+    again = edit_images(loaded, images[1:2], texts[1:2], [6])
+    assert np.abs(again[0].astype(int) - alone[0].astype(int)).max() <= 2
+    with pytest.raises(ValueError, match="`image_guidance` must be in"):
+        edit_images(editor, images[:1], texts[:1], [1], steps=2, image_guidance=11)
+    with pytest.raises(ValueError, match="not an instruction editor"):
+        load_instruct_editor(tmp_path)
+
+
+def test_every_world_instruction_is_in_the_grammar_and_others_get_the_closest_forms():
+    rng = np.random.default_rng(0)
+    grammar = set(valid_instructions())
+    for _ in range(300):
+        edit = sample_edit(rng, sample_scene(rng))
+        assert edit.instruction in grammar
+    assert check_instruction("  Remove the Blue Square. ") == "remove the blue square"
+    with pytest.raises(ValueError, match="closest valid forms: 'turn the red circle into a square'"):
+        check_instruction("turn the red circle into square")
+
+
+def test_edit_specs_are_balanced_and_deterministic():
+    specs = edit_specs(21, 3)
+    assert [e.kind for e in specs] == list(EDIT_KINDS) * 3
+    assert [e.instruction for e in edit_specs(21, 3)] == [e.instruction for e in specs]
+    assert [e.instruction for e in edit_specs(21, 4)] != [e.instruction for e in specs]
+
+
+def test_latent_blending_keeps_the_source_outside_the_edit_region(t2i):
+    edits = [e for e in edit_specs(14, 1) if e.kind in ("recolor", "remove")][:2]
+    src, tgt = weak_pairs_batch(t2i, edits, [1, 2], steps=3)
+    region = latent_region(np.stack([e.mask for e in edits]), 16)
+    assert region.shape == (2, 1, 16, 16) and 0 < region.mean() < 0.5
+    far = np.kron(1 - region[:, 0].numpy(), np.ones((4, 4)))[..., None]  # pixels of latents never blended
+    far = np.pad(far[:, 8:-8, 8:-8], ((0, 0), (8, 8), (8, 8), (0, 0)))  # away from the decoder's reach
+    diff = np.abs(src.astype(int) - tgt.astype(int)) * far
+    inside = np.abs(src.astype(int) - tgt.astype(int)) * (1 - far)
+    assert diff.max() <= inside.max()
+
+
+def test_filters_count_what_each_test_keeps():
+    edits = [e for e in edit_specs(14, 2) if e.kind in ("recolor", "move")][:2]
+    sources = np.stack([render(e.source) for e in edits])
+    good = np.stack([render(e.target) for e in edits])  # renders only stand in for a perfect editor here
+    unchanged = sources.copy()
+    smeared = good.copy()
+    smeared[:, :20] = np.where(smeared[:, :20] > 128, 0, 255)  # changes outside the edit region
+    pairs = Pairs.concat([
+        Pairs(sources, t, np.stack([e.mask for e in edits]), [e.instruction for e in edits],
+              [e.kind for e in edits], [e.source.to_json() for e in edits], [e.target.to_json() for e in edits],
+              [tag] * 2)
+        for t, tag in ((good, "good"), (unchanged, "unchanged"), (smeared, "smeared"))])
+    keep, counts = filter_pairs(pairs, JudgeScorer(), FilterConfig())
+    assert keep.tolist() == [True, True, False, False, False, False]
+    assert counts["total"] == 6 and counts["kept"] == 2 and counts["passes"]["direction"] >= 2
+    assert counts["after"]["similarity"] == 2 and counts["kept_per_kind"] == {"move": 1, "recolor": 1}
+    with pytest.raises(ValueError, match="`filter.max_outside_l1` must be in"):
+        FilterConfig(max_outside_l1=2.0)
+
+
+def test_editor_training_resumes_exactly(tmp_path, t2i):
+    edits = edit_specs(6, 5)
+    images = np.stack([render(e.source) for e in edits])
+    pairs = Pairs(images, images[::-1].copy(), np.stack([e.mask for e in edits]), [e.instruction for e in edits],
+                  [e.kind for e in edits], [e.source.to_json() for e in edits], [e.target.to_json() for e in edits],
+                  ["test"] * 6)
+    cfg = EditorTrainConfig(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
+    straight = editor_from_t2i(t2i, "causal")
+    train_editor(straight, pairs, cfg, tmp_path / "a")
+    split = editor_from_t2i(t2i, "causal")
+    train_editor(split, pairs, EditorTrainConfig(**{**cfg.to_dict(), "steps": 2}), tmp_path / "b")
+    resumed = editor_from_t2i(t2i, "causal")
+    state = train_editor(resumed, pairs, cfg, tmp_path / "b")  # picks up the step-2 checkpoint
+    assert state.step == 4 and len(state.history) == 4
+    a, b = straight.unet.state_dict(), resumed.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="no pairs"):
+        train_editor(straight, pairs.select(np.zeros(6, dtype=bool)), cfg, tmp_path / "c")
+
+
+def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="`source` must be one of"):
+        RoundConfig(source="photos")
+    with pytest.raises(ValueError, match="unknown alignment round settings: \\['rounds'\\]"):
+        RoundConfig.from_dict({"rounds": 3})
+    _, settings, sessions, store = worker_state(tmp_path)
+    with pytest.raises(TooFewPairs, match="round 1: only \\d+ of 7 pairs survived the filters"):
+        run_align_round("r-few", sessions, store, settings, {**ALIGN_TINY, "pairs": 7, "min_pairs": 100})
+    with sessions() as s:
+        run = s.get(TrainingRun, "r-few")
+        assert run.status == "failed" and "survived the filters" in run.error
+        assert s.scalars(select(ModelVersion).where(ModelVersion.kind == "instruct")).all() == []
+
+
+def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_worker(tmp_path):
+    """Two rounds as one Celery chain on RabbitMQ; the worker is SIGKILLed once round 1 has a checkpoint; the
+    next worker resumes it; round 2 starts from round 1's editor, regenerates pairs, and trains on both
+    rounds' pairs. One version per round; promotion follows the gate."""
+    env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
+    from trainers.celery_app import make_celery
+
+    make_celery(settings).control.purge()
+    first = start_worker("gpu", "al", env)
+    args = [sys.executable, "-m", "editloop.cli.main", "train", "align", "--rounds", "2", "--pairs", "14",
+            "--pair-steps", "2", "--steps", "8", "--batch-size", "2", "--checkpoint-every", "1", "--scorer", "judge",
+            "--min-pairs", "0", "--eval-per-kind", "1", "--wait"]
+    cli = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    checkpoint = None
+    while time.time() < deadline and checkpoint is None:
+        runs_dir = settings.state_dir / "runs"
+        found = list(runs_dir.glob("*/editor.pt")) if runs_dir.is_dir() else []
+        checkpoint = found[0] if found else None
+        time.sleep(0.2)
+    assert checkpoint is not None, "round 1 never checkpointed"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    second = start_worker("gpu", "al", env)
+    try:
+        out, _ = cli.communicate(timeout=1200)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert cli.returncode == 0, out
+    assert killed_at < 8
+    with sessions() as s:
+        runs = s.scalars(select(TrainingRun).where(TrainingRun.kind == "align").order_by(TrainingRun.created_at)).all()
+        assert [r.status for r in runs] == ["succeeded", "succeeded"]
+        r1, r2 = (r.outputs for r in runs)
+        assert (r1["round"], r2["round"]) == (1, 2) and r1["metrics"]["steps_done"] == 8
+        versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "instruct")).all()
+        assert sorted(v.version for v in versions) == sorted([r1["version"], r2["version"]])
+        v2 = next(v for v in versions if v.version == r2["version"])
+        assert v2.parent_id == next(v.id for v in versions if v.version == r1["version"])
+        assert len(v2.config["pairs_keys"]) == 2 and v2.metrics["filter"]["total"] == 14
+        assert v2.metrics["train_pairs"] == r1["filter"]["kept"] + r2["filter"]["kept"]
+        assert set(v2.metrics["per_kind"]) == set(EDIT_KINDS)
+        for o in (r1, r2):
+            assert o["promoted"] == ("refused" not in o)
+    assert f"queued alignment round 2 run {runs[1].id}" in out
+
+
+def test_the_alignment_reward_scores_agreement_for_the_filters(tmp_path):
+    from editloop.models.reward import save_reward, tiny_reward
+    from trainers.align.filters import AlignmentScorer
+    from trainers.feedback.rewards import load_rewards
+
+    save_reward(tiny_reward("alignment", seed=1), "alignment", tmp_path / "alignment", version="a-test")
+    scorer = AlignmentScorer(load_rewards({"alignment": tmp_path / "alignment"}), batch=2)
+    edits = edit_specs(5, 9)
+    images = np.stack([render(e.source) for e in edits])
+    a = scorer.agreement(images, [e.source for e in edits])
+    b = scorer.agreement(images, [e.target for e in edits])
+    assert a.shape == (5,) and ((a > 0) & (a < 1)).all() and not np.allclose(a, b)
