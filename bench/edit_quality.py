@@ -88,7 +88,7 @@ def main() -> None:
     t2i = load_base("t2i", device="cpu", dtype="fp32")
     editors: dict[str, InstructEditor] = {a: editor_from_t2i(t2i, a) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
-    run_root = args.out.parent / "edit_quality_runs"
+    run_root = Path(".editloop/bench/edit_quality")  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):
         row: dict = {"round": round_no, "archs": {}}
         shared = None

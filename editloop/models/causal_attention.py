@@ -12,10 +12,17 @@ on the timestep: the processors run in two modes over one shared `BranchState`:
   per-row flag that hides the input tokens (image dropout, and the "no image" row of two-scale CFG).
 Training runs `encode` then `target` in one autograd graph (gradients reach the input branch through the
 kept K/V); sampling runs `encode` once per image and reuses the K/V at every step.
+
+Position: a UNet's self-attention has no positional encoding, so a target token has no way to find the
+input token at its own place except through content (which the noise hides). SeedEdit's DiT carries
+positional embeddings; here a fixed 2D distance bias on the target -> input logits plays that part (ALiBi-
+style, at every resolution: log(n) - position_bias * squared grid distance, so the input token at the
+target's own place weighs about as much as the n target tokens together). `position_bias = 0` turns it off.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +41,21 @@ class BranchState:
     kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     rows: torch.Tensor | None = None  # target row -> kept (input) row
     sees_input: torch.Tensor | None = None  # (B,) bool: may this target row attend to its input tokens?
+    position_bias: float = 0.0  # target -> input logits get -position_bias * (squared grid distance)
+    _bias_cache: dict = field(default_factory=dict)
+
+    def distance_bias(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(n, n) additive logits for target token i attending to input token j on a square grid of n tokens."""
+        key = (n, device, dtype)
+        if key not in self._bias_cache:
+            side = int(round(n ** 0.5))
+            if side * side != n:
+                raise ValueError(f"causal attention position bias needs a square token grid, got {n} tokens")
+            yx = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(n, 2)
+            d2 = (yx[:, None, :] - yx[None, :, :]).float().pow(2).sum(-1)
+            # + log(n): the input token at the target's own place weighs about as much as all n target tokens
+            self._bias_cache[key] = (math.log(n) - self.position_bias * d2).to(device, dtype)
+        return self._bias_cache[key]
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -86,17 +108,22 @@ class CausalBranchProcessor:
         rows = st.rows if st.rows is not None else torch.arange(q.shape[0], device=q.device)
         in_k, in_v = in_k[rows], in_v[rows]
         keys, values = torch.cat([in_k, k], dim=2), torch.cat([in_v, v], dim=2)
-        if st.sees_input is None or bool(st.sees_input.all()):
+        all_see = st.sees_input is None or bool(st.sees_input.all())
+        if all_see and not st.position_bias:
             return F.scaled_dot_product_attention(q, keys, values)
-        n_in, n = in_k.shape[2], k.shape[2]
-        visible = torch.cat([st.sees_input[:, None].expand(-1, n_in),
-                             torch.ones(q.shape[0], n, dtype=torch.bool, device=q.device)], dim=1)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None, :])
+        b, n_in, n = q.shape[0], in_k.shape[2], k.shape[2]
+        bias = torch.zeros(b, 1, n, n_in + n, dtype=q.dtype, device=q.device)
+        if st.position_bias:
+            bias[..., :n_in] = st.distance_bias(n, q.device, q.dtype)
+        if not all_see:
+            hidden = ~st.sees_input.to(q.device)
+            bias[hidden, :, :, :n_in] = float("-inf")
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
 
 
-def install_causal_attention(unet: UNet2DConditionModel) -> BranchState:
+def install_causal_attention(unet: UNet2DConditionModel, position_bias: float = 0.0) -> BranchState:
     """Give every self-attention layer of `unet` a causal two-branch processor; returns their shared state."""
-    state = BranchState()
+    state = BranchState(position_bias=position_bias)
     processors = {}
     for name, proc in unet.attn_processors.items():
         processors[name] = CausalBranchProcessor(name, state) if name.endswith("attn1.processor") else proc

@@ -29,6 +29,7 @@ from editloop.models.zoo import pick_device
 ARCHS = {"causal": 4, "concat": 8}  # architecture -> UNet input channels
 KIND = "instruct"
 DEFAULTS = {"default_steps": 20, "default_guidance": 5.0, "default_image_guidance": 1.5}
+POSITION_BIAS = 1.0  # the causal editor's target -> input distance bias (editloop.models.causal_attention)
 
 
 @dataclass
@@ -50,7 +51,8 @@ class InstructEditor:
             raise ValueError(f"a {self.arch} editor needs a UNet with {need} input channels, "
                              f"got {self.unet.config.in_channels}")
         if self.arch == "causal" and self.branches is None:
-            self.branches = install_causal_attention(self.unet)
+            self.meta.setdefault("position_bias", POSITION_BIAS)
+            self.branches = install_causal_attention(self.unet, float(self.meta["position_bias"]))
 
     @property
     def device(self) -> torch.device:
