@@ -248,3 +248,14 @@ def test_the_alignment_reward_scores_agreement_for_the_filters(tmp_path):
     a = scorer.agreement(images, [e.source for e in edits])
     b = scorer.agreement(images, [e.target for e in edits])
     assert a.shape == (5,) and ((a > 0) & (a < 1)).all() and not np.allclose(a, b)
+
+
+def test_continuing_from_the_promoted_editor_needs_one(tmp_path, monkeypatch, capsys):
+    from editloop.cli.main import main
+
+    _, settings, _, _ = worker_state(tmp_path)
+    monkeypatch.setenv("EDITLOOP_STATE_DIR", str(settings.state_dir))
+    assert main(["train", "align", "--from-promoted"]) == 2
+    assert "no instruct version is promoted yet" in capsys.readouterr().err
+    assert main(["train", "align", "--rounds", "0"]) == 2
+    assert "`rounds` must be >= 1, got 0" in capsys.readouterr().err

@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the world judge)")
     a.add_argument("--min-pairs", type=int, default=None, help="stop a round with fewer surviving pairs")
     a.add_argument("--eval-per-kind", type=int, default=None, help="held-out edits per kind (default 8)")
+    a.add_argument("--from-promoted", action="store_true",
+                   help="the first round continues the promoted instruct version (default: round 1 from the "
+                        "weak generator, a new editor from the text-to-image model)")
     a.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
     a.add_argument("--wait", action="store_true", help="wait for the chain and print each round's result")
     a.set_defaults(func=_train_align)
@@ -137,8 +140,10 @@ def align_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: str) -> list[str]:
-    """Record one queued run per round, then send them as one Celery chain; returns the run ids."""
+def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: str,
+                        start_version: str | None = None) -> list[str]:
+    """Record one queued run per round, then send them as one Celery chain; returns the run ids. The first
+    round continues instruct version `start_version` if given, else starts from the weak generator."""
     from celery import chain
 
     from editloop.db import TrainingRun
@@ -155,17 +160,30 @@ def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: s
             s.add(TrainingRun(id=run_id, kind="align", status="queued",
                               inputs={"config": config, "trigger": reason, "chain": run_ids}))
     app = make_celery(settings)
-    sigs = [app.signature("editloop.gpu.align_round", args=[None, run_ids[0], config], task_id=run_ids[0])]
+    first = {"version": start_version} if start_version else None
+    sigs = [app.signature("editloop.gpu.align_round", args=[first, run_ids[0], config], task_id=run_ids[0])]
     sigs += [app.signature("editloop.gpu.align_round", args=[run_id, config], task_id=run_id)
              for run_id in run_ids[1:]]  # each gets the round before's result first
     chain(*sigs).apply_async()
     return run_ids
 
 
+def promoted_instruct_version(settings: Settings) -> str:
+    from editloop.registry import promoted
+    from editloop.state import open_sessions
+
+    with open_sessions(settings)() as s:
+        row = promoted(s, "instruct")
+        if row is None:
+            raise ValueError("`--from-promoted`: no instruct version is promoted yet; run `editloop train align` first")
+        return row.version
+
+
 def _train_align(args: argparse.Namespace) -> int:
     settings = Settings()
+    start = promoted_instruct_version(settings) if args.from_promoted else None
     run_ids = enqueue_align_chain(settings, args.rounds, align_config(args),
-                                  f"by hand: editloop train align --rounds {args.rounds}")
+                                  f"by hand: editloop train align --rounds {args.rounds}", start)
     for k, run_id in enumerate(run_ids, 1):
         print(f"queued alignment round {k} run {run_id}")
     if not args.wait:
