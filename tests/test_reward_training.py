@@ -216,3 +216,51 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_resumes_into_one_versio
         assert [v.version for v in versions] == [result["version"]]
         assert s.get(TrainingRun, run_id).status == "succeeded"
     assert result["metrics"]["steps_done"] == 160
+
+
+@pytest.fixture
+def clip_dir(tmp_path):
+    """A tiny CLIP (transformers CLIPModel, random weights) saved in transformers format, with a tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from editloop.models.tokenizer import build_tokenizer
+
+    text = dict(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=40, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).save_pretrained(tmp_path / "clip")
+    build_tokenizer().save_pretrained(tmp_path / "clip")
+    return tmp_path / "clip"
+
+
+def test_a_clip_backbone_loads_by_path_into_the_reward_class_and_trains(world, clip_dir, tmp_path):
+    import torch
+    from transformers import CLIPModel
+
+    from editloop.models.reward import PreferenceReward, load_reward
+
+    model = PreferenceReward.from_clip(clip_dir).eval()
+    clip = CLIPModel.from_pretrained(clip_dir)
+    assert torch.equal(model.vision.embeddings.patch_embedding.weight,
+                       clip.vision_model.embeddings.patch_embedding.weight)
+    assert torch.equal(model.text_encoder.final_layer_norm.weight, clip.text_model.final_layer_norm.weight)
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    ids = torch.randint(4, 100, (3, 12))
+    scores = model(images, ids)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    save_reward(model, "aesthetic", tmp_path / "r", version="clip-test")
+    _, loaded, _ = load_reward(tmp_path / "r", "aesthetic")
+    assert torch.allclose(loaded(images, ids), scores, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="`backbone` .* is not a transformers model directory"):
+        PreferenceReward.from_clip(tmp_path)
+    settings, sessions, store = world
+    labelled(world, n_sets=30)
+    cfg = RewardTrainConfig(steps=4, batch_size=8, eval_every=2, patience=3, min_labels=20, backbone=str(clip_dir))
+    out = train_reward("aesthetic", uuid.uuid4().hex, sessions, store, settings, cfg)
+    with sessions() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == out["version"])).one()
+    from editloop.registry import fetch_model_dir
+
+    _, trained, _ = load_reward(fetch_model_dir(store, row.checkpoint_key, tmp_path / "cache"), "aesthetic")
+    assert trained.config.vision_config["image_size"] == 32  # the CLIP backbone, saved and loaded by path

@@ -3,7 +3,9 @@
 - `PreferenceReward` (aesthetic R_a and alignment R_b): a patch image encoder and a CLIP-style
   text encoder, fused by cross-attention (image tokens attend to text tokens), then an MLP
   head to one score. Optional source image and mask enter as extra input channels, so an edit
-  can be scored against what it edited.
+  can be scored against what it edited. A real CLIP directory (transformers format) loads by
+  path into the same class (`PreferenceReward.from_clip`): its vision tower replaces the patch
+  encoder (images only) and its text tower the text encoder.
 - `CoherenceReward` (R_g): a per-pixel real/fake map from a small conv encoder-decoder, with a
   scalar summary (mean probability that a pixel is real).
 
@@ -17,7 +19,10 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation CLIP's image processor applies
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 REWARD_KINDS = ("aesthetic", "alignment", "coherence")
 
@@ -65,12 +70,17 @@ class PreferenceReward(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, image_size: int = 64, patch_size: int = 8, in_channels: int = 7, dim: int = 128,
-                 depth: int = 2, heads: int = 4, text_config: dict | None = None, stem: str = "patch") -> None:
+                 depth: int = 2, heads: int = 4, text_config: dict | None = None, stem: str = "patch",
+                 vision_config: dict | None = None) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"`image_size` {image_size} must be a multiple of `patch_size` {patch_size}")
-        self.patch = image_stem(stem, in_channels, dim, patch_size)
-        self.pos = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, dim))
+        if vision_config is None:
+            self.patch = image_stem(stem, in_channels, dim, patch_size)
+            self.pos = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, dim))
+        else:  # a CLIP vision tower (from_clip): images only, at its own resolution
+            self.vision = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+            self.vision_proj = nn.Linear(self.vision.config.hidden_size, dim)
         self.text_encoder = CLIPTextModel(CLIPTextConfig(**(text_config or {})))
         self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, dim)
         self.blocks = nn.ModuleList([FusionBlock(dim, heads) for _ in range(depth)])
@@ -80,15 +90,44 @@ class PreferenceReward(ModelMixin, ConfigMixin):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 source: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """images/source in [-1, 1] (N,3,H,W), mask in {0,1} (N,1,H,W) -> scores (N,)."""
-        n, _, h, w = images.shape
-        source = source if source is not None else torch.zeros_like(images)
-        mask = mask if mask is not None else images.new_zeros(n, 1, h, w)
-        x = self.patch(torch.cat([images, source, mask], dim=1)).flatten(2).transpose(1, 2) + self.pos
+        x = self.image_tokens(images, source, mask)
         text = self.text_proj(self.text_encoder(input_ids, attention_mask=attention_mask)[0])
         pad = (attention_mask == 0) if attention_mask is not None else None
         for block in self.blocks:
             x = block(x, text, pad)
         return self.head(self.norm(x).mean(dim=1)).squeeze(-1)
+
+
+    def image_tokens(self, images: torch.Tensor, source: torch.Tensor | None, mask: torch.Tensor | None
+                     ) -> torch.Tensor:
+        if self.config.vision_config is not None:
+            size = self.vision.config.image_size
+            x = F.interpolate((images + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
+            mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype)[:, None, None] for v in (CLIP_MEAN, CLIP_STD))
+            return self.vision_proj(self.vision(pixel_values=(x - mean) / std).last_hidden_state)
+        n, _, h, w = images.shape
+        source = source if source is not None else torch.zeros_like(images)
+        mask = mask if mask is not None else images.new_zeros(n, 1, h, w)
+        return self.patch(torch.cat([images, source, mask], dim=1)).flatten(2).transpose(1, 2) + self.pos
+
+    @classmethod
+    def from_clip(cls, path, dim: int = 256, depth: int = 2, heads: int = 4) -> PreferenceReward:  # noqa: ANN001
+        """A preference reward on a real CLIP backbone (a transformers CLIPModel directory, offline): its
+        towers' weights are copied in; the fusion blocks and the head start fresh."""
+        from pathlib import Path
+
+        from transformers import CLIPModel
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"`backbone` {str(path)!r} is not a transformers model directory (no config.json)")
+        clip = CLIPModel.from_pretrained(path, local_files_only=True)
+        text, vision = clip.config.text_config.to_dict(), clip.config.vision_config.to_dict()
+        model = cls(image_size=vision["image_size"], patch_size=vision["patch_size"], dim=dim, depth=depth,
+                    heads=heads, text_config=text, vision_config=vision)
+        model.text_encoder.load_state_dict(clip.text_model.state_dict())
+        model.vision.load_state_dict(clip.vision_model.state_dict())
+        return model
 
 
 class CoherenceReward(ModelMixin, ConfigMixin):
@@ -142,8 +181,9 @@ def tiny_reward(kind: str, seed: int = 0, stem: str = "conv") -> PreferenceRewar
 
 
 def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, version: str | None = None,
-                extra: dict | None = None) -> None:  # noqa: ANN001
-    """A reward model directory: model/, tokenizer/ (text-conditioned kinds), editloop.json."""
+                extra: dict | None = None, tokenizer=None) -> None:  # noqa: ANN001
+    """A reward model directory: model/, tokenizer/ (text-conditioned kinds; the world's tokenizer unless
+    `tokenizer` is given, e.g. a real CLIP's), editloop.json."""
     import json
     from pathlib import Path
 
@@ -157,7 +197,7 @@ def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, vers
     path = Path(path)
     model.save_pretrained(path / "model", safe_serialization=True)
     if kind != "coherence":
-        build_tokenizer().save_pretrained(path / "tokenizer")
+        (tokenizer or build_tokenizer()).save_pretrained(path / "tokenizer")
     meta = {"kind": kind, **({"version": version} if version else {}), **(extra or {})}
     (path / "editloop.json").write_text(json.dumps(meta, indent=2))
 

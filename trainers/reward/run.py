@@ -49,6 +49,7 @@ class RewardTrainConfig:
     coherence_eval: int = 128
     coherence_steps: int = 20  # sampling steps of the inpainting model that makes them
     warm_start: bool = True  # start from the promoted version's weights
+    backbone: str = ""  # a CLIP directory (transformers format) to build a new aesthetic/alignment model on
     tolerance: float = 0.01
     auto_promote: bool = True
 
@@ -63,6 +64,15 @@ def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  #
     if parent_dir is not None and cfg.warm_start:
         _, model, tokenizer = load_reward(parent_dir, kind)
         return model.train(), tokenizer
+    if cfg.backbone and kind != "coherence":
+        import torch
+        from transformers import AutoTokenizer
+
+        from editloop.models.reward import PreferenceReward
+
+        torch.manual_seed(cfg.seed)
+        model = PreferenceReward.from_clip(cfg.backbone)
+        return model.train(), AutoTokenizer.from_pretrained(cfg.backbone, local_files_only=True)
     return tiny_reward(kind, cfg.seed).train(), (None if kind == "coherence" else build_tokenizer())
 
 
@@ -172,7 +182,8 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
         score, metrics = _evaluate(kind, best, tokenizer, data)
         version = f"{kind}-{run_id[:12]}"
         with tempfile.TemporaryDirectory() as tmp:
-            save_reward(best, kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id})
+            save_reward(best, kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id},
+                        tokenizer=tokenizer)
             key = store_model_dir(store, Path(tmp))
         metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
                        steps_done=result.steps_done, stopped_early=result.stopped_early)
