@@ -264,3 +264,19 @@ def test_a_clip_backbone_loads_by_path_into_the_reward_class_and_trains(world, c
 
     _, trained, _ = load_reward(fetch_model_dir(store, row.checkpoint_key, tmp_path / "cache"), "aesthetic")
     assert trained.config.vision_config["image_size"] == 32  # the CLIP backbone, saved and loaded by path
+
+
+def test_alignment_also_learns_from_edit_instructions_with_their_source(world):
+    from trainers.reward.alignment import instruction_examples, mixed_examples
+
+    edits = instruction_examples(10, 3)
+    assert all(e.source is not None and e.caption != e.negative and e.attribute.startswith("edit:") for e in edits)
+    assert {e.attribute for e in edits} == {f"edit:{a}" for a in ("color", "shape", "size", "position", "background")}
+    mixed = mixed_examples(20, 3, 0.25)
+    assert sum(e.source is not None for e in mixed) == 5 and len(mixed) == 20
+    settings, sessions, store = world
+    cfg = RewardTrainConfig(steps=2, batch_size=8, eval_every=1, alignment_train=40, alignment_eval=40,
+                            alignment_instructions=0.5)
+    out = train_reward("alignment", uuid.uuid4().hex, sessions, store, settings, cfg)
+    metrics = out["metrics"]
+    assert 0 <= metrics["accuracy_edit:color"] <= 1 and 0 <= metrics["accuracy_color"] <= 1, metrics

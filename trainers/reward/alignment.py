@@ -3,6 +3,11 @@
 Images are the world's quality mix (the weak generator's data) with their true captions; a hard
 negative changes exactly one attribute (a recolor, reshape, resize, move or background edit of
 the world), so the model must read every attribute. Held-out accuracy is reported per attribute.
+
+The same on edit instructions (`instruction_examples`): the edited image, scored with its source
+image as the model's source input, against the true instruction vs another instruction of the same
+kind on the same scene (another colour, shape, size, place or background); reported as
+"edit:<attribute>".
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ NEGATIVE_KINDS = {"recolor": "color", "reshape": "shape", "resize": "size", "mov
 @dataclass(frozen=True)
 class AlignmentExample:
     image: np.ndarray
-    caption: str
+    caption: str  # the caption, or the edit instruction when `source` is set
     negative: str
     attribute: str
+    source: np.ndarray | None = None  # the image before the edit (instruction examples)
 
 
 def alignment_examples(n: int, seed: int) -> list[AlignmentExample]:
@@ -51,10 +57,45 @@ def alignment_examples(n: int, seed: int) -> list[AlignmentExample]:
     return out
 
 
+def instruction_examples(n: int, seed: int) -> list[AlignmentExample]:
+    """Edited images with their source: the true instruction vs another of the same kind on the same scene."""
+    rng = np.random.default_rng(seed)
+    kinds = list(NEGATIVE_KINDS)
+    out: list[AlignmentExample] = []
+    while len(out) < n:
+        scene = sample_scene(rng)
+        kind = kinds[len(out) % len(kinds)]
+        try:
+            edit = make_edit(scene, kind, rng)
+            other = next(o for o in (make_edit(scene, kind, rng) for _ in range(10))
+                         if o.instruction != edit.instruction)
+        except (ValueError, StopIteration):  # no second distinct edit of this kind here
+            continue
+        q = float(rng.uniform(0, 1))
+        source = render(scene, sample_quality(rng, len(scene.objects), q=q))
+        image = render(edit.target, sample_quality(rng, len(edit.target.objects), q=q))
+        out.append(AlignmentExample(image, edit.instruction, other.instruction, f"edit:{NEGATIVE_KINDS[kind]}",
+                                    source))
+    return out
+
+
+def mixed_examples(n: int, seed: int, instruction_fraction: float) -> list[AlignmentExample]:
+    """Caption examples and a fraction of instruction examples, interleaved."""
+    k = int(round(n * instruction_fraction))
+    edits = instruction_examples(k, seed + 7_000_000) if k else []
+    captions = alignment_examples(n - k, seed)
+    return [e for pair in zip(captions, edits) for e in pair] + captions[len(edits):] + edits[len(captions):]
+
+
 def _margin(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, batch: list[AlignmentExample]) -> torch.Tensor:
     images = to_tensor([e.image for e in batch])
+    source = None
+    if any(e.source is not None for e in batch):  # caption examples get the model's "no source" (zeros)
+        source = to_tensor([e.source if e.source is not None else np.full_like(e.image, 127.5, dtype=np.float32)
+                            for e in batch])
+        source = torch.cat([source, source])
     scores = score(model, tokenizer, torch.cat([images, images]), [e.caption for e in batch] +
-                   [e.negative for e in batch])
+                   [e.negative for e in batch], source)
     return scores[: len(batch)] - scores[len(batch):]
 
 

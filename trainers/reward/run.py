@@ -45,6 +45,7 @@ class RewardTrainConfig:
     min_labels: int = 20
     alignment_train: int = 4000  # generated examples (alignment)
     alignment_eval: int = 1000
+    alignment_instructions: float = 0.2  # the fraction of alignment examples on edit instructions
     coherence_train: int = 512  # inpainted composites (coherence)
     coherence_eval: int = 128
     coherence_steps: int = 20  # sampling steps of the inpainting model that makes them
@@ -107,12 +108,15 @@ def _data(kind: str, sessions: sessionmaker[Session], store: BlobStore, settings
                     json.dumps(pairs.label_ids).encode()).hexdigest(), "max_label_id": max(pairs.label_ids),
                     "train_pairs": len(pairs.train), "eval_pairs": len(pairs.eval), "skipped": pairs.skipped}}
     if kind == "alignment":
-        from trainers.reward.alignment import alignment_examples
+        from trainers.reward.alignment import mixed_examples
 
-        return {"train": alignment_examples(cfg.alignment_train, cfg.seed),
-                "eval": alignment_examples(cfg.alignment_eval, 10_000 + cfg.seed),
-                "lineage": {"source": "world captions with one-attribute hard negatives",
-                            "train_examples": cfg.alignment_train, "seed": cfg.seed}}
+        fraction = cfg.alignment_instructions
+        return {"train": mixed_examples(cfg.alignment_train, cfg.seed, fraction),
+                "eval": mixed_examples(cfg.alignment_eval, 10_000 + cfg.seed, fraction),
+                "lineage": {"source": "world captions with one-attribute hard negatives, and edit instructions "
+                                      "against another instruction of the same kind",
+                            "train_examples": cfg.alignment_train, "instruction_fraction": fraction,
+                            "seed": cfg.seed}}
     from editloop.models.zoo import load_pipeline
     from trainers.reward.coherence import coherence_examples
 
