@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--alignment-reward", type=Path, default=None, help="an alignment reward directory")
     ap.add_argument("--archs", default="causal,concat")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
+    ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     t_all = time.perf_counter()
@@ -131,12 +132,14 @@ def main() -> None:
         grid = [[render(held[i].source) for i in pick]] + [[outputs[a][i] for i in pick] for a in archs]
         save_grid_png(grid, args.out.parent / f"edit_grid_round{round_no}.png")
         args.out.write_text(json.dumps(result, indent=2, default=float))
-    if args.save_editor and "causal" in editors:
-        ed = editors["causal"]
-        ed.unet.half()
-        ed.text_encoder.half()
-        ed.save(args.save_editor, {"version": f"bench-r{args.rounds}", "round": args.rounds,
-                                   "made_by": " ".join(sys.argv)})
+    for arch, dest in (("causal", args.save_editor), ("concat", args.save_baseline)):
+        if dest and arch in editors:
+            ed = editors[arch]
+            ed.unet.half()
+            ed.text_encoder.half()
+            ed.save(dest, {"version": f"bench-{arch}-r{args.rounds}", "round": args.rounds,
+                           "made_by": " ".join(sys.argv)})
+            ed.text_encoder.float()
     result["seconds"] = time.perf_counter() - t_all
     args.out.write_text(json.dumps(result, indent=2, default=float))
     print_table(result, archs)

@@ -1,0 +1,42 @@
+"""Guidance sweep for a saved instruction editor: judged success, preservation and L1 outside the edit region
+on the held-out edits of bench/edit_quality.py, for each (text, image) guidance pair.
+
+    .venv/bin/python bench/edit_guidance.py editloop/weights/instruct --out bench/results/edit_guidance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from editloop.models.instruct import load_instruct_editor
+from trainers.align.evaluate import evaluate_editor, held_out_edits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/edit_guidance.json"))
+    ap.add_argument("--eval-per-kind", type=int, default=8)
+    ap.add_argument("--text", default="5,3", help="text guidance scales")
+    ap.add_argument("--image", default="1.5,3,5", help="image guidance scales")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    editor = load_instruct_editor(args.model, device="cpu")
+    held = held_out_edits(args.eval_per_kind)
+    rows = []
+    for s_t in map(float, args.text.split(",")):
+        for s_i in map(float, args.image.split(",")):
+            m, _ = evaluate_editor(editor, held, text_guidance=s_t, image_guidance=s_i)
+            rows.append({"text_guidance": s_t, "image_guidance": s_i, **{k: m[k] for k in
+                         ("success", "preservation", "l1_outside")}, "per_kind": m["per_kind"]})
+            print(f"text {s_t:4.1f} image {s_i:4.1f}: success {m['success']:.3f}  preservation "
+                  f"{m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}", flush=True)
+    args.out.write_text(json.dumps({"model": str(args.model), "held_out": len(held), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
