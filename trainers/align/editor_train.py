@@ -101,7 +101,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
     instr = editor.encode_text(pairs.instructions)
     empty = editor.encode_text([""])
     unet = editor.unet.train()
-    params = [p for p in unet.parameters()]
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
     scheduler = training_scheduler()

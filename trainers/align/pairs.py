@@ -20,7 +20,7 @@ from tqdm import tqdm
 from editloop.models.data import to_uint8
 from editloop.models.instruct import InstructEditor
 from editloop.models.instruct_sampling import edit_images
-from editloop.models.pipeline_io import per_image_generators
+from editloop.models.pipeline_io import per_image_generators, pipeline_to_uint8
 from editloop.world.edits import EDIT_KINDS, Edit, make_edit
 from editloop.world.scene import Scene, sample_scene
 
@@ -164,7 +164,7 @@ def generated_sources(pipe, edits: list[Edit], seed: int, steps: int = 12, guida
         g = per_image_generators([seed + i + k for k in range(len(chunk))])
         res = pipe([e.source.caption for e in chunk], num_inference_steps=steps, guidance_scale=guidance,
                    generator=g, output_type="np", height=64, width=64).images
-        out.append((np.clip(res, 0, 1) * 255).round().astype(np.uint8))
+        out.append(pipeline_to_uint8(res))
     return np.concatenate(out)
 
 

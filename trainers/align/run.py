@@ -176,7 +176,7 @@ def _start(sessions: sessionmaker[Session], store: BlobStore, settings: Settings
 
 
 def _reference_metrics(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
-                       edits: list, cfg: RoundConfig) -> tuple[dict | None, str | None]:
+                       edits: list) -> tuple[dict | None, str | None]:
     """The promoted (or default) instruction editor's metrics on the same held-out edits."""
     with sessions() as s:
         found = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models")
@@ -214,7 +214,7 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
     state = train_editor(editor, train_pairs, cfg.train, settings.state_dir / "runs" / run_id, progress)
     edits = held_out_edits(cfg.eval_per_kind)
     metrics, _ = evaluate_editor(editor, edits)
-    reference, reference_name = _reference_metrics(sessions, store, settings, edits, cfg)
+    reference, reference_name = _reference_metrics(sessions, store, settings, edits)
     version = f"align-r{round_no}-{run_id[:12]}"
     lineage = {"run_id": run_id, "round": round_no, "start_version": parent_version, "reference": reference_name}
     all_metrics = {**metrics, "eval_score": eval_score(metrics), "filter": counts, "train_pairs": len(train_pairs),
