@@ -24,6 +24,7 @@ from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from editloop.models.causal_attention import BranchState, install_causal_attention
 from editloop.models.data import to_tensor
+from editloop.models.pipeline_io import encode_texts
 from editloop.models.zoo import pick_device
 
 ARCHS = {"causal": 4, "concat": 8}  # architecture -> UNet input channels
@@ -70,11 +71,8 @@ class InstructEditor:
     def setting(self, name: str) -> Any:
         return self.meta.get(name, DEFAULTS.get(name))
 
-    @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+        return encode_texts(self.tokenizer, self.text_encoder, texts)
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -23,3 +23,11 @@ def inpaint_inputs(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor,
     image_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
     mask_t = torch.from_numpy(np.asarray(masks, dtype=np.float32))[:, None]
     return image_t, mask_t
+
+
+@torch.no_grad()
+def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """(N, L, D) text states, padded to the tokenizer's length, as the models were trained (no attention mask)."""
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(text_encoder.device)
+    return text_encoder(ids)[0]

@@ -18,7 +18,7 @@ from editloop.models.data import step_rng
 from editloop.models.instruct import InstructEditor
 from editloop.models.zoo import training_scheduler
 from trainers.align.pairs import Pairs
-from trainers.pretrain.common import EMA, set_lr
+from trainers.pretrain.common import EMA, guarded_step, set_lr
 from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights
 from trainers.runs import save_checkpoint
 
@@ -124,13 +124,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         sees = torch.from_numpy(keep_image).to(dev)
         set_lr(opt, cfg.lr, state.step, cfg.steps, cfg.warmup)
         loss = editor_loss(editor, scheduler, src_lat[idx], tgt_lat[idx], text, empty, sees, gen, cfg.min_snr_gamma)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"editor loss is {loss.item()} at step {state.step}; last good checkpoint kept")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(state.step)
+        guarded_step(opt, loss, params, ema, state.step, "editor")
         state.step += 1
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         last = {"step": state.step, "loss": loss.item(), "loss_ema": loss_ema, "seconds": time.perf_counter() - t0}

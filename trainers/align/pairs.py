@@ -20,7 +20,7 @@ from tqdm import tqdm
 from editloop.models.data import to_uint8
 from editloop.models.instruct import InstructEditor
 from editloop.models.instruct_sampling import edit_images
-from editloop.models.pipeline_io import per_image_generators, pipeline_to_uint8
+from editloop.models.pipeline_io import encode_texts, per_image_generators, pipeline_to_uint8
 from editloop.world.edits import EDIT_KINDS, Edit, make_edit
 from editloop.world.scene import Scene, sample_scene
 
@@ -101,13 +101,6 @@ def latent_region(masks: np.ndarray, latent_size: int, dilate: int = 1) -> torch
 
 
 @torch.no_grad()
-def _encode(pipe, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
-    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(pipe.unet.device)
-    return pipe.text_encoder(ids)[0]
-
-
-@torch.no_grad()
 def weak_pairs_batch(pipe, edits: list[Edit], seeds: list[int], steps: int = 12, guidance: float = 4.0,  # noqa: ANN001
                      blend_until: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Source and target images from the text-to-image model: the two captions share the initial noise,
@@ -118,8 +111,9 @@ def weak_pairs_batch(pipe, edits: list[Edit], seeds: list[int], steps: int = 12,
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps, device=dev)
     size = pipe.unet.config.sample_size
-    text = _encode(pipe, [e.source.caption for e in edits] + [e.target.caption for e in edits])
-    empty = _encode(pipe, [""]).expand(2 * n, -1, -1)
+    text = encode_texts(pipe.tokenizer, pipe.text_encoder,
+                        [e.source.caption for e in edits] + [e.target.caption for e in edits])
+    empty = encode_texts(pipe.tokenizer, pipe.text_encoder, [""]).expand(2 * n, -1, -1)
     shape = (pipe.unet.config.in_channels, size, size)
     z = torch.stack([torch.randn(shape, generator=g) for g in per_image_generators(seeds)]).to(dev)
     latents = torch.cat([z, z]) * scheduler.init_noise_sigma

@@ -70,3 +70,16 @@ class EMA:
 
 def should_checkpoint(step: int, total: int, every: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter], ema: EMA,
+                 step: int, label: str) -> None:
+    """One optimiser step (gradients clipped to norm 1) and the EMA update; a non-finite loss raises first,
+    so the last good checkpoint is what remains."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{label} loss is {loss.item()} at step {step}; last good checkpoint kept")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    ema.update(step)

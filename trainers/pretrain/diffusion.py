@@ -16,7 +16,7 @@ from editloop.models.configs import SCHEDULER, TINY_TEXT, tiny_unet
 from editloop.models.data import Batch, inpaint_batch, quality_mix_batch, step_rng
 from editloop.models.tokenizer import build_tokenizer
 from editloop.models.zoo import save_pipeline, training_scheduler
-from trainers.pretrain.common import EMA, autocast, set_lr, setup_device, should_checkpoint
+from trainers.pretrain.common import EMA, autocast, guarded_step, set_lr, setup_device, should_checkpoint
 from trainers.pretrain.config import PretrainConfig
 
 
@@ -114,13 +114,7 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
         set_lr(opt, lr, step, steps, cfg.warmup)
         with autocast(device, dtype):
             loss = diffusion_loss(unet, text_encoder, vae, scheduler, ids, batch, cfg.min_snr_gamma)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{stage} loss is {loss.item()} at step {step}; last good checkpoint kept")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
+        guarded_step(opt, loss, params, ema, step, stage)
         step += 1
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         bar.update(1)
