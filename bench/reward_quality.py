@@ -5,9 +5,10 @@
 1. Aesthetic: a panel of simulated annotators (temperatures 0.25 / 0.5 / 1.0, one shared hidden
    utility) labels candidate sets of world renders at mixed quality (best/worst of 4), straight
    into a database; the model trains on 250 / 1k / 4k labels (same code path as a training run:
-   preference rows -> pairs -> train_aesthetic) and is scored on a held-out panel-labelled set.
-   Ceiling = the accuracy of the annotators' own utility on those held-out noisy pairs (no model
-   can predict the noise). Then the same with the utility weights reversed.
+   preference rows -> pairs -> train_aesthetic with a cosine schedule); a separate
+   validation pool picks the checkpoint and the accuracy is reported on a held-out test pool that
+   nothing was selected on. Ceiling = the accuracy of the annotators' own utility on those held-out
+   noisy pairs (no model can predict the noise). Then the same with the utility weights reversed.
 2. Alignment: held-out accuracy against one-attribute hard negatives, per attribute.
 3. Coherence: per-pixel ROC AUC on held-out inpainted composites made by the base inpainting model.
 """
@@ -18,6 +19,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +38,19 @@ from trainers.reward.loop import LoopConfig
 
 
 def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float]):  # noqa: ANN201
+    """A labelled pool; kept under `root` (with --work) and reused when a finished one is there."""
     url = f"sqlite:///{root / f'pool-{seed}.db'}"
-    upgrade(url)
+    done = root / f"pool-{seed}-{n_labels}.done"
+    if not done.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"pool-{seed}.db").unlink(missing_ok=True)
+        upgrade(url)
     sessions = make_sessionmaker(make_engine(url))
     store = LocalBlobStore(root / "blobs")
-    ids = render_candidate_sets(sessions, store, n_labels, 4, seed=seed)
-    simulate_labels(sessions, store, ids, LabelPlan(panel(weights=weights, seed=seed)))
+    if not done.is_file():
+        ids = render_candidate_sets(sessions, store, n_labels, 4, seed=seed)
+        simulate_labels(sessions, store, ids, LabelPlan(panel(weights=weights, seed=seed)))
+        done.touch()
     return sessions, store
 
 
@@ -65,15 +74,34 @@ def utility_accuracy(pairs, cache: ImageCache, weights: dict[str, float]) -> flo
     return float(np.mean(hits))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How the aesthetic model trains at each pool size: max(min_steps, steps_per_label x labels) steps."""
+
+    steps_per_label: float = 0.5
+    min_steps: int = 200
+    lr: float = 3e-4
+    schedule: str = "cosine"
+    warmup: int = 100
+    batch_size: int = 32
+    stem: str = "conv"
+    mirror: bool = False  # trainers.reward.data.mirror_half (RewardTrainConfig.mirror)
+
+    def loop(self, n_labels: int) -> LoopConfig:
+        steps = max(self.min_steps, int(self.steps_per_label * n_labels))
+        return LoopConfig(steps=steps, lr=self.lr, schedule=self.schedule, warmup=min(self.warmup, steps // 4),
+                          eval_every=max(50, steps // 8), patience=100, checkpoint_every=10**9)
+
+
 def aesthetic_curve(root: Path, sizes: list[int], weights: dict[str, float], tag: str, eval_labels: int,
-                    steps_per_label: float, min_steps: int, stem: str = "conv") -> dict:
-    eval_sessions, eval_store = labelled_pool(root / f"{tag}-eval", eval_labels, 5000, weights)
-    eval_pairs = all_pairs(eval_sessions, eval_store)
-    eval_cache = ImageCache(eval_store)
-    ceiling = utility_accuracy(eval_pairs, eval_cache, weights)
-    train_sessions, train_store = labelled_pool(root / f"{tag}-train", max(sizes), 1, weights)
-    train_all = all_pairs(train_sessions, train_store)
-    train_cache = ImageCache(train_store)
+                    recipe: Recipe) -> dict:
+    """Three pools labelled by the same panel, seeds apart: training (nested prefixes of `sizes`), validation
+    (picks the checkpoint) and held-out test (the reported accuracy and the ceiling; never seen in training)."""
+    test_pairs, test_cache = pool_pairs(root / f"{tag}-eval", eval_labels, 5000, weights)
+    val_pairs, val_cache = pool_pairs(root / f"{tag}-val", max(eval_labels // 2, 1), 7000, weights)
+    train_all, train_cache = pool_pairs(root / f"{tag}-train", max(sizes), 1, weights)
+    ceiling = utility_accuracy(test_pairs, test_cache, weights)
+    images = _Merged(train_cache, val_cache, test_cache)
     by_set: dict[int, list] = {}
     for p in train_all:
         by_set.setdefault(p.set_id, []).append(p)
@@ -81,32 +109,39 @@ def aesthetic_curve(root: Path, sizes: list[int], weights: dict[str, float], tag
     points = []
     for n in sizes:
         train = [p for sid in set_order[:n] for p in by_set[sid]]
-        steps = max(min_steps, int(steps_per_label * n))
         torch.manual_seed(0)
-        model = tiny_reward("aesthetic", 0, stem)
+        model = tiny_reward("aesthetic", 0, recipe.stem)
         t0 = time.time()
-        loop = LoopConfig(steps=steps, eval_every=max(50, steps // 8), patience=4, checkpoint_every=10**9)
-        # early stopping watches the first 600 held-out pairs; the reported accuracy uses all of them
-        best, result = train_aesthetic(model, build_tokenizer(), train, eval_pairs[:600],
-                                       _Merged(train_cache, eval_cache), loop, Path(tempfile.mkdtemp()),
-                                       batch_size=32)
-        acc = pairwise_accuracy(best, build_tokenizer(), eval_pairs, eval_cache)
+        best, result = train_aesthetic(model, build_tokenizer(), train, val_pairs, images, recipe.loop(n),
+                                       Path(tempfile.mkdtemp()), batch_size=recipe.batch_size,
+                                       mirror=recipe.mirror)
+        acc = pairwise_accuracy(best, build_tokenizer(), test_pairs, test_cache)
         points.append({"labels": n, "train_pairs": len(train), "steps": result.steps_done,
-                       "best_step": result.best_step, "heldout_accuracy": acc, "ceiling": ceiling,
-                       "fraction_of_ceiling": acc / ceiling, "seconds": round(time.time() - t0, 1)})
+                       "best_step": result.best_step, "validation_accuracy": result.best_score,
+                       "heldout_accuracy": acc, "ceiling": ceiling, "fraction_of_ceiling": acc / ceiling,
+                       "seconds": round(time.time() - t0, 1)})
         print(f"  {tag} {n} labels: accuracy {acc:.3f} / ceiling {ceiling:.3f} = {acc / ceiling:.3f} "
-              f"({result.steps_done} steps, {time.time() - t0:.0f}s)", flush=True)
-    return {"eval_pairs": len(eval_pairs), "ceiling": ceiling, "points": points}
+              f"({result.steps_done} steps, best {result.best_step}, {time.time() - t0:.0f}s)", flush=True)
+    return {"eval_pairs": len(test_pairs), "validation_pairs": len(val_pairs), "ceiling": ceiling,
+            "recipe": asdict(recipe), "points": points}
+
+
+def pool_pairs(root: Path, n_labels: int, seed: int, weights: dict[str, float]) -> tuple[list, ImageCache]:
+    sessions, store = labelled_pool(root, n_labels, seed, weights)
+    return all_pairs(sessions, store), ImageCache(store)
 
 
 class _Merged(ImageCache):
-    """Two stores' images (train and held-out pools live apart)."""
+    """Several stores' images (the pools live apart)."""
 
-    def __init__(self, a: ImageCache, b: ImageCache) -> None:
-        self.a, self.b = a, b
+    def __init__(self, *caches: ImageCache) -> None:
+        self.caches = caches
 
     def image(self, key: str) -> np.ndarray:
-        return self.a.image(key) if self.a.store.exists(key) else self.b.image(key)
+        for cache in self.caches[:-1]:
+            if cache.store.exists(key):
+                return cache.image(key)
+        return self.caches[-1].image(key)
 
 
 def alignment_bench(steps: int, n_train: int, n_eval: int) -> dict:
@@ -150,30 +185,38 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/reward_quality.json"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 1000, 4000])
     parser.add_argument("--eval-labels", type=int, default=400)
-    parser.add_argument("--steps-per-label", type=float, default=0.25)
-    parser.add_argument("--min-steps", type=int, default=200)
+    parser.add_argument("--steps-per-label", type=float, default=Recipe.steps_per_label)
+    parser.add_argument("--min-steps", type=int, default=Recipe.min_steps)
+    parser.add_argument("--lr", type=float, default=Recipe.lr)
+    parser.add_argument("--schedule", default=Recipe.schedule, choices=["constant", "cosine"])
+    parser.add_argument("--warmup", type=int, default=Recipe.warmup)
+    parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    parser.add_argument("--mirror", action="store_true", help="mirror half of each training batch")
     parser.add_argument("--alignment-steps", type=int, default=600)
     parser.add_argument("--coherence-steps", type=int, default=300)
     parser.add_argument("--stem", default="conv", choices=["conv", "patch"], help="reward image stem")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the labelled pools here and reuse them on the next run (default: a temp dir)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["aesthetic", "reversed", "alignment", "coherence"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    recipe = Recipe(args.steps_per_label, args.min_steps, args.lr, args.schedule, args.warmup, args.batch_size,
+                    args.stem, args.mirror)
     results: dict = {"command": "bench/reward_quality.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                        vars(args).items() if k not in ("out",)),
+                                                                        vars(args).items() if k not in ("out", "work")),
                      "torch_threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.work or Path(tmp)
         if "aesthetic" not in args.skip:
             print("aesthetic, default taste", flush=True)
             results["aesthetic"] = aesthetic_curve(root, args.sizes, dict(DEFAULT_WEIGHTS), "default",
-                                                   args.eval_labels, args.steps_per_label, args.min_steps, args.stem)
+                                                   args.eval_labels, recipe)
             save(results, args.out)
         if "reversed" not in args.skip:
             print("aesthetic, reversed taste", flush=True)
             results["aesthetic_reversed"] = aesthetic_curve(root, args.sizes, reversed_weights(), "reversed",
-                                                            args.eval_labels, args.steps_per_label, args.min_steps,
-                                                            args.stem)
+                                                            args.eval_labels, recipe)
             save(results, args.out)
     if "alignment" not in args.skip:
         print("alignment", flush=True)

@@ -280,3 +280,38 @@ def test_alignment_also_learns_from_edit_instructions_with_their_source(world):
     out = train_reward("alignment", uuid.uuid4().hex, sessions, store, settings, cfg)
     metrics = out["metrics"]
     assert 0 <= metrics["accuracy_edit:color"] <= 1 and 0 <= metrics["accuracy_color"] <= 1, metrics
+
+
+def test_the_cosine_schedule_warms_up_decays_to_zero_and_refuses_unknown_names():
+    from trainers.reward.loop import LoopConfig, lr_factor
+
+    cfg = LoopConfig(steps=110, warmup=10, schedule="cosine")
+    factors = [lr_factor(cfg, s) for s in range(cfg.steps)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False)) and factors[-1] < 0.001
+    assert {lr_factor(LoopConfig(steps=50), s) for s in range(50)} == {1.0}
+    with pytest.raises(ValueError, match="`schedule`.*'linear'"):
+        lr_factor(LoopConfig(schedule="linear"), 0)
+
+
+def test_mirrored_batches_flip_whole_pairs_with_their_prompts_and_replay_the_same_on_resume():
+    import torch
+
+    from trainers.reward.data import PairBatch, mirror_half, mirror_prompt
+
+    assert mirror_prompt("a red circle at the top left and a blue square at the right") == (
+        "a red circle at the top right and a blue square at the left")
+    assert mirror_prompt("a circle in the center, leftover words stay") == "a circle in the center, leftover words stay"
+    win, lose = torch.rand(64, 3, 8, 8), torch.rand(64, 3, 8, 8)
+    source, mask = torch.rand(64, 3, 8, 8), (torch.rand(64, 1, 8, 8) > 0.5).float()
+    batch = PairBatch([f"{i} at the left" for i in range(64)], win, lose, source, mask)
+    out = mirror_half(batch, np.random.default_rng(0))
+    flipped = [i for i, p in enumerate(out.prompts) if p.endswith("right")]
+    kept = [i for i, p in enumerate(out.prompts) if p.endswith("left")]
+    assert 10 < len(flipped) < 54 and len(flipped) + len(kept) == 64
+    for new, old in ((out.win, win), (out.lose, lose), (out.source, source), (out.mask, mask)):
+        assert torch.equal(new[flipped], old[flipped].flip(-1)) and torch.equal(new[kept], old[kept])
+    again = mirror_half(batch, np.random.default_rng(0))
+    assert again.prompts == out.prompts and torch.equal(again.win, out.win)
+    assert mirror_half(PairBatch(["left"], win[:1], lose[:1], None, None), np.random.default_rng(1)).source is None

@@ -66,10 +66,13 @@ def calibration_error(model: PreferenceReward, tokenizer: PreTrainedTokenizerFas
 
 def train_aesthetic(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[Pair],
                     held_out: list[Pair], cache: ImageCache, cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
-                    progress=None) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
+                    progress=None, mirror: bool = False) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
+    """Bradley-Terry on `train`, the best checkpoint by pairwise accuracy on `held_out`; `mirror`: see
+    trainers.reward.data.mirror_half."""
+
     def loss_fn(m: PreferenceReward, batch: PairBatch) -> torch.Tensor:
         return -F.logsigmoid(pair_margin(m, tokenizer, batch)).mean()
 
-    batches = endless_batches(train, batch_size, cache, cfg.seed)
+    batches = endless_batches(train, batch_size, cache, cfg.seed, mirror)
     return train_loop(model, batches, loss_fn, lambda m: pairwise_accuracy(m, tokenizer, held_out, cache), cfg,
                       run_dir, progress)

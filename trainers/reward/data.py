@@ -8,6 +8,7 @@ on the same side), which keeps near-duplicate images of one set out of both side
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -149,7 +150,33 @@ def make_batch(pairs: list[Pair], cache: ImageCache) -> PairBatch:
     return PairBatch([p.prompt for p in pairs], win, lose, source, mask)
 
 
-def endless_batches(pairs: list[Pair], batch_size: int, cache: ImageCache, seed: int) -> Iterator[PairBatch]:
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+def mirror_prompt(prompt: str) -> str:
+    """The prompt of the mirrored image: "left" and "right" swap places."""
+    return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", prompt)
+
+
+def mirror_half(batch: PairBatch, rng: np.random.Generator) -> PairBatch:
+    """Mirror a random half of the pairs left-right (both images, the source and the mask together, the
+    prompt's left/right swapped): a preference does not change when the whole scene is seen in a mirror."""
+    flip = rng.random(len(batch.prompts)) < 0.5
+    idx = torch.from_numpy(flip)
+
+    def apply(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else torch.where(idx[:, None, None, None], x.flip(-1), x)
+
+    prompts = [mirror_prompt(p) if f else p for p, f in zip(batch.prompts, flip, strict=True)]
+    return PairBatch(prompts, apply(batch.win), apply(batch.lose), apply(batch.source), apply(batch.mask))
+
+
+def endless_batches(pairs: list[Pair], batch_size: int, cache: ImageCache, seed: int,
+                    mirror: bool = False) -> Iterator[PairBatch]:
+    """Seeded batches of `pairs`; with `mirror`, each batch has a random half mirrored (mirror_half)."""
     from trainers.reward.loop import shuffled_batches
 
-    return (make_batch(chunk, cache) for chunk in shuffled_batches(pairs, batch_size, seed))
+    rng = np.random.default_rng([seed, 1])
+    for chunk in shuffled_batches(pairs, batch_size, seed):
+        batch = make_batch(chunk, cache)
+        yield mirror_half(batch, rng) if mirror else batch

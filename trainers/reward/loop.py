@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,20 @@ class LoopConfig:
     checkpoint_every: int = 100
     seed: int = 0
     grad_clip: float = 1.0
+    schedule: str = "constant"  # or "cosine": linear warm-up, then cosine decay to 0 at `steps`
+    warmup: int = 0  # steps of linear warm-up
+
+
+def lr_factor(cfg: LoopConfig, step: int) -> float:
+    """The multiplier on cfg.lr for optimizer step `step` (0-based)."""
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"`schedule` must be 'constant' or 'cosine', got {cfg.schedule!r}")
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 @dataclass
@@ -74,6 +89,8 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
     while state["step"] < cfg.steps:
         model.train()
         loss = loss_fn(model, next(batches))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, state["step"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

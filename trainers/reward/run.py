@@ -39,6 +39,9 @@ class RewardTrainConfig:
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-4
+    schedule: str = "cosine"  # linear warm-up then cosine decay (trainers.reward.loop.lr_factor)
+    warmup: int = 100
+    mirror: bool = False  # aesthetic: mirror half of each batch, prompts' left/right swapped
     eval_every: int = 100
     patience: int = 5
     seed: int = 0
@@ -56,7 +59,8 @@ class RewardTrainConfig:
 
     def loop(self) -> LoopConfig:
         return LoopConfig(steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
-                          checkpoint_every=self.eval_every, seed=self.seed)
+                          checkpoint_every=self.eval_every, seed=self.seed, schedule=self.schedule,
+                          warmup=min(self.warmup, self.steps // 4))
 
 
 def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  # noqa: ANN202
@@ -132,7 +136,7 @@ def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_
         from trainers.reward.aesthetic import train_aesthetic
 
         return train_aesthetic(model, tokenizer, data["train"], data["eval"], data["cache"], cfg.loop(), run_dir,
-                               cfg.batch_size, progress)
+                               cfg.batch_size, progress, mirror=cfg.mirror)
     if kind == "alignment":
         from trainers.reward.alignment import train_alignment
 
