@@ -248,9 +248,15 @@ def plot(results: dict, path: Path) -> None:
         if key in results:
             pts = results[key]["points"]
             ax.plot([p["labels"] for p in pts], [p["heldout_accuracy"] for p in pts], "o-", label=f"model, {label}")
-            ax.axhline(results[key]["ceiling"], ls="--", lw=1, color=ax.lines[-1].get_color(),
+            color = ax.lines[-1].get_color()
+            ax.axhline(results[key]["ceiling"], ls="--", lw=1, color=color,
                        label=f"ceiling (annotators' utility), {label}")
+            ax.axhline(0.95 * results[key]["ceiling"], ls=":", lw=1, color=color, label=f"goal 0.95 x ceiling, {label}")
     ax.set_xscale("log")
+    sizes = sorted({p["labels"] for key in ("aesthetic", "aesthetic_reversed") for p in results.get(key, {}).get(
+        "points", [])})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("best/worst labels")
     ax.set_ylabel("held-out pairwise accuracy")
     ax.set_title("aesthetic reward: learning curve")
