@@ -84,7 +84,7 @@ class Recipe:
     schedule: str = "cosine"
     warmup: int = 100
     batch_size: int = 32
-    stem: str = "conv"
+    stem: str | None = None  # None: DEFAULT_STEMS["aesthetic"]
     mirror: bool = False  # trainers.reward.data.mirror_half (RewardTrainConfig.mirror)
 
     def loop(self, n_labels: int) -> LoopConfig:
@@ -144,18 +144,19 @@ class _Merged(ImageCache):
         return self.caches[-1].image(key)
 
 
-def alignment_bench(steps: int, n_train: int, n_eval: int) -> dict:
+def alignment_bench(steps: int, n_train: int, n_eval: int, stem: str | None = None) -> dict:
     from trainers.reward.alignment import accuracy_by_attribute, alignment_examples, train_alignment
 
     train, held_out = alignment_examples(n_train, 0), alignment_examples(n_eval, 10_000)
     tok = build_tokenizer()
-    before = accuracy_by_attribute(tiny_reward("alignment", 0), tok, held_out)
-    best, result = train_alignment(tiny_reward("alignment", 0), tok, train, held_out[: n_eval // 2],
+    before = accuracy_by_attribute(tiny_reward("alignment", 0, stem), tok, held_out)
+    best, result = train_alignment(tiny_reward("alignment", 0, stem), tok, train, held_out[: n_eval // 2],
                                    LoopConfig(steps=steps, eval_every=max(50, steps // 8), patience=4,
                                               checkpoint_every=10**9), Path(tempfile.mkdtemp()), batch_size=32)
     after = accuracy_by_attribute(best, tok, held_out)
     print(f"  alignment: {after}", flush=True)
-    return {"untrained": before, "trained": after, "steps": result.steps_done, "train_examples": n_train}
+    return {"untrained": before, "trained": after, "steps": result.steps_done, "train_examples": n_train,
+            "stem": best.config.stem}
 
 
 def coherence_bench(steps: int, n_train: int, n_eval: int, sampling_steps: int) -> dict:
@@ -194,7 +195,8 @@ def main() -> None:
     parser.add_argument("--mirror", action="store_true", help="mirror half of each training batch")
     parser.add_argument("--alignment-steps", type=int, default=600)
     parser.add_argument("--coherence-steps", type=int, default=300)
-    parser.add_argument("--stem", default="conv", choices=["conv", "patch"], help="reward image stem")
+    parser.add_argument("--stem", default=None, choices=["conv", "patch"],
+                        help="image stem of the aesthetic and alignment models (default: each kind's DEFAULT_STEMS)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the labelled pools here and reuse them on the next run (default: a temp dir)")
@@ -220,15 +222,16 @@ def main() -> None:
             save(results, args.out)
     if "alignment" not in args.skip:
         print("alignment", flush=True)
-        results["alignment"] = alignment_bench(args.alignment_steps, 4000, 1000)
+        results["alignment"] = alignment_bench(args.alignment_steps, 4000, 1000, args.stem)
         save(results, args.out)
     if "coherence" not in args.skip:
         print("coherence", flush=True)
         results["coherence"] = coherence_bench(args.coherence_steps, 384, 128, 20)
     save(results, args.out)
+    print(f"wrote {args.out}")
     if "aesthetic" in results or "aesthetic_reversed" in results:
         plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        print(f"wrote {args.out.with_suffix('.png')}")
 
 
 def save(results: dict, out: Path) -> None:

@@ -167,8 +167,15 @@ class CoherenceReward(ModelMixin, ConfigMixin):
         return torch.sigmoid(logits).mean(dim=(1, 2, 3))
 
 
-def tiny_reward(kind: str, seed: int = 0, stem: str = "conv") -> PreferenceReward | CoherenceReward:
-    """An untrained tiny reward model of `kind` (tests, serving benchmarks, start of training)."""
+# Measured (BENCHMARKS.md, bench/reward_quality.py): the conv stem is what lifts the aesthetic model to the
+# annotators' ceiling (pixel-level blur and noise), while its GroupNorm costs the alignment model the flat
+# background's colour (background accuracy 0.785 against 1.000 with the patch stem).
+DEFAULT_STEMS = {"aesthetic": "conv", "alignment": "patch"}
+
+
+def tiny_reward(kind: str, seed: int = 0, stem: str | None = None) -> PreferenceReward | CoherenceReward:
+    """An untrained tiny reward model of `kind` (tests, serving benchmarks, start of training); `stem`
+    defaults to the one measured best for the kind (DEFAULT_STEMS)."""
     from editloop.models.configs import TINY_TEXT
 
     if kind not in REWARD_KINDS:
@@ -177,7 +184,7 @@ def tiny_reward(kind: str, seed: int = 0, stem: str = "conv") -> PreferenceRewar
     if kind == "coherence":
         return CoherenceReward()
     text = dict(TINY_TEXT, num_hidden_layers=2)
-    return PreferenceReward(text_config=text, stem=stem)
+    return PreferenceReward(text_config=text, stem=stem or DEFAULT_STEMS[kind])
 
 
 def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, version: str | None = None,
