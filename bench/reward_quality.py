@@ -89,7 +89,7 @@ class Recipe:
 
     def loop(self, n_labels: int) -> LoopConfig:
         steps = max(self.min_steps, int(self.steps_per_label * n_labels))
-        return LoopConfig(steps=steps, lr=self.lr, schedule=self.schedule, warmup=min(self.warmup, steps // 4),
+        return LoopConfig(steps=steps, lr=self.lr, schedule=self.schedule, warmup=self.warmup,
                           eval_every=max(50, steps // 8), patience=100, checkpoint_every=10**9)
 
 

@@ -291,8 +291,10 @@ def test_the_cosine_schedule_warms_up_decays_to_zero_and_refuses_unknown_names()
     assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False)) and factors[-1] < 0.001
     assert {lr_factor(LoopConfig(steps=50), s) for s in range(50)} == {1.0}
+    short = LoopConfig(steps=20, warmup=100, schedule="cosine")  # warm-up is at most a quarter of the run
+    assert lr_factor(short, 4) == pytest.approx(1.0) and lr_factor(short, 3) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="`schedule`.*'linear'"):
-        lr_factor(LoopConfig(schedule="linear"), 0)
+        LoopConfig(schedule="linear")
 
 
 def test_mirrored_batches_flip_whole_pairs_with_their_prompts_and_replay_the_same_on_resume():

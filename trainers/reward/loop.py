@@ -40,18 +40,21 @@ class LoopConfig:
     seed: int = 0
     grad_clip: float = 1.0
     schedule: str = "constant"  # or "cosine": linear warm-up, then cosine decay to 0 at `steps`
-    warmup: int = 0  # steps of linear warm-up
+    warmup: int = 0  # steps of linear warm-up, at most a quarter of `steps`
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"`schedule` must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 def lr_factor(cfg: LoopConfig, step: int) -> float:
     """The multiplier on cfg.lr for optimizer step `step` (0-based)."""
-    if cfg.schedule not in ("constant", "cosine"):
-        raise ValueError(f"`schedule` must be 'constant' or 'cosine', got {cfg.schedule!r}")
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
+    warmup = min(cfg.warmup, cfg.steps // 4)
+    if step < warmup:
+        return (step + 1) / warmup
     if cfg.schedule == "constant":
         return 1.0
-    progress = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    progress = (step - warmup) / max(cfg.steps - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 

@@ -60,7 +60,7 @@ class RewardTrainConfig:
     def loop(self) -> LoopConfig:
         return LoopConfig(steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
                           checkpoint_every=self.eval_every, seed=self.seed, schedule=self.schedule,
-                          warmup=min(self.warmup, self.steps // 4))
+                          warmup=self.warmup)
 
 
 def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  # noqa: ANN202
