@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reward_quality import _Merged, all_pairs, labelled_pool  # noqa: E402
+from reward_quality import _Merged, pool_pairs  # noqa: E402
 
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
@@ -42,7 +42,6 @@ from trainers.feedback.loop import train_feedback  # noqa: E402
 from trainers.feedback.progressive import stage_config  # noqa: E402
 from trainers.feedback.rewards import load_rewards  # noqa: E402
 from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
-from trainers.reward.data import ImageCache  # noqa: E402
 from trainers.reward.loop import LoopConfig  # noqa: E402
 
 HELD_OUT = 930_000
@@ -54,10 +53,9 @@ def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, s
         saved = json.loads((reward_cache / f"{tag}-aesthetic" / "result.json").read_text())
         print(f"  aesthetic reward ({tag}): from {reward_cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
         return {**saved, "path": reward_cache / f"{tag}-aesthetic"}
-    train_sessions, train_store = labelled_pool(root / f"{tag}-train", labels, 11, weights)
-    eval_sessions, eval_store = labelled_pool(root / f"{tag}-eval", 200, 5011, weights)
-    train, held_out = all_pairs(train_sessions, train_store), all_pairs(eval_sessions, eval_store)
-    cache = _Merged(ImageCache(train_store), ImageCache(eval_store))
+    train, train_cache = pool_pairs(root / f"{tag}-train", labels, 11, weights)
+    held_out, eval_cache = pool_pairs(root / f"{tag}-eval", 200, 5011, weights)
+    cache = _Merged(train_cache, eval_cache)
     torch.manual_seed(0)
     loop = LoopConfig(steps=steps, eval_every=max(50, steps // 6), patience=4, checkpoint_every=10**9)
     best, _ = train_aesthetic(tiny_reward("aesthetic", 0), build_tokenizer(), train, held_out, cache, loop,

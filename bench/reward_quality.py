@@ -136,12 +136,12 @@ class _Merged(ImageCache):
 
     def __init__(self, *caches: ImageCache) -> None:
         self.caches = caches
+        self._holder: dict[str, ImageCache] = {}  # key -> the cache whose store has it, asked once per key
 
     def image(self, key: str) -> np.ndarray:
-        for cache in self.caches[:-1]:
-            if cache.store.exists(key):
-                return cache.image(key)
-        return self.caches[-1].image(key)
+        if key not in self._holder:
+            self._holder[key] = next((c for c in self.caches[:-1] if c.store.exists(key)), self.caches[-1])
+        return self._holder[key].image(key)
 
 
 def alignment_bench(steps: int, n_train: int, n_eval: int, stem: str | None = None) -> dict:
