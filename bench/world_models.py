@@ -1,9 +1,11 @@
 """Measured quality of the base models on held-out seeds (issue: Shapes World and tiny models).
 
-    .venv/bin/python bench/world_models.py [--model-dir editloop/weights/base] [--n 100]
+    .venv/bin/python bench/world_models.py [--model-dir editloop/weights/base] [--n 100] [--parts t2i inpaint]
+        [--name world_models]
 
-Writes bench/results/world_models.json and bench/results/world_models_grid.png; the table in
-BENCHMARKS.md is copied from the JSON. Held-out seeds start at 900_000 (training data uses
+Writes bench/results/<name>.json and bench/results/<name>_grid.png; the table in BENCHMARKS.md is
+copied from the JSON. `--parts t2i` measures a run directory that has only a text-to-image model.
+Held-out seeds start at 900_000 (training data uses
 seeds derived from (seed, stage, step) with small seeds).
 """
 
@@ -73,27 +75,31 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="held-out samples per metric")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--parts", nargs="+", choices=("t2i", "inpaint"), default=["t2i", "inpaint"])
+    parser.add_argument("--name", default="world_models", help="results file stem under bench/results/")
     args = parser.parse_args()
     torch.manual_seed(0)
     t2i = load_pipeline(args.model_dir / "t2i", "t2i", device="cpu", dtype="fp32")
-    inp = load_pipeline(args.model_dir / "inpaint", "inpaint", device="cpu", dtype="fp32")
     n, steps, g = args.n, args.steps, args.guidance
-    report: dict[str, object] = {"n": n, "steps": steps, "guidance": g, "scheduler": "ddim",
-                                 "device": "cpu (2 cores)", "torch_threads": torch.get_num_threads()}
+    report: dict[str, object] = {"model_dir": str(args.model_dir), "n": n, "steps": steps, "guidance": g,
+                                 "scheduler": "ddim", "device": "cpu (2 cores)",
+                                 "torch_threads": torch.get_num_threads()}
     report["vae_clean_recon_caption_accuracy"] = vae_gate_accuracy(t2i.vae, n=200, seed=HELD_OUT)
     single, single_imgs, single_scenes = caption_accuracy(t2i, n, [1], HELD_OUT + 1, steps, g)
     multi, multi_imgs, _ = caption_accuracy(t2i, n, [2, 3], HELD_OUT + 2, steps, g)
     report["t2i_single"] = vars(single)
     report["t2i_multi"] = vars(multi)
-    report["erase"] = vars(edit_scores(inp, "remove", n, HELD_OUT + 3, steps, g))
-    report["recolor"] = vars(edit_scores(inp, "recolor", n, HELD_OUT + 4, steps, g))
-    report["outpaint_background_accuracy"] = outpaint_background(inp, n, HELD_OUT + 5, steps, g)
+    if "inpaint" in args.parts:
+        inp = load_pipeline(args.model_dir / "inpaint", "inpaint", device="cpu", dtype="fp32")
+        report["erase"] = vars(edit_scores(inp, "remove", n, HELD_OUT + 3, steps, g))
+        report["recolor"] = vars(edit_scores(inp, "recolor", n, HELD_OUT + 4, steps, g))
+        report["outpaint_background_accuracy"] = outpaint_background(inp, n, HELD_OUT + 5, steps, g)
     report["utility_spread"] = utility_spread(t2i, max(n // 4, 8), 4, HELD_OUT + 6, steps, g)
     report["t2i_samples_per_second_batch32"] = samples_per_second(t2i, 32, steps)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "world_models.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     clean = np.stack([render(s) for s in single_scenes[:8]])
-    save_grid_png([list(clean), list(single_imgs[:8]), list(multi_imgs[:8])], RESULTS / "world_models_grid.png")
+    save_grid_png([list(clean), list(single_imgs[:8]), list(multi_imgs[:8])], RESULTS / f"{args.name}_grid.png")
     print(json.dumps(report, indent=2))
 
 

@@ -12,7 +12,7 @@ from editloop.models.data import to_tensor, to_uint8
 from editloop.models.pipeline_io import inpaint_inputs, pipeline_to_uint8
 from editloop.world.edits import edit_preservation, edit_success, make_edit
 from editloop.world.judge import judge
-from editloop.world.metrics import compare, masked_l1
+from editloop.world.metrics import ATTRIBUTES, Comparison, compare, masked_l1
 from editloop.world.render import render
 from editloop.world.scene import Scene, sample_scene
 
@@ -42,6 +42,17 @@ class CaptionScores:
     caption_accuracy: float
     attribute_accuracy: float
     n: int
+    per_attribute: dict[str, float]  # how often each judged flag was right (objects: over intended objects)
+
+
+def attribute_rates(comparisons: list[Comparison]) -> dict[str, float]:
+    """Per flag: background, no extra objects, and each object's presence and four attributes."""
+    rates = {"background": float(np.mean([c.background for c in comparisons])),
+             "no_extra": float(np.mean([c.no_extra for c in comparisons]))}
+    rows = [row for c in comparisons for row in c.objects]
+    for key in ("present", *ATTRIBUTES):
+        rates[key] = float(np.mean([row[key] for row in rows]))
+    return rates
 
 
 def score_captions(images: np.ndarray, scenes: list[Scene]) -> CaptionScores:
@@ -50,6 +61,7 @@ def score_captions(images: np.ndarray, scenes: list[Scene]) -> CaptionScores:
         float(np.mean([c.all_correct for c in comps])),
         float(np.mean([c.attribute_accuracy for c in comps])),
         len(comps),
+        attribute_rates(comps),
     )
 
 

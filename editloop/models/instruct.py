@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from editloop.models.causal_attention import BranchState, install_causal_attention
+from editloop.models.coord_unet import load_unet
 from editloop.models.data import to_tensor
 from editloop.models.pipeline_io import encode_texts
 from editloop.models.zoo import pick_device
@@ -133,7 +134,7 @@ def load_instruct_editor(path: str | Path, device: str | None = None) -> Instruc
     kw = {"local_files_only": True}
     editor = InstructEditor(
         arch=meta["arch"],
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", **kw),
+        unet=load_unet(path / "unet"),
         vae=AutoencoderKL.from_pretrained(path / "vae", **kw),
         text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **kw),
         tokenizer=PreTrainedTokenizerFast.from_pretrained(path / "tokenizer", **kw),

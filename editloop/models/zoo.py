@@ -19,11 +19,11 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from editloop.models.configs import SCHEDULER, TINY_TEXT, TINY_VAE, tiny_unet
+from editloop.models.coord_unet import load_unet, new_unet
 from editloop.models.tokenizer import build_tokenizer
 
 SCHEDULERS = {
@@ -52,14 +52,14 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def tiny_components(seed: int = 0, inpainting: bool = False) -> dict[str, Any]:
+def tiny_components(seed: int = 0, inpainting: bool = False, coord_channels: int = 0) -> dict[str, Any]:
     """Seeded, untrained tiny components (tests, and the start of pretraining)."""
     torch.manual_seed(seed)
     return {
         "vae": AutoencoderKL(**TINY_VAE),
         "text_encoder": CLIPTextModel(CLIPTextConfig(**TINY_TEXT)),
         "tokenizer": build_tokenizer(),
-        "unet": UNet2DConditionModel(**tiny_unet(9 if inpainting else 4)),
+        "unet": new_unet(tiny_unet(9 if inpainting else 4), coord_channels),
         "scheduler": DDIMScheduler(**SCHEDULER),
     }
 
@@ -98,9 +98,10 @@ def load_pipeline(
     if kind not in classes:
         raise ValueError(f"`kind` must be one of {list(classes)}, got {kind!r}")
     dev = pick_device(device)
-    pipe = classes[kind].from_pretrained(
+    torch_dtype = pick_dtype(dev, dtype)
+    pipe = classes[kind].from_pretrained(  # the UNet by the class its config names (CoordUNet or diffusers')
         path, local_files_only=True, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, dtype=pick_dtype(dev, dtype),
+        requires_safety_checker=False, dtype=torch_dtype, unet=load_unet(path / "unet", dtype=torch_dtype),
     )
     if kind == "inpaint" and pipe.unet.config.in_channels != 9:
         raise ValueError(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import UNet2DConditionModel
 from tqdm import tqdm
 
+from editloop.models.coord_unet import clone_unet
 from editloop.models.data import step_rng
 from editloop.models.instruct import InstructEditor
 from editloop.models.zoo import training_scheduler
@@ -50,7 +50,7 @@ class EditorTrainConfig:
 def editor_from_t2i(pipe, arch: str) -> InstructEditor:  # noqa: ANN001 - a StableDiffusionPipeline
     """A new editor initialised from the text-to-image model: the causal editor reuses its UNet as is;
     the concat baseline inflates conv_in to 8 channels with the new ones zero (as InstructPix2Pix does)."""
-    unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    unet = clone_unet(pipe.unet)
     unet.load_state_dict(pipe.unet.state_dict())
     if arch == "concat":
         unet = inflate_conv_in(unet, 8)

@@ -26,6 +26,7 @@ class PretrainConfig:
     t2i_steps: int = 3000
     t2i_batch: int = 32
     t2i_lr: float = 5e-4
+    coord_channels: int = 0  # 2: x / y coordinate maps appended to the UNet input (CoordUNet2DConditionModel)
     # inpainting (initialised from the text-to-image UNet; extra input channels start at zero)
     inpaint_steps: int = 1500
     inpaint_batch: int = 32
@@ -51,6 +52,8 @@ class PretrainConfig:
             value = getattr(self, f.name)
             if f.name.endswith(("_steps", "_batch")) and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"`{f.name}` must be a non-negative integer, got {value!r}")
+            if f.name == "coord_channels" and value not in (0, 2):
+                raise ValueError(f"`coord_channels` must be 0 or 2, got {value!r}")
             if f.name.endswith("_batch") and value < 1:
                 raise ValueError(f"`{f.name}` must be >= 1, got {value}")
 

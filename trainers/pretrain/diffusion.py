@@ -13,6 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from editloop.checkpoint import load_checkpoint, save_checkpoint
 from editloop.models.configs import SCHEDULER, TINY_TEXT, tiny_unet
+from editloop.models.coord_unet import clone_unet, load_unet, new_unet
 from editloop.models.data import Batch, inpaint_batch, quality_mix_batch, step_rng
 from editloop.models.tokenizer import build_tokenizer
 from editloop.models.zoo import save_pipeline, training_scheduler
@@ -21,14 +22,16 @@ from trainers.pretrain.config import PretrainConfig
 
 
 def inflate_conv_in(unet: UNet2DConditionModel, in_channels: int = 9) -> UNet2DConditionModel:
-    """A copy of `unet` taking `in_channels` inputs; the new channels' weights start at zero."""
-    config = dict(unet.config)
-    config["in_channels"] = in_channels
-    inflated = UNet2DConditionModel.from_config(config)
+    """A copy of `unet` taking `in_channels` inputs; the new channels' weights start at zero. A
+    CoordUNet's coordinate channels stay the last inputs of conv_in and keep their weights."""
+    inflated = clone_unet(unet, in_channels=in_channels)
     state = unet.state_dict()
     old = state["conv_in.weight"]
-    new = torch.zeros(old.shape[0], in_channels, *old.shape[2:], dtype=old.dtype)
-    new[:, : old.shape[1]] = old
+    before = unet.config.in_channels
+    coords = old.shape[1] - before
+    new = torch.zeros(old.shape[0], in_channels + coords, *old.shape[2:], dtype=old.dtype)
+    new[:, :before] = old[:, :before]
+    new[:, in_channels:] = old[:, before:]
     state["conv_in.weight"] = new
     inflated.load_state_dict(state)
     return inflated
@@ -79,12 +82,12 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
     tokenizer = build_tokenizer()
     if stage == "t2i":
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
-        unet = UNet2DConditionModel(**tiny_unet(4))
+        unet = new_unet(tiny_unet(4), cfg.coord_channels)
     else:
         if init_dir is None or not (init_dir / "unet").is_dir():
             raise ValueError(f"inpainting starts from the text-to-image model; none at {init_dir}")
         text_encoder = CLIPTextModel.from_pretrained(init_dir / "text_encoder", local_files_only=True)
-        unet = inflate_conv_in(UNet2DConditionModel.from_pretrained(init_dir / "unet", local_files_only=True))
+        unet = inflate_conv_in(load_unet(init_dir / "unet"))
     text_encoder.to(device).train()
     unet.to(device).train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
