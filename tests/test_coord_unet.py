@@ -98,3 +98,14 @@ def test_bad_coordinate_settings_are_named():
         PretrainConfig(coord_channels=3)
     with pytest.raises(ValueError, match="`coord_channels` must be 0 or 2, got 1"):
         tiny_components(coord_channels=1)
+
+
+def test_fine_tuning_trains_on_the_schedule_the_model_was_trained_on():
+    from diffusers import DDIMScheduler
+
+    from editloop.models.zoo import training_scheduler
+
+    theirs = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert torch.allclose(training_scheduler(theirs.config).alphas_cumprod, theirs.alphas_cumprod)
+    ours = training_scheduler()
+    assert ours.config.beta_schedule == "linear" and float(ours.alphas_cumprod[-1]) < 1e-4

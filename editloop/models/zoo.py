@@ -64,7 +64,11 @@ def tiny_components(seed: int = 0, inpainting: bool = False, coord_channels: int
     }
 
 
-def training_scheduler() -> DDPMScheduler:
+def training_scheduler(config: Any = None) -> DDPMScheduler:
+    """The noise schedule to train on: a model's own (its saved scheduler config) when fine-tuning one,
+    the built-in SCHEDULER for a model trained from scratch."""
+    if config is not None:
+        return DDPMScheduler.from_config(config)
     return DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "set_alpha_to_one"})
 
 

@@ -104,7 +104,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
-    scheduler = training_scheduler()
+    scheduler = training_scheduler(editor.scheduler.config)  # the schedule the editor's base was trained on
     state = TrainState(0, [])
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=dev, weights_only=False)

@@ -93,7 +93,9 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
-    scheduler = training_scheduler()
+    # the inpainting model keeps the schedule its text-to-image initialisation was trained on
+    init_schedule = DDIMScheduler.from_pretrained(init_dir / "scheduler") if stage == "inpaint" else None
+    scheduler = training_scheduler(init_schedule.config if init_schedule else None)
 
     # 2. resume
     step = 0
@@ -134,7 +136,7 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
     ema.copy_to(params)
     components = {
         "vae": vae.to("cpu"), "text_encoder": text_encoder.to("cpu").eval(), "tokenizer": tokenizer,
-        "unet": unet.to("cpu").eval(), "scheduler": DDIMScheduler(**SCHEDULER),
+        "unet": unet.to("cpu").eval(), "scheduler": init_schedule or DDIMScheduler(**SCHEDULER),
     }
     save_pipeline(components, out_dir)
     return {f"{stage}_steps": step, f"{stage}_final_loss": float(loss_ema or 0.0)}
