@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from editloop.models.evaluate import edit_scores, generate, inpaint, score_captions, vae_gate_accuracy
+from editloop.models.pipeline_io import pipeline_to_uint8
 from editloop.models.zoo import load_pipeline
 from editloop.world import judge, outpaint_mask, panel, render, sample_scene
 from editloop.world.io import save_grid_png
 from editloop.world.masks import OUTPAINT_LAYOUTS
+from editloop.world.palette import POSITIONS
 
 HELD_OUT = 900_000
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,6 +63,28 @@ def utility_spread(pipe, n_prompts: int, k: int, seed: int, steps: int, guidance
             "annotator_temperature": annotator.temperature}
 
 
+def layout_source(pipe, n_seeds: int, seed: int, steps: int, guidance: float) -> dict[str, float]:
+    """Who decides where the object goes: the caption or the initial noise? For each seed, one shared
+    initial latent and nine captions that differ only in the position; a model that reads the layout
+    from the noise draws all nine at one place."""
+    rng = np.random.default_rng(seed)
+    follows, one_place = [], []
+    for k in range(n_seeds):
+        obj = sample_scene(rng, 1)
+        base = obj.caption.split(" at the ")[0]
+        tail = obj.caption.split(" on a ")[1]
+        prompts = [f"{base} at the {p} on a {tail}" for p in POSITIONS]
+        latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed + k))
+        out = pipe(prompts, latents=latents.repeat(len(prompts), 1, 1, 1), num_inference_steps=steps,
+                   guidance_scale=guidance, output_type="np").images
+        judged = [judge(img).objects for img in pipeline_to_uint8(out)]
+        places = [objs[0].position if len(objs) == 1 else None for objs in judged]
+        follows.extend(p == want for p, want in zip(places, POSITIONS))
+        one_place.append(len(set(places)) == 1)
+    return {"position_follows_caption": float(np.mean(follows)),
+            "seeds_with_one_place_for_all_nine": float(np.mean(one_place)), "seeds": n_seeds}
+
+
 def samples_per_second(pipe, batch: int, steps: int) -> float:
     prompts = ["a large red circle at the center on a white background"] * batch
     generate(pipe, prompts[:2], 0, 2)
@@ -89,6 +113,7 @@ def main() -> None:
     multi, multi_imgs, _ = caption_accuracy(t2i, n, [2, 3], HELD_OUT + 2, steps, g)
     report["t2i_single"] = vars(single)
     report["t2i_multi"] = vars(multi)
+    report["t2i_layout_source"] = layout_source(t2i, max(n // 10, 4), HELD_OUT + 7, steps, g)
     if "inpaint" in args.parts:
         inp = load_pipeline(args.model_dir / "inpaint", "inpaint", device="cpu", dtype="fp32")
         report["erase"] = vars(edit_scores(inp, "remove", n, HELD_OUT + 3, steps, g))
