@@ -22,19 +22,17 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler
 
-from editloop.models.configs import SCHEDULER
 from editloop.models.data import to_tensor
 from editloop.world import render, sample_scene
 from editloop.world.palette import POSITIONS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULES = {
-    "scaled_linear 0.00085-0.012 (Stable Diffusion; previous base)":
+    "scaled_linear 0.00085-0.012 (Stable Diffusion; the base models)":
         dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
     "scaled_linear rescaled to zero terminal SNR (Lin et al.)":
         dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True),
-    "linear 0.0001-0.02 (DDPM; current base)":
-        {k: SCHEDULER[k] for k in ("beta_schedule", "beta_start", "beta_end")},
+    "linear 0.0001-0.02 (DDPM)": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02),
 }
 TIMESTEPS = (999, 951, 901, 851, 801)
 

@@ -66,7 +66,8 @@ def utility_spread(pipe, n_prompts: int, k: int, seed: int, steps: int, guidance
 def layout_source(pipe, n_seeds: int, seed: int, steps: int, guidance: float) -> dict[str, float]:
     """Who decides where the object goes: the caption or the initial noise? For each seed, one shared
     initial latent and nine captions that differ only in the position; a model that reads the layout
-    from the noise draws all nine at one place."""
+    from the noise draws all nine at one place. (Nine images without a single judged object count as
+    one place too.)"""
     rng = np.random.default_rng(seed)
     follows, one_place = [], []
     for k in range(n_seeds):

@@ -105,7 +105,6 @@ def test_fine_tuning_trains_on_the_schedule_the_model_was_trained_on():
 
     from editloop.models.zoo import training_scheduler
 
-    theirs = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    theirs = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     assert torch.allclose(training_scheduler(theirs.config).alphas_cumprod, theirs.alphas_cumprod)
-    ours = training_scheduler()
-    assert ours.config.beta_schedule == "linear" and float(ours.alphas_cumprod[-1]) < 1e-4
+    assert training_scheduler().config.beta_schedule == "scaled_linear"  # from scratch: the built-in one

@@ -55,17 +55,15 @@ def tiny_unet(in_channels: int = 4) -> dict[str, Any]:
     )
 
 
-# DDPM's linear schedule (Ho et al., 2020), not Stable Diffusion's scaled_linear: at 64 px with objects
-# a ninth of the image, scaled_linear's last step (alpha_bar 4.7e-3) still shows where the object is
-# (an energy detector finds the cell from the noisy latent 19% of the time at t = 951, 44% at t = 801,
-# chance 11%), so a model trained on it learns to read the layout from the noise and ignores the
-# caption's position; here the noise hides it down to t = 801 (10-12%). Lin et al., 2024, "Common
-# diffusion noise schedules and sample steps are flawed"; measured in BENCHMARKS.md.
+# Stable Diffusion's scaled_linear schedule. Its last step leaves the layout visible at this size
+# (bench/noise_leak.py), and the base model reads positions from the initial noise; DDPM's linear
+# schedule hides it but, with epsilon prediction and the same 2500 CPU steps, trained a worse model
+# (BENCHMARKS.md: base models, "who decides the layout"). Zero terminal SNR wants v-prediction.
 SCHEDULER: dict[str, Any] = dict(
     num_train_timesteps=1000,
-    beta_start=0.0001,
-    beta_end=0.02,
-    beta_schedule="linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
     prediction_type="epsilon",
     clip_sample=False,
     set_alpha_to_one=False,

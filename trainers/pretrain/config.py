@@ -26,7 +26,7 @@ class PretrainConfig:
     t2i_steps: int = 3000
     t2i_batch: int = 32
     t2i_lr: float = 5e-4
-    coord_channels: int = 2  # x / y coordinate maps appended to the UNet input (CoordUNet2DConditionModel); 0 = none
+    coord_channels: int = 0  # 2: x / y coordinate maps appended to the UNet input (CoordUNet2DConditionModel)
     # inpainting (initialised from the text-to-image UNet; extra input channels start at zero)
     inpaint_steps: int = 1500
     inpaint_batch: int = 32
