@@ -69,3 +69,11 @@ SCHEDULER: dict[str, Any] = dict(
     set_alpha_to_one=False,
     steps_offset=1,
 )
+
+# Zero terminal SNR (Lin et al., 2024): the same betas rescaled so the last step is pure noise, with
+# v-prediction (epsilon is undefined there) and trailing timesteps, so sampling starts at t = 999.
+ZERO_SNR_V_SCHEDULER: dict[str, Any] = dict(
+    SCHEDULER, rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
+    steps_offset=0,
+)
+SCHEDULES: dict[str, dict[str, Any]] = {"sd": SCHEDULER, "zero-snr-v": ZERO_SNR_V_SCHEDULER}

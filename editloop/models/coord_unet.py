@@ -1,11 +1,11 @@
 """UNet2DConditionModel that knows where it is: fixed x / y coordinate maps appended to its input.
 
-A convolutional UNet learns absolute position only through the zero padding at the border, which
-reaches the middle of a 16x16 latent after several layers; the base text-to-image model trained on
-the Shapes World learned colour, shape and size but placed objects at the caption's grid cell no
-more often than chance (BENCHMARKS.md). CoordConv (Liu et al., 2018, "An intriguing failing of
-convolutional neural networks and the CoordConv solution") gives every location its coordinates
-from the first layer on.
+A convolutional UNet learns absolute position only through the zero padding at the border.
+CoordConv (Liu et al., 2018, "An intriguing failing of convolutional neural networks and the
+CoordConv solution") gives every location its coordinates from the first layer on. It was tried
+against the base text-to-image model's failure to put objects where the caption says and did not
+help at the base budget (the model reads the layout from the initial noise instead; BENCHMARKS.md),
+so it is an option of pretraining (`--coord-channels 2`), off by default.
 
 The subclass is a drop-in UNet2DConditionModel: callers pass the usual 4 (text-to-image), 8
 (concat editor) or 9 (inpainting) channels and `config.in_channels` keeps meaning that, so

@@ -72,6 +72,14 @@ def training_scheduler(config: Any = None) -> DDPMScheduler:
     return DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "set_alpha_to_one"})
 
 
+def require_epsilon(scheduler: Any, who: str) -> None:
+    """Trainers whose maths assume epsilon prediction refuse other models by name."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind != "epsilon":
+        raise ValueError(f"{who} trains epsilon-prediction models only; the model's scheduler has "
+                         f"prediction_type={kind!r}")
+
+
 def set_scheduler(pipe: Any, name: str) -> Any:
     if name not in SCHEDULERS:
         raise ValueError(f"`scheduler` must be one of {list(SCHEDULERS)}, got {name!r}")

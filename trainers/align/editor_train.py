@@ -16,7 +16,7 @@ from tqdm import tqdm
 from editloop.models.coord_unet import clone_unet
 from editloop.models.data import step_rng
 from editloop.models.instruct import InstructEditor
-from editloop.models.zoo import training_scheduler
+from editloop.models.zoo import require_epsilon, training_scheduler
 from trainers.align.pairs import Pairs
 from trainers.pretrain.common import EMA, guarded_step, set_lr
 from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights
@@ -104,6 +104,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
+    require_epsilon(editor.scheduler, "editor training")
     scheduler = training_scheduler(editor.scheduler.config)  # the schedule the editor's base was trained on
     state = TrainState(0, [])
     if ckpt.is_file():

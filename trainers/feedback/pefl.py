@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from editloop.models.data import to_tensor
+from editloop.models.zoo import require_epsilon
 from trainers.feedback.examples import FeedbackExample
 
 
@@ -100,6 +101,7 @@ def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.
                guidance: float = 4.0, steps_left: int | None = None) -> tuple[torch.Tensor, int]:
     """The PeFL forward: x0 latents with gradients through the last UNet call, and t' (steps left)."""
     sched = ddim(pipe, schedule.steps)
+    require_epsilon(sched, "PeFL")
     ts = sched.timesteps
     first = schedule.steps - schedule.start
     if steps_left is None:

@@ -26,6 +26,7 @@ class PretrainConfig:
     t2i_steps: int = 3000
     t2i_batch: int = 32
     t2i_lr: float = 5e-4
+    schedule: str = "sd"  # noise schedule: "sd" (scaled_linear, epsilon) or "zero-snr-v" (Lin et al., 2024)
     coord_channels: int = 0  # 2: x / y coordinate maps appended to the UNet input (CoordUNet2DConditionModel)
     # inpainting (initialised from the text-to-image UNet; extra input channels start at zero)
     inpaint_steps: int = 1500
@@ -52,6 +53,8 @@ class PretrainConfig:
             value = getattr(self, f.name)
             if f.name.endswith(("_steps", "_batch")) and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"`{f.name}` must be a non-negative integer, got {value!r}")
+            if f.name == "schedule" and value not in ("sd", "zero-snr-v"):
+                raise ValueError(f"`schedule` must be one of ['sd', 'zero-snr-v'], got {value!r}")
             if f.name == "coord_channels" and value not in (0, 2):
                 raise ValueError(f"`coord_channels` must be 0 or 2, got {value!r}")
             if f.name.endswith("_batch") and value < 1:
@@ -73,6 +76,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs="+", default=list(default), choices=STAGES)
         elif f.name == "out":
             parser.add_argument(flag, type=Path, default=default)
+        elif f.name == "schedule":
+            parser.add_argument(flag, default=default, choices=("sd", "zero-snr-v"))
         elif f.name in ("device", "dtype"):
             parser.add_argument(flag, default=default)
         else:

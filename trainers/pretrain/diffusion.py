@@ -12,7 +12,7 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from editloop.checkpoint import load_checkpoint, save_checkpoint
-from editloop.models.configs import SCHEDULER, TINY_TEXT, tiny_unet
+from editloop.models.configs import SCHEDULES, TINY_TEXT, tiny_unet
 from editloop.models.coord_unet import clone_unet, load_unet, new_unet
 from editloop.models.data import Batch, inpaint_batch, quality_mix_batch, step_rng
 from editloop.models.tokenizer import build_tokenizer
@@ -38,11 +38,26 @@ def inflate_conv_in(unet: UNet2DConditionModel, in_channels: int = 9) -> UNet2DC
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al., 2023): low-noise steps down-weighted to SNR gamma. For epsilon the
+    weight is min(snr, gamma) / snr; for v-prediction min(1, gamma / snr), so the pure-noise steps a
+    zero-terminal-SNR schedule adds keep weight 1 (the v loss is x0's weighted by snr + 1)."""
     if gamma <= 0:
         return torch.ones_like(timesteps, dtype=torch.float32)
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     snr = alphas / (1 - alphas)
+    if scheduler.config.prediction_type == "v_prediction":
+        return torch.clamp(gamma / snr.clamp(min=1e-8), max=1.0)
     return torch.clamp(snr, max=gamma) / snr
+
+
+def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise (epsilon) or the velocity (v-prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(f"`prediction_type` must be 'epsilon' or 'v_prediction', got {kind!r}")
 
 
 def diffusion_loss(
@@ -64,7 +79,8 @@ def diffusion_loss(
     noisy = scheduler.add_noise(latents, noise, t)
     cond = text_encoder(input_ids)[0]
     pred = unet(torch.cat([noisy, *extra], dim=1), t, cond).sample
-    per_sample = ((pred.float() - noise.float()) ** 2).mean(dim=(1, 2, 3))
+    target = prediction_target(scheduler, latents, noise, t)
+    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
 
 
@@ -95,7 +111,8 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
     ema = EMA(params, cfg.ema)
     # the inpainting model keeps the schedule its text-to-image initialisation was trained on
     init_schedule = DDIMScheduler.from_pretrained(init_dir / "scheduler") if stage == "inpaint" else None
-    scheduler = training_scheduler(init_schedule.config if init_schedule else None)
+    schedule = init_schedule or DDIMScheduler(**SCHEDULES[cfg.schedule])
+    scheduler = training_scheduler(schedule.config)
 
     # 2. resume
     step = 0
@@ -136,7 +153,7 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
     ema.copy_to(params)
     components = {
         "vae": vae.to("cpu"), "text_encoder": text_encoder.to("cpu").eval(), "tokenizer": tokenizer,
-        "unet": unet.to("cpu").eval(), "scheduler": init_schedule or DDIMScheduler(**SCHEDULER),
+        "unet": unet.to("cpu").eval(), "scheduler": schedule,
     }
     save_pipeline(components, out_dir)
     return {f"{stage}_steps": step, f"{stage}_final_loss": float(loss_ema or 0.0)}
