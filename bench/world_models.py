@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,8 @@ def layout_source(pipe, n_seeds: int, seed: int, steps: int, guidance: float) ->
     rng = np.random.default_rng(seed)
     follows, one_place = [], []
     for k in range(n_seeds):
-        obj = sample_scene(rng, 1)
-        base = obj.caption.split(" at the ")[0]
-        tail = obj.caption.split(" on a ")[1]
-        prompts = [f"{base} at the {p} on a {tail}" for p in POSITIONS]
+        scene = sample_scene(rng, 1)
+        prompts = [replace(scene, objects=(replace(scene.objects[0], position=p),)).caption for p in POSITIONS]
         latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed + k))
         out = pipe(prompts, latents=latents.repeat(len(prompts), 1, 1, 1), num_inference_steps=steps,
                    guidance_scale=guidance, output_type="np").images
