@@ -23,18 +23,20 @@ def main() -> None:
     ap.add_argument("--eval-per-kind", type=int, default=8)
     ap.add_argument("--text", default="5,3", help="text guidance scales")
     ap.add_argument("--image", default="1.5,3,5", help="image guidance scales")
+    ap.add_argument("--start", default="noise", help="where sampling starts: noise, input or both (noise,input)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     editor = load_instruct_editor(args.model, device="cpu")
     held = held_out_edits(args.eval_per_kind)
     rows = []
-    for s_t in map(float, args.text.split(",")):
-        for s_i in map(float, args.image.split(",")):
-            m, _ = evaluate_editor(editor, held, text_guidance=s_t, image_guidance=s_i)
-            rows.append({"text_guidance": s_t, "image_guidance": s_i, **{k: m[k] for k in
-                         ("success", "preservation", "l1_outside")}, "per_kind": m["per_kind"]})
-            print(f"text {s_t:4.1f} image {s_i:4.1f}: success {m['success']:.3f}  preservation "
-                  f"{m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}", flush=True)
+    for start in args.start.split(","):
+        for s_t in map(float, args.text.split(",")):
+            for s_i in map(float, args.image.split(",")):
+                m, _ = evaluate_editor(editor, held, text_guidance=s_t, image_guidance=s_i, start=start)
+                rows.append({"start": start, "text_guidance": s_t, "image_guidance": s_i, **{k: m[k] for k in
+                             ("success", "preservation", "l1_outside")}, "per_kind": m["per_kind"]})
+                print(f"start {start:5s} text {s_t:4.1f} image {s_i:4.1f}: success {m['success']:.3f}  "
+                      f"preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}", flush=True)
     args.out.write_text(json.dumps({"model": str(args.model), "held_out": len(held), "rows": rows}, indent=2))
 
 

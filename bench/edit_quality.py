@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--scorer", choices=["judge", "alignment"], default="judge")
     ap.add_argument("--alignment-reward", type=Path, default=None, help="an alignment reward directory")
     ap.add_argument("--archs", default="causal,concat")
+    ap.add_argument("--schedule", choices=["zero-snr-v"], default=None,
+                    help="train the editors on this schedule instead of the base's (editor_from_t2i)")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
     ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
     args = ap.parse_args()
@@ -87,7 +89,7 @@ def main() -> None:
     print(f"weak generator (inpainting with the true mask): {fmt(result['weak_generator'])}", flush=True)
 
     t2i = load_base("t2i", device="cpu", dtype="fp32")
-    editors: dict[str, InstructEditor] = {a: editor_from_t2i(t2i, a) for a in archs}
+    editors: dict[str, InstructEditor] = {a: editor_from_t2i(t2i, a, args.schedule) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
     run_root = Path(".editloop/bench/edit_quality")  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):

@@ -103,6 +103,70 @@ def test_sampling_is_seeded_per_image_and_saves_and_loads(tmp_path, t2i, arch):
         load_instruct_editor(tmp_path)
 
 
+def test_sampling_can_start_from_the_noised_input_and_names_a_bad_start(t2i):
+    """start="input" is x_T = sqrt(abar_T) z_input + sqrt(1 - abar_T) eps: the same seed gives a start that
+    differs by the input's share, which the saved default then selects."""
+    from diffusers import DDIMScheduler
+
+    from editloop.models.instruct_sampling import initial_latents
+
+    editor = editor_from_t2i(t2i, "causal")
+    sched = DDIMScheduler.from_config(editor.scheduler.config)
+    sched.set_timesteps(4)
+    z, noise = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    abar = sched.alphas_cumprod[int(sched.timesteps[0])]
+    assert torch.equal(initial_latents(sched, z, noise, "noise"), noise)
+    assert torch.allclose(initial_latents(sched, z, noise, "input"), abar.sqrt() * z + (1 - abar).sqrt() * noise)
+    images = np.stack([render(sample_scene(np.random.default_rng(k))) for k in range(2)])
+    texts = ["make the red circle blue", "remove the blue square"]
+    plain = edit_images(editor, images, texts, [1, 2], steps=2)
+    anchored = edit_images(editor, images, texts, [1, 2], steps=2, start="input")
+    assert not np.array_equal(plain, anchored)
+    editor.meta["default_start"] = "input"
+    assert np.array_equal(edit_images(editor, images, texts, [1, 2], steps=2), anchored)
+    with pytest.raises(ValueError, match="`start` must be one of \\['noise', 'input'\\], got 'image'"):
+        edit_images(editor, images, texts, [1, 2], steps=2, start="image")
+
+
+def test_an_editor_trains_on_zero_terminal_snr_with_velocity_targets(tmp_path, t2i):
+    """editor_from_t2i(..., "zero-snr-v"): the editor's own schedule (saved with it) is v-prediction with a
+    pure-noise last step; training regresses the velocity, and the trained editor samples and reloads."""
+    from editloop.models.zoo import training_scheduler
+    from trainers.align.editor_train import editor_loss
+    from trainers.pretrain.diffusion import prediction_target
+
+    editor = editor_from_t2i(t2i, "causal", "zero-snr-v")
+    assert editor.scheduler.config.prediction_type == "v_prediction"
+    assert t2i.scheduler.config.prediction_type == "epsilon"  # the base keeps its own
+    sched = training_scheduler(editor.scheduler.config)
+    src, tgt = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    text, empty = editor.encode_text(["make the red circle blue"] * 2), editor.encode_text([""])
+    sees = torch.tensor([True, True])
+    loss = editor_loss(editor, sched, src, tgt, text, empty, sees, torch.Generator().manual_seed(3), 0.0)
+    gen = torch.Generator().manual_seed(3)  # the same draws, by hand: the target is the velocity, not the noise
+    noise = torch.randn(tgt.shape, generator=gen)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    with torch.no_grad():
+        editor.encode_input_branch(src, empty)
+        pred = editor.eps(sched.add_noise(tgt, noise, t), t, text, src, sees)
+    v = prediction_target(sched, tgt, noise, t)
+    assert torch.allclose(loss, ((pred - v) ** 2).mean(), atol=1e-5)
+    assert not torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-3)
+    edits = edit_specs(6, 2)
+    images = np.stack([render(e.source) for e in edits])
+    pairs = Pairs(images, images[::-1].copy(), np.stack([e.mask for e in edits]), [e.instruction for e in edits],
+                  [e.kind for e in edits], [e.source.to_json() for e in edits], [e.target.to_json() for e in edits],
+                  ["test"] * len(edits))
+    train_editor(editor, pairs, EditorTrainConfig(steps=2, batch_size=2, warmup=1), tmp_path / "run")
+    editor.save(tmp_path / "m", {"version": "v-zsnr"})
+    loaded = load_instruct_editor(tmp_path / "m")
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    out = edit_images(loaded, images[:2], [e.instruction for e in edits[:2]], [0, 1], steps=3)
+    assert out.shape == (2, 64, 64, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="`schedule` must be one of \\['sd', 'zero-snr-v'\\], got 'cosine'"):
+        editor_from_t2i(t2i, "causal", "cosine")
+
+
 def test_every_world_instruction_is_in_the_grammar_and_others_get_the_closest_forms():
     rng = np.random.default_rng(0)
     grammar = set(valid_instructions())

@@ -5,6 +5,13 @@ As InstructPix2Pix defines it, with three predictions per image per step:
                                  + s_T * (eps(image, text) - eps(image, no text))
 The causal editor encodes each input image once (its branch does not depend on the step) and reuses its
 attention keys and values at every step.
+
+Where sampling starts (`start`): "noise" is InstructPix2Pix's pure Gaussian noise. "input" is the input
+image's latent noised to the first timestep, x_T = sqrt(abar_T) z_input + sqrt(1 - abar_T) eps: what the
+editor saw at that timestep in training wherever the target equals the input. A schedule whose last step
+keeps signal (SD's scaled_linear: abar_999 = 0.0047, bench/noise_leak.py) trains the model to read low
+frequencies (background, layout) from x_T; pure noise then hands it the seed's (Lin et al., 2024, section
+3.1; bench/edit_noise_source.py). Starting from the noised input is img2img at strength 1.
 """
 
 from __future__ import annotations
@@ -19,6 +26,21 @@ from editloop.models.instruct import InstructEditor
 from editloop.models.pipeline_io import per_image_generators
 
 MAX_GUIDANCE = 10.0
+STARTS = ("noise", "input")
+
+
+def check_start(start: str) -> None:
+    if start not in STARTS:
+        raise ValueError(f"`start` must be one of {list(STARTS)}, got {start!r}")
+
+
+def initial_latents(scheduler, image_latents: torch.Tensor, noise: torch.Tensor, start: str) -> torch.Tensor:
+    """x_T for the first timestep of `scheduler` (already set): pure noise, or the input noised to it."""
+    check_start(start)
+    if start == "noise":
+        return noise * scheduler.init_noise_sigma
+    first = scheduler.timesteps[:1].expand(len(noise))
+    return scheduler.add_noise(image_latents, noise, first)
 
 
 def check_guidance(text_guidance: float, image_guidance: float) -> None:
@@ -30,12 +52,15 @@ def check_guidance(text_guidance: float, image_guidance: float) -> None:
 @torch.no_grad()
 def edit_images(editor: InstructEditor, images: np.ndarray, instructions: Sequence[str], seeds: Sequence[int],
                 steps: int | None = None, text_guidance: float | None = None, image_guidance: float | None = None,
-                on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Edit uint8 images (N,H,W,3) by their instructions; one seed per image. Returns uint8 N,H,W,3."""
+                on_step: Callable[[int, int], None] | None = None, start: str | None = None) -> np.ndarray:
+    """Edit uint8 images (N,H,W,3) by their instructions; one seed per image. Returns uint8 N,H,W,3.
+    `start`: "noise" or "input" (module docstring); the editor's default_start when None."""
     steps = int(steps or editor.setting("default_steps"))
     s_t = float(editor.setting("default_guidance") if text_guidance is None else text_guidance)
     s_i = float(editor.setting("default_image_guidance") if image_guidance is None else image_guidance)
     check_guidance(s_t, s_i)
+    start = str(editor.setting("default_start") if start is None else start)
+    check_start(start)
     n = len(images)
     if not (n == len(instructions) == len(seeds)):
         raise ValueError(f"{n} images, {len(instructions)} instructions and {len(seeds)} seeds: need one each")
@@ -46,7 +71,7 @@ def edit_images(editor: InstructEditor, images: np.ndarray, instructions: Sequen
     text = editor.encode_text(list(instructions))
     empty = editor.encode_text([""])
     noise = [torch.randn(image_latents.shape[1:], generator=g) for g in per_image_generators(seeds)]
-    latents = torch.stack(noise).to(dev) * scheduler.init_noise_sigma
+    latents = initial_latents(scheduler, image_latents, torch.stack(noise).to(dev), start)
     # rows: [image + text | image, no text | no image, no text]
     rows = torch.arange(n, device=dev).repeat(3)
     sees = torch.tensor([True] * (2 * n) + [False] * n, device=dev)

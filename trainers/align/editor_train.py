@@ -1,5 +1,6 @@
-"""Train an instruction editor on edit pairs: epsilon prediction on the target latent, conditioned on the
-instruction and the input image, with InstructPix2Pix's condition dropout (so both guidance scales work),
+"""Train an instruction editor on edit pairs: epsilon (or, on a zero-terminal-SNR schedule, velocity)
+prediction on the target latent, conditioned on the instruction and the input image, with InstructPix2Pix's
+condition dropout (so both guidance scales work),
 Min-SNR weighting, EMA, checkpoints and exact resume (the data of step k depends on (seed, k) alone)."""
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from tqdm import tqdm
 
+from editloop.models.configs import SCHEDULES
 from editloop.models.coord_unet import clone_unet
 from editloop.models.data import step_rng
 from editloop.models.instruct import InstructEditor
-from editloop.models.zoo import require_epsilon, training_scheduler
+from editloop.models.zoo import training_scheduler
 from trainers.align.pairs import Pairs
 from trainers.pretrain.common import EMA, guarded_step, set_lr
-from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights
+from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights, prediction_target
 from trainers.runs import save_checkpoint
 
 
@@ -47,15 +50,27 @@ class EditorTrainConfig:
         return asdict(self)
 
 
-def editor_from_t2i(pipe, arch: str) -> InstructEditor:  # noqa: ANN001 - a StableDiffusionPipeline
-    """A new editor initialised from the text-to-image model: the causal editor reuses its UNet as is;
-    the concat baseline inflates conv_in to 8 channels with the new ones zero (as InstructPix2Pix does)."""
+def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # noqa: ANN001 - a StableDiffusionPipeline
+    """The editor's noise schedule: its base's (None) or a built-in one by name (editloop.models.configs)."""
+    if schedule is None:
+        return DDIMScheduler.from_config(pipe.scheduler.config)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {schedule!r}")
+    return DDIMScheduler(**SCHEDULES[schedule])
+
+
+def editor_from_t2i(pipe, arch: str, schedule: str | None = None) -> InstructEditor:  # noqa: ANN001
+    """A new editor initialised from the text-to-image model (a StableDiffusionPipeline): the causal editor
+    reuses its UNet as is; the concat baseline inflates conv_in to 8 channels with the new ones zero (as
+    InstructPix2Pix does). `schedule` ("zero-snr-v") trains the editor on another schedule than its base's:
+    the UNet then learns the new parametrisation during editor training (as SD 2's v-models were fine-tuned
+    from epsilon ones), and x_T carries no signal, so the editor must read what it keeps from the input."""
     unet = clone_unet(pipe.unet)
     unet.load_state_dict(pipe.unet.state_dict())
     if arch == "concat":
         unet = inflate_conv_in(unet, 8)
     return InstructEditor(arch, unet.float(), pipe.vae.float(), pipe.text_encoder.float(), pipe.tokenizer,
-                          pipe.scheduler.__class__.from_config(pipe.scheduler.config), meta={})
+                          editor_scheduler(pipe, schedule), meta={})
 
 
 @dataclass
@@ -76,15 +91,16 @@ def condition_flags(rng: np.random.Generator, n: int, cfg: EditorTrainConfig) ->
 def editor_loss(editor: InstructEditor, scheduler, src_lat: torch.Tensor, tgt_lat: torch.Tensor,  # noqa: ANN001
                 text: torch.Tensor, empty: torch.Tensor, sees: torch.Tensor, gen: torch.Generator,
                 gamma: float) -> torch.Tensor:
-    """Min-SNR-weighted epsilon MSE on the target latents; for the causal editor the input branch runs
-    in the same graph, so its gradients reach the shared UNet too."""
+    """Min-SNR-weighted MSE to the schedule's target (epsilon or velocity) on the target latents; for the
+    causal editor the input branch runs in the same graph, so its gradients reach the shared UNet too."""
     noise = torch.randn(tgt_lat.shape, generator=gen).to(tgt_lat.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(tgt_lat),), generator=gen).to(tgt_lat.device)
     noisy = scheduler.add_noise(tgt_lat, noise, t)
     if editor.arch == "causal":
         editor.encode_input_branch(src_lat, empty)
     pred = editor.eps(noisy, t, text, src_lat, sees)
-    per = ((pred.float() - noise.float()) ** 2).mean(dim=(1, 2, 3))
+    target = prediction_target(scheduler, tgt_lat, noise, t)
+    per = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     return (per * min_snr_weights(scheduler, t, gamma)).mean()
 
 
@@ -104,7 +120,6 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
-    require_epsilon(editor.scheduler, "editor training")
     scheduler = training_scheduler(editor.scheduler.config)  # the schedule the editor's base was trained on
     state = TrainState(0, [])
     if ckpt.is_file():

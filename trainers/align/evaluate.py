@@ -45,7 +45,7 @@ def judge_edits(edits: list[Edit], sources: np.ndarray, outputs: np.ndarray) -> 
 
 
 def evaluate_editor(editor: InstructEditor, edits: list[Edit], seed: int = HELD_OUT_SEED, batch: int = 32,
-                    **sampling: float) -> tuple[dict, np.ndarray]:
+                    **sampling: float | str) -> tuple[dict, np.ndarray]:
     """Edit the clean renders of `edits` with their instructions; returns (metrics, outputs)."""
     t0 = time.perf_counter()
     sources = np.stack([render(e.source) for e in edits])
