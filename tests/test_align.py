@@ -240,6 +240,8 @@ def test_editor_training_resumes_exactly(tmp_path, t2i):
 def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="`source` must be one of"):
         RoundConfig(source="photos")
+    with pytest.raises(ValueError, match="`schedule` must be one of \\['sd', 'zero-snr-v'\\], got 'cosine'"):
+        RoundConfig(schedule="cosine")
     with pytest.raises(ValueError, match="unknown alignment round settings: \\['rounds'\\]"):
         RoundConfig.from_dict({"rounds": 3})
     _, settings, sessions, store = worker_state(tmp_path)

@@ -105,7 +105,13 @@ def test_masks_that_cover_nothing_or_everything_are_refused(pipe):
         prepare(pipe, [ok, full])
 
 
-def test_a_pefl_step_sends_gradients_to_the_unet_only(pipe, reward_dirs):
+@pytest.mark.parametrize("schedule", ["sd", "zero-snr-v"])
+def test_a_pefl_step_sends_gradients_to_the_unet_only(pipe, reward_dirs, schedule, monkeypatch):
+    from diffusers import DDIMScheduler
+
+    from editloop.models.configs import SCHEDULES
+
+    monkeypatch.setattr(pipe, "scheduler", DDIMScheduler(**SCHEDULES[schedule]))  # v-prediction models too
     rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
     batch = prepare(pipe, feedback_examples(2, 3))
     make_trainable(pipe, FeedbackConfig())

@@ -1,5 +1,5 @@
 """Noise schedules: fine-tuning keeps a model's own; zero terminal SNR with v-prediction trains and samples;
-epsilon-only trainers refuse v-prediction models by name."""
+the one-step x0 (PeFL's) is right for both parametrisations and names any other."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from editloop.models.configs import ZERO_SNR_V_SCHEDULER
-from editloop.models.zoo import make_pipeline, require_epsilon, tiny_components, training_scheduler
+from editloop.models.zoo import make_pipeline, predicted_x0, tiny_components, training_scheduler
 from trainers.pretrain.config import PretrainConfig
 from trainers.pretrain.diffusion import min_snr_weights, prediction_target
 
@@ -33,7 +33,7 @@ def test_zero_terminal_snr_targets_velocity_and_keeps_the_pure_noise_step():
     assert torch.equal(prediction_target(eps_sched, x0, noise, t), noise)
 
 
-def test_a_zero_snr_v_pipeline_samples_and_epsilon_trainers_refuse_it():
+def test_a_zero_snr_v_pipeline_samples_and_bad_schedules_are_named():
     components = tiny_components(seed=0)
     components["scheduler"] = DDIMScheduler(**ZERO_SNR_V_SCHEDULER)
     pipe = make_pipeline(components)
@@ -41,7 +41,20 @@ def test_a_zero_snr_v_pipeline_samples_and_epsilon_trainers_refuse_it():
                output_type="np").images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
     assert int(pipe.scheduler.timesteps[0]) == 999  # trailing: sampling starts from pure noise
-    with pytest.raises(ValueError, match="PeFL trains epsilon-prediction models only.*'v_prediction'"):
-        require_epsilon(pipe.scheduler, "PeFL")
     with pytest.raises(ValueError, match="`schedule` must be one of .* got 'cosine'"):
         PretrainConfig(schedule="cosine")
+
+
+def test_one_step_x0_inverts_both_parametrisations():
+    x0, noise = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
+    t = torch.tensor([10, 500, 990])
+    for config in (training_scheduler().config, DDIMScheduler(**ZERO_SNR_V_SCHEDULER).config):
+        sched = training_scheduler(config)
+        x_t = sched.add_noise(x0, noise, t)
+        exact = prediction_target(sched, x0, noise, t)  # what a perfect model outputs
+        assert torch.allclose(predicted_x0(sched, x_t, t, exact), x0, atol=1e-3)
+        one = predicted_x0(sched, x_t[:1], t[0], exact[:1])  # a scalar timestep, as PeFL passes it
+        assert torch.allclose(one, x0[:1], atol=1e-3)
+    sample = training_scheduler({**training_scheduler().config, "prediction_type": "sample"})
+    with pytest.raises(ValueError, match="`prediction_type` must be 'epsilon' or 'v_prediction', got 'sample'"):
+        predicted_x0(sample, x0, t, noise)

@@ -72,12 +72,17 @@ def training_scheduler(config: Any = None) -> DDPMScheduler:
     return DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "set_alpha_to_one"})
 
 
-def require_epsilon(scheduler: Any, who: str) -> None:
-    """Trainers whose maths assume epsilon prediction refuse other models by name."""
+def predicted_x0(scheduler: Any, sample: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """The clean latent a model's output implies at timestep(s) `t`, for epsilon and v-prediction
+    (Salimans & Ho, 2022): x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) = sqrt(abar) x_t - sqrt(1 - abar) v."""
     kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind != "epsilon":
-        raise ValueError(f"{who} trains epsilon-prediction models only; the model's scheduler has "
-                         f"prediction_type={kind!r}")
+    abar = scheduler.alphas_cumprod.to(sample.device)[t.long()].to(sample.dtype)
+    abar = abar.reshape(-1, *([1] * (sample.dim() - 1))) if abar.dim() else abar
+    if kind == "epsilon":
+        return (sample - (1 - abar).sqrt() * pred) / abar.sqrt()
+    if kind == "v_prediction":
+        return abar.sqrt() * sample - (1 - abar).sqrt() * pred
+    raise ValueError(f"`prediction_type` must be 'epsilon' or 'v_prediction', got {kind!r}")
 
 
 def set_scheduler(pipe: Any, name: str) -> Any:

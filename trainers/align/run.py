@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
 from editloop.models.base import load_base
+from editloop.models.configs import SCHEDULES
 from editloop.models.instruct import InstructEditor, load_instruct_editor
 from editloop.registry import (
     PromotionRefused,
@@ -63,6 +64,7 @@ class RoundConfig:
     source: str = "render"  # inputs: degraded renders ("photos") or text-to-image samples
     method: str = "inpaint"  # first round: inpainting model (region-based) or text-to-image latent blending
     scorer: str = "auto"  # alignment reward if one is promoted, else the world judge
+    schedule: str | None = None  # a new editor's noise schedule: None = its base's, or "zero-snr-v"
     filter: FilterConfig = field(default_factory=FilterConfig)
     min_pairs: int = 32
     keep_previous: bool = True  # train on the earlier rounds' kept pairs too
@@ -76,6 +78,8 @@ class RoundConfig:
                                      ("scorer", self.scorer, (*SCORERS, "auto"))):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if self.pairs < 1 or self.candidates < 1:
             raise ValueError(f"`pairs` and `candidates` must be >= 1, got {self.pairs} and {self.candidates}")
 
@@ -204,7 +208,7 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
     train_pairs = Pairs.concat([load_pairs_blob(store, k) for k in previous_keys] + [kept])
     update_run(sessions, run_id, outputs={"filter": counts, "pairs_key": pairs_key, "train_pairs": len(train_pairs)})
     editor = start if start is not None else editor_from_t2i(load_base("t2i", device=settings.device,
-                                                                       dtype="fp32"), cfg.arch)
+                                                                       dtype="fp32"), cfg.arch, cfg.schedule)
     if editor.arch != cfg.arch:
         raise ValueError(f"round {round_no} continues a {editor.arch} editor; `arch` {cfg.arch!r} does not match")
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from editloop.models.data import to_tensor
-from editloop.models.zoo import require_epsilon
+from editloop.models.zoo import predicted_x0
 from trainers.feedback.examples import FeedbackExample
 
 
@@ -82,8 +82,8 @@ def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:  # noqa: ANN001
                      [e.prompt for e in examples], encode_prompts(pipe, [e.prompt for e in examples]))
 
 
-def guided_eps(unet, latents: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:  # noqa: ANN001
-    """Classifier-free guided noise prediction of the 9-channel inpainting UNet (one forward for both halves)."""
+def guided_prediction(unet, latents: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:  # noqa: ANN001
+    """Classifier-free guided output (epsilon or v) of the 9-channel inpainting UNet, one forward for both halves."""
     x = torch.cat([latents] * 2)
     inputs = torch.cat([x, torch.cat([batch.mask_latents] * 2), torch.cat([batch.masked_latents] * 2)], dim=1)
     eps = unet(inputs, t, encoder_hidden_states=batch.embeddings).sample
@@ -101,7 +101,6 @@ def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.
                guidance: float = 4.0, steps_left: int | None = None) -> tuple[torch.Tensor, int]:
     """The PeFL forward: x0 latents with gradients through the last UNet call, and t' (steps left)."""
     sched = ddim(pipe, schedule.steps)
-    require_epsilon(sched, "PeFL")
     ts = sched.timesteps
     first = schedule.steps - schedule.start
     if steps_left is None:
@@ -111,11 +110,9 @@ def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.
     z = sched.add_noise(batch.source_latents, noise, ts[first : first + 1])
     with torch.no_grad():
         for i in range(first, last):
-            z = sched.step(guided_eps(pipe.unet, z, ts[i], batch, guidance), ts[i], z).prev_sample
+            z = sched.step(guided_prediction(pipe.unet, z, ts[i], batch, guidance), ts[i], z).prev_sample
     t = ts[last]
-    eps = guided_eps(pipe.unet, z, t, batch, guidance)
-    alpha = sched.alphas_cumprod.to(z.device)[t.long()].to(z.dtype)
-    return (z - (1 - alpha).sqrt() * eps) / alpha.sqrt(), steps_left
+    return predicted_x0(sched, z, t, guided_prediction(pipe.unet, z, t, batch, guidance)), steps_left
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
