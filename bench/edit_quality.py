@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -51,6 +52,13 @@ def weak_generator_row(edits: list) -> dict:  # noqa: ANN001
 
 def fmt(m: dict) -> str:
     return f"success {m['success']:.3f}  preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}"
+
+
+def recipe_key(args: argparse.Namespace) -> str:
+    """Checkpoints resume only a run of the same recipe (a run with other steps or another schedule must not
+    pick up this one's editor); output paths are not part of the recipe."""
+    recipe = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("out", "save_editor", "save_baseline")}
+    return hashlib.sha1(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
 def main() -> None:
@@ -91,7 +99,7 @@ def main() -> None:
     t2i = load_base("t2i", device="cpu", dtype="fp32")
     editors: dict[str, InstructEditor] = {a: editor_from_t2i(t2i, a, args.schedule) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
-    run_root = Path(".editloop/bench/edit_quality")  # checkpoints: outside the repository
+    run_root = Path(".editloop/bench/edit_quality") / recipe_key(args)  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):
         row: dict = {"round": round_no, "archs": {}}
         shared = None
