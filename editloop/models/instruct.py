@@ -97,7 +97,8 @@ class InstructEditor:
 
     def eps(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor, image_latents: torch.Tensor | None,
             sees_input: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Noise prediction for the target rows. `sees_input` (B,) bool: the row is conditioned on its image.
+        """The UNet's prediction for the target rows (epsilon, or v on a v-prediction schedule).
+        `sees_input` (B,) bool: the row is conditioned on its image.
 
         causal: the input branch must have been encoded (encode_input_branch); `rows` maps target rows to
         encoded rows. concat: `image_latents` are the rows' own input latents (zeroed where not seen).
