@@ -77,3 +77,9 @@ ZERO_SNR_V_SCHEDULER: dict[str, Any] = dict(
     steps_offset=0,
 )
 SCHEDULES: dict[str, dict[str, Any]] = {"sd": SCHEDULER, "zero-snr-v": ZERO_SNR_V_SCHEDULER}
+
+
+def check_schedule(name: str) -> None:
+    """A schedule name must be one of SCHEDULES; the error names the field and the value."""
+    if name not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {name!r}")

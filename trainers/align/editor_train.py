@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm import tqdm
 
-from editloop.models.configs import SCHEDULES
+from editloop.models.configs import SCHEDULES, check_schedule
 from editloop.models.coord_unet import clone_unet
 from editloop.models.data import step_rng
 from editloop.models.instruct import InstructEditor
@@ -54,8 +54,7 @@ def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # noqa: ANN0
     """The editor's noise schedule: its base's (None) or a built-in one by name (editloop.models.configs)."""
     if schedule is None:
         return DDIMScheduler.from_config(pipe.scheduler.config)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {schedule!r}")
+    check_schedule(schedule)
     return DDIMScheduler(**SCHEDULES[schedule])
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
 from editloop.models.base import load_base
-from editloop.models.configs import SCHEDULES
+from editloop.models.configs import check_schedule
 from editloop.models.instruct import InstructEditor, load_instruct_editor
 from editloop.registry import (
     PromotionRefused,
@@ -78,8 +78,8 @@ class RoundConfig:
                                      ("scorer", self.scorer, (*SCORERS, "auto"))):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule is not None:
+            check_schedule(self.schedule)
         if self.pairs < 1 or self.candidates < 1:
             raise ValueError(f"`pairs` and `candidates` must be >= 1, got {self.pairs} and {self.candidates}")
 
