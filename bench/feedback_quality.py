@@ -21,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reward_quality import _Merged, pool_pairs  # noqa: E402
+from reward_quality import _Merged, all_pairs, pool_pairs, utility_accuracy  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
+from editloop.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
+from editloop.labels.simulated import LabelPlan, image_candidate_sets, simulate_labels  # noqa: E402
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
 from editloop.models.tokenizer import build_tokenizer  # noqa: E402
 from editloop.models.zoo import load_pipeline  # noqa: E402
+from editloop.store.local import LocalBlobStore  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
 from editloop.world.io import save_grid_png  # noqa: E402
 from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities  # noqa: E402
@@ -42,30 +47,94 @@ from trainers.feedback.loop import train_feedback  # noqa: E402
 from trainers.feedback.progressive import stage_config  # noqa: E402
 from trainers.feedback.rewards import load_rewards  # noqa: E402
 from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
+from trainers.reward.data import ImageCache  # noqa: E402
 from trainers.reward.loop import LoopConfig  # noqa: E402
 
 HELD_OUT = 930_000
+GENERATED = 610_000  # seeds of the examples whose generated samples the panel labels (apart from HELD_OUT)
 
 
-def train_aesthetic_reward(root: Path, weights: dict[str, float], labels: int, steps: int, tag: str,
-                           reward_cache: Path | None = None) -> dict:
-    if reward_cache is not None and (reward_cache / f"{tag}-aesthetic" / "result.json").is_file():
-        saved = json.loads((reward_cache / f"{tag}-aesthetic" / "result.json").read_text())
-        print(f"  aesthetic reward ({tag}): from {reward_cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
-        return {**saved, "path": reward_cache / f"{tag}-aesthetic"}
-    train, train_cache = pool_pairs(root / f"{tag}-train", labels, 11, weights)
-    held_out, eval_cache = pool_pairs(root / f"{tag}-eval", 200, 5011, weights)
-    cache = _Merged(train_cache, eval_cache)
+@dataclass(frozen=True)
+class GeneratedPool:
+    """The base generator's own samples on training examples: `images` is (sets, candidates, H, W, 3)."""
+
+    prompts: list[str]
+    images: np.ndarray
+
+
+def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: int, cache_dir: Path,
+                   chunk: int = 64) -> GeneratedPool:
+    """`n_images` samples per example of `feedback_examples(n_sets, seed)` (taste-independent: generated once and
+    kept in `cache_dir`, then labelled by each taste's panel)."""
+    examples = feedback_examples(n_sets, seed)
+    prompts = [e.prompt for e in examples]
+    path = cache_dir / f"generated-{seed}-{n_sets}x{n_images}-{steps}steps.npz"
+    if path.is_file():
+        return GeneratedPool(prompts, np.load(path)["images"])
+    pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
+    repeated = [e for e in examples for _ in range(n_images)]
+    parts = []
+    for start in tqdm(range(0, len(repeated), chunk), desc=f"generating {len(repeated)} candidates", unit="chunk"):
+        parts.append(sample(pipe, repeated[start:start + chunk], seed + start, steps).images)
+    images = np.concatenate(parts).reshape(n_sets, n_images, *parts[0].shape[1:])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images)
+    return GeneratedPool(prompts, images)
+
+
+def generated_pairs(root: Path, pool: GeneratedPool, weights: dict[str, float], seed: int) -> tuple[list, ImageCache]:
+    """The pool's candidate sets written to a database and labelled best/worst by the taste's panel."""
+    root.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{root / 'pool.db'}"
+    (root / "pool.db").unlink(missing_ok=True)
+    upgrade(url)
+    sessions, store = make_sessionmaker(make_engine(url)), LocalBlobStore(root / "blobs")
+    ids = image_candidate_sets(sessions, store, pool.prompts, pool.images)
+    simulate_labels(sessions, store, ids, LabelPlan(panel(weights=weights, seed=seed)))
+    return all_pairs(sessions, store), ImageCache(store)
+
+
+def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,
+                generated: dict[str, GeneratedPool]) -> dict[str, tuple[list, list, ImageCache]]:
+    """name -> (training pairs, held-out pairs, images) for each pool `--label-pool` asks for."""
+    pools = {}
+    if args.label_pool in ("renders", "both"):
+        train, train_cache = pool_pairs(root / f"{tag}-train", args.labels, 11, weights)
+        held_out, eval_cache = pool_pairs(root / f"{tag}-eval", 200, 5011, weights)
+        pools["renders"] = (train, held_out, _Merged(train_cache, eval_cache))
+    if args.label_pool in ("generated", "both"):
+        train, train_cache = generated_pairs(root / f"{tag}-generated-train", generated["train"], weights, 21)
+        held_out, eval_cache = generated_pairs(root / f"{tag}-generated-eval", generated["eval"], weights, 5021)
+        pools["generated"] = (train, held_out, _Merged(train_cache, eval_cache))
+    return pools
+
+
+def train_aesthetic_reward(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,
+                           generated: dict[str, GeneratedPool]) -> dict:
+    name = f"{tag}-aesthetic" if args.label_pool == "renders" else f"{tag}-aesthetic-{args.label_pool}"
+    if args.reward_cache is not None and (args.reward_cache / name / "result.json").is_file():
+        saved = json.loads((args.reward_cache / name / "result.json").read_text())
+        print(f"  aesthetic reward ({tag}): from {args.reward_cache} ({saved['heldout_accuracy']})")
+        return {**saved, "path": args.reward_cache / name}
+    pools = label_pools(root, weights, args, tag, generated)
+    train = [p for tr, _, _ in pools.values() for p in tr]
+    held_out = [p for _, ho, _ in pools.values() for p in ho]
+    cache = _Merged(*(c for _, _, c in pools.values()))
     torch.manual_seed(0)
-    loop = LoopConfig(steps=steps, eval_every=max(50, steps // 6), patience=4, checkpoint_every=10**9)
+    loop = LoopConfig(steps=args.reward_steps, eval_every=max(50, args.reward_steps // 6), patience=4,
+                      checkpoint_every=10**9)
     best, _ = train_aesthetic(tiny_reward("aesthetic", 0), build_tokenizer(), train, held_out, cache, loop,
                               Path(tempfile.mkdtemp()), batch_size=32)
-    acc = pairwise_accuracy(best, build_tokenizer(), held_out, cache)
-    where = (reward_cache or root) / f"{tag}-aesthetic"
+    accuracy = {pool: pairwise_accuracy(best, build_tokenizer(), ho, c) for pool, (_, ho, c) in pools.items()}
+    ceiling = {pool: utility_accuracy(ho, c, weights) for pool, (_, ho, c) in pools.items()}
+    where = (args.reward_cache or root) / name
     save_reward(best, "aesthetic", where, version=f"bench-{tag}")
-    result = {"heldout_accuracy": acc, "labels": labels, "steps": steps, "eval_pairs": len(held_out)}
+    result = {"heldout_accuracy": accuracy, "ceiling": ceiling, "label_pool": args.label_pool,
+              "train_pairs": {pool: len(tr) for pool, (tr, _, _) in pools.items()}, "steps": args.reward_steps,
+              "eval_pairs": {pool: len(ho) for pool, (_, ho, _) in pools.items()}}
     (where / "result.json").write_text(json.dumps(result))
-    print(f"  aesthetic reward ({tag}): held-out pairwise accuracy {acc:.3f} on {len(held_out)} pairs", flush=True)
+    print(f"  aesthetic reward ({tag}): held-out pairwise accuracy {accuracy} (annotators' ceiling {ceiling})",
+          flush=True)
     return {**result, "path": where}
 
 
@@ -114,9 +183,10 @@ def compare(name: str, a: dict, base: dict, weights: dict[str, float]) -> dict:
     return row
 
 
-def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict) -> dict:
+def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
+          generated: dict[str, GeneratedPool]) -> dict:
     print(f"taste: {tag}", flush=True)
-    aesthetic = train_aesthetic_reward(root, weights, args.labels, args.reward_steps, tag, args.reward_cache)
+    aesthetic = train_aesthetic_reward(root, weights, args, tag, generated)
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment["path"]})
     base = base_model_dir("inpaint")
     extra: dict = {"lr": args.lr} if args.lr else {}
@@ -158,6 +228,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/results/feedback_quality.json"))
     parser.add_argument("--labels", type=int, default=1000, help="best/worst labels the aesthetic reward learns from")
+    parser.add_argument("--label-pool", choices=["renders", "generated", "both"], default="renders",
+                        help="what the panel labels for the aesthetic reward: world renders of the quality mix, "
+                             "the base generator's own samples (ByteEdit's data flow), or both")
+    parser.add_argument("--generated-sets", type=int, default=320,
+                        help="candidate sets (4 samples each) of the generator's own outputs to label")
     parser.add_argument("--reward-steps", type=int, default=400)
     parser.add_argument("--alignment-steps", type=int, default=300)
     parser.add_argument("--pefl-steps", type=int, default=150)
@@ -179,9 +254,16 @@ def main() -> None:
         root = Path(tmp)
         alignment = train_alignment_reward(root, args.alignment_steps, args.reward_cache)
         report["alignment_reward_accuracy"] = alignment["heldout_accuracy"]
+        generated = {}
+        if args.label_pool != "renders":  # the base model's own samples, generated once for every taste
+            keep = args.reward_cache or root
+            generated = {"train": generated_pool(base_model_dir("inpaint"), args.generated_sets, 4, GENERATED,
+                                                 20, keep),
+                         "eval": generated_pool(base_model_dir("inpaint"), max(args.generated_sets // 5, 16), 4,
+                                                GENERATED + 5000, 20, keep)}
         for tag in args.tastes:
             weights = dict(DEFAULT_WEIGHTS) if tag == "default" else reversed_weights()
-            report[tag] = taste(root, tag, weights, args, alignment)
+            report[tag] = taste(root, tag, weights, args, alignment, generated)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out}")

@@ -135,7 +135,7 @@ class _Merged(ImageCache):
     """Several stores' images (the pools live apart)."""
 
     def __init__(self, *caches: ImageCache) -> None:
-        self.caches = caches
+        self.caches = [leaf for c in caches for leaf in (c.caches if isinstance(c, _Merged) else [c])]
         self._holder: dict[str, ImageCache] = {}  # key -> the cache whose store has it, asked once per key
 
     def image(self, key: str) -> np.ndarray:

@@ -158,3 +158,32 @@ def test_agreement_and_gsb_match_hand_computed_values(synced):
         assert stats.per_annotator == {"ls:1": 2, "ls:2": 1} and stats.overlapping_tasks == 1
         assert stats.agreement_best == 1.0 and stats.agreement_worst == 0.0
         assert s.scalar(select(func.count()).select_from(ComparisonPair)) == 0
+
+
+def test_generated_candidate_sets_are_labelled_into_pairs_and_bad_shapes_are_refused(db_url, tmp_path):
+    """ByteEdit's data flow in the simulated world: a generator's own samples become candidate sets that a
+    simulated panel labels best/worst, and the labels become preference pairs over exactly those images."""
+    import numpy as np
+
+    from editloop.labels.simulated import LabelPlan, image_candidate_sets, simulate_labels
+    from editloop.world import render, sample_scene
+    from editloop.world.annotators import panel
+    from editloop.world.io import to_png
+    from editloop.world.render import sample_quality
+    from trainers.reward.data import preference_pairs
+
+    upgrade(db_url)
+    sessions, store = make_sessionmaker(make_engine(db_url)), LocalBlobStore(tmp_path / "blobs")
+    rng = np.random.default_rng(3)
+    scenes = [sample_scene(rng) for _ in range(5)]
+    images = np.stack([[render(s, sample_quality(rng, len(s.objects), q=0.8)) for _ in range(3)] for s in scenes])
+    ids = image_candidate_sets(sessions, store, [s.caption for s in scenes], images)
+    assert simulate_labels(sessions, store, ids, LabelPlan(panel(seed=0))) == 5
+    with sessions() as s:
+        split = preference_pairs(s, store, eval_fraction=0.5, min_labels=1)
+        keys = {store.put(to_png(im)) for im in images.reshape(-1, *images.shape[2:])}
+    pairs = split.train + split.eval
+    assert pairs and {p.win for p in pairs} | {p.lose for p in pairs} <= keys
+    assert {p.prompt for p in pairs} <= {s.caption for s in scenes}
+    with pytest.raises(ValueError, match=r"`images` must be .*got \(5, 3, 64, 64\)"):
+        image_candidate_sets(sessions, store, [s.caption for s in scenes], images[..., 0])

@@ -1,8 +1,9 @@
-"""Candidate sets of world renders and simulated best/worst labels written straight to the database.
+"""Candidate sets and simulated best/worst labels written straight to the database.
 
 For unit tests and learning-quality benchmarks, where going through Label Studio would only add
-time (the integration tests and the demo do go through it). Candidate images are renders of the
-world's quality mix: what a weak generator gives, with a known scene behind each prompt.
+time (the integration tests and the demo do go through it). Candidate images are either renders of
+the world's quality mix (what a weak generator gives, with a known scene behind each prompt) or
+images a model generated (ByteEdit's data flow: experts label the generator's own outputs).
 """
 
 from __future__ import annotations
@@ -39,6 +40,24 @@ def render_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, n_s
             for position in range(n_images):
                 quality = sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, max_q)))
                 record = get_or_create_image(session, store.put(to_png(render(scene, quality))), 64, 64)
+                cs.items.append(CandidateItem(position=position, image_id=record.id))
+            session.add(cs)
+            session.flush()
+            ids.append(cs.id)
+    return ids
+
+
+def image_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, prompts: list[str],
+                         images: np.ndarray, kind: str = "inpaint") -> list[int]:
+    """One candidate set per prompt holding the given images (S,N,H,W,3 uint8, N >= 2 per prompt)."""
+    if images.ndim != 5 or images.shape[0] != len(prompts) or images.shape[1] < 2 or images.shape[-1] != 3:
+        raise ValueError(f"`images` must be (len(prompts)={len(prompts)}, N>=2, H, W, 3), got {images.shape}")
+    ids = []
+    with sessions.begin() as session:
+        for prompt, candidates in zip(prompts, images):
+            cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, prompt))
+            for position, image in enumerate(candidates):
+                record = get_or_create_image(session, store.put(to_png(image)), image.shape[1], image.shape[0])
                 cs.items.append(CandidateItem(position=position, image_id=record.id))
             session.add(cs)
             session.flush()
