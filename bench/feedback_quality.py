@@ -3,13 +3,15 @@
     .venv/bin/python bench/feedback_quality.py --out bench/results/feedback_quality.json
 
 For each taste (the default utility weights, then the same weights reversed):
-1. a panel of simulated annotators labels candidate sets of world renders (best/worst of 4) and an
-   aesthetic reward trains on those labels (the same code path as a training run); an alignment
-   reward trains on world captions with one-attribute hard negatives (taste-independent, trained once);
+1. a panel of simulated annotators labels candidate sets (best/worst of 4) and an aesthetic reward trains
+   on those labels (the same code path as a training run); the sets are world renders of the quality mix
+   (`--label-pool renders`), the base generator's own samples on training examples (`generated`, ByteEdit's
+   data flow; sampled once and kept in --reward-cache), or both; an alignment reward trains on world
+   captions with one-attribute hard negatives (taste-independent, trained once);
 2. PeFL fine-tunes the committed base inpainting model against both rewards (phase 1, T = 20);
 3. progressive phase 2 continues from it at (T, T1, T2) = (8, 6, 3) (default taste only);
 4. on held-out examples (inpaint, erase, outpaint; seeds apart from training): the panel's mean
-   utility, GSB superiority and win rate of each model against the base (every annotator judges every
+   utility (also per task), GSB superiority and win rate of each model against the base (every annotator judges every
    pair side by side), world-judge success, and sampling time per image.
 Writes JSON, a markdown table (stdout) and a picture grid per taste.
 """
@@ -176,10 +178,12 @@ def measure(model: Path, steps: int, examples, seed: int, rewards, weights) -> d
     return {"metrics": metrics, "utility": u, "images": samples.images}
 
 
-def compare(name: str, a: dict, base: dict, weights: dict[str, float]) -> dict:
+def compare(name: str, a: dict, base: dict, weights: dict[str, float], tasks: list[str]) -> dict:
     gsb = panel_gsb(a["utility"], base["utility"], panel(weights=weights, seed=7))
-    row = {"model": name, "mean_utility": float(a["utility"].mean()), "gsb": [gsb.good, gsb.same, gsb.bad],
-           "superiority": gsb.superiority, "win_rate": gsb.win_rate, **a["metrics"]}
+    by_task = {t: float(a["utility"][[i for i, x in enumerate(tasks) if x == t]].mean()) for t in sorted(set(tasks))}
+    row = {"model": name, "mean_utility": float(a["utility"].mean()), "utility_by_task": by_task,
+           "gsb": [gsb.good, gsb.same, gsb.bad], "superiority": gsb.superiority, "win_rate": gsb.win_rate,
+           **a["metrics"]}
     return row
 
 
@@ -210,13 +214,15 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
         timings["progressive_seconds"] = prog_s
         results["progressive-8"] = measure(fast, 8, examples, HELD_OUT, rewards, weights)
         results["base-8"] = measure(base, 8, examples, HELD_OUT, rewards, weights)
-    rows = [compare(name, r, results["base"], weights) for name, r in results.items()]
+    tasks = [e.task for e in examples]
+    rows = [compare(name, r, results["base"], weights, tasks) for name, r in results.items()]
     grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:8]]]
     grid += [list(r["images"][:8]) for r in results.values()]
-    grid_path = Path(args.out).with_name(f"feedback_grid_{tag}.png")
+    grid_path = args.out.with_name(f"{args.out.stem}_grid_{tag}.png")
     save_grid_png(grid, grid_path)
     for row in rows:
-        print(f"  {row['model']}: utility {row['mean_utility']:.3f}, GSB vs base {row['gsb']} "
+        print(f"  {row['model']}: utility {row['mean_utility']:.3f} "
+              f"({', '.join(f'{t} {u:.3f}' for t, u in row['utility_by_task'].items())}), GSB vs base {row['gsb']} "
               f"(superiority {row['superiority']}, win rate {row['win_rate']}), success {row['success']:.3f}, "
               f"feedback score {row['feedback_score']:.3f}, {row['seconds_per_image'] * 1000:.0f} ms/image",
               flush=True)
