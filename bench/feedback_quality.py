@@ -19,6 +19,7 @@ Writes JSON, a markdown table (stdout) and a picture grid per taste.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -56,6 +57,20 @@ HELD_OUT = 930_000
 GENERATED = 610_000  # seeds of the examples whose generated samples the panel labels (apart from HELD_OUT)
 
 
+def cache_name(kind: str, **recipe: object) -> str:
+    """Where --reward-cache keeps a result: a run with another recipe (labels, steps, base weights) must not pick
+    up this one's."""
+    return f"{kind}-{hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]}"
+
+
+def model_fingerprint(model: Path) -> str:
+    """A digest of the model's UNet weights (generated samples are kept only for the weights that made them)."""
+    digest = hashlib.sha1()
+    for f in sorted((model / "unet").glob("*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 @dataclass(frozen=True)
 class GeneratedPool:
     """The base generator's own samples on training examples: `images` is (sets, candidates, H, W, 3)."""
@@ -70,7 +85,7 @@ def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: in
     kept in `cache_dir`, then labelled by each taste's panel)."""
     examples = feedback_examples(n_sets, seed)
     prompts = [e.prompt for e in examples]
-    path = cache_dir / f"generated-{seed}-{n_sets}x{n_images}-{steps}steps.npz"
+    path = cache_dir / f"generated-{seed}-{n_sets}x{n_images}-{steps}steps-{model_fingerprint(model)}.npz"
     if path.is_file():
         return GeneratedPool(prompts, np.load(path)["images"])
     pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
@@ -85,7 +100,8 @@ def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: in
 
 
 def generated_pairs(root: Path, pool: GeneratedPool, weights: dict[str, float], seed: int) -> tuple[list, ImageCache]:
-    """The pool's candidate sets written to a database and labelled best/worst by the taste's panel."""
+    """The pool's candidate sets written to a database and labelled best/worst by the taste's panel. The sets carry
+    no source or mask: PeFL scores images alone, so the reward learns from images alone too."""
     root.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{root / 'pool.db'}"
     (root / "pool.db").unlink(missing_ok=True)
@@ -113,7 +129,8 @@ def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace,
 
 def train_aesthetic_reward(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,
                            generated: dict[str, GeneratedPool]) -> dict:
-    name = f"{tag}-aesthetic" if args.label_pool == "renders" else f"{tag}-aesthetic-{args.label_pool}"
+    name = cache_name(f"{tag}-aesthetic", pool=args.label_pool, labels=args.labels, steps=args.reward_steps,
+                      generated={k: (len(p.prompts), float(p.images.mean())) for k, p in generated.items()})
     if args.reward_cache is not None and (args.reward_cache / name / "result.json").is_file():
         saved = json.loads((args.reward_cache / name / "result.json").read_text())
         print(f"  aesthetic reward ({tag}): from {args.reward_cache} ({saved['heldout_accuracy']})")
@@ -143,17 +160,18 @@ def train_aesthetic_reward(root: Path, weights: dict[str, float], args: argparse
 def train_alignment_reward(root: Path, steps: int, cache: Path | None = None) -> dict:
     from trainers.reward.alignment import accuracy_by_attribute, alignment_examples, train_alignment
 
-    if cache is not None and (cache / "alignment" / "result.json").is_file():
-        saved = json.loads((cache / "alignment" / "result.json").read_text())
+    name = cache_name("alignment", steps=steps)
+    if cache is not None and (cache / name / "result.json").is_file():
+        saved = json.loads((cache / name / "result.json").read_text())
         print(f"  alignment reward: from {cache} (held-out accuracy {saved['heldout_accuracy']:.3f})")
-        return {**saved, "path": cache / "alignment"}
+        return {**saved, "path": cache / name}
     train, held_out = alignment_examples(3000, 0), alignment_examples(500, 10_000)
     torch.manual_seed(0)
     best, _ = train_alignment(tiny_reward("alignment", 0), build_tokenizer(), train, held_out,
                               LoopConfig(steps=steps, eval_every=max(50, steps // 4), patience=4,
                                          checkpoint_every=10**9), Path(tempfile.mkdtemp()), batch_size=32)
     acc = accuracy_by_attribute(best, build_tokenizer(), held_out)["all"]
-    where = (cache or root) / "alignment"
+    where = (cache or root) / name
     save_reward(best, "alignment", where, version="bench-alignment")
     (where / "result.json").write_text(json.dumps({"heldout_accuracy": acc, "steps": steps}))
     print(f"  alignment reward: held-out accuracy {acc:.3f}", flush=True)
