@@ -32,16 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reward_quality import _Merged, all_pairs, pool_pairs, utility_accuracy  # noqa: E402
+from reward_quality import _Merged, pool_pairs, utility_accuracy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from editloop.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from editloop.labels.simulated import LabelPlan, image_candidate_sets, simulate_labels  # noqa: E402
+from editloop.labels.simulated import image_candidate_sets  # noqa: E402
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
 from editloop.models.tokenizer import build_tokenizer  # noqa: E402
 from editloop.models.zoo import load_pipeline  # noqa: E402
-from editloop.store.local import LocalBlobStore  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
 from editloop.world.io import save_grid_png  # noqa: E402
 from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities  # noqa: E402
@@ -102,14 +100,8 @@ def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: in
 def generated_pairs(root: Path, pool: GeneratedPool, weights: dict[str, float], seed: int) -> tuple[list, ImageCache]:
     """The pool's candidate sets written to a database and labelled best/worst by the taste's panel. The sets carry
     no source or mask: PeFL scores images alone, so the reward learns from images alone too."""
-    root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'pool.db'}"
-    (root / "pool.db").unlink(missing_ok=True)
-    upgrade(url)
-    sessions, store = make_sessionmaker(make_engine(url)), LocalBlobStore(root / "blobs")
-    ids = image_candidate_sets(sessions, store, pool.prompts, pool.images)
-    simulate_labels(sessions, store, ids, LabelPlan(panel(weights=weights, seed=seed)))
-    return all_pairs(sessions, store), ImageCache(store)
+    return pool_pairs(root, len(pool.prompts), seed, weights,
+                      lambda sessions, store: image_candidate_sets(sessions, store, pool.prompts, pool.images))
 
 
 def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,

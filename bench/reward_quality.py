@@ -19,11 +19,13 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.orm import sessionmaker
 
 from editloop.db import make_engine, make_sessionmaker, upgrade
 from editloop.labels.simulated import LabelPlan, render_candidate_sets, simulate_labels
@@ -37,8 +39,10 @@ from trainers.reward.data import ImageCache, preference_pairs
 from trainers.reward.loop import LoopConfig
 
 
-def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float]):  # noqa: ANN201
-    """A labelled pool; kept under `root` (with --work) and reused when a finished one is there."""
+def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float],  # noqa: ANN201
+                  make_sets: Callable[[sessionmaker, LocalBlobStore], list[int]] | None = None):
+    """A labelled pool; kept under `root` (with --work) and reused when a finished one is there. Its candidate sets
+    are `n_labels` sets of world renders unless `make_sets(sessions, store)` writes others."""
     url = f"sqlite:///{root / f'pool-{seed}.db'}"
     done = root / f"pool-{seed}-{n_labels}.done"
     if not done.is_file():
@@ -48,7 +52,8 @@ def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float
     sessions = make_sessionmaker(make_engine(url))
     store = LocalBlobStore(root / "blobs")
     if not done.is_file():
-        ids = render_candidate_sets(sessions, store, n_labels, 4, seed=seed)
+        ids = (make_sets(sessions, store) if make_sets is not None
+               else render_candidate_sets(sessions, store, n_labels, 4, seed=seed))
         simulate_labels(sessions, store, ids, LabelPlan(panel(weights=weights, seed=seed)))
         done.touch()
     return sessions, store
@@ -126,8 +131,9 @@ def aesthetic_curve(root: Path, sizes: list[int], weights: dict[str, float], tag
             "recipe": asdict(recipe), "points": points}
 
 
-def pool_pairs(root: Path, n_labels: int, seed: int, weights: dict[str, float]) -> tuple[list, ImageCache]:
-    sessions, store = labelled_pool(root, n_labels, seed, weights)
+def pool_pairs(root: Path, n_labels: int, seed: int, weights: dict[str, float],
+               make_sets: Callable[[sessionmaker, LocalBlobStore], list[int]] | None = None) -> tuple[list, ImageCache]:
+    sessions, store = labelled_pool(root, n_labels, seed, weights, make_sets)
     return all_pairs(sessions, store), ImageCache(store)
 
 

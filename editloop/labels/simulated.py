@@ -24,6 +24,22 @@ from editloop.world.render import sample_quality
 from editloop.world.scene import parse_caption
 
 
+def add_candidate_set(session: Session, store: BlobStore, prompt: str, images: list[np.ndarray], kind: str,
+                      source: np.ndarray | None = None, mask: np.ndarray | None = None) -> int:
+    """One candidate set of `images` for `prompt` (with its source image and mask for an edit set); returns its id."""
+    cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, prompt))
+    if source is not None and mask is not None:
+        cs.source_image_id = get_or_create_image(session, store.put(to_png(source)), source.shape[1],
+                                                 source.shape[0]).id
+        cs.mask_key = store.put(mask_to_png(mask))
+    for position, image in enumerate(images):
+        record = get_or_create_image(session, store.put(to_png(image)), image.shape[1], image.shape[0])
+        cs.items.append(CandidateItem(position=position, image_id=record.id))
+    session.add(cs)
+    session.flush()
+    return cs.id
+
+
 def render_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, n_sets: int, n_images: int = 4,
                           seed: int = 0, kind: str = "t2i", max_q: float = 1.0) -> list[int]:
     """`n_sets` candidate sets of `n_images` renders at q ~ U[0, max_q]; edit sets get a source and cell mask."""
@@ -32,18 +48,12 @@ def render_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, n_s
     with sessions.begin() as session:
         for _ in range(n_sets):
             scene = sample_scene(rng)
-            cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, scene.caption))
-            if kind != "t2i":
-                source = render(scene)
-                cs.source_image_id = get_or_create_image(session, store.put(to_png(source)), 64, 64).id
-                cs.mask_key = store.put(mask_to_png(cell_mask(scene.objects[0].position)))
-            for position in range(n_images):
-                quality = sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, max_q)))
-                record = get_or_create_image(session, store.put(to_png(render(scene, quality))), 64, 64)
-                cs.items.append(CandidateItem(position=position, image_id=record.id))
-            session.add(cs)
-            session.flush()
-            ids.append(cs.id)
+            images = [render(scene, sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, max_q))))
+                      for _ in range(n_images)]
+            edit = kind != "t2i"
+            ids.append(add_candidate_set(session, store, scene.caption, images, kind,
+                                         render(scene) if edit else None,
+                                         cell_mask(scene.objects[0].position) if edit else None))
     return ids
 
 
@@ -52,17 +62,9 @@ def image_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, prom
     """One candidate set per prompt holding the given images (S,N,H,W,3 uint8, N >= 2 per prompt)."""
     if images.ndim != 5 or images.shape[0] != len(prompts) or images.shape[1] < 2 or images.shape[-1] != 3:
         raise ValueError(f"`images` must be (len(prompts)={len(prompts)}, N>=2, H, W, 3), got {images.shape}")
-    ids = []
     with sessions.begin() as session:
-        for prompt, candidates in zip(prompts, images):
-            cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, prompt))
-            for position, image in enumerate(candidates):
-                record = get_or_create_image(session, store.put(to_png(image)), image.shape[1], image.shape[0])
-                cs.items.append(CandidateItem(position=position, image_id=record.id))
-            session.add(cs)
-            session.flush()
-            ids.append(cs.id)
-    return ids
+        return [add_candidate_set(session, store, prompt, list(candidates), kind)
+                for prompt, candidates in zip(prompts, images)]
 
 
 @dataclass(frozen=True)
