@@ -9,7 +9,8 @@ For each taste (the default utility weights, then the same weights reversed):
    data flow; sampled once and kept in --reward-cache), or both; an alignment reward trains on world
    captions with one-attribute hard negatives (taste-independent, trained once);
 2. PeFL fine-tunes the committed base inpainting model against both rewards (phase 1, T = 20);
-3. progressive phase 2 continues from it at (T, T1, T2) = (8, 6, 3) (default taste only);
+   (with --task-reward-scale, a second PeFL model with the reward loss scaled per task);
+3. progressive phase 2 continues from it (or the per-task model) at (T, T1, T2) = (8, 6, 3) (default taste only);
 4. on held-out examples (inpaint, erase, outpaint; seeds apart from training): the panel's mean
    utility (also per task), GSB superiority and win rate of each model against the base (every annotator judges every
    pair side by side), world-judge success, and sampling time per image.
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reward_quality import _Merged, pool_pairs, utility_accuracy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from editloop.cli.train import parse_task_scales  # noqa: E402
 from editloop.labels.simulated import image_candidate_sets  # noqa: E402
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
@@ -47,6 +49,7 @@ from trainers.feedback.examples import feedback_examples  # noqa: E402
 from trainers.feedback.loop import train_feedback  # noqa: E402
 from trainers.feedback.progressive import stage_config  # noqa: E402
 from trainers.feedback.rewards import load_rewards  # noqa: E402
+from trainers.feedback.run import EvalConfig, promotion_guards  # noqa: E402
 from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
 from trainers.reward.data import ImageCache  # noqa: E402
 from trainers.reward.loop import LoopConfig  # noqa: E402
@@ -210,22 +213,34 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
         extra["reward_weights"] = {"aesthetic": args.reward_weight, "alignment": args.reward_weight}
     pefl_model, pefl_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl", **extra)
     print(f"  PeFL: {args.pefl_steps} steps in {pefl_s:.0f}s", flush=True)
-    examples = feedback_examples(args.eval, HELD_OUT)
-    results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights),
-               "pefl": measure(pefl_model, 20, examples, HELD_OUT, rewards, weights)}
+    seed = args.eval_seed
+    examples = feedback_examples(args.eval, seed)
+    results = {"base": measure(base, 20, examples, seed, rewards, weights),
+               "pefl": measure(pefl_model, 20, examples, seed, rewards, weights)}
     timings = {"pefl_seconds": pefl_s}
+    fast_start = pefl_model
+    if args.task_reward_scale:  # the same run with the reward loss scaled per task; progressive continues from it
+        extra["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
+        fast_start, per_task_s = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl-per-task",
+                                           **extra)
+        timings["per_task_seconds"] = per_task_s
+        results["pefl-per-task"] = measure(fast_start, 20, examples, seed, rewards, weights)
     if args.ablation and tag == "default":  # the same run with the rewards switched off: the regulariser alone
         reg_only, _ = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-reference-only",
                                 **{**extra, "reward_weights": {"aesthetic": 0.0, "alignment": 0.0}})
-        results["reference-only"] = measure(reg_only, 20, examples, HELD_OUT, rewards, weights)
+        results["reference-only"] = measure(reg_only, 20, examples, seed, rewards, weights)
     if not args.skip_progressive and tag == "default":
-        fast, prog_s = fine_tune(pefl_model, rewards, "progressive", args.progressive_steps,
+        fast, prog_s = fine_tune(fast_start, rewards, "progressive", args.progressive_steps,
                                  root / f"{tag}-progressive", adversarial=None, **extra)
         timings["progressive_seconds"] = prog_s
-        results["progressive-8"] = measure(fast, 8, examples, HELD_OUT, rewards, weights)
-        results["base-8"] = measure(base, 8, examples, HELD_OUT, rewards, weights)
+        results["progressive-8"] = measure(fast, 8, examples, seed, rewards, weights)
+        results["base-8"] = measure(base, 8, examples, seed, rewards, weights)
     tasks = [e.task for e in examples]
     rows = [compare(name, r, results["base"], weights, tasks) for name, r in results.items()]
+    starts = {"progressive-8": "pefl-per-task" if args.task_reward_scale else "pefl"}
+    for row in rows[1:]:  # what the registry's gate would say of each model against the model it started from
+        parent = results[starts.get(row["model"], "base")]["metrics"]
+        row["gate_refuses"] = promotion_guards(row, parent, EvalConfig().success_tolerance)
     grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:8]]]
     grid += [list(r["images"][:8]) for r in results.values()]
     grid_path = args.out.with_name(f"{args.out.stem}_grid_{tag}.png")
@@ -234,7 +249,8 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
         print(f"  {row['model']}: utility {row['mean_utility']:.3f} "
               f"({', '.join(f'{t} {u:.3f}' for t, u in row['utility_by_task'].items())}), GSB vs base {row['gsb']} "
               f"(superiority {row['superiority']}, win rate {row['win_rate']}), success {row['success']:.3f}, "
-              f"feedback score {row['feedback_score']:.3f}, {row['seconds_per_image'] * 1000:.0f} ms/image",
+              f"feedback score {row['feedback_score']:.3f}, {row['seconds_per_image'] * 1000:.0f} ms/image, "
+              f"gate: {'; '.join(row.get('gate_refuses', ['-'])) or 'would promote'}",
               flush=True)
     return {"weights": weights, "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "rows": rows,
             "grid": str(grid_path), "grid_rows": ["source (mask darkened)", *results], **timings}
@@ -254,6 +270,11 @@ def main() -> None:
     parser.add_argument("--pefl-steps", type=int, default=150)
     parser.add_argument("--progressive-steps", type=int, default=80)
     parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
+    parser.add_argument("--eval-seed", type=int, default=HELD_OUT,
+                        help="seed of the held-out examples and their sampling noise (another value: a fresh set)")
+    parser.add_argument("--task-reward-scale", action="append", default=[], metavar="TASK=SCALE",
+                        help="also train PeFL with the reward loss scaled per task (repeatable, e.g. outpaint=4 "
+                             "erase=0 inpaint=0); the progressive stage then starts from that model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reward-cache", type=Path, default=None,
                         help="keep the trained reward models here and reuse them on the next run")
@@ -265,6 +286,7 @@ def main() -> None:
     parser.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"command": "bench/feedback_quality.py " + " ".join(sys.argv[1:]), "torch_threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -280,7 +302,6 @@ def main() -> None:
         for tag in args.tastes:
             weights = dict(DEFAULT_WEIGHTS) if tag == "default" else reversed_weights()
             report[tag] = taste(root, tag, weights, args, alignment, generated)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out}")
 

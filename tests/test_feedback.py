@@ -139,6 +139,39 @@ def test_rewards_are_normalised_on_clean_sources(reward_dirs):
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 1e-3
 
 
+def test_reward_weights_per_task_scale_each_examples_reward_loss(reward_dirs):
+    import torch.nn.functional as F
+
+    from editloop.cli.train import parse_task_scales
+    from editloop.models.data import to_tensor
+    from trainers.feedback.loop import task_scales
+    from trainers.feedback.rewards import preference_scores
+
+    rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
+    examples = feedback_examples(3, 11)  # inpaint, erase, outpaint
+    images, prompts = to_tensor([e.source for e in examples]), [e.prompt for e in examples]
+    cfg = FeedbackConfig(task_reward_scale={"erase": 0.0, "outpaint": 4.0})
+    scale = task_scales(cfg, [e.task for e in examples])
+    assert scale.tolist() == [1.0, 0.0, 4.0] and task_scales(FeedbackConfig(), ["erase"]) is None
+    weights = {"aesthetic": 1.0, "alignment": 0.5}
+    loss, _ = reward_losses(rewards, weights, images, prompts, scale)
+    expected = sum(w * (-F.logsigmoid(preference_scores(rewards, k, images, prompts)) * scale).mean()
+                   for k, w in weights.items())
+    torch.testing.assert_close(loss, expected)
+    plain, _ = reward_losses(rewards, weights, images, prompts)
+    torch.testing.assert_close(reward_losses(rewards, weights, images, prompts, torch.ones(3))[0], plain)
+    assert FeedbackConfig.from_dict(cfg.to_dict()).task_reward_scale == {"erase": 0.0, "outpaint": 4.0}
+    assert parse_task_scales(["outpaint=4", "erase=0"]) == {"outpaint": 4.0, "erase": 0.0}
+    with pytest.raises(ValueError, match="`task_reward_scale` names unknown task 'paint'"):
+        FeedbackConfig(task_reward_scale={"paint": 1.0})
+    with pytest.raises(ValueError, match=r"`task_reward_scale\['erase'\]` must be a finite number >= 0, got -1"):
+        FeedbackConfig(task_reward_scale={"erase": -1})
+    with pytest.raises(ValueError, match="must be TASK=SCALE .* got 'outpaint:4'"):
+        parse_task_scales(["outpaint:4"])
+    with pytest.raises(ValueError, match=r"`task_reward_scale\['inpaint'\]` must be a finite number >= 0, got nan"):
+        parse_task_scales(["inpaint=nan"])
+
+
 def test_the_critic_stabilisers(pipe, reward_dirs):
     cfg = AdversarialConfig(warmup_steps=3, d_every=2, d_clip=1e-3, real_label=0.9)
     assert [cfg.generator_active(s) for s in range(5)] == [False, False, False, True, True]

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--steps", type=int, default=None, help="training steps per stage (default 200)")
         f.add_argument("--batch-size", type=int, default=None)
         f.add_argument("--eval-examples", type=int, default=None, help="held-out examples per evaluation")
+        f.add_argument("--task-reward-scale", action="append", default=[], metavar="TASK=SCALE",
+                       help="multiply the reward loss on one task's examples (repeatable), e.g. outpaint=4 erase=0")
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
         f.add_argument("--wait", action="store_true", help="wait for the chain and print each stage's result")
         f.set_defaults(func=_train_feedback, stage=stage)
@@ -112,9 +114,28 @@ def enqueue_feedback_chain(settings: Settings, stages: list[str], config: dict, 
     return run_ids
 
 
+def parse_task_scales(items: list[str]) -> dict[str, float]:
+    """["outpaint=4", "erase=0"] -> {"outpaint": 4.0, "erase": 0.0}, checked as FeedbackConfig checks it."""
+    from trainers.feedback.loop import check_task_scale
+
+    scales: dict[str, float] = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            scales[task.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--task-reward-scale must be TASK=SCALE (e.g. outpaint=4), got {item!r}")
+    check_task_scale(scales)
+    return scales
+
+
 def _train_feedback(args: argparse.Namespace) -> int:
     settings = Settings()
     config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
+    if args.task_reward_scale:
+        config["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
     evaluation = {"auto_promote": not args.no_promote,
                   **({"examples": args.eval_examples} if args.eval_examples else {})}
     config["eval"] = evaluation

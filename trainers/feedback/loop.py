@@ -44,6 +44,9 @@ class FeedbackConfig:
     lr: float = 2e-5
     ema_decay: float = 0.98
     reward_weights: dict[str, float] = field(default_factory=lambda: {"aesthetic": 1.0, "alignment": 1.0})
+    # task -> multiplier of the preference rewards' loss on that task's examples (a task left out: 1);
+    # e.g. {"erase": 0, "inpaint": 0, "outpaint": 4} (BENCHMARKS.md, "Reward weights per task")
+    task_reward_scale: dict[str, float] = field(default_factory=dict)
     eta: float = 1.0  # reference regulariser weight
     perceptual_weight: float = 1.0
     guidance: float = 4.0
@@ -61,6 +64,7 @@ class FeedbackConfig:
         if self.stage not in STAGES:
             raise ValueError(f"`stage` must be one of {list(STAGES)}, got {self.stage!r}")
         check_tasks(self.tasks)
+        check_task_scale(self.task_reward_scale)
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
@@ -79,6 +83,21 @@ class FeedbackConfig:
         if "tasks" in data:
             data["tasks"] = tuple(data["tasks"])
         return cls(**data)
+
+
+def check_task_scale(scale: dict[str, float]) -> None:
+    for task, value in scale.items():
+        if task not in TASKS:
+            raise ValueError(f"`task_reward_scale` names unknown task {task!r}; tasks: {list(TASKS)}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"`task_reward_scale[{task!r}]` must be a finite number >= 0, got {value!r}")
+
+
+def task_scales(cfg: FeedbackConfig, tasks: list[str]) -> torch.Tensor | None:
+    """Per-example multipliers of the reward loss (None when every task weighs 1)."""
+    if not cfg.task_reward_scale:
+        return None
+    return torch.tensor([float(cfg.task_reward_scale.get(t, 1.0)) for t in tasks])
 
 
 def make_trainable(pipe, cfg: FeedbackConfig) -> list[torch.nn.Parameter]:  # noqa: ANN001
@@ -214,7 +233,8 @@ def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, param
     with _autocast(pipe.unet.device):
         x0, steps_left = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance)
         images = decode(pipe, x0)
-        loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts)
+        loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts,
+                                     task_scales(cfg, [e.task for e in examples]))
         reg = reference_loss(pipe.vae, images, batch, cfg.perceptual_weight).mean()
         loss = loss + cfg.eta * reg
         if disc is not None and cfg.adversarial.generator_active(step):

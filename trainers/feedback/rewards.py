@@ -68,15 +68,20 @@ def normalised(rewards: RewardModels, kind: str, scores: torch.Tensor) -> torch.
     return (scores - mean) / std
 
 
-def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torch.Tensor,
-                  prompts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_k w_k * mean(-log sigmoid(R_k(c, x))) over the preference rewards, and each mean score."""
+def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torch.Tensor, prompts: list[str],
+                  example_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k w_k * mean_i(s_i * -log sigmoid(R_k(c_i, x_i))) over the preference rewards (s_i = 1 unless
+    `example_scale` gives one per example, e.g. per task), and each reward's mean score."""
     total = images.new_zeros(())
+    scale = None if example_scale is None else example_scale.to(images.device, torch.float32)
     scores: dict[str, float] = {}
     for kind, weight in weights.items():
         if kind not in rewards.preference:
             raise ValueError(f"reward `{kind}` is weighted but not loaded (loaded: {sorted(rewards.preference)})")
         r = normalised(rewards, kind, preference_scores(rewards, kind, images, prompts))
-        total = total + weight * (-F.logsigmoid(r)).mean()
+        per_example = -F.logsigmoid(r)
+        if scale is not None:
+            per_example = per_example * scale
+        total = total + weight * per_example.mean()
         scores[f"reward_{kind}"] = float(r.detach().mean())
     return total, scores
