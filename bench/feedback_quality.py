@@ -183,8 +183,10 @@ def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrid
     return out / "model", time.time() - t0
 
 
-def measure(model: Path, steps: int, examples, seed: int, rewards, weights) -> dict:  # noqa: ANN001
+def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spacing: str | None = None) -> dict:  # noqa: ANN001
     pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
+    if spacing is not None:  # the same weights sampled at other timesteps
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
     samples = sample(pipe, examples, seed, steps)
     metrics = evaluate_samples(samples, examples, rewards)
     u = utilities(samples.images, examples, weights)
@@ -230,11 +232,15 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
                                 **{**extra, "reward_weights": {"aesthetic": 0.0, "alignment": 0.0}})
         results["reference-only"] = measure(reg_only, 20, examples, seed, rewards, weights)
     if not args.skip_progressive and tag == "default":
+        spacing = {"timestep_spacing": args.progressive_spacing} if args.progressive_spacing else {}
         fast, prog_s = fine_tune(fast_start, rewards, "progressive", args.progressive_steps,
-                                 root / f"{tag}-progressive", adversarial=None, **extra)
+                                 root / f"{tag}-progressive", adversarial=None, **extra, **spacing)
         timings["progressive_seconds"] = prog_s
         results["progressive-8"] = measure(fast, 8, examples, seed, rewards, weights)
         results["base-8"] = measure(base, 8, examples, seed, rewards, weights)
+        if args.progressive_spacing:
+            results[f"base-8-{args.progressive_spacing}"] = measure(base, 8, examples, seed, rewards, weights,
+                                                                   args.progressive_spacing)
     tasks = [e.task for e in examples]
     rows = [compare(name, r, results["base"], weights, tasks) for name, r in results.items()]
     starts = {"progressive-8": "pefl-per-task" if args.task_reward_scale else "pefl"}
@@ -282,6 +288,8 @@ def main() -> None:
     parser.add_argument("--reward-weight", type=float, default=None, help="weight of each reward's loss")
     parser.add_argument("--lr", type=float, default=None, help="feedback learning rate (default: the preset's)")
     parser.add_argument("--skip-progressive", action="store_true")
+    parser.add_argument("--progressive-spacing", choices=["leading", "trailing"], default=None,
+                        help="timestep spacing the progressive stage trains and samples with (default: the model's)")
     parser.add_argument("--ablation", action="store_true", help="also train with the rewards off (regulariser only)")
     parser.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
     args = parser.parse_args()

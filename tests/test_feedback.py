@@ -16,6 +16,7 @@ from sqlalchemy import select
 from editloop.db import ModelVersion, TrainingRun
 from editloop.models.base import base_model_dir, load_base
 from editloop.models.reward import CoherenceReward, save_reward, tiny_reward
+from editloop.models.zoo import load_pipeline
 from editloop.registry import PromotionRefused, promote, promoted, register_candidate, store_model_dir
 from editloop.settings import Settings
 from services.core.sampling import ModelDefaults
@@ -72,6 +73,7 @@ def test_schedules_and_presets_follow_the_paper():
     assert stage_config("pefl").adversarial is None and stage_config("pefl").schedule == PHASE_1
     assert stage_config("adversarial").adversarial is not None
     assert stage_config("progressive").schedule == PHASE_2
+    assert stage_config("progressive").timestep_spacing == "trailing" and stage_config("pefl").timestep_spacing is None
     with pytest.raises(ValueError, match=r"1 <= T2 < T1 <= T, got \(T, T1, T2\) = \(8, 3, 6\)"):
         PeflSchedule(8, 3, 6)
     with pytest.raises(ValueError, match="`stage` must be one of"):
@@ -170,6 +172,21 @@ def test_reward_weights_per_task_scale_each_examples_reward_loss(reward_dirs):
         parse_task_scales(["outpaint:4"])
     with pytest.raises(ValueError, match=r"`task_reward_scale\['inpaint'\]` must be a finite number >= 0, got nan"):
         parse_task_scales(["inpaint=nan"])
+
+
+def test_a_stage_trains_samples_and_saves_with_trailing_timesteps(tmp_path, reward_dirs):
+    from trainers.feedback.pefl import ddim
+
+    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    assert int(ddim(pipe, 8).timesteps[0]) == 876  # Stable Diffusion's "leading" spacing with steps_offset 1
+    cfg = FeedbackConfig(steps=1, batch_size=2, schedule=PHASE_2, timestep_spacing="trailing")
+    train_feedback(pipe, rewards_of(reward_dirs, ("aesthetic", "alignment")), cfg, tmp_path / "run")
+    assert [int(t) for t in ddim(pipe, 8).timesteps] == [999, 874, 749, 624, 499, 374, 249, 124]
+    pipe.save_pretrained(tmp_path / "model")
+    again = load_pipeline(tmp_path / "model", "inpaint", device="cpu", dtype="fp32")
+    assert again.scheduler.config.timestep_spacing == "trailing"  # the service samples it as it was trained
+    with pytest.raises(ValueError, match="`timestep_spacing` must be one of .* got 'middle'"):
+        FeedbackConfig(timestep_spacing="middle")
 
 
 def test_the_critic_stabilisers(pipe, reward_dirs):

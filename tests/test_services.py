@@ -198,9 +198,11 @@ def test_edit_serves_the_instruction_editor_seeded_and_recorded(tmp_path, tiny_m
         a = await stub.Edit(instruct_request(n=2, record=True, image_guidance=2.0))
         b, c = await asyncio.gather(stub.Edit(instruct_request(n=1, image_guidance=2.0)),
                                     stub.Edit(instruct_request(n=1, image_guidance=2.0, seed=6)))
-        return a, b, c
+        d = await stub.Edit(instruct_request(n=1, image_guidance=2.0, start="input"))
+        return a, b, c, d
 
-    a, b, c = run(with_service("editor", settings, tiny_models, body))
+    a, b, c, d = run(with_service("editor", settings, tiny_models, body))
+    assert a.start == "noise" and d.start == "input"  # the editor's default_start, then the request's
     assert len(a.images) == 2 and a.model.name == "default-instruct" and a.model.version == f"tiny-{arch}"
     assert a.params.steps == 2 and a.params.guidance == 5.0 and a.generation_id
     first = from_png(a.images[0].png)
@@ -210,6 +212,7 @@ def test_edit_serves_the_instruction_editor_seeded_and_recorded(tmp_path, tiny_m
     diff = lambda x, y: int(np.abs(from_png(x.png).astype(int) - from_png(y.png).astype(int)).max())  # noqa: E731
     assert diff(b.images[0], a.images[0]) <= 2 and diff(c.images[0], a.images[1]) <= 2
     assert diff(b.images[0], c.images[0]) > 10
+    assert diff(d.images[0], a.images[0]) > 2  # same seed, other start: the noised input, not pure noise
     engine = make_engine(settings.resolved_database_url())
     with make_sessionmaker(engine)() as s:
         gen = s.scalars(select(Generation).where(Generation.id == a.generation_id)).one()
@@ -236,6 +239,8 @@ def rgb_png(size: int) -> bytes:
         (dict(scheduler="euler"), "`params.scheduler` must be 'ddim'"),
         (dict(n=17), "`num_images` must be in 1..16"),
         (dict(image=rgb_png(32)), "`image` must be 64x64"),
+        (dict(start="middle"), "`start` must be one of ['noise', 'input'] (or empty: the editor's default 'noise'), "
+                               "got 'middle'"),
     ],
 )
 def test_edit_bad_input_is_invalid_argument(tmp_path, tiny_models, tiny_instruct, kwargs, text):

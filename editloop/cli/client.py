@@ -92,11 +92,12 @@ def instruct(args: argparse.Namespace, settings: Settings) -> list[Path]:
     request = editor_pb2.EditRequest(
         image=common_pb2.Image(png=Path(args.image).read_bytes()), instruction=args.instruction,
         num_images=args.n, params=_params(args), image_guidance=args.image_guidance, record=args.record,
+        start=args.start,
     )
     with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
         result = editor_pb2_grpc.EditorStub(ch).Edit(request, timeout=600)
     paths = _write(result.images, args.out, "edit")
-    print(f"{result.model.name} {result.model.version}: wrote {', '.join(map(str, paths))}")
+    print(f"{result.model.name} {result.model.version} (start: {result.start}): wrote {', '.join(map(str, paths))}")
     return paths
 
 
@@ -130,6 +131,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("instruction", help='e.g. "make the red circle blue" (the Shapes World grammar)')
     p.add_argument("--image-guidance", type=float, default=0.0, help="image guidance scale; 0 = the model's default")
+    p.add_argument("--start", choices=["noise", "input"], default="",
+                   help="where sampling starts: pure noise or the noised input (default: the editor's default_start)")
     add_sampling(p)
     p.set_defaults(func=lambda a: bool(instruct(a, Settings())) and 0)
     p = sub.add_parser("score", help="score PNG files with a reward service")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from editloop.models.instruct import load_instruct_editor
-from editloop.models.instruct_sampling import MAX_GUIDANCE, edit_images
+from editloop.models.instruct_sampling import MAX_GUIDANCE, STARTS, edit_images
 from editloop.models.model_dir import model_version
 from editloop.world.instructions import check_instruction
 from services.core.batching import split_per_job
@@ -24,10 +24,11 @@ class EditJob:
     num_images: int
     sampling: Sampling
     image_guidance: float
+    start: str
 
     @property
     def batch_key(self) -> tuple:
-        return (*self.sampling.batch_key, self.image_guidance, self.image.shape)
+        return (*self.sampling.batch_key, self.image_guidance, self.start, self.image.shape)
 
 
 class InstructCore:
@@ -40,6 +41,7 @@ class InstructCore:
         self.defaults = ModelDefaults(int(self.editor.setting("default_steps")),
                                       float(self.editor.setting("default_guidance")), "ddim")
         self.image_guidance = float(self.editor.setting("default_image_guidance"))
+        self.start = str(self.editor.setting("default_start"))
         self.native = self.editor.native_size
 
     def check_image(self, image: np.ndarray) -> None:
@@ -62,6 +64,15 @@ class InstructCore:
                                   f"{self.image_guidance}), got {image_guidance}")
         return s, float(ig)
 
+    def resolve_start(self, start: str) -> str:
+        """The request's start, or the editor's default when empty."""
+        if not start:
+            return self.start
+        if start not in STARTS:
+            raise InvalidArgument(f"`start` must be one of {list(STARTS)} (or empty: the editor's default "
+                                  f"{self.start!r}), got {start!r}")
+        return start
+
     @staticmethod
     def instruction(text: str) -> str:
         try:
@@ -75,5 +86,5 @@ class InstructCore:
         instructions = [j.instruction for j in jobs for _ in range(j.num_images)]
         seeds = [j.sampling.seed + i for j in jobs for i in range(j.num_images)]  # image i of a job: seed + i
         out = edit_images(self.editor, images, instructions, seeds, s.steps, s.guidance, jobs[0].image_guidance,
-                          on_step)
+                          on_step, start=jobs[0].start)
         return split_per_job(list(out), [j.num_images for j in jobs])

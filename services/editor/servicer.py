@@ -76,12 +76,15 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
         instruction = core.instruction(request.instruction)
         p = request.params
         sampling, image_guidance = core.resolve(p.steps, p.guidance, p.seed, p.scheduler, request.image_guidance)
-        return EditJob(image, instruction, check_count(request.num_images), sampling, image_guidance)
+        return EditJob(image, instruction, check_count(request.num_images), sampling, image_guidance,
+                       core.resolve_start(request.start))
 
     @unary(SERVICE)
     async def Edit(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         job = self._edit_job(request)
         images, name, version = await self.instruct_batcher.submit(job, job.batch_key, job.num_images)
-        return await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,
-                                    recorder=self.recorder, record=request.record, kind="edit",
-                                    prompt=job.instruction, source_png=request.image.png)
+        response = await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,
+                                        recorder=self.recorder, record=request.record, kind="edit",
+                                        prompt=job.instruction, source_png=request.image.png)
+        response.start = job.start
+        return response

@@ -29,6 +29,7 @@ from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
 from trainers.runs import save_checkpoint
 
 STAGES = ("pefl", "adversarial", "progressive")
+SPACINGS = ("leading", "trailing", "linspace")
 
 
 class Diverged(RuntimeError):
@@ -59,12 +60,18 @@ class FeedbackConfig:
     gradient_checkpointing: bool = False
     resolution: int = 64  # training examples are upscaled to this size (512 for Stable-Diffusion-sized models)
     calibration_examples: int = 0  # > 0: rewards normalised on this many clean sources (BENCHMARKS.md: hacked)
+    # None: sample with the start model's timestep spacing; "trailing" puts the first of few steps at t = 999
+    # (Lin et al., 2024, section 3.3); the trained model keeps the spacing it was trained with
+    timestep_spacing: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"`stage` must be one of {list(STAGES)}, got {self.stage!r}")
         check_tasks(self.tasks)
         check_task_scale(self.task_reward_scale)
+        if self.timestep_spacing not in (None, *SPACINGS):
+            raise ValueError(f"`timestep_spacing` must be one of {list(SPACINGS)} or None, "
+                             f"got {self.timestep_spacing!r}")
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
@@ -157,9 +164,12 @@ def _autocast(device: torch.device):  # noqa: ANN202
 
 def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,  # noqa: ANN001
                    progress: Callable[[int, int, dict[str, float]], None] | None = None) -> FeedbackState:
-    """Fine-tune `pipe.unet` in place (it ends holding the EMA weights); resumes from run_dir/checkpoint.pt."""
+    """Fine-tune `pipe.unet` in place (it ends holding the EMA weights); resumes from run_dir/checkpoint.pt.
+    With `cfg.timestep_spacing`, `pipe.scheduler` switches to that spacing first (and is saved with it)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
+    if cfg.timestep_spacing is not None:  # trained, evaluated and saved with this spacing
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=cfg.timestep_spacing)
     unet, device = pipe.unet, pipe.unet.device
     params = make_trainable(pipe, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

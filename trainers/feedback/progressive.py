@@ -1,7 +1,9 @@
 """Progressive acceleration (ByteEdit's Accelerate): the feedback objective at phase 1 (T, T1, T2) =
 (20, 15, 10), then phase 2 = (8, 6, 3) starting from phase 1's parameters. The phase-2 model is
-trained for 8 sampling steps, records that in its editloop.json (`default_steps`), and the editor
-service samples it at 8 steps unless a request says otherwise.
+trained for 8 sampling steps with "trailing" timesteps (the first at t = 999, where sampling's pure noise
+belongs; Stable Diffusion's "leading" spacing starts 8 steps at t = 876: measured in bench/step_spacing.py),
+records that in its editloop.json (`default_steps`) and scheduler config, and the editor service samples it
+at 8 steps unless a request says otherwise.
 
 The stage presets live here too: which rewards, which schedule, whether the coherence critic trains.
 """
@@ -23,6 +25,8 @@ def stage_config(stage: str, **overrides: Any) -> FeedbackConfig:
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {list(STAGES)}, got {stage!r}")
     preset: dict[str, Any] = {"stage": stage, "schedule": PHASE_2 if stage == "progressive" else PHASE_1}
+    if stage == "progressive":  # 8 steps from t = 999, not t = 876 (bench/step_spacing.py, BENCHMARKS.md)
+        preset["timestep_spacing"] = "trailing"
     if stage != "pefl":
         preset["adversarial"] = AdversarialConfig()
     data = FeedbackConfig(**preset).to_dict()

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from services.gen.editloop.v1 import common_pb2 as editloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64itloop/v1/editor.proto\x12\x0b\x65\x64itloop.v1\x1a\x18\x65\x64itloop/v1/common.proto\"\xdb\x01\n\x0eInpaintRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x1f\n\x04mask\x18\x02 \x01(\x0b\x32\x11.editloop.v1.Mask\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nnum_images\x18\x04 \x01(\x05\x12+\n\x06params\x18\x05 \x01(\x0b\x32\x1b.editloop.v1.SamplingParams\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12\x0e\n\x06record\x18\x07 \x01(\x08\"\xd4\x01\n\x0b\x45\x64itRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x12\n\nnum_images\x18\x03 \x01(\x05\x12+\n\x06params\x18\x04 \x01(\x0b\x32\x1b.editloop.v1.SamplingParams\x12\x16\n\x0eimage_guidance\x18\x05 \x01(\x02\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12\x0e\n\x06record\x18\x07 \x01(\x08\"\x9c\x01\n\x0c\x45\x64itResponse\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.editloop.v1.Image\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.editloop.v1.SamplingParams\x12\x15\n\rgeneration_id\x18\x04 \x01(\t2\x8d\x02\n\x06\x45\x64itor\x12\x41\n\x07Inpaint\x12\x1b.editloop.v1.InpaintRequest\x1a\x19.editloop.v1.EditResponse\x12\x42\n\x08Outpaint\x12\x1b.editloop.v1.InpaintRequest\x1a\x19.editloop.v1.EditResponse\x12?\n\x05\x45rase\x12\x1b.editloop.v1.InpaintRequest\x1a\x19.editloop.v1.EditResponse\x12;\n\x04\x45\x64it\x12\x18.editloop.v1.EditRequest\x1a\x19.editloop.v1.EditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64itloop/v1/editor.proto\x12\x0b\x65\x64itloop.v1\x1a\x18\x65\x64itloop/v1/common.proto\"\xdb\x01\n\x0eInpaintRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x1f\n\x04mask\x18\x02 \x01(\x0b\x32\x11.editloop.v1.Mask\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nnum_images\x18\x04 \x01(\x05\x12+\n\x06params\x18\x05 \x01(\x0b\x32\x1b.editloop.v1.SamplingParams\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12\x0e\n\x06record\x18\x07 \x01(\x08\"\xe3\x01\n\x0b\x45\x64itRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x12\n\nnum_images\x18\x03 \x01(\x05\x12+\n\x06params\x18\x04 \x01(\x0b\x32\x1b.editloop.v1.SamplingParams\x12\x16\n\x0eimage_guidance\x18\x05 \x01(\x02\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12\x0e\n\x06record\x18\x07 \x01(\x08\x12\r\n\x05start\x18\x08 \x01(\t\"\xab\x01\n\x0c\x45\x64itResponse\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.editloop.v1.Image\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.editloop.v1.SamplingParams\x12\x15\n\rgeneration_id\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\t2\x8d\x02\n\x06\x45\x64itor\x12\x41\n\x07Inpaint\x12\x1b.editloop.v1.InpaintRequest\x1a\x19.editloop.v1.EditResponse\x12\x42\n\x08Outpaint\x12\x1b.editloop.v1.InpaintRequest\x1a\x19.editloop.v1.EditResponse\x12?\n\x05\x45rase\x12\x1b.editloop.v1.InpaintRequest\x1a\x19.editloop.v1.EditResponse\x12;\n\x04\x45\x64it\x12\x18.editloop.v1.EditRequest\x1a\x19.editloop.v1.EditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INPAINTREQUEST']._serialized_start=68
   _globals['_INPAINTREQUEST']._serialized_end=287
   _globals['_EDITREQUEST']._serialized_start=290
-  _globals['_EDITREQUEST']._serialized_end=502
-  _globals['_EDITRESPONSE']._serialized_start=505
-  _globals['_EDITRESPONSE']._serialized_end=661
-  _globals['_EDITOR']._serialized_start=664
-  _globals['_EDITOR']._serialized_end=933
+  _globals['_EDITREQUEST']._serialized_end=517
+  _globals['_EDITRESPONSE']._serialized_start=520
+  _globals['_EDITRESPONSE']._serialized_end=691
+  _globals['_EDITOR']._serialized_start=694
+  _globals['_EDITOR']._serialized_end=963
 # @@protoc_insertion_point(module_scope)

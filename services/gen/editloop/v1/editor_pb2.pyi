@@ -26,7 +26,7 @@ class InpaintRequest(_message.Message):
     def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., mask: _Optional[_Union[_common_pb2.Mask, _Mapping]] = ..., prompt: _Optional[str] = ..., num_images: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., record: _Optional[bool] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("image", "instruction", "num_images", "params", "image_guidance", "model", "record")
+    __slots__ = ("image", "instruction", "num_images", "params", "image_guidance", "model", "record", "start")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class EditRequest(_message.Message):
     IMAGE_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     instruction: str
     num_images: int
@@ -41,16 +42,19 @@ class EditRequest(_message.Message):
     image_guidance: float
     model: _common_pb2.ModelRef
     record: bool
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., instruction: _Optional[str] = ..., num_images: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., image_guidance: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., record: _Optional[bool] = ...) -> None: ...
+    start: str
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., instruction: _Optional[str] = ..., num_images: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., image_guidance: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., record: _Optional[bool] = ..., start: _Optional[str] = ...) -> None: ...
 
 class EditResponse(_message.Message):
-    __slots__ = ("images", "model", "params", "generation_id")
+    __slots__ = ("images", "model", "params", "generation_id", "start")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
     model: _common_pb2.ModelRef
     params: _common_pb2.SamplingParams
     generation_id: str
-    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., generation_id: _Optional[str] = ...) -> None: ...
+    start: str
+    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., generation_id: _Optional[str] = ..., start: _Optional[str] = ...) -> None: ...
