@@ -246,7 +246,7 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
     starts = {"progressive-8": "pefl-per-task" if args.task_reward_scale else "pefl"}
     for row in rows[1:]:  # what the registry's gate would say of each model against the model it started from
         parent = results[starts.get(row["model"], "base")]["metrics"]
-        row["gate_refuses"] = promotion_guards(row, parent, EvalConfig().success_tolerance)
+        row["gate_refuses"] = promotion_guards(row, parent, EvalConfig().success_tolerance, "the start model")
     grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:8]]]
     grid += [list(r["images"][:8]) for r in results.values()]
     grid_path = args.out.with_name(f"{args.out.stem}_grid_{tag}.png")

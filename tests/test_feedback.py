@@ -248,18 +248,31 @@ def test_a_stage_run_registers_a_candidate_and_promotes_only_a_better_one(world)
         row = s.scalars(select(ModelVersion).where(ModelVersion.version == out["version"])).one()
         assert row.kind == "editor" and row.config["lineage"]["rewards"]["aesthetic"] == "aesthetic-test"
         if metrics["guard_failures"]:
-            with pytest.raises(PromotionRefused, match="not above the start model's|fell more than"):
+            with pytest.raises(PromotionRefused, match="not above the served model's|fell more than"):
                 promote(s, "editor", row.version)
     # the progressive phase starts from it, is trained for 8 steps and says so; the editor samples it at 8
     fast = run_feedback_stage("progressive", uuid.uuid4().hex, sessions, store, settings,
                               {**TINY, "adversarial": None}, parent_version=out["version"])
     assert fast["start_version"] == out["version"] and fast["metrics"]["steps"] == 8
+    # gated against the model served now (the first candidate if it was promoted, else the base), not its start:
+    # losses within the tolerance at each stage must not add up through a chain into a promotion
+    from editloop.models.model_dir import model_version
     from editloop.registry import fetch_model_dir
+    from trainers.feedback.run import promotion_guards
+
+    fm = fast["metrics"]
+    assert fm["reference_version"] == (out["version"] if out["promoted"] else model_version(base_model_dir("inpaint")))
+    assert fm["parent_eval_score"] == fm["reference"]["feedback_score"]
+    assert fm["guard_failures"] == promotion_guards(fm, fm["reference"], 0.02)
+    if not out["promoted"]:
+        assert fm["parent"] != fm["reference"]  # its start model (the refused candidate) was evaluated apart
 
     model_dir = fetch_model_dir(store, fast["checkpoint_key"], settings.state_dir / "models")
     meta = json.loads((model_dir / "editloop.json").read_text())
     assert meta["default_steps"] == 8 and meta["stage"] == "progressive"
     assert ModelDefaults.from_dir(model_dir).steps == 8
+    scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["timestep_spacing"] == "trailing"
 
 
 def test_bad_inputs_are_refused_with_the_reason(world, reward_dirs, tmp_path):

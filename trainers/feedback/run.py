@@ -3,9 +3,11 @@
 start model (the previous stage's version, else the promoted editor, else the base inpainting model)
 -> reward models (the promoted versions) -> held-out evaluation of the start model -> training
 (resumable from <state_dir>/runs/<run id>) -> candidate editor version in the registry with its
-metrics, plots and lineage -> promotion only if the evaluation says it is better: a higher feedback
-score (mean reward) at its own step count, and world-judge success no more than `success_tolerance`
-below the start model's.
+metrics, plots and lineage -> promotion only if the evaluation says it is better than the model served now
+(the promoted editor, else the base): a higher feedback score (mean reward) at its own step count, and
+world-judge success no more than `success_tolerance` below the served model's. A chain's later stage starts
+from the stage before even when that one was refused, but is still gated against the served model, so
+small losses cannot add up through a chain into a promotion.
 
 The candidate's version is derived from the run id, so a run resumed after a lost worker registers
 one version, never two.
@@ -90,15 +92,16 @@ def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: 
     (dest / "editloop.json").write_text(json.dumps(meta, indent=2))
 
 
-def promotion_guards(metrics: dict[str, float], parent: dict[str, float], tolerance: float) -> list[str]:
-    """Reasons the candidate is not better than its start model (empty = better)."""
+def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tolerance: float,
+                     against: str = "the served model") -> list[str]:
+    """Reasons the candidate is not better than `reference` (empty = better)."""
     why = []
-    if metrics["feedback_score"] <= parent["feedback_score"]:
-        why.append(f"feedback score {metrics['feedback_score']:.4f} is not above the start model's "
-                   f"{parent['feedback_score']:.4f}")
-    if metrics["success"] < parent["success"] - tolerance:
-        why.append(f"judged success {metrics['success']:.3f} fell more than {tolerance} below the start model's "
-                   f"{parent['success']:.3f}")
+    if metrics["feedback_score"] <= reference["feedback_score"]:
+        why.append(f"feedback score {metrics['feedback_score']:.4f} is not above {against}'s "
+                   f"{reference['feedback_score']:.4f}")
+    if metrics["success"] < reference["success"] - tolerance:
+        why.append(f"judged success {metrics['success']:.3f} fell more than {tolerance} below {against}'s "
+                   f"{reference['success']:.3f}")
     return why
 
 
@@ -137,6 +140,13 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     held_out = feedback_examples(evaluation.examples, evaluation.seed, cfg.tasks)
     parent_metrics = evaluate_samples(sample(pipe, held_out, evaluation.seed, default_steps(start_dir),
                                              cfg.guidance), held_out, rewards)
+    served_dir, served_version, _ = start_model(sessions, store, settings, None)
+    reference = parent_metrics  # what the candidate must beat: the model served now
+    if served_version != start_version:
+        served = load_pipeline(served_dir, "inpaint", device=settings.device, dtype="fp32")
+        reference = evaluate_samples(sample(served, held_out, evaluation.seed, default_steps(served_dir),
+                                            cfg.guidance), held_out, rewards)
+        del served
     run_dir = settings.state_dir / "runs" / run_id
 
     def progress(step: int, total: int, last: dict[str, float]) -> None:
@@ -148,13 +158,14 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     plot = plot_history(state.history, run_dir / "curves.png", f"{stage} run {run_id[:12]} (T={cfg.schedule.steps})")
     plot_key = store.put(plot.read_bytes(), "image/png")
     version = f"{stage}-{run_id[:12]}"
-    guards = promotion_guards(metrics, parent_metrics, evaluation.success_tolerance)
+    guards = promotion_guards(metrics, reference, evaluation.success_tolerance)
     lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions}
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(pipe, Path(tmp), version, cfg, {"lineage": lineage})
         key = store_model_dir(store, Path(tmp))
     all_metrics = {**metrics, "eval_score": metrics["feedback_score"],
-                   "parent_eval_score": parent_metrics["feedback_score"], "parent": parent_metrics,
+                   "parent_eval_score": reference["feedback_score"], "parent": parent_metrics,
+                   "reference": reference, "reference_version": served_version,
                    "guard_failures": guards, "steps_done": state.step}
     outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
                                "curves_key": plot_key, "start_version": start_version}
