@@ -41,7 +41,7 @@ from editloop.labels.simulated import image_candidate_sets  # noqa: E402
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
 from editloop.models.tokenizer import build_tokenizer  # noqa: E402
-from editloop.models.zoo import load_pipeline  # noqa: E402
+from editloop.models.zoo import load_pipeline, set_timestep_spacing  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
 from editloop.world.io import save_grid_png  # noqa: E402
 from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities  # noqa: E402
@@ -186,7 +186,7 @@ def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrid
 def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spacing: str | None = None) -> dict:  # noqa: ANN001
     pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
     if spacing is not None:  # the same weights sampled at other timesteps
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
+        set_timestep_spacing(pipe, spacing)
     samples = sample(pipe, examples, seed, steps)
     metrics = evaluate_samples(samples, examples, rewards)
     u = utilities(samples.images, examples, weights)

@@ -25,26 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from editloop.models.base import base_model_dir
-from editloop.models.zoo import load_pipeline
+from editloop.models.zoo import load_pipeline, set_timestep_spacing
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel
 from trainers.feedback.evaluate import panel_gsb, sample, utilities
 from trainers.feedback.examples import feedback_examples, success_rate
+from trainers.feedback.pefl import ddim
 
 SPACINGS = ("leading", "trailing")
 
 
-def with_spacing(pipe, spacing: str):  # noqa: ANN001, ANN201
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
-    return pipe
-
-
 def first_timesteps(pipe, steps: int) -> list[int]:  # noqa: ANN001
-    sched = DDIMScheduler.from_config(pipe.scheduler.config)
-    sched.set_timesteps(steps)
-    return [int(t) for t in sched.timesteps]
+    return [int(t) for t in ddim(pipe, steps).timesteps]
 
 
 def main() -> None:
@@ -61,7 +54,7 @@ def main() -> None:
     tasks = [e.task for e in examples]
     rows, reference = [], None
     for spacing in SPACINGS:
-        pipe = with_spacing(load_pipeline(model, "inpaint", device="cpu", dtype="fp32"), spacing)
+        pipe = set_timestep_spacing(load_pipeline(model, "inpaint", device="cpu", dtype="fp32"), spacing)
         for steps in sorted(args.steps, reverse=True):
             t0 = time.perf_counter()
             images = sample(pipe, examples, args.seed, steps).images

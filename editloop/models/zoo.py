@@ -93,6 +93,12 @@ def set_scheduler(pipe: Any, name: str) -> Any:
     return pipe
 
 
+def set_timestep_spacing(pipe: Any, spacing: str) -> Any:
+    """The same scheduler with its inference timesteps spaced `spacing` ("leading", "trailing", "linspace")."""
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    return pipe
+
+
 def make_pipeline(components: dict[str, Any]) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
     """The diffusers pipeline matching the UNet: 4 input channels -> text-to-image, 9 -> inpainting."""
     in_ch = components["unet"].config.in_channels

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editloop.models.data import step_rng, to_tensor
+from editloop.models.zoo import set_timestep_spacing
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
@@ -169,7 +170,7 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
     if cfg.timestep_spacing is not None:  # trained, evaluated and saved with this spacing
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, timestep_spacing=cfg.timestep_spacing)
+        set_timestep_spacing(pipe, cfg.timestep_spacing)
     unet, device = pipe.unet, pipe.unet.device
     params = make_trainable(pipe, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
