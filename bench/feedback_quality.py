@@ -44,7 +44,7 @@ from editloop.models.tokenizer import build_tokenizer  # noqa: E402
 from editloop.models.zoo import load_pipeline, set_timestep_spacing  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
 from editloop.world.io import save_grid_png  # noqa: E402
-from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities  # noqa: E402
+from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities, utility_by_task  # noqa: E402
 from trainers.feedback.examples import feedback_examples  # noqa: E402
 from trainers.feedback.loop import train_feedback  # noqa: E402
 from trainers.feedback.progressive import stage_config  # noqa: E402
@@ -195,7 +195,7 @@ def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spac
 
 def compare(name: str, a: dict, base: dict, weights: dict[str, float], tasks: list[str]) -> dict:
     gsb = panel_gsb(a["utility"], base["utility"], panel(weights=weights, seed=7))
-    by_task = {t: float(a["utility"][[i for i, x in enumerate(tasks) if x == t]].mean()) for t in sorted(set(tasks))}
+    by_task = utility_by_task(a["utility"], tasks)
     row = {"model": name, "mean_utility": float(a["utility"].mean()), "utility_by_task": by_task,
            "gsb": [gsb.good, gsb.same, gsb.bad], "superiority": gsb.superiority, "win_rate": gsb.win_rate,
            **a["metrics"]}

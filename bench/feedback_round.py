@@ -7,7 +7,8 @@
    registered and promoted; the coherence critic starts untrained (`tiny_reward`) and learns online as the
    adversarial stage's discriminator;
 2. a real worker on the `gpu` queue runs `editloop train progressive --steps N --wait`: PeFL -> adversarial
-   -> progressive (8 steps, trailing timesteps), each stage gated against the one it started from;
+   -> progressive (8 steps, trailing timesteps), each stage gated against the model served at the time (the
+   promoted editor, else the base; BENCHMARKS.md has the run made before this gate fix);
 3. every stage's version, and the base inpainting model at 20 and 8 steps, are sampled on held-out examples
    (bench/feedback_quality.py's fresh set) and judged by the default-taste panel: mean utility (per task),
    GSB against the 20-step base, world-judge success, ms per image.
@@ -39,7 +40,7 @@ from editloop.settings import Settings
 from editloop.store.local import LocalBlobStore
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel
 from services.core.sampling import ModelDefaults
-from trainers.feedback.evaluate import panel_gsb, sample, utilities
+from trainers.feedback.evaluate import panel_gsb, sample, utilities, utility_by_task
 from trainers.feedback.examples import feedback_examples, success_rate
 
 
@@ -131,8 +132,7 @@ def main() -> None:
         gsb = panel_gsb(m["utility"], models["base (20)"]["utility"], panel(weights=DEFAULT_WEIGHTS, seed=7))
         u = m["utility"]
         rows.append({"model": name, "promoted": name == promoted_version, "steps": m["steps"], "spacing": m["spacing"],
-                     "mean_utility": float(u.mean()), "utility_by_task": {
-                         t: float(u[[i for i, x in enumerate(tasks) if x == t]].mean()) for t in sorted(set(tasks))},
+                     "mean_utility": float(u.mean()), "utility_by_task": utility_by_task(u, tasks),
                      "gsb_vs_base20": [gsb.good, gsb.same, gsb.bad], "superiority": gsb.superiority,
                      "success": m["success"], "ms_per_image": m["ms_per_image"]})
         print(f"{name}: {m['steps']} steps ({m['spacing']}), utility {u.mean():.3f}, GSB vs base-20 "

@@ -29,7 +29,7 @@ import torch
 from editloop.models.base import base_model_dir
 from editloop.models.zoo import load_pipeline, set_timestep_spacing
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel
-from trainers.feedback.evaluate import panel_gsb, sample, utilities
+from trainers.feedback.evaluate import panel_gsb, sample, utilities, utility_by_task
 from trainers.feedback.examples import feedback_examples, success_rate
 from trainers.feedback.pefl import ddim
 
@@ -64,8 +64,7 @@ def main() -> None:
             gsb = panel_gsb(u, reference, panel(weights=DEFAULT_WEIGHTS, seed=7))  # a fresh panel per row
             row = {"spacing": spacing, "steps": steps, "timesteps": first_timesteps(pipe, steps),
                    "mean_utility": float(u.mean()),
-                   "utility_by_task": {t: float(u[[i for i, x in enumerate(tasks) if x == t]].mean())
-                                       for t in sorted(set(tasks))},
+                   "utility_by_task": utility_by_task(u, tasks),
                    "success": success_rate(images, examples), "gsb_vs_first_row": [gsb.good, gsb.same, gsb.bad],
                    "ms_per_image": 1000 * seconds / len(examples)}
             rows.append(row)

@@ -65,6 +65,12 @@ def utilities(images: np.ndarray, examples: list[FeedbackExample], weights: dict
     return np.array([utility(img, ex.target, weights) for img, ex in zip(images, examples)])
 
 
+def utility_by_task(u: np.ndarray, tasks: list[str]) -> dict[str, float]:
+    """Mean utility per task (the examples' tasks, in the order of `u`)."""
+    names = np.array(tasks)
+    return {t: float(u[names == t].mean()) for t in sorted(set(tasks))}
+
+
 def panel_gsb(u_a: np.ndarray, u_b: np.ndarray, annotators: list[SimulatedAnnotator]) -> GSB:
     """Side-by-side verdicts of A against B from every annotator on every pair: "same" when the utilities
     differ by less than SAME_MARGIN, else the annotator's noisy Bradley-Terry choice."""
