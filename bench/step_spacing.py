@@ -8,7 +8,8 @@ matches t = 999 (abar_999 = 0.0047 on this schedule) far better than t = 876 (ab
 al. (2024, "Common diffusion noise schedules and sample steps are flawed", section 3.3) name this flaw
 and fix it with "trailing" spacing, whose first step is t = 999 at any step count. Fewer steps widen the
 gap, so the 8-step model of progressive acceleration is where it should matter. The model's weights are
-the same in every row; only the timesteps differ.
+the same in every row; only the timesteps differ. (This measurement is why the committed base models now
+sample with trailing timesteps; the bench sets each spacing itself, so it reads the same either way.)
 
 On the held-out feedback examples (inpaint, erase, outpaint; bench/feedback_quality.py's fresh set): the
 default-taste panel's mean utility (also per task), the world judge's success and GSB against the 20-step

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from editloop.db import ModelVersion, TrainingRun
 from editloop.models.base import base_model_dir, load_base
 from editloop.models.reward import CoherenceReward, save_reward, tiny_reward
-from editloop.models.zoo import load_pipeline
+from editloop.models.zoo import load_pipeline, set_timestep_spacing
 from editloop.registry import PromotionRefused, promote, promoted, register_candidate, store_model_dir
 from editloop.settings import Settings
 from services.core.sampling import ModelDefaults
@@ -178,7 +178,9 @@ def test_a_stage_trains_samples_and_saves_with_trailing_timesteps(tmp_path, rewa
     from trainers.feedback.pefl import ddim
 
     pipe = load_base("inpaint", device="cpu", dtype="fp32")
-    assert int(ddim(pipe, 8).timesteps[0]) == 876  # Stable Diffusion's "leading" spacing with steps_offset 1
+    assert int(ddim(pipe, 8).timesteps[0]) == 999  # the committed base samples with trailing timesteps
+    set_timestep_spacing(pipe, "leading")  # Stable Diffusion's spacing, with steps_offset 1
+    assert int(ddim(pipe, 8).timesteps[0]) == 876
     cfg = FeedbackConfig(steps=1, batch_size=2, schedule=PHASE_2, timestep_spacing="trailing")
     train_feedback(pipe, rewards_of(reward_dirs, ("aesthetic", "alignment")), cfg, tmp_path / "run")
     assert [int(t) for t in ddim(pipe, 8).timesteps] == [999, 874, 749, 624, 499, 374, 249, 124]

@@ -59,6 +59,11 @@ def tiny_unet(in_channels: int = 4) -> dict[str, Any]:
 # (bench/noise_leak.py), and the base model reads positions from the initial noise; DDPM's linear
 # schedule hides it but, with epsilon prediction and the same 2500 CPU steps, trained a worse model
 # (BENCHMARKS.md: base models, "who decides the layout"). Zero terminal SNR wants v-prediction.
+# Inference timesteps are "trailing" (Lin et al., 2024, section 3.3): the first step at t = 999, where
+# sampling's pure noise belongs, at any step count. Stable Diffusion's own config spaces them "leading"
+# (steps_offset 1: 20 steps start at t = 951, 8 at t = 876); the same base weights sample better with
+# trailing at 20 steps and far better at 8 (bench/step_spacing.py, bench/world_models.py). Training
+# is unaffected: spacing only picks the timesteps a sampler visits.
 SCHEDULER: dict[str, Any] = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -68,6 +73,7 @@ SCHEDULER: dict[str, Any] = dict(
     clip_sample=False,
     set_alpha_to_one=False,
     steps_offset=1,
+    timestep_spacing="trailing",
 )
 
 # Zero terminal SNR (Lin et al., 2024): the same betas rescaled so the last step is pure noise, with
