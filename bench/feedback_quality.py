@@ -6,8 +6,10 @@ For each taste (the default utility weights, then the same weights reversed):
 1. a panel of simulated annotators labels candidate sets (best/worst of 4) and an aesthetic reward trains
    on those labels (the same code path as a training run); the sets are world renders of the quality mix
    (`--label-pool renders`), the base generator's own samples on training examples (`generated`, ByteEdit's
-   data flow; sampled once and kept in --reward-cache), or both; an alignment reward trains on world
-   captions with one-attribute hard negatives (taste-independent, trained once);
+   data flow; sampled once and kept in --reward-cache), or both; with --reward-reads-source the generated
+   sets carry each example's source and mask, which the aesthetic reward reads (the source masked, as the
+   inpainting model sees it); an alignment reward trains on world captions with one-attribute hard
+   negatives (taste-independent, trained once);
 2. PeFL fine-tunes the committed base inpainting model against both rewards (phase 1, T = 20);
    (with --task-reward-scale, a second PeFL model with the reward loss scaled per task);
 3. progressive phase 2 continues from it (or the per-task model) at (T, T1, T2) = (8, 6, 3) (default taste only);
@@ -78,6 +80,8 @@ class GeneratedPool:
 
     prompts: list[str]
     images: np.ndarray
+    sources: np.ndarray  # (sets, H, W, 3): the image each example edits
+    masks: np.ndarray  # (sets, H, W): what the generator regenerated
 
 
 def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: int, cache_dir: Path,
@@ -86,9 +90,10 @@ def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: in
     kept in `cache_dir`, then labelled by each taste's panel)."""
     examples = feedback_examples(n_sets, seed)
     prompts = [e.prompt for e in examples]
+    sources, masks = np.stack([e.source for e in examples]), np.stack([e.mask for e in examples])
     path = cache_dir / f"generated-{seed}-{n_sets}x{n_images}-{steps}steps-{model_fingerprint(model)}.npz"
     if path.is_file():
-        return GeneratedPool(prompts, np.load(path)["images"])
+        return GeneratedPool(prompts, np.load(path)["images"], sources, masks)
     pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
     repeated = [e for e in examples for _ in range(n_images)]
     parts = []
@@ -97,14 +102,18 @@ def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: in
     images = np.concatenate(parts).reshape(n_sets, n_images, *parts[0].shape[1:])
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, images=images)
-    return GeneratedPool(prompts, images)
+    return GeneratedPool(prompts, images, sources, masks)
 
 
-def generated_pairs(root: Path, pool: GeneratedPool, weights: dict[str, float], seed: int) -> tuple[list, ImageCache]:
-    """The pool's candidate sets written to a database and labelled best/worst by the taste's panel. The sets carry
-    no source or mask: PeFL scores images alone, so the reward learns from images alone too."""
+def generated_pairs(root: Path, pool: GeneratedPool, weights: dict[str, float], seed: int,
+                    with_source: bool = False) -> tuple[list, ImageCache]:
+    """The pool's candidate sets written to a database and labelled best/worst by the taste's panel; with
+    `with_source` each set carries its example's source and mask, the reward trained on them reads both
+    (`reads_source`), and PeFL scores each edit with them."""
+    context = {"sources": pool.sources, "masks": pool.masks} if with_source else {}
     return pool_pairs(root, len(pool.prompts), seed, weights,
-                      lambda sessions, store: image_candidate_sets(sessions, store, pool.prompts, pool.images))
+                      lambda sessions, store: image_candidate_sets(sessions, store, pool.prompts, pool.images,
+                                                                   **context))
 
 
 def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,
@@ -116,16 +125,19 @@ def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace,
         held_out, eval_cache = pool_pairs(root / f"{tag}-eval", 200, 5011, weights)
         pools["renders"] = (train, held_out, _Merged(train_cache, eval_cache))
     if args.label_pool in ("generated", "both"):
-        train, train_cache = generated_pairs(root / f"{tag}-generated-train", generated["train"], weights, 21)
-        held_out, eval_cache = generated_pairs(root / f"{tag}-generated-eval", generated["eval"], weights, 5021)
+        train, train_cache = generated_pairs(root / f"{tag}-generated-train", generated["train"], weights, 21,
+                                             args.reward_reads_source)
+        held_out, eval_cache = generated_pairs(root / f"{tag}-generated-eval", generated["eval"], weights, 5021,
+                                               args.reward_reads_source)
         pools["generated"] = (train, held_out, _Merged(train_cache, eval_cache))
     return pools
 
 
 def train_aesthetic_reward(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,
                            generated: dict[str, GeneratedPool]) -> dict:
+    recipe = {"reads_source": True} if args.reward_reads_source else {}  # older cache entries keep their names
     name = cache_name(f"{tag}-aesthetic", pool=args.label_pool, labels=args.labels, steps=args.reward_steps,
-                      generated={k: (len(p.prompts), float(p.images.mean())) for k, p in generated.items()})
+                      generated={k: (len(p.prompts), float(p.images.mean())) for k, p in generated.items()}, **recipe)
     if args.reward_cache is not None and (args.reward_cache / name / "result.json").is_file():
         saved = json.loads((args.reward_cache / name / "result.json").read_text())
         print(f"  aesthetic reward ({tag}): from {args.reward_cache} ({saved['heldout_accuracy']})")
@@ -144,6 +156,7 @@ def train_aesthetic_reward(root: Path, weights: dict[str, float], args: argparse
     where = (args.reward_cache or root) / name
     save_reward(best, "aesthetic", where, version=f"bench-{tag}")
     result = {"heldout_accuracy": accuracy, "ceiling": ceiling, "label_pool": args.label_pool,
+              "reads_source": bool(best.config.reads_source),
               "train_pairs": {pool: len(tr) for pool, (tr, _, _) in pools.items()}, "steps": args.reward_steps,
               "eval_pairs": {pool: len(ho) for pool, (_, ho, _) in pools.items()}}
     (where / "result.json").write_text(json.dumps(result))
@@ -291,6 +304,8 @@ def main() -> None:
     parser.add_argument("--progressive-spacing", choices=["leading", "trailing"], default=None,
                         help="timestep spacing the progressive stage trains and samples with (default: the model's)")
     parser.add_argument("--ablation", action="store_true", help="also train with the rewards off (regulariser only)")
+    parser.add_argument("--reward-reads-source", action="store_true",
+                        help="generated sets carry their source and mask; the aesthetic reward reads them")
     parser.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -187,3 +187,45 @@ def test_generated_candidate_sets_are_labelled_into_pairs_and_bad_shapes_are_ref
     assert {p.prompt for p in pairs} <= {s.caption for s in scenes}
     with pytest.raises(ValueError, match=r"`images` must be .*got \(5, 3, 64, 64\)"):
         image_candidate_sets(sessions, store, [s.caption for s in scenes], images[..., 0])
+
+
+def test_generated_edit_sets_carry_their_source_and_mask_and_train_a_reward_that_reads_them(db_url, tmp_path):
+    """Edit samples labelled with the masked source they were made from: the pairs keep the source and mask,
+    and an aesthetic reward trained on them records `reads_source` (feedback learning passes sources then)."""
+    import numpy as np
+
+    from editloop.labels.simulated import LabelPlan, image_candidate_sets, simulate_labels
+    from editloop.models.reward import load_reward, save_reward, tiny_reward
+    from editloop.models.tokenizer import build_tokenizer
+    from editloop.world import cell_mask, render, sample_scene
+    from editloop.world.annotators import panel
+    from editloop.world.render import sample_quality
+    from trainers.reward.aesthetic import train_aesthetic
+    from trainers.reward.data import ImageCache, preference_pairs
+    from trainers.reward.loop import LoopConfig
+
+    upgrade(db_url)
+    sessions, store = make_sessionmaker(make_engine(db_url)), LocalBlobStore(tmp_path / "blobs")
+    rng = np.random.default_rng(4)
+    scenes = [sample_scene(rng) for _ in range(6)]
+    images = np.stack([[render(s, sample_quality(rng, len(s.objects), q=0.8)) for _ in range(3)] for s in scenes])
+    sources = np.stack([render(s) for s in scenes])
+    masks = np.stack([cell_mask(s.objects[0].position) for s in scenes])
+    captions = [s.caption for s in scenes]
+    with pytest.raises(ValueError, match="`sources` and `masks` go together"):
+        image_candidate_sets(sessions, store, captions, images, sources=sources)
+    with pytest.raises(ValueError, match=r"`sources` must be \(6, 64, 64, 3\) .* got \(6, 32, 64, 3\)"):
+        image_candidate_sets(sessions, store, captions, images, sources=sources[:, :32], masks=masks)
+    ids = image_candidate_sets(sessions, store, captions, images, sources=sources, masks=masks)
+    simulate_labels(sessions, store, ids, LabelPlan(panel(seed=0)))
+    with sessions() as s:
+        split = preference_pairs(s, store, eval_fraction=0.5, min_labels=1)
+    pairs = split.train + split.eval
+    assert pairs and all(p.source and p.mask for p in pairs)
+    model = tiny_reward("aesthetic", 0)
+    assert not model.config.reads_source
+    best, _ = train_aesthetic(model, build_tokenizer(), split.train, split.eval or split.train, ImageCache(store),
+                              LoopConfig(steps=2, eval_every=1, checkpoint_every=10**9), tmp_path / "run",
+                              batch_size=4)
+    save_reward(best, "aesthetic", tmp_path / "reward")
+    assert load_reward(tmp_path / "reward", "aesthetic")[1].config.reads_source

@@ -86,6 +86,9 @@ BAD = [
      grpc.StatusCode.INVALID_ARGUMENT, "`items[0].image` is not a readable PNG"),
     ("alignment", reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(image=items(1)[0].image)]),
      grpc.StatusCode.INVALID_ARGUMENT, "`items[0].prompt` is empty"),
+    ("aesthetic", reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(image=items(1)[0].image, prompt="a",
+                                                                      mask=items(1)[0].mask)]),
+     grpc.StatusCode.INVALID_ARGUMENT, "`items[0].mask` needs `items[0].source`"),
     ("aesthetic", reward_pb2.ScoreMapRequest(item=items(1)[0]), grpc.StatusCode.FAILED_PRECONDITION,
      "coherence model only"),
 ]

@@ -317,3 +317,34 @@ def test_mirrored_batches_flip_whole_pairs_with_their_prompts_and_replay_the_sam
     again = mirror_half(batch, np.random.default_rng(0))
     assert again.prompts == out.prompts and torch.equal(again.win, out.win)
     assert mirror_half(PairBatch(["left"], win[:1], lose[:1], None, None), np.random.default_rng(1)).source is None
+
+
+def test_plain_images_in_an_edit_batch_get_no_source_and_the_reward_sees_the_source_masked():
+    """A batch mixing edits and plain images gives the plain ones zeros (no image is its own source), and a
+    reward reads the source as the editor does: what lies under the mask makes no difference."""
+    import torch
+
+    from editloop.models.data import edit_context
+    from editloop.models.tokenizer import build_tokenizer
+    from trainers.feedback.rewards import RewardModels, preference_scores
+
+    white, top = np.full((64, 64, 3), 255, np.uint8), np.zeros((64, 64), np.uint8)
+    top[:32] = 1
+    source, mask = edit_context([white, None], [top, None], 64, 64)
+    assert source[0].eq(1).all() and source[1].eq(0).all() and mask[1].eq(0).all()
+    assert mask[0, 0, :32].eq(1).all() and mask[0, 0, 32:].eq(0).all()
+    assert edit_context([None, None], [None, None], 64, 64) == (None, None)
+    model = tiny_reward("aesthetic", 0).eval()
+    rewards = RewardModels(preference={"aesthetic": (model, build_tokenizer())})
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    prompts = ["a large red circle at the center on a white background"] * 2
+    under, beside = source.clone(), source.clone()
+    under[:, :, :32], beside[:, :, 40:] = -1.0, -1.0
+    with torch.no_grad():
+        alone = preference_scores(rewards, "aesthetic", images, prompts)
+        assert torch.equal(alone, preference_scores(rewards, "aesthetic", images, prompts, source, mask))
+        model.register_to_config(reads_source=True)  # as train_aesthetic records it for sourced labels
+        read = preference_scores(rewards, "aesthetic", images, prompts, source, mask)
+        assert not torch.allclose(read[:1], alone[:1])
+        assert torch.allclose(read[:1], preference_scores(rewards, "aesthetic", images, prompts, under, mask)[:1])
+        assert not torch.allclose(read[:1], preference_scores(rewards, "aesthetic", images, prompts, beside, mask)[:1])

@@ -58,13 +58,22 @@ def render_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, n_s
 
 
 def image_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, prompts: list[str],
-                         images: np.ndarray, kind: str = "inpaint") -> list[int]:
-    """One candidate set per prompt holding the given images (S,N,H,W,3 uint8, N >= 2 per prompt)."""
+                         images: np.ndarray, kind: str = "inpaint", sources: np.ndarray | None = None,
+                         masks: np.ndarray | None = None) -> list[int]:
+    """One candidate set per prompt holding the given images (S,N,H,W,3 uint8, N >= 2 per prompt), with each
+    set's edit source (S,H,W,3) and mask (S,H,W) when given."""
     if images.ndim != 5 or images.shape[0] != len(prompts) or images.shape[1] < 2 or images.shape[-1] != 3:
         raise ValueError(f"`images` must be (len(prompts)={len(prompts)}, N>=2, H, W, 3), got {images.shape}")
+    if (sources is None) != (masks is None):
+        raise ValueError("`sources` and `masks` go together: give both or neither")
+    if sources is not None and (sources.shape != (images.shape[0], *images.shape[2:])
+                                or masks.shape != images.shape[:1] + images.shape[2:4]):
+        raise ValueError(f"`sources` must be {(images.shape[0], *images.shape[2:])} and `masks` "
+                         f"{images.shape[:1] + images.shape[2:4]}, got {sources.shape} and {masks.shape}")
     with sessions.begin() as session:
-        return [add_candidate_set(session, store, prompt, list(candidates), kind)
-                for prompt, candidates in zip(prompts, images)]
+        return [add_candidate_set(session, store, prompt, list(candidates), kind,
+                                  None if sources is None else sources[i], None if masks is None else masks[i])
+                for i, (prompt, candidates) in enumerate(zip(prompts, images))]
 
 
 @dataclass(frozen=True)

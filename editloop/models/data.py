@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,26 @@ class Batch:
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     arr = np.stack(images).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def edit_context(sources: Sequence[np.ndarray | None], masks: Sequence[np.ndarray | None], height: int,
+                 width: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A reward's edit inputs for a batch that mixes edits and plain images: sources (N,3,H,W in [-1, 1]) and
+    masks (N,1,H,W, 1 = regenerated), (None, None) when no item has a source. An item without a source gets
+    zeros in both, which is what the model sees for a batch without sources (giving an image as its own
+    source would tell a preference model which of a pair's two images the label preferred); a mask counts
+    only with its source."""
+    if all(s is None for s in sources):
+        return None, None
+    source = torch.zeros(len(sources), 3, height, width)
+    mask = torch.zeros(len(sources), 1, height, width)
+    for i, (s, m) in enumerate(zip(sources, masks, strict=True)):
+        if s is None:
+            continue
+        source[i] = to_tensor([s])[0]
+        if m is not None:
+            mask[i, 0] = torch.from_numpy(np.asarray(m, dtype=np.float32))
+    return source, mask
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

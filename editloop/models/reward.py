@@ -3,9 +3,12 @@
 - `PreferenceReward` (aesthetic R_a and alignment R_b): a patch image encoder and a CLIP-style
   text encoder, fused by cross-attention (image tokens attend to text tokens), then an MLP
   head to one score. Optional source image and mask enter as extra input channels, so an edit
-  can be scored against what it edited. A real CLIP directory (transformers format) loads by
-  path into the same class (`PreferenceReward.from_clip`): its vision tower replaces the patch
-  encoder (images only) and its text tower the text encoder.
+  can be scored against what it edited; the source enters masked, as the inpainting model sees it
+  (the regenerated region blanked), so the reward judges the edit from the same evidence the editor had.
+  `reads_source` records whether the model was trained with sources (feedback learning passes them
+  then). A real CLIP directory (transformers format) loads by path into the same class
+  (`PreferenceReward.from_clip`): its vision tower replaces the patch encoder (images only) and its
+  text tower the text encoder.
 - `CoherenceReward` (R_g): a per-pixel real/fake map from a small conv encoder-decoder, with a
   scalar summary (mean probability that a pixel is real).
 
@@ -71,7 +74,7 @@ class PreferenceReward(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, image_size: int = 64, patch_size: int = 8, in_channels: int = 7, dim: int = 128,
                  depth: int = 2, heads: int = 4, text_config: dict | None = None, stem: str = "patch",
-                 vision_config: dict | None = None) -> None:
+                 vision_config: dict | None = None, reads_source: bool = False) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"`image_size` {image_size} must be a multiple of `patch_size` {patch_size}")
@@ -108,6 +111,7 @@ class PreferenceReward(ModelMixin, ConfigMixin):
         n, _, h, w = images.shape
         source = source if source is not None else torch.zeros_like(images)
         mask = mask if mask is not None else images.new_zeros(n, 1, h, w)
+        source = source * (1 - mask)  # what the editor sees: the region it regenerates is not given
         return self.patch(torch.cat([images, source, mask], dim=1)).flatten(2).transpose(1, 2) + self.pos
 
     @classmethod

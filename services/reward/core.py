@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editloop.models.data import to_tensor
+from editloop.models.data import edit_context, to_tensor
 from editloop.models.model_dir import model_version
 from editloop.models.reward import load_reward
 from editloop.models.zoo import pick_device
@@ -41,13 +41,9 @@ class RewardCore:
             return self.model.summary(self.model(images)).float().cpu().numpy()
         tok = self.tokenizer([i.prompt for i in items], padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length, return_tensors="pt").to(self.device)
-        source = mask = None
-        if any(i.source is not None for i in items):
-            source = to_tensor([i.source if i.source is not None else i.image for i in items]).to(self.device)
-        if any(i.mask is not None for i in items):
-            h, w = items[0].image.shape[:2]
-            masks = [i.mask if i.mask is not None else np.zeros((h, w), np.uint8) for i in items]
-            mask = torch.from_numpy(np.stack(masks).astype(np.float32))[:, None].to(self.device)
+        source, mask = edit_context([i.source for i in items], [i.mask for i in items], *images.shape[-2:])
+        if source is not None:
+            source, mask = source.to(self.device), mask.to(self.device)
         return self.model(images, tok.input_ids, tok.attention_mask, source, mask).float().cpu().numpy()
 
     def run(self, batches: list[list[ScoreItem]], on_step: Callable[[int, int], None]) -> list[np.ndarray]:

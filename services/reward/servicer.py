@@ -38,6 +38,9 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             raise InvalidArgument(f"`{field}.source` must be the size of `{field}.image`, "
                                   f"got {source.shape[1]}x{source.shape[0]} vs {image.shape[1]}x{image.shape[0]}")
         mask = decode_mask(msg.mask.png, f"{field}.mask", image) if msg.mask.png else None
+        if mask is not None and source is None:
+            raise InvalidArgument(f"`{field}.mask` needs `{field}.source`: a mask marks what was regenerated in "
+                                  "the source")
         return ScoreItem(image, prompt, source, mask)
 
     @staticmethod

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from editloop.labels.stats import GSB
-from editloop.models.data import to_tensor
+from editloop.models.data import edit_context, to_tensor
 from editloop.models.evaluate import inpaint
 from editloop.world.annotators import SimulatedAnnotator, utility
 from trainers.feedback.examples import FeedbackExample, success_rate
@@ -39,12 +39,18 @@ def sample(pipe, examples: list[FeedbackExample], seed: int, steps: int, guidanc
 
 
 @torch.no_grad()
-def mean_rewards(rewards: RewardModels, images: np.ndarray, prompts: list[str], batch: int = 64) -> dict[str, float]:
-    """Mean sigmoid(R_k) per preference reward (the probability the reward prefers the image to a neutral one)."""
+def mean_rewards(rewards: RewardModels, images: np.ndarray, examples: list[FeedbackExample], batch: int = 64
+                 ) -> dict[str, float]:
+    """Mean sigmoid(R_k) per preference reward (the probability the reward prefers the image to a neutral one),
+    each image scored for its example's prompt (and, by a reward that reads sources, with its source and mask)."""
     out = {}
     for kind in rewards.preference:
-        scores = [torch.sigmoid(preference_scores(rewards, kind, to_tensor(list(images[i:i + batch])),
-                                                  prompts[i:i + batch])) for i in range(0, len(images), batch)]
+        scores = []
+        for i in range(0, len(images), batch):
+            part = examples[i:i + batch]
+            source, mask = edit_context([e.source for e in part], [e.mask for e in part], *images.shape[1:3])
+            scores.append(torch.sigmoid(preference_scores(rewards, kind, to_tensor(list(images[i:i + batch])),
+                                                          [e.prompt for e in part], source, mask)))
         out[kind] = float(torch.cat(scores).mean())
     return out
 
@@ -55,7 +61,7 @@ def feedback_score(reward_means: dict[str, float]) -> float:
 
 
 def evaluate_samples(samples: Samples, examples: list[FeedbackExample], rewards: RewardModels) -> dict[str, float]:
-    means = mean_rewards(rewards, samples.images, [e.prompt for e in examples])
+    means = mean_rewards(rewards, samples.images, examples)
     return {"feedback_score": feedback_score(means), **{f"reward_{k}": v for k, v in means.items()},
             "success": success_rate(samples.images, examples), "steps": samples.steps,
             "seconds_per_image": samples.seconds / len(examples)}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from editloop.models.data import step_rng, to_tensor
+from editloop.models.data import edit_context, step_rng, to_tensor
 from editloop.models.zoo import set_timestep_spacing
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
@@ -230,7 +230,8 @@ def calibrate_rewards(rewards: RewardModels, cfg: FeedbackConfig) -> None:
     examples = [upscale(e, cfg.resolution) for e in feedback_examples(cfg.calibration_examples, 7_777_777, cfg.tasks)]
     model, _ = next(iter(rewards.preference.values()))
     images = to_tensor([e.source for e in examples]).to(next(model.parameters()).device)
-    calibrate(rewards, images, [e.prompt for e in examples])
+    source, mask = edit_context([e.source for e in examples], [e.mask for e in examples], *images.shape[-2:])
+    calibrate(rewards, images, [e.prompt for e in examples], source, mask)
 
 
 def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt  # noqa: ANN001
@@ -245,7 +246,7 @@ def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, param
         x0, steps_left = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance)
         images = decode(pipe, x0)
         loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts,
-                                     task_scales(cfg, [e.task for e in examples]))
+                                     task_scales(cfg, [e.task for e in examples]), batch.source, batch.mask)
         reg = reference_loss(pipe.vae, images, batch, cfg.perceptual_weight).mean()
         loss = loss + cfg.eta * reg
         if disc is not None and cfg.adversarial.generator_active(step):

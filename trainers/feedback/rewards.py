@@ -44,21 +44,27 @@ def load_rewards(paths: dict[str, Path], versions: dict[str, str] | None = None)
     return out
 
 
-def preference_scores(rewards: RewardModels, kind: str, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """R_kind(c, x) for images in [-1, 1], with gradients w.r.t. the images."""
+def preference_scores(rewards: RewardModels, kind: str, images: torch.Tensor, prompts: list[str],
+                      source: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """R_kind(c, x) for images in [-1, 1], with gradients w.r.t. the images. The edit's source image and mask
+    (N,3,H,W in [-1, 1]; N,1,H,W) reach a reward trained with sources (`reads_source`) and no other."""
     model, tokenizer = rewards.preference[kind]
     tok = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
                     return_tensors="pt")
     device = next(model.parameters()).device
-    return model(images.float(), tok.input_ids.to(device), tok.attention_mask.to(device))
+    context = {}
+    if model.config.reads_source and source is not None:
+        context = {"source": source.to(device, torch.float32), "mask": mask.to(device, torch.float32)}
+    return model(images.float(), tok.input_ids.to(device), tok.attention_mask.to(device), **context)
 
 
 @torch.no_grad()
-def calibrate(rewards: RewardModels, images: torch.Tensor, prompts: list[str]) -> dict[str, tuple[float, float]]:
+def calibrate(rewards: RewardModels, images: torch.Tensor, prompts: list[str], source: torch.Tensor | None = None,
+              mask: torch.Tensor | None = None) -> dict[str, tuple[float, float]]:
     """Mean and std of each preference reward over reference images (the task's clean sources): afterwards a
     normalised score of 0 means "as good as the references", and the loss keeps pushing below that."""
     for kind in rewards.preference:
-        r = preference_scores(rewards, kind, images, prompts)
+        r = preference_scores(rewards, kind, images, prompts, source, mask)
         rewards.scale[kind] = (float(r.mean()), float(r.std().clamp(min=1e-3)))
     return rewards.scale
 
@@ -69,7 +75,8 @@ def normalised(rewards: RewardModels, kind: str, scores: torch.Tensor) -> torch.
 
 
 def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torch.Tensor, prompts: list[str],
-                  example_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  example_scale: torch.Tensor | None = None, source: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """sum_k w_k * mean_i(s_i * -log sigmoid(R_k(c_i, x_i))) over the preference rewards (s_i = 1 unless
     `example_scale` gives one per example, e.g. per task), and each reward's mean score."""
     total = images.new_zeros(())
@@ -78,7 +85,7 @@ def reward_losses(rewards: RewardModels, weights: dict[str, float], images: torc
     for kind, weight in weights.items():
         if kind not in rewards.preference:
             raise ValueError(f"reward `{kind}` is weighted but not loaded (loaded: {sorted(rewards.preference)})")
-        r = normalised(rewards, kind, preference_scores(rewards, kind, images, prompts))
+        r = normalised(rewards, kind, preference_scores(rewards, kind, images, prompts, source, mask))
         per_example = -F.logsigmoid(r)
         if scale is not None:
             per_example = per_example * scale

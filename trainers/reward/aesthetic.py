@@ -68,7 +68,10 @@ def train_aesthetic(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast,
                     held_out: list[Pair], cache: ImageCache, cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
                     progress=None, mirror: bool = False) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
     """Bradley-Terry on `train`, the best checkpoint by pairwise accuracy on `held_out`; `mirror`: see
-    trainers.reward.data.mirror_half."""
+    trainers.reward.data.mirror_half. A model trained on any pair with a source image records `reads_source`
+    (feedback learning then scores each edit with its source and mask)."""
+    if any(p.source for p in train):
+        model.register_to_config(reads_source=True)
 
     def loss_fn(m: PreferenceReward, batch: PairBatch) -> torch.Tensor:
         return -F.logsigmoid(pair_margin(m, tokenizer, batch)).mean()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
-from editloop.models.data import to_tensor
+from editloop.models.data import edit_context, to_tensor
 from editloop.models.reward import PreferenceReward
 from editloop.world import make_edit, render, sample_scene
 from editloop.world.render import sample_quality
@@ -89,13 +89,11 @@ def mixed_examples(n: int, seed: int, instruction_fraction: float) -> list[Align
 
 def _margin(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, batch: list[AlignmentExample]) -> torch.Tensor:
     images = to_tensor([e.image for e in batch])
-    source = None
-    if any(e.source is not None for e in batch):  # caption examples get the model's "no source" (zeros)
-        source = to_tensor([e.source if e.source is not None else np.full_like(e.image, 127.5, dtype=np.float32)
-                            for e in batch])
-        source = torch.cat([source, source])
+    source, mask = edit_context([e.source for e in batch], [None] * len(batch), *images.shape[-2:])
+    if source is not None:  # caption examples get the model's "no source" (zeros)
+        source, mask = torch.cat([source, source]), torch.cat([mask, mask])
     scores = score(model, tokenizer, torch.cat([images, images]), [e.caption for e in batch] +
-                   [e.negative for e in batch], source)
+                   [e.negative for e in batch], source, mask)
     return scores[: len(batch)] - scores[len(batch):]
 
 

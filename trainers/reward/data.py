@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from editloop.db.models import CandidateSet, ImageRecord, Preference
-from editloop.models.data import to_tensor
+from editloop.models.data import edit_context, to_tensor
 from editloop.store.base import BlobNotFound, BlobStore
 from editloop.world.io import from_png, mask_from_png
 
@@ -141,12 +141,8 @@ class PairBatch:
 def make_batch(pairs: list[Pair], cache: ImageCache) -> PairBatch:
     win = to_tensor([cache.image(p.win) for p in pairs])
     lose = to_tensor([cache.image(p.lose) for p in pairs])
-    source = mask = None
-    if any(p.source for p in pairs):
-        source = to_tensor([cache.image(p.source) if p.source else cache.image(p.win) for p in pairs])
-        h, w = win.shape[-2:]
-        mask = torch.from_numpy(np.stack([cache.mask(p.mask) if p.mask else np.zeros((h, w), np.uint8)
-                                          for p in pairs]).astype(np.float32))[:, None]
+    source, mask = edit_context([cache.image(p.source) if p.source else None for p in pairs],
+                                [cache.mask(p.mask) if p.mask else None for p in pairs], *win.shape[-2:])
     return PairBatch([p.prompt for p in pairs], win, lose, source, mask)
 
 
