@@ -67,9 +67,10 @@ def cache_name(kind: str, **recipe: object) -> str:
 
 
 def model_fingerprint(model: Path) -> str:
-    """A digest of the model's UNet weights (generated samples are kept only for the weights that made them)."""
+    """A digest of the model's UNet weights and scheduler config (generated samples are kept only for the weights
+    and the timesteps that made them)."""
     digest = hashlib.sha1()
-    for f in sorted((model / "unet").glob("*.safetensors")):
+    for f in [*sorted((model / "unet").glob("*.safetensors")), model / "scheduler" / "scheduler_config.json"]:
         digest.update(f.read_bytes())
     return digest.hexdigest()[:10]
 
@@ -246,17 +247,21 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
         results["reference-only"] = measure(reg_only, 20, examples, seed, rewards, weights)
     if not args.skip_progressive and tag == "default":
         spacing = {"timestep_spacing": args.progressive_spacing} if args.progressive_spacing else {}
+        fast_start = base if args.progressive_from == "base" else fast_start
         fast, prog_s = fine_tune(fast_start, rewards, "progressive", args.progressive_steps,
                                  root / f"{tag}-progressive", adversarial=None, **extra, **spacing)
         timings["progressive_seconds"] = prog_s
         results["progressive-8"] = measure(fast, 8, examples, seed, rewards, weights)
+        # the phase-1 model sampled at 8 steps, untrained for them: what phase 2 adds over a sampler change
+        results["pefl-8"] = measure(pefl_model, 8, examples, seed, rewards, weights, args.progressive_spacing)
         results["base-8"] = measure(base, 8, examples, seed, rewards, weights)
         if args.progressive_spacing:
             results[f"base-8-{args.progressive_spacing}"] = measure(base, 8, examples, seed, rewards, weights,
                                                                    args.progressive_spacing)
     tasks = [e.task for e in examples]
     rows = [compare(name, r, results["base"], weights, tasks) for name, r in results.items()]
-    starts = {"progressive-8": "pefl-per-task" if args.task_reward_scale else "pefl"}
+    starts = {"progressive-8": "base" if args.progressive_from == "base" else
+              "pefl-per-task" if args.task_reward_scale else "pefl"}
     for row in rows[1:]:  # what the registry's gate would say of each model against the model it started from
         parent = results[starts.get(row["model"], "base")]["metrics"]
         row["gate_refuses"] = promotion_guards(row, parent, EvalConfig().success_tolerance, "the start model")
@@ -301,6 +306,8 @@ def main() -> None:
     parser.add_argument("--reward-weight", type=float, default=None, help="weight of each reward's loss")
     parser.add_argument("--lr", type=float, default=None, help="feedback learning rate (default: the preset's)")
     parser.add_argument("--skip-progressive", action="store_true")
+    parser.add_argument("--progressive-from", choices=["pefl", "base"], default="pefl",
+                        help="the model phase 2 starts from (default: the PeFL model, or the per-task one)")
     parser.add_argument("--progressive-spacing", choices=["leading", "trailing"], default=None,
                         help="timestep spacing the progressive stage trains and samples with (default: the model's)")
     parser.add_argument("--ablation", action="store_true", help="also train with the rewards off (regulariser only)")

@@ -144,10 +144,16 @@ class _Merged(ImageCache):
         self.caches = [leaf for c in caches for leaf in (c.caches if isinstance(c, _Merged) else [c])]
         self._holder: dict[str, ImageCache] = {}  # key -> the cache whose store has it, asked once per key
 
-    def image(self, key: str) -> np.ndarray:
+    def holder(self, key: str) -> ImageCache:
         if key not in self._holder:
             self._holder[key] = next((c for c in self.caches[:-1] if c.store.exists(key)), self.caches[-1])
-        return self._holder[key].image(key)
+        return self._holder[key]
+
+    def image(self, key: str) -> np.ndarray:
+        return self.holder(key).image(key)
+
+    def mask(self, key: str) -> np.ndarray:
+        return self.holder(key).mask(key)
 
 
 def alignment_bench(steps: int, n_train: int, n_eval: int, stem: str | None = None) -> dict:
