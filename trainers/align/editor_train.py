@@ -51,9 +51,12 @@ class EditorTrainConfig:
 
 
 def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # noqa: ANN001 - a StableDiffusionPipeline
-    """The editor's noise schedule: its base's (None) or a built-in one by name (editloop.models.configs)."""
+    """The editor's noise schedule: its base's (None) or a built-in one by name (editloop.models.configs). An editor
+    inherits its base's schedule with "leading" timesteps: its `start="input"` noises the input to the first
+    timestep, which trailing spacing puts at t = 999, where almost nothing of the input is left (the committed
+    editor was measured with leading; trailing sampled it no better, BENCHMARKS.md "Base models")."""
     if schedule is None:
-        return DDIMScheduler.from_config(pipe.scheduler.config)
+        return DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
     check_schedule(schedule)
     return DDIMScheduler(**SCHEDULES[schedule])
 
