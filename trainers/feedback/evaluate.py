@@ -43,16 +43,14 @@ def mean_rewards(rewards: RewardModels, images: np.ndarray, examples: list[Feedb
                  ) -> dict[str, float]:
     """Mean sigmoid(R_k) per preference reward (the probability the reward prefers the image to a neutral one),
     each image scored for its example's prompt (and, by a reward that reads sources, with its source and mask)."""
-    out = {}
-    for kind in rewards.preference:
-        scores = []
-        for i in range(0, len(images), batch):
-            part = examples[i:i + batch]
-            source, mask = edit_context([e.source for e in part], [e.mask for e in part], *images.shape[1:3])
-            scores.append(torch.sigmoid(preference_scores(rewards, kind, to_tensor(list(images[i:i + batch])),
-                                                          [e.prompt for e in part], source, mask)))
-        out[kind] = float(torch.cat(scores).mean())
-    return out
+    scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in rewards.preference}
+    for i in range(0, len(images), batch):  # each chunk converted once, scored by every reward
+        part = examples[i:i + batch]
+        chunk = to_tensor(list(images[i:i + batch]))
+        source, mask = edit_context([e.source for e in part], [e.mask for e in part], *images.shape[1:3])
+        for kind, kept in scores.items():
+            kept.append(torch.sigmoid(preference_scores(rewards, kind, chunk, [e.prompt for e in part], source, mask)))
+    return {kind: float(torch.cat(kept).mean()) for kind, kept in scores.items()}
 
 
 def feedback_score(reward_means: dict[str, float]) -> float:
