@@ -8,7 +8,10 @@
    adversarial stage's discriminator;
 2. a real worker on the `gpu` queue runs `editloop train progressive --steps N --wait`: PeFL -> adversarial
    -> progressive (8 steps, trailing timesteps), each stage gated against the model served at the time (the
-   promoted editor, else the base; BENCHMARKS.md has the run made before this gate fix);
+   promoted editor, else the base; BENCHMARKS.md has the run made before this gate fix); with --review panel
+   the gate also asks the reviewers (the world's simulated annotators, their own seed, on the gate's held-out
+   edits) side by side, and with --select-every N each stage hands its gate the snapshot its reviewers (or,
+   without a review, its rewards) score best on a validation set of its own (trainers/feedback/selection.py);
 3. every stage's version, and the base inpainting model at 20 and 8 steps, are sampled on held-out examples
    (bench/feedback_quality.py's fresh set) and judged by the default-taste panel: mean utility (per task),
    GSB against the 20-step base, world-judge success, ms per image.
@@ -63,7 +66,8 @@ def promote_rewards(settings: Settings, dirs: dict[str, Path]) -> None:
             promote(s, kind, f"{kind}-bench", force=True)  # trained by the bench, not by this platform's runs
 
 
-def run_round(env: dict, steps: int, batch: int, eval_examples: int) -> tuple[subprocess.CompletedProcess, float]:
+def run_round(env: dict, steps: int, batch: int, eval_examples: int, extra: list[str]
+              ) -> tuple[subprocess.CompletedProcess, float]:
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
          "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"round-{uuid.uuid4().hex[:6]}@%h"],
@@ -71,7 +75,7 @@ def run_round(env: dict, steps: int, batch: int, eval_examples: int) -> tuple[su
     t0 = time.time()
     try:
         done = subprocess.run([sys.executable, "-m", "editloop.cli.main", "train", "progressive", "--steps", str(steps),
-                               "--batch-size", str(batch), "--eval-examples", str(eval_examples), "--wait"],
+                               "--batch-size", str(batch), "--eval-examples", str(eval_examples), "--wait", *extra],
                               env=env, capture_output=True, text=True, timeout=7200)
     finally:
         worker.terminate()
@@ -96,6 +100,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="training steps per stage")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-examples", type=int, default=48, help="held-out examples of each stage's gate")
+    parser.add_argument("--review", choices=["none", "panel"], default="none",
+                        help="panel: each stage's gate also needs the reviewers' side-by-side preference")
+    parser.add_argument("--select-every", type=int, default=0,
+                        help="> 0: each stage keeps a snapshot every N steps and hands its gate the best on validation")
     parser.add_argument("--judge", type=int, default=144, help="held-out examples the panel judges afterwards")
     parser.add_argument("--seed", type=int, default=950_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "feedback_round.json")
@@ -105,7 +113,8 @@ def main() -> None:
     critic = args.state.resolve() / "critic"
     save_reward(tiny_reward("coherence", 0), "coherence", critic, version="coherence-untrained")
     promote_rewards(settings, {"aesthetic": args.aesthetic, "alignment": args.alignment, "coherence": critic})
-    done, seconds = run_round(env, args.steps, args.batch_size, args.eval_examples)
+    extra = ["--review", args.review, "--select-every", str(args.select_every)]
+    done, seconds = run_round(env, args.steps, args.batch_size, args.eval_examples, extra)
     print(done.stdout[-4000:], done.stderr[-2000:] if done.returncode else "", flush=True)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     store = LocalBlobStore(settings.resolved_blob_dir())
@@ -113,7 +122,8 @@ def main() -> None:
         runs = s.scalars(select(TrainingRun).order_by(TrainingRun.created_at)).all()
         stages = [{"stage": r.kind, "status": r.status, "error": r.error, **{k: (r.outputs or {}).get(k) for k in (
             "version", "promoted", "refused", "checkpoint_key")}, "gate_metrics": {
-            k: (r.outputs or {}).get("metrics", {}).get(k) for k in ("feedback_score", "success", "steps")},
+            k: (r.outputs or {}).get("metrics", {}).get(k) for k in (
+                "feedback_score", "success", "steps", "review", "selected_step", "selection_scores")},
             "parent_metrics": {k: (r.outputs or {}).get("metrics", {}).get("parent", {}).get(k)
                                for k in ("feedback_score", "success", "steps")}} for r in runs]
         editor = s.scalars(select(ModelVersion).where(ModelVersion.kind == "editor",

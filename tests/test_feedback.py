@@ -239,6 +239,88 @@ def test_training_resumes_exactly_and_a_diverging_run_keeps_its_last_good_checkp
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
+def test_checkpoint_selection_keeps_the_best_snapshot_and_scores_each_once(tmp_path, reward_dirs):
+    from trainers.feedback.selection import snapshot_path
+
+    cfg = FeedbackConfig(steps=3, batch_size=2, checkpoint_every=1, snapshot_every=2)
+    rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
+    two = load_base("inpaint", device="cpu", dtype="fp32")  # what the EMA weights are after two steps
+    train_feedback(two, rewards, FeedbackConfig(**{**cfg.__dict__, "steps": 2, "snapshot_every": 0}), tmp_path / "2")
+    start = [p.detach().clone() for p in load_base("inpaint", device="cpu", dtype="fp32").unet.parameters()]
+    scored = []
+
+    def closeness_to_start(step: int) -> float:  # a stand-in validation measure: least drift wins
+        scored.append(step)
+        return -float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(pipe.unet.parameters(), start)))
+
+    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    state = train_feedback(pipe, rewards, cfg, tmp_path / "run", select=closeness_to_start)
+    assert sorted(state.selection.scores) == [2, 3] and scored == [2, 3]  # every 2 steps and the last
+    assert state.selection.step == 2 and state.selection.scores[2] > state.selection.scores[3]
+    assert snapshot_path(tmp_path / "run", 2).is_file()
+    for a, b in zip(pipe.unet.parameters(), two.unet.parameters()):  # the chosen snapshot is the 2-step model
+        torch.testing.assert_close(a, b)
+    # a worker lost after selection began: the rerun resumes from the checkpoint and re-scores nothing
+    again = load_base("inpaint", device="cpu", dtype="fp32")
+    assert train_feedback(again, rewards, cfg, tmp_path / "run", select=lambda step: scored.append(step) or 0.0
+                          ).selection.step == 2
+    assert scored == [2, 3]
+    tied = tmp_path / "tied"
+    assert train_feedback(load_base("inpaint", device="cpu", dtype="fp32"), rewards, cfg, tied,
+                          select=lambda step: 1.0).selection.step == 2  # ties: the earliest (least drift)
+    with pytest.raises(ValueError, match="`snapshot_every` must be >= 0 \\(0: no snapshots\\), got -1"):
+        FeedbackConfig(snapshot_every=-1)
+
+
+def test_the_review_gate_needs_the_reviewers_to_prefer_the_candidate():
+    from editloop.labels.stats import GSB
+    from editloop.world.render import render
+    from trainers.feedback.review import side_by_side
+    from trainers.feedback.run import EvalConfig, promotion_guards
+
+    examples = feedback_examples(6, 5)
+    right = np.stack([render(e.target) for e in examples])  # the intended result of each edit
+    noise = np.random.default_rng(0).integers(0, 256, right.shape, dtype=np.uint8)
+    better = side_by_side(right, noise, examples)
+    assert better.good > better.bad and better.good + better.same + better.bad == 3 * len(examples)
+    assert side_by_side(right, right, examples) == GSB(0, 18, 0)  # identical edits: "same" every time
+    metrics = {"feedback_score": 0.6, "success": 0.8}
+    reference = {"feedback_score": 0.5, "success": 0.8}
+    assert promotion_guards(metrics, reference, 0.02, review=better) == []
+    assert promotion_guards(metrics, reference, 0.02) == []
+    assert promotion_guards(metrics, reference, 0.02, review=GSB(0, 18, 0))[0].startswith(
+        "the reviewers do not prefer it")  # indifference is not a reason to promote
+    assert promotion_guards(metrics, reference, 0.02, review=GSB(4, 10, 4)) == [
+        "the reviewers do not prefer it to the served model side by side (good / same / bad 4 / 10 / 4)"]
+    with pytest.raises(ValueError, match="side-by-side review needs one image per example"):
+        side_by_side(right[:2], noise, examples)
+    with pytest.raises(ValueError, match="`review` must be one of \\['none', 'panel'\\], got 'people'"):
+        EvalConfig(review="people")
+
+
+def test_a_reviewed_stage_selects_a_snapshot_on_its_own_validation_set(world):
+    settings, sessions, store = world
+    config = {**TINY, "snapshot_every": 1, "eval": {"examples": 3, "review": "panel"}}
+    out = run_feedback_stage("pefl", uuid.uuid4().hex, sessions, store, settings, config)
+    m = out["metrics"]
+    assert m["selected_step"] in (1, 2) and sorted(m["selection_scores"]) == ["1", "2"]
+    assert all(-1 <= v <= 1 for v in m["selection_scores"].values())  # the reviewers' net preference
+    assert m["review"]["good"] + m["review"]["same"] + m["review"]["bad"] == 3 * 3  # 3 reviewers x 3 edits
+    preferred = m["review"]["good"] > m["review"]["bad"]
+    assert preferred or any("do not prefer it" in g for g in m["guard_failures"])
+    assert out["promoted"] == (not m["guard_failures"])
+
+
+def test_the_cli_checks_a_feedback_config_before_it_queues_anything():
+    from editloop.cli.train import check_feedback_config
+
+    with pytest.raises(ValueError, match="`snapshot_every` must be >= 0"):
+        check_feedback_config(["pefl", "progressive"], {"snapshot_every": -5}, {})
+    with pytest.raises(ValueError, match="`eval.examples` must be >= 1, got 0"):
+        check_feedback_config(["pefl"], {}, {"examples": 0})
+    check_feedback_config(["pefl", "adversarial"], {"steps": 4, "snapshot_every": 2}, {"review": "panel"})
+
+
 def test_a_stage_run_registers_a_candidate_and_promotes_only_a_better_one(world):
     settings, sessions, store = world
     out = run_feedback_stage("pefl", uuid.uuid4().hex, sessions, store, settings, TINY)

@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--eval-examples", type=int, default=None, help="held-out examples per evaluation")
         f.add_argument("--task-reward-scale", action="append", default=[], metavar="TASK=SCALE",
                        help="multiply the reward loss on one task's examples (repeatable), e.g. outpaint=4 erase=0")
+        f.add_argument("--review", choices=["none", "panel"], default=None,
+                       help="panel: promote only a candidate the reviewers prefer side by side to the served model")
+        f.add_argument("--select-every", type=int, default=None, metavar="N",
+                       help="keep a snapshot every N steps and hand the gate the one best on validation")
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
         f.add_argument("--wait", action="store_true", help="wait for the chain and print each stage's result")
         f.set_defaults(func=_train_feedback, stage=stage)
@@ -92,6 +96,16 @@ def feedback_stages(stage: str, only: bool) -> list[str]:
     return [stage] if only else list(STAGES[: STAGES.index(stage) + 1])
 
 
+def check_feedback_config(stages: list[str], config: dict, evaluation: dict) -> None:
+    """Raise ValueError (naming the field and value) for a config a stage would refuse."""
+    from trainers.feedback.progressive import stage_config
+    from trainers.feedback.run import EvalConfig
+
+    EvalConfig(**evaluation)
+    for stage in stages:
+        stage_config(stage, **config)
+
+
 def enqueue_feedback_chain(settings: Settings, stages: list[str], config: dict, reason: str) -> list[str]:
     """Record one queued run per stage, then send them as one Celery chain; returns the run ids."""
     from celery import chain
@@ -133,13 +147,15 @@ def parse_task_scales(items: list[str]) -> dict[str, float]:
 
 def _train_feedback(args: argparse.Namespace) -> int:
     settings = Settings()
-    config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
+    config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                       ("snapshot_every", args.select_every)) if v is not None}
     if args.task_reward_scale:
         config["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
     evaluation = {"auto_promote": not args.no_promote,
-                  **({"examples": args.eval_examples} if args.eval_examples else {})}
-    config["eval"] = evaluation
+                  **{k: v for k, v in (("examples", args.eval_examples), ("review", args.review)) if v is not None}}
     stages = feedback_stages(args.stage, args.only)
+    check_feedback_config(stages, config, evaluation)  # bad values fail here, not on the worker
+    config["eval"] = evaluation
     run_ids = enqueue_feedback_chain(settings, stages, config, f"by hand: editloop train {args.stage}")
     for stage, run_id in zip(stages, run_ids):
         print(f"queued {stage} run {run_id}")

@@ -27,6 +27,7 @@ from trainers.feedback.adversarial import AdversarialConfig, discriminator_step,
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
 from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
+from trainers.feedback.selection import Selection, save_snapshot, select_snapshot
 from trainers.runs import save_checkpoint
 
 STAGES = ("pefl", "adversarial", "progressive")
@@ -64,6 +65,7 @@ class FeedbackConfig:
     # None: sample with the start model's timestep spacing; "trailing" puts the first of few steps at t = 999
     # (Lin et al., 2024, section 3.3); the trained model keeps the spacing it was trained with
     timestep_spacing: str | None = None
+    snapshot_every: int = 0  # > 0: keep the EMA weights every this many steps for checkpoint selection
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -76,6 +78,8 @@ class FeedbackConfig:
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"`snapshot_every` must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}")
 
@@ -154,6 +158,7 @@ class Ema:
 class FeedbackState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    selection: Selection | None = None  # the snapshot chosen on validation, when snapshots were kept
 
 
 def _autocast(device: torch.device):  # noqa: ANN202
@@ -164,9 +169,12 @@ def _autocast(device: torch.device):  # noqa: ANN202
 
 
 def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,  # noqa: ANN001
-                   progress: Callable[[int, int, dict[str, float]], None] | None = None) -> FeedbackState:
+                   progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                   select: Callable[[int], float] | None = None) -> FeedbackState:
     """Fine-tune `pipe.unet` in place (it ends holding the EMA weights); resumes from run_dir/checkpoint.pt.
-    With `cfg.timestep_spacing`, `pipe.scheduler` switches to that spacing first (and is saved with it)."""
+    With `cfg.timestep_spacing`, `pipe.scheduler` switches to that spacing first (and is saved with it).
+    With `cfg.snapshot_every` and `select` (a validation score of the weights loaded now, higher is better),
+    it ends holding the best-scored snapshot instead of the last EMA weights (selection.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
     if cfg.timestep_spacing is not None:  # trained, evaluated and saved with this spacing
@@ -206,6 +214,8 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
         state.history.append({"step": state.step, **record})
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if cfg.snapshot_every and (state.step % cfg.snapshot_every == 0 or state.step == cfg.steps):
+            save_snapshot(run_dir, state.step, ema.shadow)  # before the checkpoint that would skip it on resume
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             payload = {"unet": unet.state_dict(), "opt": opt.state_dict(),
                        "ema": ema.shadow, "step": state.step, "history": state.history, "config": cfg.to_dict()}
@@ -216,6 +226,8 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
                 progress(state.step, cfg.steps, record)
     bar.close()
     ema.copy_to(params)
+    if cfg.snapshot_every and select is not None:
+        state.selection = select_snapshot(run_dir, params, select)
     if cfg.lora_rank:  # merge the adapters into the weights: the saved model is a plain UNet again
         unet.fuse_lora()
         unet.unload_lora()

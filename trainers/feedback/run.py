@@ -5,7 +5,9 @@ start model (the previous stage's version, else the promoted editor, else the ba
 (resumable from <state_dir>/runs/<run id>) -> candidate editor version in the registry with its
 metrics, plots and lineage -> promotion only if the evaluation says it is better than the model served now
 (the promoted editor, else the base): a higher feedback score (mean reward) at its own step count, and
-world-judge success no more than `success_tolerance` below the served model's. A chain's later stage starts
+world-judge success no more than `success_tolerance` below the served model's, and, with `review="panel"`,
+the reviewers preferring it side by side on the same held-out edits (review.py). With `snapshot_every`, the
+stage first picks its best snapshot on a validation set of its own (selection.py). A chain's later stage starts
 from the stage before even when that one was refused, but is still gated against the served model, so
 small losses cannot add up through a chain into a promotion.
 
@@ -25,6 +27,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
+from editloop.labels.stats import GSB
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
     PromotionRefused,
@@ -42,6 +45,7 @@ from trainers.feedback.examples import feedback_examples
 from trainers.feedback.loop import FeedbackConfig, train_feedback
 from trainers.feedback.plots import plot_history
 from trainers.feedback.progressive import needs_coherence, stage_config
+from trainers.feedback.review import check_review, net_preference, side_by_side
 from trainers.feedback.rewards import RewardModels, load_rewards
 from trainers.runs import update_run
 
@@ -54,6 +58,13 @@ class EvalConfig:
     seed: int = 20_000  # held out: training draws examples from (seed, stage, step) streams
     success_tolerance: float = 0.02
     auto_promote: bool = True
+    review: str = "none"  # "panel": the reviewers must prefer the candidate side by side (review.py)
+    validation_seed: int = 40_000  # checkpoint selection's examples: apart from the gate's and training's
+
+    def __post_init__(self) -> None:
+        check_review(self.review)
+        if self.examples < 1:
+            raise ValueError(f"`eval.examples` must be >= 1, got {self.examples}")
 
 
 def start_model(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
@@ -93,9 +104,13 @@ def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: 
 
 
 def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tolerance: float,
-                     against: str = "the served model") -> list[str]:
-    """Reasons the candidate is not better than `reference` (empty = better)."""
+                     against: str = "the served model", review: GSB | None = None) -> list[str]:
+    """Reasons the candidate is not better than `reference` (empty = better); with a side-by-side `review`
+    of the candidate against it, the reviewers must also prefer the candidate (good > bad)."""
     why = []
+    if review is not None and review.good <= review.bad:
+        why.append(f"the reviewers do not prefer it to {against} side by side (good / same / bad "
+                   f"{review.good} / {review.same} / {review.bad})")
     if metrics["feedback_score"] <= reference["feedback_score"]:
         why.append(f"feedback score {metrics['feedback_score']:.4f} is not above {against}'s "
                    f"{reference['feedback_score']:.4f}")
@@ -138,35 +153,56 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     pipe = load_pipeline(start_dir, "inpaint", device=settings.device, dtype="fp32")
     rewards.to(pipe.unet.device)
     held_out = feedback_examples(evaluation.examples, evaluation.seed, cfg.tasks)
-    parent_metrics = evaluate_samples(sample(pipe, held_out, evaluation.seed, default_steps(start_dir),
-                                             cfg.guidance), held_out, rewards)
+    validation = feedback_examples(evaluation.examples, evaluation.validation_seed, cfg.tasks)
+    selecting = cfg.snapshot_every > 0
+    parent = sample(pipe, held_out, evaluation.seed, default_steps(start_dir), cfg.guidance)
+    parent_metrics = evaluate_samples(parent, held_out, rewards)
     served_dir, served_version, _ = start_model(sessions, store, settings, None)
-    reference = parent_metrics  # what the candidate must beat: the model served now
-    if served_version != start_version:
-        served = load_pipeline(served_dir, "inpaint", device=settings.device, dtype="fp32")
-        reference = evaluate_samples(sample(served, held_out, evaluation.seed, default_steps(served_dir),
-                                            cfg.guidance), held_out, rewards)
-        del served
+    reference, served_val = parent, None  # what the candidate must beat: the model served now
+    served_pipe = pipe if served_version == start_version else load_pipeline(
+        served_dir, "inpaint", device=settings.device, dtype="fp32")
+    if served_pipe is not pipe:
+        reference = sample(served_pipe, held_out, evaluation.seed, default_steps(served_dir), cfg.guidance)
+    if selecting:  # before training: `pipe` may be the served model, and it trains in place
+        served_val = sample(served_pipe, validation, evaluation.validation_seed, default_steps(served_dir),
+                            cfg.guidance)
+    del served_pipe
+    reference_metrics = parent_metrics if reference is parent else evaluate_samples(reference, held_out, rewards)
     run_dir = settings.state_dir / "runs" / run_id
 
     def progress(step: int, total: int, last: dict[str, float]) -> None:
         update_run(sessions, run_id, progress=step / total, outputs={"last": last})
 
-    state = train_feedback(pipe, rewards, cfg, run_dir, progress)
-    metrics = evaluate_samples(sample(pipe, held_out, evaluation.seed, cfg.schedule.steps, cfg.guidance),
-                               held_out, rewards)
+    def validation_score(step: int) -> float:
+        """The snapshot loaded now, on the validation set: the reviewers' net preference over the served
+        model, or (without a review) the rewards' score."""
+        got = sample(pipe, validation, evaluation.validation_seed, cfg.schedule.steps, cfg.guidance)
+        if evaluation.review == "panel":
+            return net_preference(side_by_side(got.images, served_val.images, validation))
+        return evaluate_samples(got, validation, rewards)["feedback_score"]
+
+    state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None)
+    candidate = sample(pipe, held_out, evaluation.seed, cfg.schedule.steps, cfg.guidance)
+    metrics = evaluate_samples(candidate, held_out, rewards)
+    review = side_by_side(candidate.images, reference.images, held_out) if evaluation.review != "none" else None
     plot = plot_history(state.history, run_dir / "curves.png", f"{stage} run {run_id[:12]} (T={cfg.schedule.steps})")
     plot_key = store.put(plot.read_bytes(), "image/png")
     version = f"{stage}-{run_id[:12]}"
-    guards = promotion_guards(metrics, reference, evaluation.success_tolerance)
+    guards = promotion_guards(metrics, reference_metrics, evaluation.success_tolerance, review=review)
     lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions}
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(pipe, Path(tmp), version, cfg, {"lineage": lineage})
         key = store_model_dir(store, Path(tmp))
     all_metrics = {**metrics, "eval_score": metrics["feedback_score"],
-                   "parent_eval_score": reference["feedback_score"], "parent": parent_metrics,
-                   "reference": reference, "reference_version": served_version,
+                   "parent_eval_score": reference_metrics["feedback_score"], "parent": parent_metrics,
+                   "reference": reference_metrics, "reference_version": served_version,
                    "guard_failures": guards, "steps_done": state.step}
+    if review is not None:
+        all_metrics["review"] = {"good": review.good, "same": review.same, "bad": review.bad,
+                                 "superiority": review.superiority}
+    if state.selection is not None:
+        all_metrics["selected_step"] = state.selection.step
+        all_metrics["selection_scores"] = {str(k): v for k, v in state.selection.scores.items()}
     outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
                                "curves_key": plot_key, "start_version": start_version}
     with sessions.begin() as s:
