@@ -308,3 +308,48 @@ def test_a_task_opens_in_the_labelling_view_with_its_images_rendered(env, tmp_pa
     assert "Best image" in text and "Worst image" in text and "edited region" in text
     assert "issue loading URL" not in text
     assert len(shot) > 10_000
+
+
+def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer_it(env, tmp_path, capsys):
+    """A PeFL stage with `review="people"` writes its held-out pairs against the served model; they go to Label
+    Studio as side-by-side tasks, an annotator answers, the sync records the verdicts, and `editloop models
+    review` decides: the candidate waits until then, and is promoted only if the reviewers prefer it."""
+    from editloop.cli.main import main
+    from editloop.db.models import ModelVersion
+    from editloop.labels.review import AWAITING, review_verdicts
+    from editloop.models.reward import save_reward, tiny_reward
+    from editloop.registry import promote, register_candidate, store_model_dir
+    from trainers.feedback.run import run_feedback_stage
+
+    for kind in ("aesthetic", "alignment"):
+        save_reward(tiny_reward(kind, seed=1), kind, tmp_path / kind, version=f"{kind}-test")
+        with env.sessions.begin() as s:
+            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(env.store, tmp_path / kind),
+                               {"eval_score": 0.5}, {}, None)
+            promote(s, kind, f"{kind}-test")
+    config = {"steps": 2, "batch_size": 2, "adversarial": None, "eval": {"examples": 6, "review": "people"}}
+    out = run_feedback_stage("pefl", uuid.uuid4().hex, env.sessions, env.store, env.settings, config)
+    version = out["version"]
+    assert not out["promoted"] and AWAITING in out["refused"] and len(out["review_pairs"]) == 6
+    assert main(["models", "review", "editor", version]) == 1  # nothing labelled yet
+    assert "0 side-by-side verdicts on its 6 review pairs; the review needs 6" in capsys.readouterr().out
+
+    pushed = push_pairs(env.ls, env.sessions, LinkMaker(env.settings, env.store), env.target(overlap=1, webhook=False))
+    assert pushed.created == 6
+    labeller = join(env.info.url, SimulatedAnnotator(f"review-{env.settings.annotation_project_prefix}", 0.25))
+    label_project(env.info.url, [labeller], next(iter(pushed.projects.values())))
+    assert sync(env.ls, env.sessions).applied.applied == 6
+    with env.sessions() as s:
+        gsb, pairs = review_verdicts(s, version)
+    assert pairs == 6 and gsb.good + gsb.same + gsb.bad == 6
+    code = main(["models", "review", "editor", version])
+    printed = capsys.readouterr().out
+    assert f"good / same / bad {gsb.good} / {gsb.same} / {gsb.bad} on 6 pairs" in printed
+    with env.sessions() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).one()
+        guards = row.metrics["guard_failures"]
+        assert row.metrics["review"]["by"] == "people" and not any(g.startswith(AWAITING) for g in guards)
+        assert (gsb.good > gsb.bad) == (not any("do not prefer it" in g for g in guards))
+        assert (code == 0) == (row.status == "promoted") == (not guards)
+    assert main(["models", "review", "aesthetic", "aesthetic-test"]) == 2  # a version nobody reviewed
+    assert "aesthetic aesthetic-test has no review pairs" in capsys.readouterr().err

@@ -44,6 +44,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--tolerance", type=float, default=0.01)
     m.add_argument("--force", action="store_true", help="skip the score gate (the checkpoint must still load)")
     m.set_defaults(func=_models_promote)
+    m = msub.add_parser("review", help="conclude a side-by-side review by people: count the verdicts synced from "
+                                       "Label Studio and promote the version if the reviewers prefer it")
+    m.add_argument("kind")
+    m.add_argument("version")
+    m.add_argument("--min-verdicts", type=int, default=None, help="verdicts needed (default: one per review pair)")
+    m.set_defaults(func=_models_review)
     m = msub.add_parser("rollback", help="re-promote the version promoted before the current one")
     m.add_argument("kind")
     m.set_defaults(func=_models_rollback)
@@ -150,6 +156,33 @@ def _models_promote(args: argparse.Namespace) -> int:
         row = promote(s, args.kind, args.version, _load_check(settings, store, args.kind), args.tolerance,
                       args.force)
         print(f"promoted {row.kind} {row.version}")
+    return 0
+
+
+def _models_review(args: argparse.Namespace) -> int:
+    from editloop.labels.review import record_review, review_verdicts
+    from editloop.registry import PromotionRefused, find_version, promote
+
+    settings, sessions, store = _registry_context()
+    with sessions.begin() as s:
+        row = find_version(s, args.kind, args.version)
+        gsb, pairs = review_verdicts(s, row.version)
+        if pairs == 0:
+            raise ValueError(f"{args.kind} {args.version} has no review pairs (train it with `--review people`)")
+        if args.min_verdicts is not None and args.min_verdicts < 1:
+            raise ValueError(f"`--min-verdicts` must be >= 1, got {args.min_verdicts}")
+        waiting = record_review(row, gsb, pairs, args.min_verdicts or pairs)
+        print(f"{args.kind} {args.version}: good / same / bad {gsb.good} / {gsb.same} / {gsb.bad} on {pairs} pairs")
+        if waiting:
+            print(f"not decided: {waiting}")
+            return 1
+    try:
+        with sessions.begin() as s:
+            promote(s, args.kind, args.version, _load_check(settings, store, args.kind), tolerance=0.0)
+    except PromotionRefused as exc:
+        print(exc)
+        return 1
+    print(f"promoted {args.kind} {args.version}")
     return 0
 
 

@@ -19,7 +19,9 @@ from editloop.world.annotators import DEFAULT_WEIGHTS, panel
 from trainers.feedback.evaluate import panel_gsb, utilities
 from trainers.feedback.examples import FeedbackExample
 
-REVIEWS = ("none", "panel")  # none: the gate reads the rewards and the judge only
+# none: the gate reads the rewards and the judge only; panel: the world's simulated reviewers answer at once;
+# people: the held-out pairs go to Label Studio and `editloop models review` decides (editloop/labels/review.py)
+REVIEWS = ("none", "panel", "people")
 REVIEWER_SEED = 11  # the benchmark's panel uses seed 7
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
+from editloop.labels.review import AWAITING, request_review, review_guard
 from editloop.labels.stats import GSB
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
@@ -107,10 +108,7 @@ def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tol
                      against: str = "the served model", review: GSB | None = None) -> list[str]:
     """Reasons the candidate is not better than `reference` (empty = better); with a side-by-side `review`
     of the candidate against it, the reviewers must also prefer the candidate (good > bad)."""
-    why = []
-    if review is not None and review.good <= review.bad:
-        why.append(f"the reviewers do not prefer it to {against} side by side (good / same / bad "
-                   f"{review.good} / {review.same} / {review.bad})")
+    why = [reason] if review is not None and (reason := review_guard(review, against)) else []
     if metrics["feedback_score"] <= reference["feedback_score"]:
         why.append(f"feedback score {metrics['feedback_score']:.4f} is not above {against}'s "
                    f"{reference['feedback_score']:.4f}")
@@ -184,11 +182,14 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None)
     candidate = sample(pipe, held_out, evaluation.seed, cfg.schedule.steps, cfg.guidance)
     metrics = evaluate_samples(candidate, held_out, rewards)
-    review = side_by_side(candidate.images, reference.images, held_out) if evaluation.review != "none" else None
+    review = side_by_side(candidate.images, reference.images, held_out) if evaluation.review == "panel" else None
     plot = plot_history(state.history, run_dir / "curves.png", f"{stage} run {run_id[:12]} (T={cfg.schedule.steps})")
     plot_key = store.put(plot.read_bytes(), "image/png")
     version = f"{stage}-{run_id[:12]}"
     guards = promotion_guards(metrics, reference_metrics, evaluation.success_tolerance, review=review)
+    if evaluation.review == "people":  # the gate refuses it until `editloop models review` has the verdicts
+        guards.append(f"{AWAITING} ({len(held_out)} pairs against {served_version}: `editloop annotation push`, "
+                      f"then `editloop models review editor {version}`)")
     lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions}
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(pipe, Path(tmp), version, cfg, {"lineage": lineage})
@@ -210,6 +211,9 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
         row = register_candidate(s, EDITOR_KIND, EDITOR_KIND, version, key, all_metrics,
                                  {"lineage": lineage, "train": cfg.to_dict(), "eval": asdict(evaluation),
                                   "curves_key": plot_key}, parent_row)
+        if evaluation.review == "people":
+            outputs["review_pairs"] = request_review(s, store, version, served_version, candidate.images,
+                                                     reference.images, [e.prompt for e in held_out])
         outputs["promoted"] = False
         if evaluation.auto_promote:  # the registry's gate refuses a candidate with guard failures
             try:
