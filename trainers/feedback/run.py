@@ -6,8 +6,10 @@ start model (the previous stage's version, else the promoted editor, else the ba
 metrics, plots and lineage -> promotion only if the evaluation says it is better than the model served now
 (the promoted editor, else the base): a higher feedback score (mean reward) at its own step count, and
 world-judge success no more than `success_tolerance` below the served model's, and, with `review="panel"`,
-the reviewers preferring it side by side on the same held-out edits (review.py). With `snapshot_every`, the
-stage first picks its best snapshot on a validation set of its own (selection.py). A chain's later stage starts
+the reviewers preferring it side by side on the same held-out edits (review.py); with `review="people"` those
+pairs become Label Studio side-by-side tasks and the candidate waits for `editloop models review`. With
+`snapshot_every`, the stage first picks its best snapshot on a validation set of its own (selection.py),
+scored by the simulated reviewers under `review="panel"`, else by the rewards. A chain's later stage starts
 from the stage before even when that one was refused, but is still gated against the served model, so
 small losses cannot add up through a chain into a promotion.
 
@@ -59,7 +61,9 @@ class EvalConfig:
     seed: int = 20_000  # held out: training draws examples from (seed, stage, step) streams
     success_tolerance: float = 0.02
     auto_promote: bool = True
-    review: str = "none"  # "panel": the reviewers must prefer the candidate side by side (review.py)
+    # "panel": the world's simulated reviewers must prefer the candidate side by side (review.py); "people": its
+    # held-out pairs go to Label Studio and it waits for `editloop models review` (editloop/labels/review.py)
+    review: str = "none"
     validation_seed: int = 40_000  # checkpoint selection's examples: apart from the gate's and training's
 
     def __post_init__(self) -> None:
