@@ -229,3 +229,36 @@ def test_generated_edit_sets_carry_their_source_and_mask_and_train_a_reward_that
                               batch_size=4)
     save_reward(best, "aesthetic", tmp_path / "reward")
     assert load_reward(tmp_path / "reward", "aesthetic")[1].config.reads_source
+
+
+def test_review_pairs_are_written_once_and_only_their_valid_verdicts_count(db_url, tmp_path):
+    import numpy as np
+
+    from editloop.db.models import Comparison, ModelVersion
+    from editloop.labels.review import AWAITING, record_review, request_review, review_verdicts
+
+    upgrade(db_url)
+    sessions = make_sessionmaker(make_engine(db_url))
+    store = LocalBlobStore(tmp_path / "blobs")
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8) for _ in range(2))
+    prompts = ["a red circle on white", "a blue square on black", "a green triangle on gray"]
+    with sessions.begin() as s:
+        ids = request_review(s, store, "pefl-1", "base", a, b, prompts)
+    with sessions.begin() as s:
+        assert request_review(s, store, "pefl-1", "base", a, b, prompts) == ids  # a rerun finds the same pairs
+        assert s.scalar(select(func.count()).select_from(ComparisonPair)) == 3
+        for pair_id, verdict, status in zip(ids, ("good", "bad", "good"), ("valid", "valid", "invalid")):
+            s.add(Comparison(pair_id=pair_id, verdict=verdict, annotator="x", status=status))
+        with pytest.raises(ValueError, match="one image per prompt from each model; got 3 candidate, 2 served"):
+            request_review(s, store, "pefl-2", "base", a, b[:2], prompts)
+    with sessions.begin() as s:
+        gsb, pairs = review_verdicts(s, "pefl-1")
+        assert (gsb, pairs) == (GSB(1, 0, 1), 3)  # the invalid answer does not count
+        row = ModelVersion(kind="editor", name="editor", version="pefl-1", checkpoint_key="k" * 64, status="candidate",
+                           metrics={"guard_failures": [f"{AWAITING} (3 pairs)"]}, config={})
+        s.add(row)
+        assert record_review(row, gsb, pairs, 3) == "2 side-by-side verdicts on its 3 review pairs; the review needs 3"
+        assert record_review(row, gsb, pairs, 2) is None
+        assert row.metrics["guard_failures"] == [
+            "the reviewers do not prefer it to the served model side by side (good / same / bad 1 / 0 / 1)"]
