@@ -45,7 +45,7 @@ from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.feedback.evaluate import evaluate_samples, sample
 from trainers.feedback.examples import feedback_examples
-from trainers.feedback.loop import FeedbackConfig, train_feedback
+from trainers.feedback.loop import FeedbackConfig, FeedbackState, train_feedback
 from trainers.feedback.plots import plot_history
 from trainers.feedback.progressive import needs_coherence, stage_config
 from trainers.feedback.review import check_review, net_preference, side_by_side
@@ -160,14 +160,14 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     parent = sample(pipe, held_out, evaluation.seed, default_steps(start_dir), cfg.guidance)
     parent_metrics = evaluate_samples(parent, held_out, rewards)
     served_dir, served_version, _ = start_model(sessions, store, settings, None)
-    reference, served_val = parent, None  # what the candidate must beat: the model served now
     served_pipe = pipe if served_version == start_version else load_pipeline(
         served_dir, "inpaint", device=settings.device, dtype="fp32")
-    if served_pipe is not pipe:
-        reference = sample(served_pipe, held_out, evaluation.seed, default_steps(served_dir), cfg.guidance)
-    if selecting:  # before training: `pipe` may be the served model, and it trains in place
-        served_val = sample(served_pipe, validation, evaluation.validation_seed, default_steps(served_dir),
-                            cfg.guidance)
+    # what the candidate must beat: the model served now, on the gate's examples (and on the validation set,
+    # sampled before training: `pipe` may be the served model, and it trains in place)
+    reference = parent if served_pipe is pipe else sample(served_pipe, held_out, evaluation.seed,
+                                                         default_steps(served_dir), cfg.guidance)
+    served_val = sample(served_pipe, validation, evaluation.validation_seed, default_steps(served_dir),
+                        cfg.guidance) if selecting else None
     del served_pipe
     reference_metrics = parent_metrics if reference is parent else evaluate_samples(reference, held_out, rewards)
     run_dir = settings.state_dir / "runs" / run_id
@@ -201,13 +201,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     all_metrics = {**metrics, "eval_score": metrics["feedback_score"],
                    "parent_eval_score": reference_metrics["feedback_score"], "parent": parent_metrics,
                    "reference": reference_metrics, "reference_version": served_version,
-                   "guard_failures": guards, "steps_done": state.step}
-    if review is not None:
-        all_metrics["review"] = {"good": review.good, "same": review.same, "bad": review.bad,
-                                 "superiority": review.superiority}
-    if state.selection is not None:
-        all_metrics["selected_step"] = state.selection.step
-        all_metrics["selection_scores"] = {str(k): v for k, v in state.selection.scores.items()}
+                   "guard_failures": guards, "steps_done": state.step, **review_metrics(review, state)}
     outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
                                "curves_key": plot_key, "start_version": start_version}
     with sessions.begin() as s:
@@ -230,6 +224,18 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
         run = s.get(TrainingRun, run_id)
         run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
     return outputs
+
+
+def review_metrics(review: GSB | None, state: FeedbackState) -> dict[str, Any]:
+    """The reviewers' verdicts and the checkpoint selection, for the candidate's metrics."""
+    out: dict[str, Any] = {}
+    if review is not None:
+        out["review"] = {"good": review.good, "same": review.same, "bad": review.bad,
+                         "superiority": review.superiority, "by": "panel"}
+    if state.selection is not None:
+        out["selected_step"] = state.selection.step
+        out["selection_scores"] = {str(k): v for k, v in state.selection.scores.items()}
+    return out
 
 
 def loads_editor(store: BlobStore, cache: Path):  # noqa: ANN201
