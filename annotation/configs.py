@@ -29,6 +29,11 @@ SIDE_BY_SIDE_INSTRUCTIONS = (
     "<p><b>Which image is better?</b> Compare the left and the right image for the same prompt. "
     "Hotkeys: 1 = left is better, 2 = about the same, 3 = right is better.</p>"
 )
+SIDE_BY_SIDE_EDIT_INSTRUCTIONS = (
+    "<p><b>Which edit is better?</b> Both were made from the source image shown above them, in the region tinted "
+    "red, for the caption. A good edit changes only that region, matches the caption, and blends in. "
+    "Hotkeys: 1 = left is better, 2 = about the same, 3 = right is better.</p>"
+)
 SIDE_BY_SIDE_CHOICES = ("Left", "Same", "Right")
 
 
@@ -36,7 +41,7 @@ SIDE_BY_SIDE_CHOICES = ("Left", "Same", "Right")
 class ProjectSpec:
     """One Label Studio project: a labelling kind and, for best/worst, the candidate count it shows."""
 
-    kind: str  # t2i | edit | side_by_side
+    kind: str  # t2i | edit | side_by_side | side_by_side_edit
     n: int = 0
     prefix: str = "editloop"  # one Label Studio can hold several editloop deployments' projects
 
@@ -44,16 +49,19 @@ class ProjectSpec:
     def title(self) -> str:
         if self.kind == "side_by_side":
             return f"{self.prefix} side-by-side (Good/Same/Bad)"
+        if self.kind == "side_by_side_edit":
+            return f"{self.prefix} side-by-side edits (Good/Same/Bad)"
         return f"{self.prefix} best/worst {self.kind} x{self.n}"
 
     def label_config(self) -> str:
-        if self.kind == "side_by_side":
-            return side_by_side_config()
+        if self.kind in ("side_by_side", "side_by_side_edit"):
+            return side_by_side_config(edit=self.kind == "side_by_side_edit")
         return best_worst_config(self.n, edit=self.kind == "edit")
 
     @property
     def instructions(self) -> str:
-        return {"t2i": BEST_WORST_INSTRUCTIONS, "edit": EDIT_INSTRUCTIONS}.get(self.kind, SIDE_BY_SIDE_INSTRUCTIONS)
+        return {"t2i": BEST_WORST_INSTRUCTIONS, "edit": EDIT_INSTRUCTIONS,
+                "side_by_side_edit": SIDE_BY_SIDE_EDIT_INSTRUCTIONS}.get(self.kind, SIDE_BY_SIDE_INSTRUCTIONS)
 
 
 def _choices(name: str, n: int, keys: str, to_name: str) -> str:
@@ -76,10 +84,7 @@ def best_worst_config(n: int, edit: bool = False) -> str:
         raise ValueError(f"`n` must be in 2..{MAX_CANDIDATES}, got {n}")
     header = ['  <Header value="$prompt"/>']
     if edit:
-        header.append('  <View style="display:flex;gap:8px">')
-        header.append(_image("source_image", "source"))
-        header.append(_image("mask_overlay", "edited region"))
-        header.append("  </View>")
+        header += edit_header()
     images = "\n".join(_image(f"img{i + 1}", str(i + 1)) for i in range(n))
     return "\n".join([
         "<View>", *header,
@@ -90,11 +95,18 @@ def best_worst_config(n: int, edit: bool = False) -> str:
     ])
 
 
-def side_by_side_config() -> str:
+def edit_header() -> list[str]:
+    """The source image and the edited region above an edit task's images."""
+    return ['  <View style="display:flex;gap:8px">', _image("source_image", "source"),
+            _image("mask_overlay", "edited region"), "  </View>"]
+
+
+def side_by_side_config(edit: bool = False) -> str:
+    """Two images for one prompt (with `edit`, under the source and the edited region); Left / Same / Right."""
     rows = "\n".join(f'    <Choice value="{v}" hotkey="{i + 1}"/>' for i, v in enumerate(SIDE_BY_SIDE_CHOICES))
     return "\n".join([
         "<View>",
-        '  <Header value="$prompt"/>',
+        '  <Header value="$prompt"/>', *(edit_header() if edit else []),
         '  <View style="display:flex">', _image("left", "left"), _image("right", "right"), "  </View>",
         '  <Choices name="verdict" toName="left" choice="single-radio" showInline="true" required="true" '
         'requiredMessage="Pick left, same or right">',

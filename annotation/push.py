@@ -72,12 +72,18 @@ def candidate_task(cs: CandidateSet, session: Session, store: BlobStore, link: C
     return data
 
 
-def pair_task(pair: ComparisonPair, link: Callable[[str], str]) -> tuple[dict, bool]:
-    """Left/right order drawn per pair (seeded by its id, so a re-push shows the same order)."""
+def pair_task(pair: ComparisonPair, store: BlobStore, link: Callable[[str], str]) -> tuple[dict, bool]:
+    """Left/right order drawn per pair (seeded by its id, so a re-push shows the same order); a pair of edits
+    also shows its source with the edited region over it."""
     swapped = swapped_for(f"pair:{pair.id}")
     left, right = (pair.b_image, pair.a_image) if swapped else (pair.a_image, pair.b_image)
-    return {"external_key": f"pair:{pair.id}", "pair_id": pair.id, "prompt": pair.prompt.text,
-            "left": link(left.blob_key), "right": link(right.blob_key)}, swapped
+    data = {"external_key": f"pair:{pair.id}", "pair_id": pair.id, "prompt": pair.prompt.text,
+            "left": link(left.blob_key), "right": link(right.blob_key)}
+    if pair.source_image is not None and pair.mask_key:
+        data["source_image"] = link(pair.source_image.blob_key)
+        overlay = overlay_png(store.get(pair.source_image.blob_key), store.get(pair.mask_key))
+        data["mask_overlay"] = link(store.put(overlay, "image/png"))
+    return data, swapped
 
 
 def adopt_orphans(ls: LabelStudio, session: Session, project_id: int, kind: str) -> int:
@@ -150,20 +156,22 @@ def push_candidate_sets(ls: LabelStudio, sessions: sessionmaker[Session], store:
     return report
 
 
-def push_pairs(ls: LabelStudio, sessions: sessionmaker[Session], link: Callable[[str], str], target: Target,
-               ids: list[int] | None = None) -> PushReport:
-    """Every comparison pair (or those in `ids`) becomes one side-by-side task, order randomised and recorded."""
+def push_pairs(ls: LabelStudio, sessions: sessionmaker[Session], store: BlobStore, link: Callable[[str], str],
+               target: Target, ids: list[int] | None = None) -> PushReport:
+    """Every comparison pair (or those in `ids`) becomes one side-by-side task, order randomised and recorded;
+    pairs of edits go to a project that shows each task's source and edited region."""
     report = PushReport()
-    rows = []
+    groups: dict[ProjectSpec, list[tuple[str, dict, dict]]] = defaultdict(list)
     with sessions() as session:
         query = select(ComparisonPair).order_by(ComparisonPair.id)
         if ids is not None:
             query = query.where(ComparisonPair.id.in_(ids))
         for pair in session.scalars(query):
-            data, swapped = pair_task(pair, link)
-            rows.append((data["external_key"], data, {"pair_id": pair.id, "swapped": swapped}))
-    if rows:
-        spec = ProjectSpec("side_by_side", prefix=target.project_prefix)
+            data, swapped = pair_task(pair, store, link)
+            kind = "side_by_side_edit" if "source_image" in data else "side_by_side"
+            groups[ProjectSpec(kind, prefix=target.project_prefix)].append(
+                (data["external_key"], data, {"pair_id": pair.id, "swapped": swapped}))
+    for spec, rows in groups.items():
         project_id = ensure_project(ls, spec, target.overlap, target.webhook_url, target.webhook_token)
         report.projects[spec.title] = project_id
         _push_group(ls, sessions, project_id, "side_by_side", rows, target, report)

@@ -77,7 +77,7 @@ def test_label_configs_are_validated_by_label_studio(label_studio):
     ls = connect(label_studio.url, label_studio.token)
     prefix = f"cfg-{uuid.uuid4().hex[:6]}"
     for spec in (ProjectSpec("t2i", 2, prefix), ProjectSpec("t2i", 12, prefix), ProjectSpec("edit", 4, prefix),
-                 ProjectSpec("side_by_side", prefix=prefix)):
+                 ProjectSpec("side_by_side", prefix=prefix), ProjectSpec("side_by_side_edit", prefix=prefix)):
         project_id = ensure_project(ls, spec, overlap=2)
         assert ensure_project(ls, spec, overlap=3) == project_id  # found again, not duplicated
         assert ls.projects.get(id=project_id).maximum_annotations == 3
@@ -236,7 +236,7 @@ def test_side_by_side_pairs_record_verdicts_from_the_model_under_tests_side(env)
             prompt_id = s.get(CandidateSet, cs_id).prompt_id
             s.add(ComparisonPair(prompt_id=prompt_id, a_image_id=items[0].image_id, b_image_id=items[1].image_id,
                                  a_label="model-a", b_label="model-b"))
-    pushed = push_pairs(env.ls, env.sessions, LinkMaker(env.settings, env.store), env.target(overlap=1))
+    pushed = push_pairs(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store), env.target(overlap=1))
     assert pushed.created == 12
     with env.sessions() as s:
         swapped = [t.swapped for t in s.scalars(select(LabelTask))]
@@ -334,10 +334,16 @@ def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer
     assert main(["models", "review", "editor", version]) == 1  # nothing labelled yet
     assert "0 side-by-side verdicts on its 6 review pairs; the review needs 6" in capsys.readouterr().out
 
-    pushed = push_pairs(env.ls, env.sessions, LinkMaker(env.settings, env.store), env.target(overlap=1, webhook=False))
-    assert pushed.created == 6
+    pushed = push_pairs(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store),
+                        env.target(overlap=1, webhook=False))
+    assert pushed.created == 6 and list(pushed.projects) == [f"{env.settings.annotation_project_prefix} side-by-side "
+                                                             "edits (Good/Same/Bad)"]  # with source and region
+    project_id = next(iter(pushed.projects.values()))
+    for task in env.ls.tasks.list(project=project_id, fields="all"):  # the reviewer sees what was edited
+        assert {"left", "right", "source_image", "mask_overlay"} <= set(task.data)
+        assert requests.get(task.data["mask_overlay"], timeout=30).content[:4] == b"\x89PNG"
     labeller = join(env.info.url, SimulatedAnnotator(f"review-{env.settings.annotation_project_prefix}", 0.25))
-    label_project(env.info.url, [labeller], next(iter(pushed.projects.values())))
+    label_project(env.info.url, [labeller], project_id)
     assert sync(env.ls, env.sessions).applied.applied == 6
     with env.sessions() as s:
         gsb, pairs = review_verdicts(s, version)

@@ -100,7 +100,7 @@ def _push(args: argparse.Namespace) -> int:
     print(f"best/worst: {report.created} tasks created, {report.adopted} adopted, {report.already} already there; "
           f"projects {report.projects}")
     if not args.no_pairs:
-        pairs = push_pairs(ls, sessions, link, target)
+        pairs = push_pairs(ls, sessions, store, link, target)
         print(f"side by side: {pairs.created} created, {pairs.adopted} adopted, {pairs.already} already there")
     return 0
 

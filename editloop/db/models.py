@@ -142,11 +142,15 @@ class ComparisonPair(Base):
     a_label: Mapped[str] = mapped_column(String(128))
     b_label: Mapped[str] = mapped_column(String(128))
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # a pair of edits: the image both were edited from and the edited region (shown to the reviewer)
+    source_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    mask_key: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     prompt: Mapped[Prompt] = relationship()
     a_image: Mapped[ImageRecord] = relationship(foreign_keys=[a_image_id])
     b_image: Mapped[ImageRecord] = relationship(foreign_keys=[b_image_id])
+    source_image: Mapped[ImageRecord | None] = relationship(foreign_keys=[source_image_id])
 
 
 class Comparison(Base):

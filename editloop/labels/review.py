@@ -19,30 +19,41 @@ from editloop.db.models import Comparison, ComparisonPair, ModelVersion
 from editloop.labels.stats import GSB
 from editloop.records import get_or_create_image, get_or_create_prompt
 from editloop.store.base import BlobStore
-from editloop.world.io import to_png
+from editloop.world.io import mask_to_png, to_png
 
 AWAITING = "awaiting the reviewers' side-by-side verdicts"  # the guard a candidate carries until then
 
 
 def request_review(session: Session, store: BlobStore, candidate: str, served: str, candidate_images: np.ndarray,
-                   served_images: np.ndarray, prompts: list[str]) -> list[int]:
-    """One comparison pair per prompt (candidate's image as A); idempotent: a rerun finds the same pairs."""
-    if not len(candidate_images) == len(served_images) == len(prompts):
+                   served_images: np.ndarray, prompts: list[str], sources: np.ndarray | None = None,
+                   masks: np.ndarray | None = None) -> list[int]:
+    """One comparison pair per prompt (candidate's image as A; for edits, with the source and mask the reviewer
+    sees); idempotent: a rerun finds the same pairs."""
+    counts = {len(candidate_images), len(served_images), len(prompts)} | (
+        {len(sources), len(masks)} if sources is not None and masks is not None else set())
+    if len(counts) != 1:
         raise ValueError(f"a review needs one image per prompt from each model; got {len(candidate_images)} "
-                         f"candidate, {len(served_images)} served, {len(prompts)} prompts")
+                         f"candidate, {len(served_images)} served, {len(prompts)} prompts"
+                         + (f", {len(sources)} sources, {len(masks)} masks" if sources is not None else ""))
     ids = []
     for i, (a, b, text) in enumerate(zip(candidate_images, served_images, prompts)):
         key = f"review:{candidate}:{i}"
         pair = session.scalars(select(ComparisonPair).where(ComparisonPair.idempotency_key == key)).one_or_none()
         if pair is None:
-            images = [get_or_create_image(session, store.put(to_png(img), "image/png"), img.shape[1], img.shape[0])
-                      for img in (a, b)]
-            pair = ComparisonPair(prompt_id=get_or_create_prompt(session, text).id, a_image_id=images[0].id,
-                                  b_image_id=images[1].id, a_label=candidate, b_label=served, idempotency_key=key)
+            pair = ComparisonPair(prompt_id=get_or_create_prompt(session, text).id,
+                                  a_image_id=_image(session, store, a), b_image_id=_image(session, store, b),
+                                  a_label=candidate, b_label=served, idempotency_key=key)
+            if sources is not None and masks is not None:
+                pair.source_image_id = _image(session, store, sources[i])
+                pair.mask_key = store.put(mask_to_png(masks[i]), "image/png")
             session.add(pair)
             session.flush()
         ids.append(pair.id)
     return ids
+
+
+def _image(session: Session, store: BlobStore, image: np.ndarray) -> int:
+    return get_or_create_image(session, store.put(to_png(image), "image/png"), image.shape[1], image.shape[0]).id
 
 
 def review_verdicts(session: Session, candidate: str) -> tuple[GSB, int]:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
@@ -210,8 +211,9 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
                                  {"lineage": lineage, "train": cfg.to_dict(), "eval": asdict(evaluation),
                                   "curves_key": plot_key}, parent_row)
         if evaluation.review == "people":
-            outputs["review_pairs"] = request_review(s, store, version, served_version, candidate.images,
-                                                     reference.images, [e.prompt for e in held_out])
+            outputs["review_pairs"] = request_review(
+                s, store, version, served_version, candidate.images, reference.images, [e.prompt for e in held_out],
+                np.stack([e.source for e in held_out]), np.stack([e.mask for e in held_out]))
         outputs["promoted"] = False
         if evaluation.auto_promote:  # the registry's gate refuses a candidate with guard failures
             try:
