@@ -316,7 +316,7 @@ def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer
     review` decides: the candidate waits until then, and is promoted only if the reviewers prefer it."""
     from editloop.cli.main import main
     from editloop.db.models import ModelVersion
-    from editloop.labels.review import AWAITING, review_verdicts
+    from editloop.labels.review import AWAITING, review_guard, review_verdicts
     from editloop.models.reward import save_reward, tiny_reward
     from editloop.registry import promote, register_candidate, store_model_dir
     from trainers.feedback.run import run_feedback_stage
@@ -355,7 +355,7 @@ def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer
         row = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).one()
         guards = row.metrics["guard_failures"]
         assert row.metrics["review"]["by"] == "people" and not any(g.startswith(AWAITING) for g in guards)
-        assert (gsb.good > gsb.bad) == (not any("do not prefer it" in g for g in guards))
+        assert (review_guard(gsb) is None) == (not any("do not prefer it" in g for g in guards))
         assert (code == 0) == (row.status == "promoted") == (not guards)
     assert main(["models", "review", "aesthetic", "aesthetic-test"]) == 2  # a version nobody reviewed
     assert "aesthetic aesthetic-test has no review pairs" in capsys.readouterr().err

@@ -261,4 +261,5 @@ def test_review_pairs_are_written_once_and_only_their_valid_verdicts_count(db_ur
         assert record_review(row, gsb, pairs, 3) == "2 side-by-side verdicts on its 3 review pairs; the review needs 3"
         assert record_review(row, gsb, pairs, 2) is None
         assert row.metrics["guard_failures"] == [
-            "the reviewers do not prefer it to the served model side by side (good / same / bad 1 / 0 / 1)"]
+            "the reviewers do not prefer it to the served model side by side (good / same / bad 1 / 0 / 1; "
+            "sign test p = 0.750, needs < 0.05)"]

@@ -4,12 +4,13 @@ A feedback stage asked for a review by people writes one comparison pair per hel
 candidate version's image, B: the served model's, the same example and seed), which `editloop
 annotation push` turns into Label Studio side-by-side tasks; the verdicts the sync records (from A's
 side) are counted here, and `editloop models review` promotes the version only if the reviewers
-prefer it (good > bad) once enough verdicts are in.
+prefer it (good > bad, by a one-sided sign test at level 0.05) once enough verdicts are in.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from math import comb
 
 import numpy as np
 from sqlalchemy import select
@@ -65,12 +66,24 @@ def review_verdicts(session: Session, candidate: str) -> tuple[GSB, int]:
     return GSB(counts["good"], counts["same"], counts["bad"]), len(pair_ids)
 
 
-def review_guard(gsb: GSB, against: str = "the served model") -> str | None:
-    """Why the reviewers' verdicts do not support a promotion (None: they prefer the candidate)."""
-    if gsb.good > gsb.bad:
+REVIEW_ALPHA = 0.05  # the sign test's level: good > bad by more than chance
+
+
+def preference_p_value(gsb: GSB) -> float:
+    """One-sided sign test of "the reviewers prefer the candidate": P(X >= good) for X ~ Binomial(good + bad, 1/2),
+    "same" verdicts dropped. Verdicts are counted as independent (several reviewers of one pair are not quite)."""
+    n = gsb.good + gsb.bad
+    return sum(comb(n, k) for k in range(gsb.good, n + 1)) / 2**n if n else 1.0
+
+
+def review_guard(gsb: GSB, against: str = "the served model", alpha: float = REVIEW_ALPHA) -> str | None:
+    """Why the reviewers' verdicts do not support a promotion (None: they prefer the candidate, good > bad by
+    more than chance at level `alpha`; a coin-flip margin such as 124 / 122 is not a preference)."""
+    p = preference_p_value(gsb)
+    if gsb.good > gsb.bad and p < alpha:
         return None
     return (f"the reviewers do not prefer it to {against} side by side (good / same / bad "
-            f"{gsb.good} / {gsb.same} / {gsb.bad})")
+            f"{gsb.good} / {gsb.same} / {gsb.bad}; sign test p = {p:.3f}, needs < {alpha})")
 
 
 def record_review(row: ModelVersion, gsb: GSB, pairs: int, min_verdicts: int) -> str | None:
