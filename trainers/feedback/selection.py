@@ -69,7 +69,9 @@ def select_snapshot(run_dir: Path, params: list[torch.nn.Parameter], score: Call
             continue
         load_snapshot(run_dir, step, params)
         scores[step] = float(score(step))
-        record.write_text(json.dumps({str(k): v for k, v in sorted(scores.items())}, indent=1))
+        tmp = record.with_suffix(".tmp")  # written whole, then renamed: a crash never leaves a torn record
+        tmp.write_text(json.dumps({str(k): v for k, v in sorted(scores.items())}, indent=1))
+        tmp.replace(record)
     best = max(steps, key=lambda s: (scores[s], -s))
     load_snapshot(run_dir, best, params)
     return Selection(best, {s: scores[s] for s in steps})
