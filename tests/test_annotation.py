@@ -346,8 +346,9 @@ def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer
     label_project(env.info.url, [labeller], project_id)
     assert sync(env.ls, env.sessions).applied.applied == 6
     with env.sessions() as s:
-        gsb, pairs = review_verdicts(s, version)
-    assert pairs == 6 and gsb.good + gsb.same + gsb.bad == 6
+        review, pairs = review_verdicts(s, version)
+    gsb = review.verdicts
+    assert pairs == 6 and gsb.good + gsb.same + gsb.bad == 6 and review.pairs == gsb  # one reviewer: pair = verdict
     code = main(["models", "review", "editor", version])
     printed = capsys.readouterr().out
     assert f"good / same / bad {gsb.good} / {gsb.same} / {gsb.bad} on 6 pairs" in printed
@@ -355,7 +356,9 @@ def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer
         row = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).one()
         guards = row.metrics["guard_failures"]
         assert row.metrics["review"]["by"] == "people" and not any(g.startswith(AWAITING) for g in guards)
-        assert (review_guard(gsb) is None) == (not any("do not prefer it" in g for g in guards))
+        assert (review_guard(review) is None) == (not any("do not prefer it" in g for g in guards))
         assert (code == 0) == (row.status == "promoted") == (not guards)
+    assert main(["models", "review", "editor", version, "--alpha", "1.5"]) == 2
+    assert "`--alpha` must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["models", "review", "aesthetic", "aesthetic-test"]) == 2  # a version nobody reviewed
     assert "aesthetic aesthetic-test has no review pairs" in capsys.readouterr().err

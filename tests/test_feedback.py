@@ -273,7 +273,7 @@ def test_checkpoint_selection_keeps_the_best_snapshot_and_scores_each_once(tmp_p
 
 
 def test_the_review_gate_needs_the_reviewers_to_prefer_the_candidate():
-    from editloop.labels.review import preference_p_value, review_guard
+    from editloop.labels.review import Review, majority, preference_p_value, review_guard
     from editloop.labels.stats import GSB
     from editloop.world.render import render
     from trainers.feedback.review import side_by_side
@@ -283,20 +283,29 @@ def test_the_review_gate_needs_the_reviewers_to_prefer_the_candidate():
     right = np.stack([render(e.target) for e in examples])  # the intended result of each edit
     noise = np.random.default_rng(0).integers(0, 256, right.shape, dtype=np.uint8)
     better = side_by_side(right, noise, examples)
-    assert better.good > better.bad and better.good + better.same + better.bad == 3 * len(examples)
-    assert side_by_side(right, right, examples) == GSB(0, 18, 0)  # identical edits: "same" every time
+    every, pairs = better.verdicts, better.pairs
+    assert every.good > every.bad and every.good + every.same + every.bad == 3 * len(examples)  # 3 reviewers
+    assert pairs.good + pairs.same + pairs.bad == len(examples) and pairs.good > pairs.bad  # one per edit
+    same = side_by_side(right, right, examples)
+    assert same == Review(GSB(0, 18, 0), GSB(0, 6, 0))  # identical edits: "same" every time
     metrics = {"feedback_score": 0.6, "success": 0.8}
     reference = {"feedback_score": 0.5, "success": 0.8}
     assert promotion_guards(metrics, reference, 0.02, review=better) == []
     assert promotion_guards(metrics, reference, 0.02) == []
-    assert promotion_guards(metrics, reference, 0.02, review=GSB(0, 18, 0))[0].startswith(
+    assert promotion_guards(metrics, reference, 0.02, review=same)[0].startswith(
         "the reviewers do not prefer it")  # indifference is not a reason to promote
-    assert promotion_guards(metrics, reference, 0.02, review=GSB(4, 10, 4)) == [
-        "the reviewers do not prefer it to the served model side by side (good / same / bad 4 / 10 / 4; "
-        "sign test p = 0.637, needs < 0.05)"]
+    assert promotion_guards(metrics, reference, 0.02, review=Review(GSB(9, 10, 5), GSB(4, 10, 4))) == [
+        "the reviewers do not prefer it to the served model side by side (pairs won / tied / lost by majority "
+        "4 / 10 / 4, sign test p = 0.637, needs < 0.05; verdicts good / same / bad 9 / 10 / 5)"]
     # a coin-flip margin is not a preference (the round that promoted on 124 / 122: BENCHMARKS.md); a clear one is
-    assert preference_p_value(GSB(3, 5, 0)) == 1 / 8 and review_guard(GSB(3, 5, 0)) is not None
-    assert review_guard(GSB(124, 42, 122)) is not None and review_guard(GSB(40, 50, 20)) is None
+    assert preference_p_value(GSB(3, 5, 0)) == 1 / 8 and review_guard(Review(GSB(9, 15, 0), GSB(3, 5, 0))) is not None
+    assert review_guard(Review(GSB(0, 0, 0), GSB(124, 42, 122))) is not None
+    assert review_guard(Review(GSB(0, 0, 0), GSB(40, 50, 20))) is None
+    # the sign test counts pairs, not verdicts: three reviewers agreeing on 4 pairs are 4 pieces of evidence, not 12
+    agreeing = majority([["good"] * 3] * 4 + [["same"] * 3] * 3)
+    assert agreeing == Review(GSB(12, 9, 0), GSB(4, 3, 0)) and review_guard(agreeing) is not None
+    assert preference_p_value(agreeing.verdicts) < 0.05 < preference_p_value(agreeing.pairs)
+    assert majority([["good", "bad", "same"], []]) == Review(GSB(1, 1, 1), GSB(0, 1, 0))  # a split pair ties
     with pytest.raises(ValueError, match="side-by-side review needs one image per example"):
         side_by_side(right[:2], noise, examples)
     with pytest.raises(ValueError, match="`review` must be one of \\['none', 'panel', 'people'\\], got 'crowd'"):
@@ -311,10 +320,9 @@ def test_a_reviewed_stage_selects_a_snapshot_on_its_own_validation_set(world):
     assert m["selected_step"] in (1, 2) and sorted(m["selection_scores"]) == ["1", "2"]
     assert all(-1 <= v <= 1 for v in m["selection_scores"].values())  # the reviewers' net preference
     assert m["review"]["good"] + m["review"]["same"] + m["review"]["bad"] == 3 * 3  # 3 reviewers x 3 edits
-    from editloop.labels.review import review_guard
-    from editloop.labels.stats import GSB
-
-    preferred = review_guard(GSB(m["review"]["good"], m["review"]["same"], m["review"]["bad"])) is None
+    assert m["review"]["pairs"]["won"] + m["review"]["pairs"]["tied"] + m["review"]["pairs"]["lost"] == 3
+    won, lost = m["review"]["pairs"]["won"], m["review"]["pairs"]["lost"]
+    preferred = won > lost and m["review"]["p_value"] < 0.05
     assert preferred or any("do not prefer it" in g for g in m["guard_failures"])
     assert out["promoted"] == (not m["guard_failures"])
 

@@ -235,7 +235,7 @@ def test_review_pairs_are_written_once_and_only_their_valid_verdicts_count(db_ur
     import numpy as np
 
     from editloop.db.models import Comparison, ModelVersion
-    from editloop.labels.review import AWAITING, record_review, request_review, review_verdicts
+    from editloop.labels.review import AWAITING, Review, record_review, request_review, review_verdicts
 
     upgrade(db_url)
     sessions = make_sessionmaker(make_engine(db_url))
@@ -248,18 +248,23 @@ def test_review_pairs_are_written_once_and_only_their_valid_verdicts_count(db_ur
     with sessions.begin() as s:
         assert request_review(s, store, "pefl-1", "base", a, b, prompts) == ids  # a rerun finds the same pairs
         assert s.scalar(select(func.count()).select_from(ComparisonPair)) == 3
-        for pair_id, verdict, status in zip(ids, ("good", "bad", "good"), ("valid", "valid", "invalid")):
-            s.add(Comparison(pair_id=pair_id, verdict=verdict, annotator="x", status=status))
+        answers = [(0, "good", "x", "valid"), (0, "bad", "y", "valid"), (0, "good", "z", "valid"),
+                   (1, "bad", "x", "valid"), (2, "good", "x", "invalid")]
+        for i, verdict, annotator, status in answers:
+            s.add(Comparison(pair_id=ids[i], verdict=verdict, annotator=annotator, status=status))
         with pytest.raises(ValueError, match="one image per prompt from each model; got 3 candidate, 2 served"):
             request_review(s, store, "pefl-2", "base", a, b[:2], prompts)
     with sessions.begin() as s:
-        gsb, pairs = review_verdicts(s, "pefl-1")
-        assert (gsb, pairs) == (GSB(1, 0, 1), 3)  # the invalid answer does not count
+        review, pairs = review_verdicts(s, "pefl-1")
+        # the invalid answer does not count; the first pair counts once, by its reviewers' majority
+        assert (review, pairs) == (Review(verdicts=GSB(2, 0, 2), pairs=GSB(1, 0, 1)), 3)
         row = ModelVersion(kind="editor", name="editor", version="pefl-1", checkpoint_key="k" * 64, status="candidate",
                            metrics={"guard_failures": [f"{AWAITING} (3 pairs)"]}, config={})
         s.add(row)
-        assert record_review(row, gsb, pairs, 3) == "2 side-by-side verdicts on its 3 review pairs; the review needs 3"
-        assert record_review(row, gsb, pairs, 2) is None
+        waiting = record_review(row, review, pairs, 5)
+        assert waiting == "4 side-by-side verdicts on its 3 review pairs; the review needs 5"
+        assert record_review(row, review, pairs, 4) is None
         assert row.metrics["guard_failures"] == [
-            "the reviewers do not prefer it to the served model side by side (good / same / bad 1 / 0 / 1; "
-            "sign test p = 0.750, needs < 0.05)"]
+            "the reviewers do not prefer it to the served model side by side (pairs won / tied / lost by majority "
+            "1 / 0 / 1, sign test p = 0.750, needs < 0.05; verdicts good / same / bad 2 / 0 / 2)"]
+        assert row.metrics["review"]["pairs"] == {"won": 1, "tied": 0, "lost": 1}

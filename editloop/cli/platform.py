@@ -49,6 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("kind")
     m.add_argument("version")
     m.add_argument("--min-verdicts", type=int, default=None, help="verdicts needed (default: one per review pair)")
+    m.add_argument("--alpha", type=float, default=None,
+                   help="level of the sign test on pairs won against pairs lost (default: 0.05)")
     m.set_defaults(func=_models_review)
     m = msub.add_parser("rollback", help="re-promote the version promoted before the current one")
     m.add_argument("kind")
@@ -160,19 +162,24 @@ def _models_promote(args: argparse.Namespace) -> int:
 
 
 def _models_review(args: argparse.Namespace) -> int:
-    from editloop.labels.review import record_review, review_verdicts
+    from editloop.labels.review import REVIEW_ALPHA, record_review, review_verdicts
     from editloop.registry import PromotionRefused, find_version, promote
 
     settings, sessions, store = _registry_context()
     with sessions.begin() as s:
         row = find_version(s, args.kind, args.version)
-        gsb, pairs = review_verdicts(s, row.version)
+        review, pairs = review_verdicts(s, row.version)
         if pairs == 0:
             raise ValueError(f"{args.kind} {args.version} has no review pairs (train it with `--review people`)")
         if args.min_verdicts is not None and args.min_verdicts < 1:
             raise ValueError(f"`--min-verdicts` must be >= 1, got {args.min_verdicts}")
-        waiting = record_review(row, gsb, pairs, args.min_verdicts or pairs)
-        print(f"{args.kind} {args.version}: good / same / bad {gsb.good} / {gsb.same} / {gsb.bad} on {pairs} pairs")
+        alpha = REVIEW_ALPHA if args.alpha is None else args.alpha
+        if not 0 < alpha < 1:
+            raise ValueError(f"`--alpha` must be in (0, 1), got {alpha}")
+        waiting = record_review(row, review, pairs, args.min_verdicts or pairs, alpha)
+        gsb, by_pair = review.verdicts, review.pairs
+        print(f"{args.kind} {args.version}: good / same / bad {gsb.good} / {gsb.same} / {gsb.bad} on {pairs} pairs "
+              f"(pairs won / tied / lost by majority {by_pair.good} / {by_pair.same} / {by_pair.bad})")
         if waiting:
             print(f"not decided: {waiting}")
             return 1

@@ -4,12 +4,16 @@ A feedback stage asked for a review by people writes one comparison pair per hel
 candidate version's image, B: the served model's, the same example and seed), which `editloop
 annotation push` turns into Label Studio side-by-side tasks; the verdicts the sync records (from A's
 side) are counted here, and `editloop models review` promotes the version only if the reviewers
-prefer it (good > bad, by a one-sided sign test at level 0.05) once enough verdicts are in.
+prefer it once enough verdicts are in: each pair counts once, by its reviewers' majority (several
+reviewers of one pair are not independent evidence), and the pairs won must beat the pairs lost by a
+one-sided sign test at level 0.05.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from math import comb
 
 import numpy as np
@@ -57,13 +61,37 @@ def _image(session: Session, store: BlobStore, image: np.ndarray) -> int:
     return get_or_create_image(session, store.put(to_png(image), "image/png"), image.shape[1], image.shape[0]).id
 
 
-def review_verdicts(session: Session, candidate: str) -> tuple[GSB, int]:
+@dataclass(frozen=True)
+class Review:
+    """A side-by-side review: every verdict (as ByteEdit reports GSB), and one verdict per pair (its
+    reviewers' majority, ties "same"), which the gate's sign test reads."""
+
+    verdicts: GSB
+    pairs: GSB
+
+
+def majority(verdicts_per_pair: Iterable[Sequence[str]]) -> Review:
+    """Count each pair's verdicts ("good" / "same" / "bad", from the candidate's side) and its majority."""
+    every: Counter[str] = Counter()
+    pairs: Counter[str] = Counter()
+    for verdicts in verdicts_per_pair:
+        if not verdicts:
+            continue
+        counts = Counter(verdicts)
+        every.update(counts)
+        pairs["good" if counts["good"] > counts["bad"] else "bad" if counts["bad"] > counts["good"] else "same"] += 1
+    return Review(GSB(every["good"], every["same"], every["bad"]), GSB(pairs["good"], pairs["same"], pairs["bad"]))
+
+
+def review_verdicts(session: Session, candidate: str) -> tuple[Review, int]:
     """(the valid verdicts on `candidate`'s review pairs, from its side; how many pairs it has)."""
     pair_ids = list(session.scalars(select(ComparisonPair.id).where(ComparisonPair.a_label == candidate,
                                                                     ComparisonPair.idempotency_key.like("review:%"))))
-    counts = Counter(session.scalars(select(Comparison.verdict).where(Comparison.pair_id.in_(pair_ids),
-                                                                      Comparison.status == "valid")))
-    return GSB(counts["good"], counts["same"], counts["bad"]), len(pair_ids)
+    by_pair: defaultdict[int, list[str]] = defaultdict(list)
+    for pair_id, verdict in session.execute(select(Comparison.pair_id, Comparison.verdict).where(
+            Comparison.pair_id.in_(pair_ids), Comparison.status == "valid")):
+        by_pair[pair_id].append(verdict)
+    return majority(by_pair.values()), len(pair_ids)
 
 
 REVIEW_ALPHA = 0.05  # the sign test's level: good > bad by more than chance
@@ -71,29 +99,41 @@ REVIEW_ALPHA = 0.05  # the sign test's level: good > bad by more than chance
 
 def preference_p_value(gsb: GSB) -> float:
     """One-sided sign test of "the reviewers prefer the candidate": P(X >= good) for X ~ Binomial(good + bad, 1/2),
-    "same" verdicts dropped. Verdicts are counted as independent (several reviewers of one pair are not quite)."""
+    "same" dropped; `gsb` counts independent units (pairs by their majority, not every reviewer's verdict)."""
     n = gsb.good + gsb.bad
     return sum(comb(n, k) for k in range(gsb.good, n + 1)) / 2**n if n else 1.0
 
 
-def review_guard(gsb: GSB, against: str = "the served model", alpha: float = REVIEW_ALPHA) -> str | None:
-    """Why the reviewers' verdicts do not support a promotion (None: they prefer the candidate, good > bad by
-    more than chance at level `alpha`; a coin-flip margin such as 124 / 122 is not a preference)."""
-    p = preference_p_value(gsb)
-    if gsb.good > gsb.bad and p < alpha:
+def review_guard(review: Review, against: str = "the served model", alpha: float = REVIEW_ALPHA) -> str | None:
+    """Why the reviewers' verdicts do not support a promotion (None: they prefer the candidate: more pairs won
+    than lost, by more than chance at level `alpha`; a coin-flip margin such as 124 / 122 is not a preference)."""
+    pairs, every = review.pairs, review.verdicts
+    p = preference_p_value(pairs)
+    if pairs.good > pairs.bad and p < alpha:
         return None
-    return (f"the reviewers do not prefer it to {against} side by side (good / same / bad "
-            f"{gsb.good} / {gsb.same} / {gsb.bad}; sign test p = {p:.3f}, needs < {alpha})")
+    return (f"the reviewers do not prefer it to {against} side by side (pairs won / tied / lost by majority "
+            f"{pairs.good} / {pairs.same} / {pairs.bad}, sign test p = {p:.3f}, needs < {alpha}; "
+            f"verdicts good / same / bad {every.good} / {every.same} / {every.bad})")
 
 
-def record_review(row: ModelVersion, gsb: GSB, pairs: int, min_verdicts: int) -> str | None:
+def review_record(review: Review, by: str) -> dict:
+    """The review as a version's metrics keep it."""
+    gsb, pairs = review.verdicts, review.pairs
+    return {"good": gsb.good, "same": gsb.same, "bad": gsb.bad, "superiority": gsb.superiority,
+            "pairs": {"won": pairs.good, "tied": pairs.same, "lost": pairs.bad},
+            "p_value": preference_p_value(pairs), "by": by}
+
+
+def record_review(row: ModelVersion, review: Review, pairs: int, min_verdicts: int,
+                  alpha: float = REVIEW_ALPHA) -> str | None:
     """Write the verdicts into the version's metrics and replace its AWAITING guard with the reviewers'
     decision. Returns why the review cannot conclude yet (too few verdicts), else None."""
+    gsb = review.verdicts
     verdicts = gsb.good + gsb.same + gsb.bad
     if verdicts < min_verdicts:
         return f"{verdicts} side-by-side verdicts on its {pairs} review pairs; the review needs {min_verdicts}"
     guards = [g for g in row.metrics.get("guard_failures", []) if not g.startswith(AWAITING)]
-    why = review_guard(gsb)
-    review = {"good": gsb.good, "same": gsb.same, "bad": gsb.bad, "superiority": gsb.superiority, "by": "people"}
-    row.metrics = {**row.metrics, "guard_failures": guards + ([why] if why else []), "review": review}
+    why = review_guard(review, alpha=alpha)
+    row.metrics = {**row.metrics, "guard_failures": guards + ([why] if why else []),
+                   "review": review_record(review, "people")}
     return None

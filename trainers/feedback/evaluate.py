@@ -8,6 +8,7 @@ and, for benchmarks, what only the simulated world knows (the annotators' utilit
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,16 +76,21 @@ def utility_by_task(u: np.ndarray, tasks: list[str]) -> dict[str, float]:
     return {t: float(u[names == t].mean()) for t in sorted(set(tasks))}
 
 
-def panel_gsb(u_a: np.ndarray, u_b: np.ndarray, annotators: list[SimulatedAnnotator]) -> GSB:
-    """Side-by-side verdicts of A against B from every annotator on every pair: "same" when the utilities
-    differ by less than SAME_MARGIN, else the annotator's noisy Bradley-Terry choice."""
-    good = same = bad = 0
+def panel_verdicts(u_a: np.ndarray, u_b: np.ndarray, annotators: list[SimulatedAnnotator]) -> list[list[str]]:
+    """Each pair's side-by-side verdicts of A against B, one per annotator: "same" when the utilities differ
+    by less than SAME_MARGIN, else the annotator's noisy Bradley-Terry choice (annotator by annotator, so the
+    annotators' noise is drawn in a fixed order)."""
+    verdicts: list[list[str]] = [[] for _ in range(len(u_a))]
     for annotator in annotators:
-        for a, b in zip(u_a, u_b):
+        for i, (a, b) in enumerate(zip(u_a, u_b)):
             if abs(a - b) < SAME_MARGIN:
-                same += 1
-            elif annotator.prefers(float(a), float(b)):
-                good += 1
+                verdicts[i].append("same")
             else:
-                bad += 1
-    return GSB(good, same, bad)
+                verdicts[i].append("good" if annotator.prefers(float(a), float(b)) else "bad")
+    return verdicts
+
+
+def panel_gsb(u_a: np.ndarray, u_b: np.ndarray, annotators: list[SimulatedAnnotator]) -> GSB:
+    """Every annotator's verdict on every pair of A against B (panel_verdicts), counted."""
+    counts = Counter(v for pair in panel_verdicts(u_a, u_b, annotators) for v in pair)
+    return GSB(counts["good"], counts["same"], counts["bad"])

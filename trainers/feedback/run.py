@@ -30,8 +30,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
-from editloop.labels.review import AWAITING, request_review, review_guard
-from editloop.labels.stats import GSB
+from editloop.labels.review import AWAITING, Review, request_review, review_guard, review_record
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
     PromotionRefused,
@@ -110,9 +109,9 @@ def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: 
 
 
 def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tolerance: float,
-                     against: str = "the served model", review: GSB | None = None) -> list[str]:
+                     against: str = "the served model", review: Review | None = None) -> list[str]:
     """Reasons the candidate is not better than `reference` (empty = better); with a side-by-side `review`
-    of the candidate against it, the reviewers must also prefer the candidate (good > bad)."""
+    of the candidate against it, the reviewers must also prefer the candidate (review_guard)."""
     why = [reason] if review is not None and (reason := review_guard(review, against)) else []
     if metrics["feedback_score"] <= reference["feedback_score"]:
         why.append(f"feedback score {metrics['feedback_score']:.4f} is not above {against}'s "
@@ -181,7 +180,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
         model, or (without a review) the rewards' score."""
         got = sample(pipe, validation, evaluation.validation_seed, cfg.schedule.steps, cfg.guidance)
         if evaluation.review == "panel":
-            return net_preference(side_by_side(got.images, served_val.images, validation))
+            return net_preference(side_by_side(got.images, served_val.images, validation).verdicts)
         return evaluate_samples(got, validation, rewards)["feedback_score"]
 
     state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None)
@@ -228,12 +227,11 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     return outputs
 
 
-def review_metrics(review: GSB | None, state: FeedbackState) -> dict[str, Any]:
+def review_metrics(review: Review | None, state: FeedbackState) -> dict[str, Any]:
     """The reviewers' verdicts and the checkpoint selection, for the candidate's metrics."""
     out: dict[str, Any] = {}
     if review is not None:
-        out["review"] = {"good": review.good, "same": review.same, "bad": review.bad,
-                         "superiority": review.superiority, "by": "panel"}
+        out["review"] = review_record(review, "panel")
     if state.selection is not None:
         out["selected_step"] = state.selection.step
         out["selection_scores"] = {str(k): v for k, v in state.selection.scores.items()}
