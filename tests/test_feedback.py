@@ -277,7 +277,7 @@ def test_the_review_gate_needs_the_reviewers_to_prefer_the_candidate():
     from editloop.labels.stats import GSB
     from editloop.world.render import render
     from trainers.feedback.review import side_by_side
-    from trainers.feedback.run import EvalConfig, promotion_guards
+    from trainers.feedback.run import promotion_guards
 
     examples = feedback_examples(6, 5)
     right = np.stack([render(e.target) for e in examples])  # the intended result of each edit
@@ -308,6 +308,30 @@ def test_the_review_gate_needs_the_reviewers_to_prefer_the_candidate():
     assert majority([["good", "bad", "same"], []]) == Review(GSB(1, 1, 1), GSB(0, 1, 0))  # a split pair ties
     with pytest.raises(ValueError, match="side-by-side review needs one image per example"):
         side_by_side(right[:2], noise, examples)
+
+
+def test_a_faster_candidate_needs_only_to_be_shown_no_worse():
+    from editloop.labels.review import Review, accelerated, noninferiority_p_value, review_guard
+    from editloop.labels.stats import GSB
+    from trainers.feedback.run import EvalConfig, promotion_guards
+
+    level = Review(GSB(0, 0, 0), GSB(30, 40, 26))  # about level on 96 edits: not better, plausibly not worse
+    assert review_guard(level) is not None  # no preference ...
+    assert review_guard(level, margin=0.1) is None  # ... but no worse than 0.1 net preference at p < 0.05
+    assert noninferiority_p_value(level.pairs, 0.1) < 0.05 < noninferiority_p_value(level.pairs, 0.0)
+    worse = Review(GSB(0, 0, 0), GSB(25, 40, 31))  # net -0.0625: its lower bound falls below -0.1
+    assert review_guard(worse, margin=0.1).startswith(
+        "the reviewers do not find it as good as the served model side by side (pairs won / tied / lost by majority "
+        "25 / 40 / 31, net preference -0.062, non-inferiority at margin 0.1: p = 0.")
+    assert noninferiority_p_value(GSB(0, 0, 0), 0.1) == 1.0  # no pairs, no evidence
+    assert noninferiority_p_value(GSB(0, 50, 0), 0.1) < 1e-6  # identical every time: no worse
+    assert accelerated({"steps": 8}, {"steps": 20}) and not accelerated({"steps": 20}, {"steps": 20})
+    metrics = {"feedback_score": 0.6, "success": 0.8, "steps": 8}
+    reference = {"feedback_score": 0.5, "success": 0.8, "steps": 20}
+    assert promotion_guards(metrics, reference, 0.02, review=level, margin=0.1) == []
+    assert promotion_guards(metrics, reference, 0.02, review=level)[0].startswith("the reviewers do not prefer it")
+    with pytest.raises(ValueError, match="`eval.review_margin` must be in \\[0, 1\\), got 1.5"):
+        EvalConfig(review_margin=1.5)
     with pytest.raises(ValueError, match="`review` must be one of \\['none', 'panel', 'people'\\], got 'crowd'"):
         EvalConfig(review="crowd")
 
@@ -334,6 +358,8 @@ def test_the_cli_checks_a_feedback_config_before_it_queues_anything():
         check_feedback_config(["pefl", "progressive"], {"snapshot_every": -5}, {})
     with pytest.raises(ValueError, match="`eval.examples` must be >= 1, got 0"):
         check_feedback_config(["pefl"], {}, {"examples": 0})
+    with pytest.raises(ValueError, match="`eval.review_margin` must be in \\[0, 1\\), got -0.1"):
+        check_feedback_config(["progressive"], {}, {"review": "people", "review_margin": -0.1})
     check_feedback_config(["pefl", "adversarial"], {"steps": 4, "snapshot_every": 2}, {"review": "panel"})
 
 

@@ -268,3 +268,8 @@ def test_review_pairs_are_written_once_and_only_their_valid_verdicts_count(db_ur
             "the reviewers do not prefer it to the served model side by side (pairs won / tied / lost by majority "
             "1 / 0 / 1, sign test p = 0.750, needs < 0.05; verdicts good / same / bad 2 / 0 / 2)"]
         assert row.metrics["review"]["pairs"] == {"won": 1, "tied": 0, "lost": 1}
+        faster = ModelVersion(kind="editor", name="editor", version="progressive-1", checkpoint_key="k" * 64,
+                              status="candidate", metrics={"review_margin": 0.5}, config={})
+        assert record_review(faster, review, pairs, 4) is None  # a faster candidate is tested for no worse
+        assert "non-inferiority at margin 0.5: p = 0.240" in faster.metrics["guard_failures"][0]
+        assert faster.metrics["review"]["test"] == "non-inferiority at margin 0.5"

@@ -32,8 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--eval-examples", type=int, default=None, help="held-out examples per evaluation")
         f.add_argument("--task-reward-scale", action="append", default=[], metavar="TASK=SCALE",
                        help="multiply the reward loss on one task's examples (repeatable), e.g. outpaint=4 erase=0")
-        f.add_argument("--review", choices=["none", "panel"], default=None,
-                       help="panel: promote only a candidate the reviewers prefer side by side to the served model")
+        f.add_argument("--review", choices=["none", "panel", "people"], default=None,
+                       help="promote only a candidate the reviewers prefer side by side to the served model: panel "
+                            "(the world's simulated reviewers) or people (Label Studio tasks, then `editloop models "
+                            "review`)")
+        f.add_argument("--review-margin", type=float, default=None, metavar="M",
+                       help="a faster candidate passes the review if shown no worse than the served model by this "
+                            "net preference (non-inferiority; default 0.1)")
         f.add_argument("--select-every", type=int, default=None, metavar="N",
                        help="keep a snapshot every N steps and hand the gate the one best on validation")
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
@@ -152,7 +157,8 @@ def _train_feedback(args: argparse.Namespace) -> int:
     if args.task_reward_scale:
         config["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
     evaluation = {"auto_promote": not args.no_promote,
-                  **{k: v for k, v in (("examples", args.eval_examples), ("review", args.review)) if v is not None}}
+                  **{k: v for k, v in (("examples", args.eval_examples), ("review", args.review),
+                                       ("review_margin", args.review_margin)) if v is not None}}
     stages = feedback_stages(args.stage, args.only)
     check_feedback_config(stages, config, evaluation)  # bad values fail here, not on the worker
     config["eval"] = evaluation

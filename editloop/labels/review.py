@@ -6,7 +6,9 @@ annotation push` turns into Label Studio side-by-side tasks; the verdicts the sy
 side) are counted here, and `editloop models review` promotes the version only if the reviewers
 prefer it once enough verdicts are in: each pair counts once, by its reviewers' majority (several
 reviewers of one pair are not independent evidence), and the pairs won must beat the pairs lost by a
-one-sided sign test at level 0.05.
+one-sided sign test at level 0.05. A faster candidate (fewer sampling steps than the served model,
+ByteEdit's acceleration) claims "as good, faster", not "better": it must be shown no worse, by a
+non-inferiority test of the pairs' net preference against a margin (NONINFERIORITY_MARGIN).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from math import comb
+from math import comb, erfc, sqrt
 
 import numpy as np
 from sqlalchemy import select
@@ -104,36 +106,69 @@ def preference_p_value(gsb: GSB) -> float:
     return sum(comb(n, k) for k in range(gsb.good, n + 1)) / 2**n if n else 1.0
 
 
-def review_guard(review: Review, against: str = "the served model", alpha: float = REVIEW_ALPHA) -> str | None:
+NONINFERIORITY_MARGIN = 0.1  # how much worse (net preference) a faster candidate may be and still count as as good
+
+
+def noninferiority_p_value(pairs: GSB, margin: float) -> float:
+    """One-sided test of H0 "the candidate is worse by `margin` or more": the pairs' net preference d = (won -
+    lost) / pairs against -margin, each pair scored +1 / 0 / -1, normal approximation (z = (d + margin) / SE)."""
+    n = pairs.good + pairs.same + pairs.bad
+    if n == 0:
+        return 1.0
+    d = (pairs.good - pairs.bad) / n
+    se = sqrt(max((pairs.good + pairs.bad) / n - d * d, 1e-12) / n)
+    return 0.5 * erfc((d + margin) / se / sqrt(2))
+
+
+def review_guard(review: Review, against: str = "the served model", alpha: float = REVIEW_ALPHA,
+                 margin: float | None = None) -> str | None:
     """Why the reviewers' verdicts do not support a promotion (None: they prefer the candidate: more pairs won
-    than lost, by more than chance at level `alpha`; a coin-flip margin such as 124 / 122 is not a preference)."""
+    than lost, by more than chance at level `alpha`; a coin-flip margin such as 124 / 122 is not a preference).
+    With a `margin` (a faster candidate), the verdicts need only show it no worse than that (non-inferiority)."""
     pairs, every = review.pairs, review.verdicts
+    counts = (f"pairs won / tied / lost by majority {pairs.good} / {pairs.same} / {pairs.bad}, {{test}}; "
+              f"verdicts good / same / bad {every.good} / {every.same} / {every.bad}")
+    if margin is not None:
+        p = noninferiority_p_value(pairs, margin)
+        if p < alpha:
+            return None
+        n = max(pairs.good + pairs.same + pairs.bad, 1)
+        test = (f"net preference {(pairs.good - pairs.bad) / n:+.3f}, non-inferiority at margin {margin}: "
+                f"p = {p:.3f}, needs < {alpha}")
+        return f"the reviewers do not find it as good as {against} side by side ({counts.format(test=test)})"
     p = preference_p_value(pairs)
     if pairs.good > pairs.bad and p < alpha:
         return None
-    return (f"the reviewers do not prefer it to {against} side by side (pairs won / tied / lost by majority "
-            f"{pairs.good} / {pairs.same} / {pairs.bad}, sign test p = {p:.3f}, needs < {alpha}; "
-            f"verdicts good / same / bad {every.good} / {every.same} / {every.bad})")
+    test = f"sign test p = {p:.3f}, needs < {alpha}"
+    return f"the reviewers do not prefer it to {against} side by side ({counts.format(test=test)})"
 
 
-def review_record(review: Review, by: str) -> dict:
-    """The review as a version's metrics keep it."""
+def accelerated(metrics: dict, reference: dict) -> bool:
+    """Whether the candidate samples in fewer steps than the model it is compared with."""
+    return "steps" in metrics and "steps" in reference and metrics["steps"] < reference["steps"]
+
+
+def review_record(review: Review, by: str, margin: float | None = None) -> dict:
+    """The review as a version's metrics keep it (`margin`: tested for non-inferiority at that margin)."""
     gsb, pairs = review.verdicts, review.pairs
+    p = preference_p_value(pairs) if margin is None else noninferiority_p_value(pairs, margin)
     return {"good": gsb.good, "same": gsb.same, "bad": gsb.bad, "superiority": gsb.superiority,
-            "pairs": {"won": pairs.good, "tied": pairs.same, "lost": pairs.bad},
-            "p_value": preference_p_value(pairs), "by": by}
+            "pairs": {"won": pairs.good, "tied": pairs.same, "lost": pairs.bad}, "p_value": p,
+            "test": "sign" if margin is None else f"non-inferiority at margin {margin}", "by": by}
 
 
 def record_review(row: ModelVersion, review: Review, pairs: int, min_verdicts: int,
                   alpha: float = REVIEW_ALPHA) -> str | None:
     """Write the verdicts into the version's metrics and replace its AWAITING guard with the reviewers'
-    decision. Returns why the review cannot conclude yet (too few verdicts), else None."""
+    decision (non-inferiority for a faster candidate: the margin its stage recorded). Returns why the review
+    cannot conclude yet (too few verdicts), else None."""
     gsb = review.verdicts
     verdicts = gsb.good + gsb.same + gsb.bad
     if verdicts < min_verdicts:
         return f"{verdicts} side-by-side verdicts on its {pairs} review pairs; the review needs {min_verdicts}"
     guards = [g for g in row.metrics.get("guard_failures", []) if not g.startswith(AWAITING)]
-    why = review_guard(review, alpha=alpha)
+    margin = row.metrics.get("review_margin")
+    why = review_guard(review, alpha=alpha, margin=margin)
     row.metrics = {**row.metrics, "guard_failures": guards + ([why] if why else []),
-                   "review": review_record(review, "people")}
+                   "review": review_record(review, "people", margin)}
     return None

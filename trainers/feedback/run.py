@@ -30,7 +30,15 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
-from editloop.labels.review import AWAITING, Review, request_review, review_guard, review_record
+from editloop.labels.review import (
+    AWAITING,
+    NONINFERIORITY_MARGIN,
+    Review,
+    accelerated,
+    request_review,
+    review_guard,
+    review_record,
+)
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
     PromotionRefused,
@@ -65,9 +73,14 @@ class EvalConfig:
     # held-out pairs go to Label Studio and it waits for `editloop models review` (editloop/labels/review.py)
     review: str = "none"
     validation_seed: int = 40_000  # checkpoint selection's examples: apart from the gate's and training's
+    # a faster candidate (fewer sampling steps than the served model) need only be no worse side by side than
+    # the served model, by this margin of net preference (a non-inferiority test; editloop/labels/review.py)
+    review_margin: float = NONINFERIORITY_MARGIN
 
     def __post_init__(self) -> None:
         check_review(self.review)
+        if not 0 <= self.review_margin < 1:
+            raise ValueError(f"`eval.review_margin` must be in [0, 1), got {self.review_margin}")
         if self.examples < 1:
             raise ValueError(f"`eval.examples` must be >= 1, got {self.examples}")
 
@@ -109,10 +122,12 @@ def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: 
 
 
 def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tolerance: float,
-                     against: str = "the served model", review: Review | None = None) -> list[str]:
+                     against: str = "the served model", review: Review | None = None,
+                     margin: float | None = None) -> list[str]:
     """Reasons the candidate is not better than `reference` (empty = better); with a side-by-side `review`
-    of the candidate against it, the reviewers must also prefer the candidate (review_guard)."""
-    why = [reason] if review is not None and (reason := review_guard(review, against)) else []
+    of the candidate against it, the reviewers must also prefer the candidate, or with a `margin` (a faster
+    candidate) find it no worse than that (review_guard)."""
+    why = [reason] if review is not None and (reason := review_guard(review, against, margin=margin)) else []
     if metrics["feedback_score"] <= reference["feedback_score"]:
         why.append(f"feedback score {metrics['feedback_score']:.4f} is not above {against}'s "
                    f"{reference['feedback_score']:.4f}")
@@ -190,7 +205,8 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     plot = plot_history(state.history, run_dir / "curves.png", f"{stage} run {run_id[:12]} (T={cfg.schedule.steps})")
     plot_key = store.put(plot.read_bytes(), "image/png")
     version = f"{stage}-{run_id[:12]}"
-    guards = promotion_guards(metrics, reference_metrics, evaluation.success_tolerance, review=review)
+    margin = evaluation.review_margin if accelerated(metrics, reference_metrics) else None
+    guards = promotion_guards(metrics, reference_metrics, evaluation.success_tolerance, review=review, margin=margin)
     if evaluation.review == "people":  # the gate refuses it until `editloop models review` has the verdicts
         guards.append(f"{AWAITING} ({len(held_out)} pairs against {served_version}: `editloop annotation push`, "
                       f"then `editloop models review editor {version}`)")
@@ -201,7 +217,8 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     all_metrics = {**metrics, "eval_score": metrics["feedback_score"],
                    "parent_eval_score": reference_metrics["feedback_score"], "parent": parent_metrics,
                    "reference": reference_metrics, "reference_version": served_version,
-                   "guard_failures": guards, "steps_done": state.step, **review_metrics(review, state)}
+                   "guard_failures": guards, "steps_done": state.step, "review_margin": margin,
+                   **review_metrics(review, state, margin)}
     outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
                                "curves_key": plot_key, "start_version": start_version}
     with sessions.begin() as s:
@@ -227,11 +244,11 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     return outputs
 
 
-def review_metrics(review: Review | None, state: FeedbackState) -> dict[str, Any]:
+def review_metrics(review: Review | None, state: FeedbackState, margin: float | None = None) -> dict[str, Any]:
     """The reviewers' verdicts and the checkpoint selection, for the candidate's metrics."""
     out: dict[str, Any] = {}
     if review is not None:
-        out["review"] = review_record(review, "panel")
+        out["review"] = review_record(review, "panel", margin)
     if state.selection is not None:
         out["selected_step"] = state.selection.step
         out["selection_scores"] = {str(k): v for k, v in state.selection.scores.items()}
