@@ -40,10 +40,10 @@ def sample(pipe, examples: list[FeedbackExample], seed: int, steps: int, guidanc
 
 
 @torch.no_grad()
-def mean_rewards(rewards: RewardModels, images: np.ndarray, examples: list[FeedbackExample], batch: int = 64
-                 ) -> dict[str, float]:
-    """Mean sigmoid(R_k) per preference reward (the probability the reward prefers the image to a neutral one),
-    each image scored for its example's prompt (and, by a reward that reads sources, with its source and mask)."""
+def image_rewards(rewards: RewardModels, images: np.ndarray, examples: list[FeedbackExample], batch: int = 64
+                  ) -> dict[str, np.ndarray]:
+    """sigmoid(R_k) of each image per preference reward (the probability the reward prefers the image to a neutral
+    one), each scored for its example's prompt (and, by a reward that reads sources, with its source and mask)."""
     scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in rewards.preference}
     for i in range(0, len(images), batch):  # each chunk converted once, scored by every reward
         part = examples[i:i + batch]
@@ -51,7 +51,13 @@ def mean_rewards(rewards: RewardModels, images: np.ndarray, examples: list[Feedb
         source, mask = edit_context([e.source for e in part], [e.mask for e in part], *images.shape[1:3])
         for kind, kept in scores.items():
             kept.append(torch.sigmoid(preference_scores(rewards, kind, chunk, [e.prompt for e in part], source, mask)))
-    return {kind: float(torch.cat(kept).mean()) for kind, kept in scores.items()}
+    return {kind: torch.cat(kept).cpu().numpy() for kind, kept in scores.items()}
+
+
+def mean_rewards(rewards: RewardModels, images: np.ndarray, examples: list[FeedbackExample], batch: int = 64
+                 ) -> dict[str, float]:
+    """The mean of image_rewards per reward."""
+    return {kind: float(v.mean()) for kind, v in image_rewards(rewards, images, examples, batch).items()}
 
 
 def feedback_score(reward_means: dict[str, float]) -> float:
