@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from reward_hacking import agreement  # noqa: E402
 from reward_quality import _Merged, pool_pairs, utility_accuracy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -46,7 +47,14 @@ from editloop.models.tokenizer import build_tokenizer  # noqa: E402
 from editloop.models.zoo import load_pipeline, set_timestep_spacing  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
 from editloop.world.io import save_grid_png  # noqa: E402
-from trainers.feedback.evaluate import evaluate_samples, panel_gsb, sample, utilities, utility_by_task  # noqa: E402
+from trainers.feedback.evaluate import (  # noqa: E402
+    evaluate_samples,
+    image_rewards,
+    panel_gsb,
+    sample,
+    utilities,
+    utility_by_task,
+)
 from trainers.feedback.examples import feedback_examples  # noqa: E402
 from trainers.feedback.loop import train_feedback  # noqa: E402
 from trainers.feedback.progressive import stage_config  # noqa: E402
@@ -58,6 +66,7 @@ from trainers.reward.loop import LoopConfig  # noqa: E402
 
 HELD_OUT = 930_000
 GENERATED = 610_000  # seeds of the examples whose generated samples the panel labels (apart from HELD_OUT)
+ONPOLICY = 620_000  # seeds of the examples the PeFL model samples for --onpolicy-sets
 
 
 def cache_name(kind: str, **recipe: object) -> str:
@@ -125,12 +134,13 @@ def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace,
         train, train_cache = pool_pairs(root / f"{tag}-train", args.labels, 11, weights)
         held_out, eval_cache = pool_pairs(root / f"{tag}-eval", 200, 5011, weights)
         pools["renders"] = (train, held_out, _Merged(train_cache, eval_cache))
-    if args.label_pool in ("generated", "both"):
-        train, train_cache = generated_pairs(root / f"{tag}-generated-train", generated["train"], weights, 21,
-                                             args.reward_reads_source)
-        held_out, eval_cache = generated_pairs(root / f"{tag}-generated-eval", generated["eval"], weights, 5021,
-                                               args.reward_reads_source)
-        pools["generated"] = (train, held_out, _Merged(train_cache, eval_cache))
+    for name, prefix, seed in (("generated", "", 21), ("onpolicy", "onpolicy-", 31)):
+        if args.label_pool in ("generated", "both") and f"{prefix}train" in generated:
+            train, train_cache = generated_pairs(root / f"{tag}-{name}-train", generated[f"{prefix}train"], weights,
+                                                 seed, args.reward_reads_source)
+            held_out, eval_cache = generated_pairs(root / f"{tag}-{name}-eval", generated[f"{prefix}eval"], weights,
+                                                   seed + 5000, args.reward_reads_source)
+            pools[name] = (train, held_out, _Merged(train_cache, eval_cache))
     return pools
 
 
@@ -216,6 +226,22 @@ def compare(name: str, a: dict, base: dict, weights: dict[str, float], tasks: li
     return row
 
 
+def onpolicy_round(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
+                   generated: dict[str, GeneratedPool], pefl_model: Path, base: Path, extra: dict) -> dict:
+    """ByteEdit's data flow once more: the PeFL model's own samples labelled by the panel, the aesthetic reward
+    retrained from scratch on every pool with them, and PeFL again from the base with that reward."""
+    keep = args.reward_cache or root
+    pools = {"onpolicy-train": generated_pool(pefl_model, args.onpolicy_sets, 4, ONPOLICY, 20, keep),
+             "onpolicy-eval": generated_pool(pefl_model, max(args.onpolicy_sets // 5, 16), 4, ONPOLICY + 5000, 20,
+                                             keep)}
+    second = train_aesthetic_reward(root, weights, args, f"{tag}-onpolicy", {**generated, **pools})
+    rewards = load_rewards({"aesthetic": second["path"], "alignment": alignment["path"]})
+    model, seconds = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl-onpolicy", **extra)
+    print(f"  PeFL with the on-policy reward: {args.pefl_steps} steps in {seconds:.0f}s", flush=True)
+    return {"model": model, "rewards": rewards,
+            "report": {"aesthetic_reward_accuracy": second["heldout_accuracy"], "sets": args.onpolicy_sets}}
+
+
 def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
           generated: dict[str, GeneratedPool]) -> dict:
     print(f"taste: {tag}", flush=True)
@@ -241,6 +267,17 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
                                            **extra)
         timings["per_task_seconds"] = per_task_s
         results["pefl-per-task"] = measure(fast_start, 20, examples, seed, rewards, weights)
+    if args.onpolicy_sets and tag == "default":
+        onpolicy = onpolicy_round(root, tag, weights, args, alignment, generated, pefl_model, base, extra)
+        timings["onpolicy"] = onpolicy.pop("report")
+        results["pefl, on-policy reward"] = measure(onpolicy["model"], 20, examples, seed, rewards, weights)
+        timings["onpolicy"]["aesthetic_agreement"] = {
+            f"{who} reward, {model} vs base": agreement(
+                image_rewards(r, results[model]["images"], examples)["aesthetic"],
+                image_rewards(r, results["base"]["images"], examples)["aesthetic"],
+                results[model]["utility"], results["base"]["utility"])
+            for who, r in (("first", rewards), ("on-policy", onpolicy["rewards"]))
+            for model in ("pefl", "pefl, on-policy reward")}
     if args.ablation and tag == "default":  # the same run with the rewards switched off: the regulariser alone
         reg_only, _ = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-reference-only",
                                 **{**extra, "reward_weights": {"aesthetic": 0.0, "alignment": 0.0}})
@@ -310,6 +347,9 @@ def main() -> None:
                         help="the model phase 2 starts from (default: the PeFL model, or the per-task one)")
     parser.add_argument("--progressive-spacing", choices=["leading", "trailing"], default=None,
                         help="timestep spacing the progressive stage trains and samples with (default: the model's)")
+    parser.add_argument("--onpolicy-sets", type=int, default=0,
+                        help="> 0: label this many sets of the PeFL model's own samples, retrain the reward with "
+                             "them and run PeFL again (one on-policy round)")
     parser.add_argument("--ablation", action="store_true", help="also train with the rewards off (regulariser only)")
     parser.add_argument("--reward-reads-source", action="store_true",
                         help="generated sets carry their source and mask; the aesthetic reward reads them")
