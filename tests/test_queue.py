@@ -90,3 +90,57 @@ def test_bad_spec_fails_the_task_with_the_field_named(worker):
     r = app.send_task("editloop.gpu.generate_candidates", args=[dict(prompt="a red circle", n=1)])
     with pytest.raises(ValueError, match="`n` must be in 2..16"):
         r.get(timeout=120)
+
+
+@pytest.mark.parametrize("worker", ["redis"], indirect=True)
+def test_edit_sets_for_labelling_come_from_the_editor_version_asked_for(worker, tiny_models, tmp_path, capsys):
+    """On-policy labels: edit candidate sets made by a registered editor version (a candidate, then the served one
+    once promoted), recorded with its name, version and default steps; enqueuing again makes nothing new."""
+    import json
+    import shutil
+
+    from editloop.cli.main import main
+    from editloop.registry import promote, register_candidate, store_model_dir
+    from editloop.state import open_state
+    from trainers.candidates import CandidateSpec
+    from trainers.edit_sets import EditSetsRequest, make_edit_sets, wait_for_sets
+
+    settings, _ = worker
+    editor_dir = tmp_path / "editor"
+    shutil.copytree(tiny_models / "inpaint", editor_dir)
+    (editor_dir / "editloop.json").write_text(json.dumps({"kind": "editor", "version": "tiny-3", "default_steps": 3}))
+    sessions, store = open_state(settings)
+    with sessions.begin() as s:
+        register_candidate(s, "editor", "editor", "tiny-3", store_model_dir(store, editor_dir),
+                           {"eval_score": 0.1}, {}, None)
+
+    def made(request: EditSetsRequest) -> tuple[str, list[int]]:
+        editor, results = make_edit_sets(settings, request)
+        return editor, wait_for_sets(results, 240, lambda n: None)
+
+    editor, ids = made(EditSetsRequest(editor="tiny-3", sets=2, images=2))
+    assert editor == "tiny-3" and len(set(ids)) == 2
+    assert made(EditSetsRequest(editor="tiny-3", sets=2, images=2))[1] == ids  # idempotent
+    served, base_ids = made(EditSetsRequest(editor="served", sets=1, images=2, steps=2))
+    assert served == "base"  # nothing promoted yet
+    with sessions.begin() as s:
+        promote(s, "editor", "tiny-3", force=True)
+    assert made(EditSetsRequest(editor="served", sets=1, images=2, seed=7))[0] == "tiny-3"
+    with sessions() as s:
+        sets = {c.id: c for c in s.scalars(select(CandidateSet))}
+        assert len(sets) == 4
+        for set_id in ids:
+            cs = sets[set_id]
+            gen = s.get(Generation, cs.generation_id)
+            assert cs.kind == "inpaint" and cs.mask_key and len(cs.items) == 2
+            assert (gen.model_name, gen.model_version, gen.steps) == ("editor", "tiny-3", 3)
+        gen = s.get(Generation, sets[base_ids[0]].generation_id)
+        assert (gen.model_name, gen.steps) == ("base-inpaint", 2)
+    with pytest.raises(ValueError, match="`editor` 'nope': no editor version 'nope'"):
+        make_edit_sets(settings, EditSetsRequest(editor="nope", sets=1))
+    with pytest.raises(ValueError, match="`editor` applies to inpaint candidate sets only"):
+        CandidateSpec(prompt="a red circle", editor="tiny-3").check()
+    assert main(["annotation", "candidates", "--editor", "nope", "--sets", "1"]) == 2
+    assert "no editor version 'nope'" in capsys.readouterr().err
+    assert main(["annotation", "candidates", "--sets", "0"]) == 2
+    assert "`sets` must be in 1..10000, got 0" in capsys.readouterr().err

@@ -1,8 +1,15 @@
 """Generate a candidate set: N images for a prompt, or N edits of a source and mask.
 
-A plain function the Celery task wraps: it receives a session and a store, generates with the
-served base models, stores the images and records the generation and the candidate set.
+A plain function the Celery task wraps: it receives a session and a store, generates, stores the images
+and records the generation and the candidate set (with the model name and version that made them).
 Idempotent: the same `idempotency_key` returns the set made the first time.
+
+Text-to-image sets come from the base generator. Edit sets come from an editor chosen by `editor`: the
+one the editor service serves (the promoted feedback-learning version, else the base inpainting model),
+"base", or any registered editor version, a refused candidate included. Labelling the samples of the
+model being fine-tuned is what keeps a learned reward accurate where fine-tuning takes the model
+(BENCHMARKS.md, "what PeFL does to its reward": 0.715 accurate on the base's pairs, 0.459 on the pairs
+PeFL creates); the base's samples alone teach it nothing about the fine-tuned model's.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from editloop.db.models import CandidateItem, CandidateSet
 from editloop.models.pipeline_io import inpaint_inputs, per_image_generators, pipeline_to_uint8
 from editloop.models.zoo import load_pipeline, set_scheduler
 from editloop.records import get_or_create_prompt, record_generation
+from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from editloop.world.io import from_png, mask_from_png, to_png
 
@@ -31,11 +39,12 @@ class CandidateSpec:
     kind: str = "t2i"  # t2i | inpaint
     source_key: str | None = None  # for inpaint: blob keys of the source image and mask
     mask_key: str | None = None
-    steps: int = 20
+    steps: int | None = None  # None: the model's default (an 8-step editor says 8 in its editloop.json)
     guidance: float = 4.0
     seed: int = 0
     scheduler: str = "ddim"
     idempotency_key: str | None = None
+    editor: str | None = None  # inpaint only: None = the served editor, "base", or an editor version
 
     def check(self) -> None:
         if self.kind not in ("t2i", "inpaint"):
@@ -46,6 +55,40 @@ class CandidateSpec:
             raise ValueError("`prompt` is empty")
         if self.kind == "inpaint" and not (self.source_key and self.mask_key):
             raise ValueError("`source_key` and `mask_key` are required for an inpaint candidate set")
+        if self.kind == "t2i" and self.editor is not None:
+            raise ValueError(f"`editor` applies to inpaint candidate sets only, got editor={self.editor!r} "
+                             "with kind 't2i'")
+        if self.steps is not None and not 1 <= self.steps <= 100:
+            raise ValueError(f"`steps` must be in 1..100, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class CandidateModel:
+    """The model a candidate set is generated with, as the generation record names it."""
+
+    name: str
+    version: str
+    path: Path
+    default_steps: int
+
+
+def candidate_model(spec: CandidateSpec, session: Session, store: BlobStore, settings: Settings) -> CandidateModel:
+    """The generator for a t2i set; for an inpaint set the editor `spec.editor` names (see the module doc)."""
+    from editloop.models.model_dir import model_version
+    from editloop.registry import PromotionRefused, editor_model_dir
+    from services.core.sampling import ModelDefaults
+
+    if spec.kind == "t2i":
+        name, version, path = "base-t2i", model_version(settings.generator_model), settings.generator_model
+    elif spec.editor == "base":
+        name, version, path = "base-inpaint", model_version(settings.editor_model), settings.editor_model
+    else:
+        try:
+            name, version, path, _ = editor_model_dir(session, store, settings.editor_model,
+                                                      settings.state_dir / "models", spec.editor)
+        except PromotionRefused as exc:
+            raise ValueError(f"`editor` {spec.editor!r}: {exc}") from exc
+    return CandidateModel(name, version, path, ModelDefaults.from_dir(path).steps)
 
 
 @lru_cache(maxsize=2)
@@ -54,10 +97,11 @@ def cached_pipeline(path: str, kind: str, device: str | None):  # noqa: ANN201
     return load_pipeline(Path(path), kind, device=device)
 
 
-def generate_images(pipe, spec: CandidateSpec, store: BlobStore) -> tuple[list[np.ndarray], bytes | None, bytes | None]:
+def generate_images(pipe, spec: CandidateSpec, store: BlobStore, steps: int) -> tuple[list[np.ndarray],  # noqa: ANN001
+                                                                                   bytes | None, bytes | None]:
     set_scheduler(pipe, spec.scheduler)
     gens = per_image_generators(spec.seed + i for i in range(spec.n))
-    kwargs = dict(num_inference_steps=spec.steps, guidance_scale=spec.guidance, generator=gens, output_type="np")
+    kwargs = dict(num_inference_steps=steps, guidance_scale=spec.guidance, generator=gens, output_type="np")
     source_png = mask_png = None
     if spec.kind == "inpaint":
         source_png, mask_png = store.get(spec.source_key), store.get(spec.mask_key)
@@ -69,8 +113,7 @@ def generate_images(pipe, spec: CandidateSpec, store: BlobStore) -> tuple[list[n
     return list(pipeline_to_uint8(out)), source_png, mask_png
 
 
-def run(spec: CandidateSpec, session: Session, store: BlobStore, model_path: Path, model_name: str,
-        model_version: str, device: str | None = None) -> int:
+def run(spec: CandidateSpec, session: Session, store: BlobStore, settings: Settings) -> int:
     """Make (or find) the candidate set; returns its id. The caller commits."""
     spec.check()
     if spec.idempotency_key:
@@ -78,12 +121,14 @@ def run(spec: CandidateSpec, session: Session, store: BlobStore, model_path: Pat
         existing = found.one_or_none()
         if existing is not None:
             return existing.id
-    pipe = cached_pipeline(str(model_path), spec.kind, device)
-    images, source_png, mask_png = generate_images(pipe, spec, store)
+    model = candidate_model(spec, session, store, settings)
+    steps = spec.steps or model.default_steps
+    pipe = cached_pipeline(str(model.path), spec.kind, settings.device)
+    images, source_png, mask_png = generate_images(pipe, spec, store, steps)
     pngs = [to_png(im) for im in images]
     gen, _ = record_generation(
         session, store, kind=spec.kind, prompt=spec.prompt, pngs=pngs, shape=images[0].shape[:2],
-        model_name=model_name, model_version=model_version, steps=spec.steps, guidance=spec.guidance,
+        model_name=model.name, model_version=model.version, steps=steps, guidance=spec.guidance,
         seed=spec.seed, scheduler=spec.scheduler, source_png=source_png, mask_png=mask_png,
     )
     cs = CandidateSet(kind=spec.kind, prompt=get_or_create_prompt(session, spec.prompt), generation_id=gen.id,

@@ -25,14 +25,10 @@ def worker_context() -> tuple[Settings, sessionmaker[Session], BlobStore]:
 @shared_task(name="editloop.gpu.generate_candidates", acks_late=True)
 def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
     """Generate and record one candidate set; returns its id (the same id when re-run)."""
-    from editloop.models.model_dir import model_version
-
     settings, sessions, store = worker_context()
     cs = candidates.CandidateSpec(**spec)
-    path = settings.generator_model if cs.kind == "t2i" else settings.editor_model
-    name = "base-t2i" if cs.kind == "t2i" else "base-inpaint"
     with sessions.begin() as session:
-        set_id = candidates.run(cs, session, store, path, name, model_version(path), settings.device)
+        set_id = candidates.run(cs, session, store, settings)
     return {"candidate_set_id": set_id, "spec": asdict(cs)}
 
 

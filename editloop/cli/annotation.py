@@ -1,4 +1,4 @@
-"""`editloop annotation up|down|push|label|sync|stats`: best/worst labelling in a real Label Studio."""
+"""`editloop annotation up|down|candidates|push|label|sync|stats`: best/worst labelling in a real Label Studio."""
 
 from __future__ import annotations
 
@@ -18,6 +18,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, default=None, help="Label Studio's port (default EDITLOOP_LABEL_STUDIO_PORT)")
     up.set_defaults(func=_up)
     asub.add_parser("down", help="stop Label Studio and the endpoint").set_defaults(func=_down)
+    cand = asub.add_parser("candidates", help="edit candidate sets (inpaint, erase, outpaint on world examples) "
+                                              "made by an editor version, for labelling: the fine-tuned model's "
+                                              "own samples (needs a worker on the gpu queue, e.g. `editloop up`)")
+    cand.add_argument("--editor", default="served",
+                      help="served (the promoted editor, else the base; default), base, or an editor version "
+                           "(`editloop models show editor`), a refused candidate included")
+    cand.add_argument("--sets", type=int, default=16, help="candidate sets, one world example each (default 16)")
+    cand.add_argument("--images", type=int, default=4, help="images per set (2..16, default 4)")
+    cand.add_argument("--seed", type=int, default=None, help="first example seed (default 500000: no held-out set)")
+    cand.add_argument("--tasks", default="inpaint,erase,outpaint", help="comma-separated edit tasks")
+    cand.add_argument("--steps", type=int, default=None, help="sampling steps (default: the editor's own)")
+    cand.add_argument("--guidance", type=float, default=4.0)
+    cand.add_argument("--no-wait", action="store_true", help="enqueue and return (the sets appear as the worker "
+                                                             "makes them)")
+    cand.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each set (default 1800)")
+    cand.set_defaults(func=_candidates)
     push = asub.add_parser("push", help="candidate sets (and comparison pairs) become Label Studio tasks; "
                                         "idempotent")
     push.add_argument("--overlap", type=int, default=2, help="annotators per task (default 2)")
@@ -81,6 +97,26 @@ def _down(args: argparse.Namespace) -> int:
     from annotation import server
 
     print("stopped" if server.down(Settings()) else "nothing was running")
+    return 0
+
+
+def _candidates(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainers.edit_sets import LABEL_SEED, EditSetsRequest, make_edit_sets, wait_for_sets
+
+    request = EditSetsRequest(args.editor, args.sets, args.images, LABEL_SEED if args.seed is None else args.seed,
+                              tuple(t.strip() for t in args.tasks.split(",") if t.strip()), args.steps,
+                              args.guidance)
+    editor, results = make_edit_sets(Settings(), request)
+    print(f"{len(results)} candidate sets enqueued on the gpu queue, made by editor {editor!r}")
+    if args.no_wait:
+        return 0
+    with tqdm(total=len(results), desc=f"candidate sets by {editor}", unit="set") as bar:
+        ids = wait_for_sets(results, args.timeout, bar.update)
+    print(f"candidate sets {ids[0]}..{ids[-1]} ready; label them with `editloop annotation push --ids "
+          f"{' '.join(map(str, ids))}`" if len(ids) <= 20 else
+          f"candidate sets {ids[0]}..{ids[-1]} ready ({len(ids)}); label them with `editloop annotation push`")
     return 0
 
 
