@@ -126,6 +126,22 @@ def generated_pairs(root: Path, pool: GeneratedPool, weights: dict[str, float], 
                                                                    **context))
 
 
+def onpolicy_prefix(k: int) -> str:
+    """Pool names of on-policy round k (round 1 keeps the name its cached rewards were made under)."""
+    return "onpolicy-" if k == 1 else f"onpolicy{k}-"
+
+
+def generated_pool_names(generated: dict[str, GeneratedPool]) -> list[tuple[str, str, int]]:
+    """(name, key prefix, labelling seed) of each generated pool pair present: the base's, then each on-policy
+    round's (seeds 21, 31, 41, ...: each pool labelled by its own draw of the panel's noise)."""
+    names = [("generated", "", 21)] if "train" in generated else []
+    k = 1
+    while f"{onpolicy_prefix(k)}train" in generated:
+        names.append(("onpolicy" if k == 1 else f"onpolicy{k}", onpolicy_prefix(k), 21 + 10 * k))
+        k += 1
+    return names
+
+
 def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace, tag: str,
                 generated: dict[str, GeneratedPool]) -> dict[str, tuple[list, list, ImageCache]]:
     """name -> (training pairs, held-out pairs, images) for each pool `--label-pool` asks for."""
@@ -134,8 +150,8 @@ def label_pools(root: Path, weights: dict[str, float], args: argparse.Namespace,
         train, train_cache = pool_pairs(root / f"{tag}-train", args.labels, 11, weights)
         held_out, eval_cache = pool_pairs(root / f"{tag}-eval", 200, 5011, weights)
         pools["renders"] = (train, held_out, _Merged(train_cache, eval_cache))
-    for name, prefix, seed in (("generated", "", 21), ("onpolicy", "onpolicy-", 31)):
-        if args.label_pool in ("generated", "both") and f"{prefix}train" in generated:
+    for name, prefix, seed in generated_pool_names(generated):
+        if args.label_pool in ("generated", "both"):
             train, train_cache = generated_pairs(root / f"{tag}-{name}-train", generated[f"{prefix}train"], weights,
                                                  seed, args.reward_reads_source)
             held_out, eval_cache = generated_pairs(root / f"{tag}-{name}-eval", generated[f"{prefix}eval"], weights,
@@ -227,19 +243,48 @@ def compare(name: str, a: dict, base: dict, weights: dict[str, float], tasks: li
 
 
 def onpolicy_round(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
-                   generated: dict[str, GeneratedPool], pefl_model: Path, base: Path, extra: dict) -> dict:
-    """ByteEdit's data flow once more: the PeFL model's own samples labelled by the panel, the aesthetic reward
-    retrained from scratch on every pool with them, and PeFL again from the base with that reward."""
+                   generated: dict[str, GeneratedPool], last_model: Path, base: Path, extra: dict,
+                   k: int) -> dict:
+    """ByteEdit's data flow once more (round k): the last PeFL model's own samples labelled by the panel, the
+    aesthetic reward retrained from scratch on every pool so far with them, and PeFL again from the base with
+    that reward. Returns the new pools with the rest."""
     keep = args.reward_cache or root
-    pools = {"onpolicy-train": generated_pool(pefl_model, args.onpolicy_sets, 4, ONPOLICY, 20, keep),
-             "onpolicy-eval": generated_pool(pefl_model, max(args.onpolicy_sets // 5, 16), 4, ONPOLICY + 5000, 20,
+    prefix, seed = onpolicy_prefix(k), ONPOLICY + 10_000 * (k - 1)
+    pools = {f"{prefix}train": generated_pool(last_model, args.onpolicy_sets, 4, seed, 20, keep),
+             f"{prefix}eval": generated_pool(last_model, max(args.onpolicy_sets // 5, 16), 4, seed + 5000, 20,
                                              keep)}
-    second = train_aesthetic_reward(root, weights, args, f"{tag}-onpolicy", {**generated, **pools})
-    rewards = load_rewards({"aesthetic": second["path"], "alignment": alignment["path"]})
-    model, seconds = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl-onpolicy", **extra)
-    print(f"  PeFL with the on-policy reward: {args.pefl_steps} steps in {seconds:.0f}s", flush=True)
-    return {"model": model, "rewards": rewards,
-            "report": {"aesthetic_reward_accuracy": second["heldout_accuracy"], "sets": args.onpolicy_sets}}
+    name = f"{tag}-onpolicy" if k == 1 else f"{tag}-onpolicy{k}"
+    trained = train_aesthetic_reward(root, weights, args, name, {**generated, **pools})
+    rewards = load_rewards({"aesthetic": trained["path"], "alignment": alignment["path"]})
+    model, seconds = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-pefl-{name}", **extra)
+    print(f"  PeFL with the round-{k} on-policy reward: {args.pefl_steps} steps in {seconds:.0f}s", flush=True)
+    return {"model": model, "rewards": rewards, "generated": {**generated, **pools},
+            "report": {"aesthetic_reward_accuracy": trained["heldout_accuracy"], "sets": args.onpolicy_sets}}
+
+
+def onpolicy_rounds(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
+                    generated: dict[str, GeneratedPool], pefl_model: Path, base: Path, extra: dict,
+                    results: dict, rewards, examples, seed: int) -> dict:  # noqa: ANN001
+    """`--onpolicy-rounds` rounds; each round's PeFL model joins `results`, and every reward (the first, then
+    each round's) is scored on the pairs every PeFL model creates against the base (same example, same seed)."""
+    report, models, all_rewards = {}, ["pefl"], {"first": rewards}
+    last = pefl_model
+    for k in range(1, args.onpolicy_rounds + 1):
+        out = onpolicy_round(root, tag, weights, args, alignment, generated, last, base, extra, k)
+        generated, last = out["generated"], out["model"]
+        name = "pefl, on-policy reward" if k == 1 else f"pefl, on-policy reward {k}"
+        results[name] = measure(last, 20, examples, seed, rewards, weights)
+        report[f"round {k}"] = out["report"]
+        models.append(name)
+        all_rewards["on-policy" if k == 1 else f"on-policy {k}"] = out["rewards"]
+    base_scores = {who: image_rewards(r, results["base"]["images"], examples)["aesthetic"]
+                   for who, r in all_rewards.items()}
+    report["aesthetic_agreement"] = {
+        f"{who} reward, {model} vs base": agreement(image_rewards(r, results[model]["images"], examples)["aesthetic"],
+                                                   base_scores[who], results[model]["utility"],
+                                                   results["base"]["utility"])
+        for who, r in all_rewards.items() for model in models}
+    return report
 
 
 def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
@@ -268,16 +313,8 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
         timings["per_task_seconds"] = per_task_s
         results["pefl-per-task"] = measure(fast_start, 20, examples, seed, rewards, weights)
     if args.onpolicy_sets and tag == "default":
-        onpolicy = onpolicy_round(root, tag, weights, args, alignment, generated, pefl_model, base, extra)
-        timings["onpolicy"] = onpolicy.pop("report")
-        results["pefl, on-policy reward"] = measure(onpolicy["model"], 20, examples, seed, rewards, weights)
-        timings["onpolicy"]["aesthetic_agreement"] = {
-            f"{who} reward, {model} vs base": agreement(
-                image_rewards(r, results[model]["images"], examples)["aesthetic"],
-                image_rewards(r, results["base"]["images"], examples)["aesthetic"],
-                results[model]["utility"], results["base"]["utility"])
-            for who, r in (("first", rewards), ("on-policy", onpolicy["rewards"]))
-            for model in ("pefl", "pefl, on-policy reward")}
+        timings["onpolicy"] = onpolicy_rounds(root, tag, weights, args, alignment, generated, pefl_model, base,
+                                              extra, results, rewards, examples, seed)
     if args.ablation and tag == "default":  # the same run with the rewards switched off: the regulariser alone
         reg_only, _ = fine_tune(base, rewards, "pefl", args.pefl_steps, root / f"{tag}-reference-only",
                                 **{**extra, "reward_weights": {"aesthetic": 0.0, "alignment": 0.0}})
@@ -350,6 +387,8 @@ def main() -> None:
     parser.add_argument("--onpolicy-sets", type=int, default=0,
                         help="> 0: label this many sets of the PeFL model's own samples, retrain the reward with "
                              "them and run PeFL again (one on-policy round)")
+    parser.add_argument("--onpolicy-rounds", type=int, default=1,
+                        help="on-policy rounds with --onpolicy-sets: each labels the last round's PeFL model")
     parser.add_argument("--ablation", action="store_true", help="also train with the rewards off (regulariser only)")
     parser.add_argument("--reward-reads-source", action="store_true",
                         help="generated sets carry their source and mask; the aesthetic reward reads them")
