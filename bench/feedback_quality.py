@@ -294,6 +294,8 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment["path"]})
     base = base_model_dir("inpaint")
     extra: dict = {"lr": args.lr} if args.lr else {}
+    if args.kl_weight:
+        extra["kl_weight"] = args.kl_weight
     if args.calibrate:
         extra["calibration_examples"] = args.calibrate
     if args.reward_weight is not None:
@@ -379,6 +381,8 @@ def main() -> None:
     parser.add_argument("--calibrate", type=int, default=0, help="normalise rewards on this many clean sources")
     parser.add_argument("--reward-weight", type=float, default=None, help="weight of each reward's loss")
     parser.add_argument("--lr", type=float, default=None, help="feedback learning rate (default: the preset's)")
+    parser.add_argument("--kl-weight", type=float, default=None,
+                        help="DPOK's KL trust region to the start model in every fine-tune (default: off)")
     parser.add_argument("--skip-progressive", action="store_true")
     parser.add_argument("--progressive-from", choices=["pefl", "base"], default="pefl",
                         help="the model phase 2 starts from (default: the PeFL model, or the per-task one)")

@@ -117,8 +117,8 @@ def test_a_pefl_step_sends_gradients_to_the_unet_only(pipe, reward_dirs, schedul
     rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
     batch = prepare(pipe, feedback_examples(2, 3))
     make_trainable(pipe, FeedbackConfig())
-    x0, steps_left = predict_x0(pipe, batch, PHASE_1, torch.Generator().manual_seed(0))
-    assert 1 <= steps_left <= PHASE_1.stop and x0.shape == batch.source_latents.shape
+    x0, steps_left, drift = predict_x0(pipe, batch, PHASE_1, torch.Generator().manual_seed(0))
+    assert 1 <= steps_left <= PHASE_1.stop and x0.shape == batch.source_latents.shape and drift is None
     loss, scores = reward_losses(rewards, {"aesthetic": 1.0, "alignment": 1.0}, decode(pipe, x0), batch.prompts)
     loss.backward()
     assert torch.isfinite(loss) and set(scores) == {"reward_aesthetic", "reward_alignment"}
@@ -237,6 +237,36 @@ def test_training_resumes_exactly_and_a_diverging_run_keeps_its_last_good_checkp
     with pytest.raises(Diverged, match="loss is nan at step 4; the last good checkpoint is kept"):
         train_feedback(load_base("inpaint", device="cpu", dtype="fp32"), broken, longer, tmp_path / "r")
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_the_kl_term_measures_drift_from_the_start_model_even_after_a_resume(tmp_path, reward_dirs):
+    """DPOK's KL trust region: zero while the model is the start model, positive once it moved, with
+    gradients to the trained UNet only; a resumed run keeps the start weights as its anchor, not the checkpoint."""
+    from trainers.feedback.loop import start_anchor
+
+    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    anchor = start_anchor(pipe.unet)
+    batch = prepare(pipe, feedback_examples(2, 3))
+    at_start = predict_x0(pipe, batch, PHASE_1, torch.Generator().manual_seed(0), anchor=anchor).drift
+    assert float(at_start.detach().sum()) == 0
+    make_trainable(pipe, FeedbackConfig())
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(0.05)
+    drift = predict_x0(pipe, batch, PHASE_1, torch.Generator().manual_seed(0), anchor=anchor).drift
+    drift.mean().backward()
+    assert float(drift.detach().min()) > 0 and all(p.grad is None for p in anchor.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pipe.unet.parameters())
+
+    cfg = FeedbackConfig(steps=2, batch_size=2, checkpoint_every=1, kl_weight=5.0)
+    rewards = rewards_of(reward_dirs, ("aesthetic", "alignment"))
+    straight = train_feedback(load_base("inpaint", device="cpu", dtype="fp32"), rewards, cfg, tmp_path / "straight")
+    assert straight.history[0]["kl"] == 0 and straight.history[1]["kl"] > 0
+    train_feedback(load_base("inpaint", device="cpu", dtype="fp32"), rewards,
+                   FeedbackConfig(**{**cfg.__dict__, "steps": 1}), tmp_path / "r")
+    resumed = train_feedback(load_base("inpaint", device="cpu", dtype="fp32"), rewards, cfg, tmp_path / "r")
+    assert resumed.history[1]["kl"] == pytest.approx(straight.history[1]["kl"], rel=1e-5)
+    with pytest.raises(ValueError, match="`kl_weight` must be a finite number >= 0"):
+        FeedbackConfig(kl_weight=-1.0)
 
 
 def test_checkpoint_selection_keeps_the_best_snapshot_and_scores_each_once(tmp_path, reward_dirs):
@@ -360,7 +390,10 @@ def test_the_cli_checks_a_feedback_config_before_it_queues_anything():
         check_feedback_config(["pefl"], {}, {"examples": 0})
     with pytest.raises(ValueError, match="`eval.review_margin` must be in \\[0, 1\\), got -0.1"):
         check_feedback_config(["progressive"], {}, {"review": "people", "review_margin": -0.1})
-    check_feedback_config(["pefl", "adversarial"], {"steps": 4, "snapshot_every": 2}, {"review": "panel"})
+    with pytest.raises(ValueError, match="`kl_weight` must be a finite number >= 0 .* got nan"):
+        check_feedback_config(["pefl"], {"kl_weight": float("nan")}, {})
+    check_feedback_config(["pefl", "adversarial"], {"steps": 4, "snapshot_every": 2, "kl_weight": 0.5},
+                          {"review": "panel"})
 
 
 def test_a_stage_run_registers_a_candidate_and_promotes_only_a_better_one(world):

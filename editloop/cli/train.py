@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "net preference (non-inferiority; default 0.1)")
         f.add_argument("--select-every", type=int, default=None, metavar="N",
                        help="keep a snapshot every N steps and hand the gate the one best on validation")
+        f.add_argument("--kl-weight", type=float, default=None, metavar="BETA",
+                       help="DPOK's KL trust region to each stage's start model (default 0: off)")
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
         f.add_argument("--wait", action="store_true", help="wait for the chain and print each stage's result")
         f.set_defaults(func=_train_feedback, stage=stage)
@@ -153,7 +155,8 @@ def parse_task_scales(items: list[str]) -> dict[str, float]:
 def _train_feedback(args: argparse.Namespace) -> int:
     settings = Settings()
     config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                                       ("snapshot_every", args.select_every)) if v is not None}
+                                       ("snapshot_every", args.select_every), ("kl_weight", args.kl_weight))
+                    if v is not None}
     if args.task_reward_scale:
         config["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
     evaluation = {"auto_promote": not args.no_promote,

@@ -66,6 +66,8 @@ class FeedbackConfig:
     # (Lin et al., 2024, section 3.3); the trained model keeps the spacing it was trained with
     timestep_spacing: str | None = None
     snapshot_every: int = 0  # > 0: keep the EMA weights every this many steps for checkpoint selection
+    # > 0: DPOK's KL trust region to the start model (pefl.py): kl_weight * the drift of the noise prediction
+    kl_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -80,6 +82,8 @@ class FeedbackConfig:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if self.snapshot_every < 0:
             raise ValueError(f"`snapshot_every` must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            raise ValueError(f"`kl_weight` must be a finite number >= 0 (0: no KL term), got {self.kl_weight}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}")
 
@@ -180,6 +184,7 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
     if cfg.timestep_spacing is not None:  # trained, evaluated and saved with this spacing
         set_timestep_spacing(pipe, cfg.timestep_spacing)
     unet, device = pipe.unet, pipe.unet.device
+    anchor = start_anchor(unet) if cfg.kl_weight > 0 else None  # the start weights, before any checkpoint loads
     params = make_trainable(pipe, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ema = Ema(params, cfg.ema_decay)
@@ -205,7 +210,7 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
                disable=None)
     while state.step < cfg.steps:
         t0 = time.perf_counter()
-        record = _one_step(pipe, rewards, cfg, state.step, params, opt, disc, d_opt)
+        record = _one_step(pipe, rewards, cfg, state.step, params, opt, disc, d_opt, anchor)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         record["seconds"] = time.perf_counter() - t0
@@ -246,8 +251,15 @@ def calibrate_rewards(rewards: RewardModels, cfg: FeedbackConfig) -> None:
     calibrate(rewards, images, [e.prompt for e in examples], source, mask)
 
 
-def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt  # noqa: ANN001
-              ) -> dict[str, float]:
+def start_anchor(unet: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the UNet as it is now (the KL term's reference; one more UNet in memory)."""
+    import copy
+
+    return copy.deepcopy(unet).requires_grad_(False).eval()
+
+
+def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt,  # noqa: ANN001
+              anchor=None) -> dict[str, float]:  # noqa: ANN001
     rng = step_rng(cfg.seed, cfg.stage, step)
     examples = [upscale(make_example(rng, cfg.tasks[(step * cfg.batch_size + i) % len(cfg.tasks)]), cfg.resolution)
                 for i in range(cfg.batch_size)]
@@ -255,12 +267,15 @@ def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, param
     batch = prepare(pipe, examples)
     pipe.unet.train()
     with _autocast(pipe.unet.device):
-        x0, steps_left = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance)
+        x0, steps_left, drift = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance, anchor=anchor)
         images = decode(pipe, x0)
         loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts,
                                      task_scales(cfg, [e.task for e in examples]), batch.source, batch.mask)
         reg = reference_loss(pipe.vae, images, batch, cfg.perceptual_weight).mean()
         loss = loss + cfg.eta * reg
+        if drift is not None:
+            loss = loss + cfg.kl_weight * drift.mean()
+            record["kl"] = float(drift.mean().detach())
         if disc is not None and cfg.adversarial.generator_active(step):
             adv = generator_loss(disc, images, batch.mask)
             loss = loss + cfg.adversarial.weight * adv

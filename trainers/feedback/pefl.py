@@ -5,11 +5,19 @@ straight to step T1, sampled without gradients down to t' ~ U[1, T2] (steps left
 in one step with gradients through the UNet; the VAE decoder turns x0 into pixels and each reward
 model scores them: L_reward = sum_k w_k * -log sigmoid(R_k(c, x0)). A reference regulariser
 eta * (L1 + perceptual) keeps x0 near the source where the source is the ground truth.
+
+Optionally (`anchor`, a frozen copy of the start UNet) the forward also returns the drift: the squared
+difference between the trained and the start model's noise predictions at the same noisy latent. For
+Gaussian reverse steps the KL divergence between the two models' steps is proportional to it, which is
+DPOK's KL regulariser (Fan et al., 2023, "DPOK: Reinforcement learning for fine-tuning text-to-image
+diffusion models", section 4.2): a trust region that keeps the model where its reward's labels were
+collected. Not in ByteEdit; off unless `kl_weight` > 0 (BENCHMARKS.md says why it was tried).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -97,9 +105,16 @@ def ddim(pipe, steps: int) -> DDIMScheduler:  # noqa: ANN001
     return sched
 
 
+class PeflForward(NamedTuple):
+    x0: torch.Tensor  # predicted x0 latents, with gradients through the last UNet call
+    steps_left: int  # t'
+    drift: torch.Tensor | None  # per example: mean squared (prediction - the anchor's); None without an anchor
+
+
 def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.Generator,  # noqa: ANN001
-               guidance: float = 4.0, steps_left: int | None = None) -> tuple[torch.Tensor, int]:
-    """The PeFL forward: x0 latents with gradients through the last UNet call, and t' (steps left)."""
+               guidance: float = 4.0, steps_left: int | None = None, anchor=None) -> PeflForward:  # noqa: ANN001
+    """The PeFL forward: x0 latents with gradients through the last UNet call, t' (steps left), and with an
+    `anchor` UNet (the frozen start model) the drift of the last prediction from the anchor's."""
     sched = ddim(pipe, schedule.steps)
     ts = sched.timesteps
     first = schedule.steps - schedule.start
@@ -112,7 +127,13 @@ def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.
         for i in range(first, last):
             z = sched.step(guided_prediction(pipe.unet, z, ts[i], batch, guidance), ts[i], z).prev_sample
     t = ts[last]
-    return predicted_x0(sched, z, t, guided_prediction(pipe.unet, z, t, batch, guidance)), steps_left
+    out = guided_prediction(pipe.unet, z, t, batch, guidance)
+    drift = None
+    if anchor is not None:
+        with torch.no_grad():
+            reference = guided_prediction(anchor, z, t, batch, guidance)
+        drift = ((out.float() - reference.float()) ** 2).mean(dim=(1, 2, 3))
+    return PeflForward(predicted_x0(sched, z, t, out), steps_left, drift)
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
