@@ -106,6 +106,8 @@ def main() -> None:
                         help="> 0: each stage keeps a snapshot every N steps and hands its gate the best on validation")
     parser.add_argument("--task-reward-scale", action="append", default=[], metavar="TASK=SCALE",
                         help="passed to `editloop train progressive` (repeatable), e.g. erase=0")
+    parser.add_argument("--kl-weight", type=float, default=0.0,
+                        help="DPOK's KL trust region to each stage's start model (`editloop train --kl-weight`)")
     parser.add_argument("--judge", type=int, default=144, help="held-out examples the panel judges afterwards")
     parser.add_argument("--seed", type=int, default=950_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "feedback_round.json")
@@ -115,7 +117,7 @@ def main() -> None:
     critic = args.state.resolve() / "critic"
     save_reward(tiny_reward("coherence", 0), "coherence", critic, version="coherence-untrained")
     promote_rewards(settings, {"aesthetic": args.aesthetic, "alignment": args.alignment, "coherence": critic})
-    extra = ["--review", args.review, "--select-every", str(args.select_every)]
+    extra = ["--review", args.review, "--select-every", str(args.select_every), "--kl-weight", str(args.kl_weight)]
     extra += [arg for item in args.task_reward_scale for arg in ("--task-reward-scale", item)]
     done, seconds = run_round(env, args.steps, args.batch_size, args.eval_examples, extra)
     print(done.stdout[-4000:], done.stderr[-2000:] if done.returncode else "", flush=True)

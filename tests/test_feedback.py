@@ -360,6 +360,13 @@ def test_a_faster_candidate_needs_only_to_be_shown_no_worse():
     reference = {"feedback_score": 0.5, "success": 0.8, "steps": 20}
     assert promotion_guards(metrics, reference, 0.02, review=level, margin=0.1) == []
     assert promotion_guards(metrics, reference, 0.02, review=level)[0].startswith("the reviewers do not prefer it")
+    # "as good, faster": its reward score may fall a little (FASTER_SCORE_TOLERANCE), not more
+    slightly_lower = {**metrics, "feedback_score": 0.495}
+    assert promotion_guards(slightly_lower, reference, 0.02, review=level, margin=0.1) == []
+    assert promotion_guards(slightly_lower, reference, 0.02) == ["feedback score 0.4950 is not above the served "
+                                                                 "model's 0.5000"]
+    assert promotion_guards({**metrics, "feedback_score": 0.48}, reference, 0.02, review=level, margin=0.1) == [
+        "feedback score 0.4800 fell more than 0.01 below the served model's 0.5000"]
     with pytest.raises(ValueError, match="`eval.review_margin` must be in \\[0, 1\\), got 1.5"):
         EvalConfig(review_margin=1.5)
     with pytest.raises(ValueError, match="`review` must be one of \\['none', 'panel', 'people'\\], got 'crowd'"):

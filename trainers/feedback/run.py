@@ -121,14 +121,22 @@ def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: 
     (dest / "editloop.json").write_text(json.dumps(meta, indent=2))
 
 
+FASTER_SCORE_TOLERANCE = 0.01  # a faster candidate's mean reward (sigmoid) may be this much below the reference's
+
+
 def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tolerance: float,
                      against: str = "the served model", review: Review | None = None,
                      margin: float | None = None) -> list[str]:
     """Reasons the candidate is not better than `reference` (empty = better); with a side-by-side `review`
     of the candidate against it, the reviewers must also prefer the candidate, or with a `margin` (a faster
-    candidate) find it no worse than that (review_guard)."""
+    candidate) find it no worse than that (review_guard). A faster candidate claims "as good, faster", so its
+    feedback score need only stay within FASTER_SCORE_TOLERANCE of the reference's; any other must raise it."""
     why = [reason] if review is not None and (reason := review_guard(review, against, margin=margin)) else []
-    if metrics["feedback_score"] <= reference["feedback_score"]:
+    if margin is not None:
+        if metrics["feedback_score"] < reference["feedback_score"] - FASTER_SCORE_TOLERANCE:
+            why.append(f"feedback score {metrics['feedback_score']:.4f} fell more than {FASTER_SCORE_TOLERANCE} "
+                       f"below {against}'s {reference['feedback_score']:.4f}")
+    elif metrics["feedback_score"] <= reference["feedback_score"]:
         why.append(f"feedback score {metrics['feedback_score']:.4f} is not above {against}'s "
                    f"{reference['feedback_score']:.4f}")
     if metrics["success"] < reference["success"] - tolerance:
