@@ -163,7 +163,7 @@ def _models_promote(args: argparse.Namespace) -> int:
 
 def _models_review(args: argparse.Namespace) -> int:
     from editloop.labels.review import REVIEW_ALPHA, record_review, review_verdicts
-    from editloop.registry import PromotionRefused, find_version, promote
+    from editloop.registry import DEFAULT_TOLERANCE, PromotionRefused, find_version, promote
 
     settings, sessions, store = _registry_context()
     with sessions.begin() as s:
@@ -177,6 +177,7 @@ def _models_review(args: argparse.Namespace) -> int:
         if not 0 < alpha < 1:
             raise ValueError(f"`--alpha` must be in (0, 1), got {alpha}")
         waiting = record_review(row, review, pairs, args.min_verdicts or pairs, alpha)
+        faster = row.metrics.get("review_margin") is not None  # "as good, faster": the reward may dip a little
         gsb, by_pair = review.verdicts, review.pairs
         print(f"{args.kind} {args.version}: good / same / bad {gsb.good} / {gsb.same} / {gsb.bad} on {pairs} pairs "
               f"(pairs won / tied / lost by majority {by_pair.good} / {by_pair.same} / {by_pair.bad})")
@@ -185,7 +186,8 @@ def _models_review(args: argparse.Namespace) -> int:
             return 1
     try:
         with sessions.begin() as s:
-            promote(s, args.kind, args.version, _load_check(settings, store, args.kind), tolerance=0.0)
+            promote(s, args.kind, args.version, _load_check(settings, store, args.kind),
+                    tolerance=DEFAULT_TOLERANCE if faster else 0.0)
     except PromotionRefused as exc:
         print(exc)
         return 1

@@ -41,6 +41,7 @@ from editloop.labels.review import (
 )
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
+    DEFAULT_TOLERANCE,
     PromotionRefused,
     editor_model_dir,
     fetch_model_dir,
@@ -121,7 +122,8 @@ def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: 
     (dest / "editloop.json").write_text(json.dumps(meta, indent=2))
 
 
-FASTER_SCORE_TOLERANCE = 0.01  # a faster candidate's mean reward (sigmoid) may be this much below the reference's
+# a faster candidate's mean reward (sigmoid) may be this much below the reference's: the registry's own tolerance
+FASTER_SCORE_TOLERANCE = DEFAULT_TOLERANCE
 
 
 def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tolerance: float,
@@ -241,7 +243,8 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
         outputs["promoted"] = False
         if evaluation.auto_promote:  # the registry's gate refuses a candidate with guard failures
             try:
-                promote(s, EDITOR_KIND, version, loads_editor(store, settings.state_dir / "models"), tolerance=0.0)
+                promote(s, EDITOR_KIND, version, loads_editor(store, settings.state_dir / "models"),
+                        tolerance=0.0 if margin is None else FASTER_SCORE_TOLERANCE)
                 outputs["promoted"] = True
             except PromotionRefused as exc:
                 outputs["refused"] = str(exc)
