@@ -7,7 +7,8 @@
    model) regenerating the edit region from the target caption; filtered (agreement, direction,
    similarity; counts recorded).
 2. Each architecture (the causal two-branch editor, the InstructPix2Pix concat baseline) starts from the
-   text-to-image UNet and trains on the same kept pairs with the same steps and batch.
+   text-to-image UNet (or, `--init inpaint`, the concat editor from the inpainting UNet) and trains on the
+   same kept pairs with the same steps and batch.
 3. Round k > 1: each editor regenerates pairs for new instructions (new specs), they are filtered, and
    the editor is fine-tuned on all kept pairs so far.
 4. After each round, on held-out scenes and instructions (clean renders, seeds apart from training),
@@ -34,7 +35,7 @@ from editloop.models.instruct import InstructEditor
 from editloop.world.edits import EDIT_KINDS
 from editloop.world.io import save_grid_png
 from editloop.world.render import render
-from trainers.align.editor_train import EditorTrainConfig, editor_from_t2i, train_editor
+from trainers.align.editor_train import INITS, EditorTrainConfig, new_editor, train_editor
 from trainers.align.evaluate import HELD_OUT_SEED, evaluate_editor, held_out_edits, judge_edits
 from trainers.align.filters import AlignmentScorer, FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs
@@ -77,6 +78,9 @@ def main() -> None:
     ap.add_argument("--archs", default="causal,concat")
     ap.add_argument("--schedule", choices=["zero-snr-v"], default=None,
                     help="train the editors on this schedule instead of the base's (editor_from_t2i)")
+    ap.add_argument("--init", choices=INITS, default="t2i",
+                    help="what the editors start from: the text-to-image model (InstructPix2Pix) or, for the concat "
+                         "editor only, the inpainting model (editor_from_inpaint)")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
     ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
     args = ap.parse_args()
@@ -96,8 +100,8 @@ def main() -> None:
     result["weak_generator"] = weak_generator_row(held)
     print(f"weak generator (inpainting with the true mask): {fmt(result['weak_generator'])}", flush=True)
 
-    t2i = load_base("t2i", device="cpu", dtype="fp32")
-    editors: dict[str, InstructEditor] = {a: editor_from_t2i(t2i, a, args.schedule) for a in archs}
+    bases: dict = {}
+    editors: dict[str, InstructEditor] = {a: new_editor(a, args.init, args.schedule, "cpu", bases) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
     run_root = Path(".editloop/bench/edit_quality") / recipe_key(args)  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):

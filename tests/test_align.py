@@ -19,7 +19,13 @@ from editloop.world.edits import EDIT_KINDS, sample_edit
 from editloop.world.instructions import check_instruction, valid_instructions
 from editloop.world.render import render
 from editloop.world.scene import sample_scene
-from trainers.align.editor_train import EditorTrainConfig, editor_from_t2i, train_editor
+from trainers.align.editor_train import (
+    EditorTrainConfig,
+    editor_from_inpaint,
+    editor_from_t2i,
+    new_editor,
+    train_editor,
+)
 from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs, edit_specs, latent_region, weak_pairs_batch
 from trainers.align.run import RoundConfig, TooFewPairs, run_align_round
@@ -70,6 +76,27 @@ def test_a_new_concat_editor_starts_as_the_text_to_image_unet(t2i):
     t = torch.tensor([300, 300])
     plain = t2i.unet(noisy, t, text).sample
     assert torch.allclose(editor.eps(noisy, t, text, image_lat, torch.tensor([True, False])), plain, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_concat_editor_from_the_inpainting_model_starts_as_inpainting_that_keeps_everything(tiny_models, t2i):
+    """init "inpaint": at step 0 the concat editor is the inpainting UNet told mask 0 (keep every pixel) with
+    the whole input as its masked image; the other starts are refused with the field and value."""
+    inp = load_pipeline(tiny_models / "inpaint", "inpaint", device="cpu", dtype="fp32")
+    editor = editor_from_inpaint(inp)
+    assert editor.arch == "concat" and editor.unet.config.in_channels == 8
+    noisy, image_lat, text = noisy_inputs(editor)
+    t = torch.tensor([300, 300])
+    keep_all = inp.unet(torch.cat([noisy, torch.zeros_like(noisy[:, :1]), image_lat], dim=1), t, text).sample
+    no_image = inp.unet(torch.cat([noisy, torch.zeros_like(noisy[:, :1]), 0 * image_lat], dim=1), t, text).sample
+    got = editor.eps(noisy, t, text, image_lat, torch.tensor([True, False]))
+    assert torch.allclose(got[:1], keep_all[:1], atol=1e-5) and torch.allclose(got[1:], no_image[1:], atol=1e-5)
+    with pytest.raises(ValueError, match="an inpainting UNet has 9 input channels, got 4"):
+        editor_from_inpaint(t2i)
+    with pytest.raises(ValueError, match="`init` 'inpaint' starts a concat editor only"):
+        new_editor("causal", "inpaint")
+    with pytest.raises(ValueError, match="`init` must be one of \\['t2i', 'inpaint'\\], got 'sdxl'"):
+        new_editor("concat", "sdxl")
 
 
 def test_gradients_reach_the_shared_unet_through_both_branches(t2i):
@@ -242,6 +269,10 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
         RoundConfig(source="photos")
     with pytest.raises(ValueError, match="`schedule` must be one of \\['sd', 'zero-snr-v'\\], got 'cosine'"):
         RoundConfig(schedule="cosine")
+    with pytest.raises(ValueError, match="`init` must be one of \\['t2i', 'inpaint'\\], got 'sd'"):
+        RoundConfig(arch="concat", init="sd")
+    with pytest.raises(ValueError, match="`init` 'inpaint' starts a concat editor only; `arch` 'causal'"):
+        RoundConfig(init="inpaint")
     with pytest.raises(ValueError, match="unknown alignment round settings: \\['rounds'\\]"):
         RoundConfig.from_dict({"rounds": 3})
     _, settings, sessions, store = worker_state(tmp_path)

@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--schedule", choices=["zero-snr-v"], default=None,
                    help="train a new editor on this noise schedule instead of its base's (zero terminal SNR, "
                         "v-prediction: the initial noise then carries nothing the editor could copy)")
+    a.add_argument("--init", choices=["t2i", "inpaint"], default=None,
+                   help="what a new editor starts from: the text-to-image model (default) or, for --arch concat, "
+                        "the inpainting model read with mask 0 (it starts out copying its input)")
     a.add_argument("--min-pairs", type=int, default=None, help="stop a round with fewer surviving pairs")
     a.add_argument("--eval-per-kind", type=int, default=None, help="held-out edits per kind (default 8)")
     a.add_argument("--from-promoted", action="store_true",
@@ -179,7 +182,7 @@ def _train_feedback(args: argparse.Namespace) -> int:
 def align_config(args: argparse.Namespace) -> dict:
     config: dict = {"arch": args.arch, "auto_promote": not args.no_promote}
     for key, value in (("pairs", args.pairs), ("pair_steps", args.pair_steps), ("scorer", args.scorer),
-                       ("schedule", args.schedule), ("min_pairs", args.min_pairs),
+                       ("schedule", args.schedule), ("init", args.init), ("min_pairs", args.min_pairs),
                        ("eval_per_kind", args.eval_per_kind)):
         if value is not None:
             config[key] = value

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
 from editloop.models.configs import SCHEDULES, check_schedule
@@ -73,6 +73,53 @@ def editor_from_t2i(pipe, arch: str, schedule: str | None = None) -> InstructEdi
         unet = inflate_conv_in(unet, 8)
     return InstructEditor(arch, unet.float(), pipe.vae.float(), pipe.text_encoder.float(), pipe.tokenizer,
                           editor_scheduler(pipe, schedule), meta={})
+
+
+INITS = ("t2i", "inpaint")  # what a new editor starts from
+
+
+def concat_conv_from_inpaint(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The inpainting UNet (inputs: noisy latent, mask, masked-image latent) as an 8-channel concat editor UNet
+    (noisy latent, input latent): the mask channel is dropped, which is the inpainting model read with mask 0
+    ("keep everything") and the whole input as its masked image. A CoordUNet's coordinate channels stay last."""
+    if unet.config.in_channels != 9:
+        raise ValueError(f"an inpainting UNet has 9 input channels, got {unet.config.in_channels}")
+    concat = clone_unet(unet, in_channels=8)
+    state = unet.state_dict()
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w[:, :4], w[:, 5:]], dim=1)
+    concat.load_state_dict(state)
+    return concat
+
+
+def editor_from_inpaint(pipe, schedule: str | None = None) -> InstructEditor:  # noqa: ANN001
+    """A new concat editor initialised from the inpainting model (a StableDiffusionInpaintPipeline): at step 0 it
+    is the inpainting model told to keep the whole input, so it starts out copying its input and training
+    teaches it what to change (a deviation from InstructPix2Pix, which starts from the text-to-image model with
+    zero weights on the input channels; BENCHMARKS.md measures both). The causal editor reads its input through
+    attention, not channels, so it has no such start: it must begin from the text-to-image model."""
+    return InstructEditor("concat", concat_conv_from_inpaint(pipe.unet).float(), pipe.vae.float(),
+                          pipe.text_encoder.float(), pipe.tokenizer, editor_scheduler(pipe, schedule), meta={})
+
+
+def new_editor(arch: str, init: str = "t2i", schedule: str | None = None, device: str | None = None,
+               base: dict | None = None) -> InstructEditor:
+    """A new editor of `arch` from the committed base model named by `init` ("t2i" or "inpaint"). `base` may
+    hold already loaded base pipelines by kind (so a caller building several editors loads each once)."""
+    from editloop.models.base import load_base
+
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {list(INITS)}, got {init!r}")
+    if init == "inpaint" and arch != "concat":
+        raise ValueError(f"`init` 'inpaint' starts a concat editor only (the inpainting UNet reads its input as "
+                         f"channels); `arch` {arch!r} must start from 't2i'")
+    base = base if base is not None else {}
+    if init not in base:
+        base[init] = load_base(init, device=device, dtype="fp32")
+    pipe = base[init]
+    editor = editor_from_inpaint(pipe, schedule) if init == "inpaint" else editor_from_t2i(pipe, arch, schedule)
+    editor.meta["init"] = init
+    return editor
 
 
 @dataclass

@@ -36,7 +36,7 @@ from editloop.registry import (
 )
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
-from trainers.align.editor_train import EditorTrainConfig, editor_from_t2i, train_editor
+from trainers.align.editor_train import INITS, EditorTrainConfig, new_editor, train_editor
 from trainers.align.evaluate import evaluate_editor, held_out_edits
 from trainers.align.filters import SCORERS, AlignmentScorer, FilterConfig, JudgeScorer, Scorer, filter_pairs
 from trainers.align.pairs import (
@@ -65,6 +65,7 @@ class RoundConfig:
     method: str = "inpaint"  # first round: inpainting model (region-based) or text-to-image latent blending
     scorer: str = "auto"  # alignment reward if one is promoted, else the world judge
     schedule: str | None = None  # a new editor's noise schedule: None = its base's, or "zero-snr-v"
+    init: str = "t2i"  # a new editor starts from the text-to-image model, or (concat only) the inpainting model
     filter: FilterConfig = field(default_factory=FilterConfig)
     min_pairs: int = 32
     keep_previous: bool = True  # train on the earlier rounds' kept pairs too
@@ -75,11 +76,13 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("source", self.source, SOURCES), ("method", self.method, METHODS),
-                                     ("scorer", self.scorer, (*SCORERS, "auto"))):
+                                     ("scorer", self.scorer, (*SCORERS, "auto")), ("init", self.init, INITS)):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}")
         if self.schedule is not None:
             check_schedule(self.schedule)
+        if self.init == "inpaint" and self.arch != "concat":
+            raise ValueError(f"`init` 'inpaint' starts a concat editor only; `arch` {self.arch!r} starts from 't2i'")
         if self.pairs < 1 or self.candidates < 1:
             raise ValueError(f"`pairs` and `candidates` must be >= 1, got {self.pairs} and {self.candidates}")
 
@@ -207,8 +210,7 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
     previous_keys = list(parent_meta.get("pairs_keys", [])) if cfg.keep_previous else []
     train_pairs = Pairs.concat([load_pairs_blob(store, k) for k in previous_keys] + [kept])
     update_run(sessions, run_id, outputs={"filter": counts, "pairs_key": pairs_key, "train_pairs": len(train_pairs)})
-    editor = start if start is not None else editor_from_t2i(load_base("t2i", device=settings.device,
-                                                                       dtype="fp32"), cfg.arch, cfg.schedule)
+    editor = start if start is not None else new_editor(cfg.arch, cfg.init, cfg.schedule, settings.device)
     if editor.arch != cfg.arch:
         raise ValueError(f"round {round_no} continues a {editor.arch} editor; `arch` {cfg.arch!r} does not match")
 
