@@ -57,8 +57,10 @@ def fmt(m: dict) -> str:
 
 def recipe_key(args: argparse.Namespace) -> str:
     """Checkpoints resume only a run of the same recipe (a run with other steps or another schedule must not
-    pick up this one's editor); output paths are not part of the recipe."""
-    recipe = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("out", "save_editor", "save_baseline")}
+    pick up this one's editor); output paths are not part of the recipe, nor the number of rounds (round k
+    depends only on the rounds before it, so a longer run continues a shorter one's checkpoints)."""
+    skip = ("out", "save_editor", "save_baseline", "rounds")
+    recipe = {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}
     return hashlib.sha1(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
