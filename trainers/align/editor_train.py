@@ -102,17 +102,22 @@ def editor_from_inpaint(pipe, schedule: str | None = None) -> InstructEditor:  #
                           pipe.text_encoder.float(), pipe.tokenizer, editor_scheduler(pipe, schedule), meta={})
 
 
+def check_init(arch: str, init: str) -> None:
+    """A new editor's start must be known, and the inpainting start fits the concat editor only."""
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {list(INITS)}, got {init!r}")
+    if init == "inpaint" and arch != "concat":
+        raise ValueError(f"`init` 'inpaint' starts a concat editor only; `arch` {arch!r} must start from 't2i' "
+                         f"(the inpainting UNet reads its input as channels)")
+
+
 def new_editor(arch: str, init: str = "t2i", schedule: str | None = None, device: str | None = None,
                base: dict | None = None) -> InstructEditor:
     """A new editor of `arch` from the committed base model named by `init` ("t2i" or "inpaint"). `base` may
     hold already loaded base pipelines by kind (so a caller building several editors loads each once)."""
     from editloop.models.base import load_base
 
-    if init not in INITS:
-        raise ValueError(f"`init` must be one of {list(INITS)}, got {init!r}")
-    if init == "inpaint" and arch != "concat":
-        raise ValueError(f"`init` 'inpaint' starts a concat editor only (the inpainting UNet reads its input as "
-                         f"channels); `arch` {arch!r} must start from 't2i'")
+    check_init(arch, init)
     base = base if base is not None else {}
     if init not in base:
         base[init] = load_base(init, device=device, dtype="fp32")

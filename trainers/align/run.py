@@ -36,7 +36,7 @@ from editloop.registry import (
 )
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
-from trainers.align.editor_train import INITS, EditorTrainConfig, new_editor, train_editor
+from trainers.align.editor_train import EditorTrainConfig, check_init, new_editor, train_editor
 from trainers.align.evaluate import evaluate_editor, held_out_edits
 from trainers.align.filters import SCORERS, AlignmentScorer, FilterConfig, JudgeScorer, Scorer, filter_pairs
 from trainers.align.pairs import (
@@ -76,13 +76,12 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("source", self.source, SOURCES), ("method", self.method, METHODS),
-                                     ("scorer", self.scorer, (*SCORERS, "auto")), ("init", self.init, INITS)):
+                                     ("scorer", self.scorer, (*SCORERS, "auto"))):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}")
         if self.schedule is not None:
             check_schedule(self.schedule)
-        if self.init == "inpaint" and self.arch != "concat":
-            raise ValueError(f"`init` 'inpaint' starts a concat editor only; `arch` {self.arch!r} starts from 't2i'")
+        check_init(self.arch, self.init)
         if self.pairs < 1 or self.candidates < 1:
             raise ValueError(f"`pairs` and `candidates` must be >= 1, got {self.pairs} and {self.candidates}")
 
