@@ -26,6 +26,7 @@ from trainers.align.editor_train import (
     new_editor,
     train_editor,
 )
+from trainers.align.evaluate import held_out_edits, judge_edits
 from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs, edit_specs, latent_region, weak_pairs_batch
 from trainers.align.run import RoundConfig, TooFewPairs, run_align_round
@@ -210,6 +211,17 @@ def test_edit_specs_are_balanced_and_deterministic():
     assert [e.kind for e in specs] == list(EDIT_KINDS) * 3
     assert [e.instruction for e in edit_specs(21, 3)] == [e.instruction for e in specs]
     assert [e.instruction for e in edit_specs(21, 4)] != [e.instruction for e in specs]
+
+
+def test_held_out_edits_grow_by_prefix_and_the_judge_scores_each_edit():
+    small, large = held_out_edits(1), held_out_edits(3)
+    assert [e.instruction for e in large[: len(small)]] == [e.instruction for e in small]
+    sources = np.stack([render(e.source) for e in large])
+    exact = judge_edits(large, sources, np.stack([render(e.target) for e in large]))
+    assert exact["per_edit"] == {"success": [1] * len(large), "preservation": [1] * len(large)}
+    unchanged = judge_edits(large, sources, sources)  # an editor that returns its input edits nothing
+    assert unchanged["per_edit"]["success"] == [0] * len(large) and unchanged["l1_outside"] == 0
+    assert unchanged["preservation"] == np.mean(unchanged["per_edit"]["preservation"]) > 0
 
 
 def test_latent_blending_keeps_the_source_outside_the_edit_region(t2i):

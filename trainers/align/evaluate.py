@@ -27,7 +27,8 @@ def held_out_edits(per_kind: int, seed: int = HELD_OUT_SEED) -> list[Edit]:
 
 
 def judge_edits(edits: list[Edit], sources: np.ndarray, outputs: np.ndarray) -> dict:
-    """Success, preservation and L1 outside the edit region: overall and per kind."""
+    """Success, preservation and L1 outside the edit region: overall, per kind and per edit (in order, so a run
+    on more held-out edits can be compared on the edits of a smaller one: `held_out_edits` grows by prefix)."""
     judged = [judge(o) for o in outputs]
     ok = np.array([edit_success(j, e) for j, e in zip(judged, edits)], dtype=float)
     kept = np.array([edit_preservation(j, e) for j, e in zip(judged, edits)], dtype=float)
@@ -41,7 +42,8 @@ def judge_edits(edits: list[Edit], sources: np.ndarray, outputs: np.ndarray) -> 
                 "n": int(sel.sum())}
 
     everything = np.ones(len(edits), dtype=bool)
-    return {**summary(everything), "per_kind": {k: summary(kinds == k) for k in EDIT_KINDS if (kinds == k).any()}}
+    return {**summary(everything), "per_kind": {k: summary(kinds == k) for k in EDIT_KINDS if (kinds == k).any()},
+            "per_edit": {"success": ok.astype(int).tolist(), "preservation": kept.astype(int).tolist()}}
 
 
 def evaluate_editor(editor: InstructEditor, edits: list[Edit], seed: int = HELD_OUT_SEED, batch: int = 32,
