@@ -83,6 +83,10 @@ def main() -> None:
     ap.add_argument("--init", choices=INITS, default="t2i",
                     help="what the editors start from: the text-to-image model (InstructPix2Pix) or, for the concat "
                          "editor only, the inpainting model (editor_from_inpaint)")
+    ap.add_argument("--later-min-agreement", type=float, default=None,
+                    help="the agreement threshold for the editors' own pairs (rounds 2+; default: round 1's, "
+                         f"{FilterConfig().min_agreement}); 1.0 keeps a pair only if the judge reads every attribute "
+                         "of both captions in its images")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
     ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
     args = ap.parse_args()
@@ -96,6 +100,8 @@ def main() -> None:
     else:
         scorer = JudgeScorer()
     cfg = RoundConfig(pairs=args.pairs, pair_steps=12)
+    later_filter = FilterConfig() if args.later_min_agreement is None else \
+        FilterConfig(min_agreement=args.later_min_agreement)
     held = held_out_edits(args.eval_per_kind)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}
     print(f"held-out edits: {len(held)} ({args.eval_per_kind} per kind)", flush=True)
@@ -124,7 +130,7 @@ def main() -> None:
             else:
                 regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps)
                 all_pairs = round_pairs(round_no, regen, editor, "cpu")
-                keep, counts = filter_pairs(all_pairs, scorer, FilterConfig())
+                keep, counts = filter_pairs(all_pairs, scorer, later_filter)
                 kept, gen_s = all_pairs.select(keep), time.perf_counter() - t0
                 print(f"round {round_no} {arch} pairs: kept {counts['kept']} of {counts['total']} "
                       f"({counts['after']})", flush=True)

@@ -67,10 +67,11 @@ def utility_spread(pipe, n_prompts: int, k: int, seed: int, steps: int, guidance
 def layout_source(pipe, n_seeds: int, seed: int, steps: int, guidance: float) -> dict[str, float]:
     """Who decides where the object goes: the caption or the initial noise? For each seed, one shared
     initial latent and nine captions that differ only in the position; a model that reads the layout
-    from the noise draws all nine at one place. (Nine images without a single judged object count as
-    one place too.)"""
+    from the noise draws all nine at one place. (`seeds_with_one_place_for_all_nine` counts nine images
+    without a single judged object as one place too, as its first measurements did; the `_objects` count
+    takes only seeds whose nine images each show one object.)"""
     rng = np.random.default_rng(seed)
-    follows, one_place = [], []
+    follows, one_place, one_object_place = [], [], []
     for k in range(n_seeds):
         scene = sample_scene(rng, 1)
         prompts = [replace(scene, objects=(replace(scene.objects[0], position=p),)).caption for p in POSITIONS]
@@ -81,8 +82,10 @@ def layout_source(pipe, n_seeds: int, seed: int, steps: int, guidance: float) ->
         places = [objs[0].position if len(objs) == 1 else None for objs in judged]
         follows.extend(p == want for p, want in zip(places, POSITIONS))
         one_place.append(len(set(places)) == 1)
+        one_object_place.append(len(set(places)) == 1 and places[0] is not None)
     return {"position_follows_caption": float(np.mean(follows)),
-            "seeds_with_one_place_for_all_nine": float(np.mean(one_place)), "seeds": n_seeds}
+            "seeds_with_one_place_for_all_nine": float(np.mean(one_place)),
+            "seeds_with_one_place_for_all_nine_objects": float(np.mean(one_object_place)), "seeds": n_seeds}
 
 
 def samples_per_second(pipe, batch: int, steps: int) -> float:
