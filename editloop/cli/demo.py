@@ -4,7 +4,7 @@
 2. enqueue candidate sets for held-out captions on the queue; the worker generates and records them,
 3. judge every candidate with the world's judge; a simulated annotator picks best and worst,
 4. generate through the generator service, erase objects through the editor service, and edit by
-   instruction (SeedEdit's causal editor: the promoted one, else the committed one) through Editor.Edit,
+   instruction (SeedEdit's editor: the promoted one, else the committed one) through Editor.Edit,
 5. Label Studio (installed into its own virtualenv on first use): push the candidate sets with
    overlap 2, simulated annotators label them through its API, sync the labels, print statistics,
 6. reward models: a short alignment-reward run on the queue (the stack's worker trains it, registers
