@@ -55,11 +55,16 @@ def fmt(m: dict) -> str:
     return f"success {m['success']:.3f}  preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}"
 
 
-def recipe_key(args: argparse.Namespace) -> str:
-    """Checkpoints resume only a run of the same recipe (a run with other steps or another schedule must not
-    pick up this one's editor); output paths are not part of the recipe, nor the number of rounds (round k
-    depends only on the rounds before it, so a longer run continues a shorter one's checkpoints)."""
-    skip = ("out", "save_editor", "save_baseline", "rounds")
+NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind")
+LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement")
+
+
+def recipe_key(args: argparse.Namespace, round_no: int) -> str:
+    """Round k's checkpoints resume only a run of the same recipe up to round k (a run with other steps or
+    another schedule must not pick up this one's editor). Output paths, the held-out set and the number of
+    rounds are not part of it, and round 1's key leaves out what only later rounds use, so a longer run
+    continues a shorter one's checkpoints and runs that differ only after round 1 share it."""
+    skip = NOT_RECIPE + (LATER_ROUNDS_ONLY if round_no == 1 else ())
     recipe = {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}
     return hashlib.sha1(json.dumps(recipe).encode()).hexdigest()[:12]
 
@@ -111,7 +116,7 @@ def main() -> None:
     bases: dict = {}
     editors: dict[str, InstructEditor] = {a: new_editor(a, args.init, args.schedule, "cpu", bases) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
-    run_root = Path(".editloop/bench/edit_quality") / recipe_key(args)  # checkpoints: outside the repository
+    run_root = Path(".editloop/bench/edit_quality")  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):
         row: dict = {"round": round_no, "archs": {}}
         shared = None
@@ -140,7 +145,8 @@ def main() -> None:
             tcfg = EditorTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
                                      warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no)
             t1 = time.perf_counter()
-            state = train_editor(editor, train_pairs, tcfg, run_root / f"{arch}-r{round_no}")
+            ckpt_dir = run_root / recipe_key(args, round_no) / f"{arch}-r{round_no}"
+            state = train_editor(editor, train_pairs, tcfg, ckpt_dir)
             train_s = time.perf_counter() - t1
             metrics, outs = evaluate_editor(editor, held)
             outputs[arch] = outs
