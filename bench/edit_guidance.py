@@ -37,6 +37,7 @@ def main() -> None:
                              ("success", "preservation", "l1_outside")}, "per_kind": m["per_kind"]})
                 print(f"start {start:5s} text {s_t:4.1f} image {s_i:4.1f}: success {m['success']:.3f}  "
                       f"preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "held_out": len(held), "rows": rows}, indent=2))
 
 
