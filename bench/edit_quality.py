@@ -92,6 +92,9 @@ def main() -> None:
                     help="the agreement threshold for the editors' own pairs (rounds 2+; default: round 1's, "
                          f"{FilterConfig().min_agreement}); 1.0 keeps a pair only if the judge reads every attribute "
                          "of both captions in its images")
+    ap.add_argument("--train-text-encoder", action="store_true",
+                    help="train the text encoder with the UNet (EditorTrainConfig.train_text_encoder): the base's "
+                         "learned captions only, not the instructions' verbs")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
     ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
     args = ap.parse_args()
@@ -143,7 +146,8 @@ def main() -> None:
             train_pairs = Pairs.concat(kept_so_far[arch])
             steps = args.steps if round_no == 1 else args.round_steps
             tcfg = EditorTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
-                                     warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no)
+                                     warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no,
+                                     train_text_encoder=args.train_text_encoder)
             t1 = time.perf_counter()
             ckpt_dir = run_root / recipe_key(args, round_no) / f"{arch}-r{round_no}"
             state = train_editor(editor, train_pairs, tcfg, ckpt_dir)

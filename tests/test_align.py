@@ -40,6 +40,16 @@ def t2i(tiny_models):
     return load_pipeline(tiny_models / "t2i", "t2i", device="cpu", dtype="fp32")
 
 
+def shuffled_pairs(seed: int) -> tuple[np.ndarray, Pairs]:
+    """Six world edits whose targets are the other edits' sources (training data with no meaning, for
+    exercising the trainer), and the sources."""
+    edits = edit_specs(6, seed)
+    images = np.stack([render(e.source) for e in edits])
+    return images, Pairs(images, images[::-1].copy(), np.stack([e.mask for e in edits]),
+                         [e.instruction for e in edits], [e.kind for e in edits],
+                         [e.source.to_json() for e in edits], [e.target.to_json() for e in edits], ["test"] * 6)
+
+
 def noisy_inputs(editor, n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     noisy = torch.randn(n, 4, 16, 16, generator=g)
@@ -181,10 +191,7 @@ def test_an_editor_trains_on_zero_terminal_snr_with_velocity_targets(tmp_path, t
     assert torch.allclose(loss, ((pred - v) ** 2).mean(), atol=1e-5)
     assert not torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-3)
     edits = edit_specs(6, 2)
-    images = np.stack([render(e.source) for e in edits])
-    pairs = Pairs(images, images[::-1].copy(), np.stack([e.mask for e in edits]), [e.instruction for e in edits],
-                  [e.kind for e in edits], [e.source.to_json() for e in edits], [e.target.to_json() for e in edits],
-                  ["test"] * len(edits))
+    images, pairs = shuffled_pairs(2)
     train_editor(editor, pairs, EditorTrainConfig(steps=2, batch_size=2, warmup=1), tmp_path / "run")
     editor.save(tmp_path / "m", {"version": "v-zsnr"})
     loaded = load_instruct_editor(tmp_path / "m")
@@ -257,11 +264,7 @@ def test_filters_count_what_each_test_keeps():
 
 
 def test_editor_training_resumes_exactly(tmp_path, t2i):
-    edits = edit_specs(6, 5)
-    images = np.stack([render(e.source) for e in edits])
-    pairs = Pairs(images, images[::-1].copy(), np.stack([e.mask for e in edits]), [e.instruction for e in edits],
-                  [e.kind for e in edits], [e.source.to_json() for e in edits], [e.target.to_json() for e in edits],
-                  ["test"] * 6)
+    images, pairs = shuffled_pairs(5)
     cfg = EditorTrainConfig(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
     straight = editor_from_t2i(t2i, "causal")
     train_editor(straight, pairs, cfg, tmp_path / "a")
@@ -274,6 +277,29 @@ def test_editor_training_resumes_exactly(tmp_path, t2i):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="no pairs"):
         train_editor(straight, pairs.select(np.zeros(6, dtype=bool)), cfg, tmp_path / "c")
+
+
+def test_editor_training_can_train_the_text_encoder_and_resumes_it_exactly(tmp_path, t2i):
+    images, pairs = shuffled_pairs(6)
+    base = {k: v.clone() for k, v in t2i.text_encoder.state_dict().items()}
+    frozen = editor_from_t2i(t2i, "concat")
+    train_editor(frozen, pairs, EditorTrainConfig(steps=2, batch_size=2, warmup=1), tmp_path / "frozen")
+    assert all(torch.equal(base[k], v) for k, v in frozen.text_encoder.state_dict().items())
+    cfg = EditorTrainConfig(steps=4, batch_size=2, checkpoint_every=2, warmup=1, lr=1e-3, train_text_encoder=True)
+    straight = editor_from_t2i(t2i, "concat")
+    train_editor(straight, pairs, cfg, tmp_path / "a")
+    trained = straight.text_encoder.state_dict()
+    assert not torch.equal(straight.text_encoder.get_input_embeddings().weight,
+                           t2i.text_encoder.get_input_embeddings().weight)
+    split = editor_from_t2i(t2i, "concat")
+    train_editor(split, pairs, EditorTrainConfig(**{**cfg.to_dict(), "steps": 2}), tmp_path / "b")
+    resumed = editor_from_t2i(t2i, "concat")
+    train_editor(resumed, pairs, cfg, tmp_path / "b")  # picks up the step-2 checkpoint, text encoder included
+    assert all(torch.equal(v, resumed.text_encoder.state_dict()[k]) for k, v in trained.items())
+    straight.save(tmp_path / "m", {"version": "v-text"})
+    loaded = load_instruct_editor(tmp_path / "m")
+    assert all(torch.equal(v, loaded.text_encoder.state_dict()[k]) for k, v in trained.items())
+    assert all(torch.equal(base[k], v) for k, v in t2i.text_encoder.state_dict().items())  # the weak generator's
 
 
 def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):

@@ -5,6 +5,7 @@ Min-SNR weighting, EMA, checkpoints and exact resume (the data of step k depends
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
+from transformers import CLIPTextModel
 
 from editloop.models.configs import SCHEDULES, check_schedule
 from editloop.models.coord_unet import clone_unet
@@ -37,6 +39,9 @@ class EditorTrainConfig:
     drop_image: float = 0.05
     drop_both: float = 0.05
     min_snr_gamma: float = 5.0
+    # the base text encoder learned captions only: an instruction's verbs and "larger" / "smaller" are tokens
+    # it never trained on (near-identical states, BENCHMARKS.md "Instruction editing"); True trains it with the UNet
+    train_text_encoder: bool = False
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -61,6 +66,12 @@ def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # noqa: ANN0
     return DDIMScheduler(**SCHEDULES[schedule])
 
 
+def own_text_encoder(pipe) -> CLIPTextModel:  # noqa: ANN001 - a diffusers pipeline
+    """A copy of the pipeline's text encoder (fp32) for a new editor: an editor may train it
+    (`train_text_encoder`), and the pipeline (the weak generator of the pairs) must not change with it."""
+    return copy.deepcopy(pipe.text_encoder).float()
+
+
 def editor_from_t2i(pipe, arch: str, schedule: str | None = None) -> InstructEditor:  # noqa: ANN001
     """A new editor initialised from the text-to-image model (a StableDiffusionPipeline): the causal editor
     reuses its UNet as is; the concat baseline inflates conv_in to 8 channels with the new ones zero (as
@@ -71,7 +82,7 @@ def editor_from_t2i(pipe, arch: str, schedule: str | None = None) -> InstructEdi
     unet.load_state_dict(pipe.unet.state_dict())
     if arch == "concat":
         unet = inflate_conv_in(unet, 8)
-    return InstructEditor(arch, unet.float(), pipe.vae.float(), pipe.text_encoder.float(), pipe.tokenizer,
+    return InstructEditor(arch, unet.float(), pipe.vae.float(), own_text_encoder(pipe), pipe.tokenizer,
                           editor_scheduler(pipe, schedule), meta={})
 
 
@@ -99,7 +110,7 @@ def editor_from_inpaint(pipe, schedule: str | None = None) -> InstructEditor:  #
     zero weights on the input channels; BENCHMARKS.md measures both). The causal editor reads its input through
     attention, not channels, so it has no such start: it must begin from the text-to-image model."""
     return InstructEditor("concat", concat_conv_from_inpaint(pipe.unet).float(), pipe.vae.float(),
-                          pipe.text_encoder.float(), pipe.tokenizer, editor_scheduler(pipe, schedule), meta={})
+                          own_text_encoder(pipe), pipe.tokenizer, editor_scheduler(pipe, schedule), meta={})
 
 
 def check_init(arch: str, init: str) -> None:
@@ -158,20 +169,40 @@ def editor_loss(editor: InstructEditor, scheduler, src_lat: torch.Tensor, tgt_la
     return (per * min_snr_weights(scheduler, t, gamma)).mean()
 
 
+class TextConditions:
+    """The instruction and empty-prompt states a training batch is conditioned on: encoded once when the text
+    encoder is frozen, or per batch (with gradients) when it trains with the UNet."""
+
+    def __init__(self, editor: InstructEditor, instructions: list[str], train: bool) -> None:
+        self.editor, self.instructions, self.train = editor, list(instructions), train
+        editor.text_encoder.train(train).requires_grad_(train)
+        if not train:
+            with torch.no_grad():
+                self.all, self.empty = editor.encode_text(self.instructions), editor.encode_text([""])
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.editor.text_encoder.parameters()) if self.train else []
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) instruction states of rows `idx` and the (1, L, D) empty prompt's."""
+        if not self.train:
+            return self.all[idx], self.empty
+        return self.editor.encode_text([self.instructions[i] for i in idx] + [""]).split([len(idx), 1])
+
+
 def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, run_dir: Path,
                  progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainState:
-    """Train `editor.unet` (text encoder and VAE frozen) on `pairs`; resumes from run_dir/editor.pt.
-    The EMA weights are copied into the UNet at the end."""
+    """Train `editor.unet` (and, with `cfg.train_text_encoder`, the text encoder; the VAE stays frozen) on
+    `pairs`; resumes from run_dir/editor.pt. The EMA weights are copied into the trained modules at the end."""
     if len(pairs) == 0:
         raise ValueError("no pairs to train on")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "editor.pt"
     dev = editor.device
     src_lat, tgt_lat = editor.encode_images(pairs.sources), editor.encode_images(pairs.targets)
-    instr = editor.encode_text(pairs.instructions)
-    empty = editor.encode_text([""])
+    texts = TextConditions(editor, pairs.instructions, cfg.train_text_encoder)
     unet = editor.unet.train()
-    params = list(unet.parameters())
+    params = list(unet.parameters()) + texts.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
     scheduler = training_scheduler(editor.scheduler.config)  # the schedule the editor's base was trained on
@@ -179,6 +210,8 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=dev, weights_only=False)
         unet.load_state_dict(saved["unet"])
+        if cfg.train_text_encoder:
+            editor.text_encoder.load_state_dict(saved["text_encoder"])
         opt.load_state_dict(saved["optimizer"])
         ema.load_state_dict(saved["ema"])
         state = TrainState(saved["step"], saved["history"])
@@ -190,7 +223,8 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         idx = rng.integers(0, len(pairs), cfg.batch_size)
         keep_text, keep_image = condition_flags(rng, cfg.batch_size, cfg)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        text = torch.where(torch.from_numpy(keep_text).to(dev)[:, None, None], instr[idx], empty)
+        instr, empty = texts.batch(idx)
+        text = torch.where(torch.from_numpy(keep_text).to(dev)[:, None, None], instr, empty)
         sees = torch.from_numpy(keep_image).to(dev)
         set_lr(opt, cfg.lr, state.step, cfg.steps, cfg.warmup)
         loss = editor_loss(editor, scheduler, src_lat[idx], tgt_lat[idx], text, empty, sees, gen, cfg.min_snr_gamma)
@@ -202,9 +236,11 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.4f}")
         if state.step == cfg.steps or state.step % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt, {"unet": unet.state_dict(), "optimizer": opt.state_dict(),
-                                   "ema": ema.state_dict(), "step": state.step, "history": state.history,
-                                   "config": cfg.to_dict()})
+            saved = {"unet": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                     "step": state.step, "history": state.history, "config": cfg.to_dict()}
+            if cfg.train_text_encoder:
+                saved["text_encoder"] = editor.text_encoder.state_dict()
+            save_checkpoint(ckpt, saved)
             if progress is not None:
                 progress(state.step, cfg.steps, last)
     bar.close()
@@ -212,4 +248,5 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         editor.branches.clear()
     ema.copy_to(params)
     unet.eval()
+    editor.text_encoder.eval()
     return state
