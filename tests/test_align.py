@@ -289,8 +289,12 @@ def test_editor_training_can_train_the_text_encoder_and_resumes_it_exactly(tmp_p
     straight = editor_from_t2i(t2i, "concat")
     train_editor(straight, pairs, cfg, tmp_path / "a")
     trained = straight.text_encoder.state_dict()
-    assert not torch.equal(straight.text_encoder.get_input_embeddings().weight,
-                           t2i.text_encoder.get_input_embeddings().weight)
+    fresh = editor_from_t2i(t2i, "concat")
+    for name, weight in fresh.text_encoder.named_parameters():  # the encoder trained, not only the UNet
+        if name.endswith(("token_embedding.weight", "mlp.fc1.weight", "final_layer_norm.weight")):
+            assert not torch.equal(weight, trained[name]), name
+    instruction = ["make the red circle larger"]
+    assert not torch.allclose(straight.encode_text(instruction), fresh.encode_text(instruction), atol=1e-4)
     split = editor_from_t2i(t2i, "concat")
     train_editor(split, pairs, EditorTrainConfig(**{**cfg.to_dict(), "steps": 2}), tmp_path / "b")
     resumed = editor_from_t2i(t2i, "concat")

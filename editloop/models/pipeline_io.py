@@ -25,9 +25,15 @@ def inpaint_inputs(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor,
     return image_t, mask_t
 
 
-@torch.no_grad()
-def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
-    """(N, L, D) text states, padded to the tokenizer's length, as the models were trained (no attention mask)."""
+def text_states(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """(N, L, D) text states, padded to the tokenizer's length, as the models were trained (no attention mask);
+    with gradients, for training the text encoder."""
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(text_encoder.device)
     return text_encoder(ids)[0]
+
+
+@torch.no_grad()
+def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    """text_states without gradients (sampling, frozen encoders)."""
+    return text_states(tokenizer, text_encoder, texts)

@@ -21,6 +21,7 @@ from editloop.models.configs import SCHEDULES, check_schedule
 from editloop.models.coord_unet import clone_unet
 from editloop.models.data import step_rng
 from editloop.models.instruct import InstructEditor
+from editloop.models.pipeline_io import text_states
 from editloop.models.zoo import training_scheduler
 from trainers.align.pairs import Pairs
 from trainers.pretrain.common import EMA, guarded_step, set_lr
@@ -187,7 +188,8 @@ class TextConditions:
         """(B, L, D) instruction states of rows `idx` and the (1, L, D) empty prompt's."""
         if not self.train:
             return self.all[idx], self.empty
-        return self.editor.encode_text([self.instructions[i] for i in idx] + [""]).split([len(idx), 1])
+        texts = [self.instructions[i] for i in idx] + [""]
+        return text_states(self.editor.tokenizer, self.editor.text_encoder, texts).split([len(idx), 1])
 
 
 def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, run_dir: Path,
