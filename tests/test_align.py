@@ -11,6 +11,8 @@ import torch
 from conftest import start_worker, worker_state
 from sqlalchemy import select
 
+from editloop.cli.main import build_parser
+from editloop.cli.train import align_config
 from editloop.db import ModelVersion, TrainingRun
 from editloop.models.instruct import load_instruct_editor
 from editloop.models.instruct_sampling import edit_images
@@ -317,6 +319,8 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
         RoundConfig(init="inpaint")
     with pytest.raises(ValueError, match="unknown alignment round settings: \\['rounds'\\]"):
         RoundConfig.from_dict({"rounds": 3})
+    args = build_parser().parse_args(["train", "align", "--arch", "concat", "--train-text-encoder", "--steps", "5"])
+    assert RoundConfig.from_dict(align_config(args)).train.train_text_encoder  # the CLI flag reaches the trainer
     _, settings, sessions, store = worker_state(tmp_path)
     with pytest.raises(TooFewPairs, match="round 1: only \\d+ of 7 pairs survived the filters"):
         run_align_round("r-few", sessions, store, settings, {**ALIGN_TINY, "pairs": 7, "min_pairs": 100})

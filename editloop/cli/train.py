@@ -65,6 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--init", choices=["t2i", "inpaint"], default=None,
                    help="what a new editor starts from: the text-to-image model (default) or, for --arch concat, "
                         "the inpainting model read with mask 0 (it starts out copying its input)")
+    a.add_argument("--train-text-encoder", action="store_true",
+                   help="train the editor's text encoder with its UNet (the base's learned captions, not the "
+                        "instructions' verbs; BENCHMARKS.md measures it)")
     a.add_argument("--min-pairs", type=int, default=None, help="stop a round with fewer surviving pairs")
     a.add_argument("--eval-per-kind", type=int, default=None, help="held-out edits per kind (default 8)")
     a.add_argument("--from-promoted", action="store_true",
@@ -187,7 +190,8 @@ def align_config(args: argparse.Namespace) -> dict:
         if value is not None:
             config[key] = value
     train = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                               ("checkpoint_every", args.checkpoint_every)) if v}
+                               ("checkpoint_every", args.checkpoint_every),
+                               ("train_text_encoder", args.train_text_encoder)) if v}
     if train:
         config["train"] = train
     return config
