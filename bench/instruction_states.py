@@ -47,8 +47,7 @@ def relative_distances(tokenizer, text_encoder: CLIPTextModel, firsts: list[str]
     ids = [tokenizer(t, padding="max_length", max_length=tokenizer.model_max_length).input_ids
            for t in (firsts, seconds)]
     at = torch.tensor([next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y) for a, b in zip(*ids)])
-    with torch.no_grad():
-        sa, sb = encode_texts(tokenizer, text_encoder, firsts), encode_texts(tokenizer, text_encoder, seconds)
+    sa, sb = encode_texts(tokenizer, text_encoder, firsts), encode_texts(tokenizer, text_encoder, seconds)
     whole = (sa - sb).flatten(1).norm(dim=1) / sa.flatten(1).norm(dim=1)
     rows = torch.arange(len(at))
     word = (sa[rows, at] - sb[rows, at]).norm(dim=1) / sa[rows, at].norm(dim=1)

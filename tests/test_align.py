@@ -192,13 +192,12 @@ def test_an_editor_trains_on_zero_terminal_snr_with_velocity_targets(tmp_path, t
     v = prediction_target(sched, tgt, noise, t)
     assert torch.allclose(loss, ((pred - v) ** 2).mean(), atol=1e-5)
     assert not torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-3)
-    edits = edit_specs(6, 2)
     images, pairs = shuffled_pairs(2)
     train_editor(editor, pairs, EditorTrainConfig(steps=2, batch_size=2, warmup=1), tmp_path / "run")
     editor.save(tmp_path / "m", {"version": "v-zsnr"})
     loaded = load_instruct_editor(tmp_path / "m")
     assert loaded.scheduler.config.prediction_type == "v_prediction"
-    out = edit_images(loaded, images[:2], [e.instruction for e in edits[:2]], [0, 1], steps=3)
+    out = edit_images(loaded, images[:2], pairs.instructions[:2], [0, 1], steps=3)
     assert out.shape == (2, 64, 64, 3) and out.dtype == np.uint8
     with pytest.raises(ValueError, match="`schedule` must be one of \\['sd', 'zero-snr-v'\\], got 'cosine'"):
         editor_from_t2i(t2i, "causal", "cosine")
@@ -266,7 +265,7 @@ def test_filters_count_what_each_test_keeps():
 
 
 def test_editor_training_resumes_exactly(tmp_path, t2i):
-    images, pairs = shuffled_pairs(5)
+    _, pairs = shuffled_pairs(5)
     cfg = EditorTrainConfig(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
     straight = editor_from_t2i(t2i, "causal")
     train_editor(straight, pairs, cfg, tmp_path / "a")
@@ -282,7 +281,7 @@ def test_editor_training_resumes_exactly(tmp_path, t2i):
 
 
 def test_editor_training_can_train_the_text_encoder_and_resumes_it_exactly(tmp_path, t2i):
-    images, pairs = shuffled_pairs(6)
+    _, pairs = shuffled_pairs(6)
     base = {k: v.clone() for k, v in t2i.text_encoder.state_dict().items()}
     frozen = editor_from_t2i(t2i, "concat")
     train_editor(frozen, pairs, EditorTrainConfig(steps=2, batch_size=2, warmup=1), tmp_path / "frozen")

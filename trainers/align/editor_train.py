@@ -177,9 +177,8 @@ class TextConditions:
     def __init__(self, editor: InstructEditor, instructions: list[str], train: bool) -> None:
         self.editor, self.instructions, self.train = editor, list(instructions), train
         editor.text_encoder.train(train).requires_grad_(train)
-        if not train:
-            with torch.no_grad():
-                self.all, self.empty = editor.encode_text(self.instructions), editor.encode_text([""])
+        if not train:  # encode_text runs without gradients
+            self.all, self.empty = editor.encode_text(self.instructions), editor.encode_text([""])
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.editor.text_encoder.parameters()) if self.train else []
