@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 
 from editloop.models.base import load_base
 from editloop.models.evaluate import inpaint
-from editloop.models.instruct import InstructEditor
+from editloop.models.instruct import InstructEditor, load_instruct_editor
 from editloop.world.edits import EDIT_KINDS
 from editloop.world.io import save_grid_png
 from editloop.world.render import render
@@ -56,7 +57,7 @@ def fmt(m: dict) -> str:
 
 
 NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind")
-LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement")
+LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor")
 
 
 def recipe_key(args: argparse.Namespace, round_no: int) -> str:
@@ -69,7 +70,26 @@ def recipe_key(args: argparse.Namespace, round_no: int) -> str:
     return hashlib.sha1(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
-def main() -> None:
+def round1_editor(path: Path, args: argparse.Namespace) -> InstructEditor:
+    """A saved editor standing in for round 1's training: only one this bench made with the same round-1 recipe
+    (its editloop.json's made_by parses to the same round-1 key), one architecture, so round 2 starts where a
+    full run would (up to the fp16 rounding of the saved weights)."""
+    editor = load_instruct_editor(path)
+    made_by = editor.meta.get("made_by", "")
+    argv = shlex.split(made_by.split(";")[0])[1:]
+    if not made_by.startswith("bench/edit_quality.py"):
+        raise ValueError(f"`--round1-editor` {str(path)!r} was not made by bench/edit_quality.py: {made_by!r}")
+    if editor.meta.get("round") != 1:
+        raise ValueError(f"`--round1-editor` {str(path)!r} is a round-{editor.meta.get('round')} editor, not round 1's")
+    made = parser().parse_args(argv)
+    if recipe_key(made, 1) != recipe_key(args, 1):
+        raise ValueError(f"`--round1-editor` {str(path)!r} was made by another round-1 recipe: {made_by!r}")
+    if args.archs != editor.arch:
+        raise ValueError(f"`--archs` {args.archs!r} must be the round-1 editor's architecture alone ({editor.arch!r})")
+    return editor
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench/results/edit_quality.json"))
     ap.add_argument("--rounds", type=int, default=2)
@@ -97,7 +117,14 @@ def main() -> None:
                          "learned captions only, not the instructions' verbs")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
     ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
-    args = ap.parse_args()
+    ap.add_argument("--round1-editor", type=Path, default=None,
+                    help="a saved round-1 editor of this recipe (its made_by) to start from instead of training "
+                         "round 1 (it is still evaluated; its pairs are regenerated for the later rounds)")
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     archs = args.archs.split(",")
@@ -117,7 +144,10 @@ def main() -> None:
     print(f"weak generator (inpainting with the true mask): {fmt(result['weak_generator'])}", flush=True)
 
     bases: dict = {}
-    editors: dict[str, InstructEditor] = {a: new_editor(a, args.init, args.schedule, "cpu", bases) for a in archs}
+    if args.round1_editor is not None:
+        editors: dict[str, InstructEditor] = {archs[0]: round1_editor(args.round1_editor, args)}
+    else:
+        editors = {a: new_editor(a, args.init, args.schedule, "cpu", bases) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
     run_root = Path(".editloop/bench/edit_quality")  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):
@@ -149,14 +179,18 @@ def main() -> None:
                                      warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no,
                                      train_text_encoder=args.train_text_encoder)
             t1 = time.perf_counter()
-            ckpt_dir = run_root / recipe_key(args, round_no) / f"{arch}-r{round_no}"
-            state = train_editor(editor, train_pairs, tcfg, ckpt_dir)
+            if round_no == 1 and args.round1_editor is not None:
+                print(f"round 1 {arch}: the saved editor {args.round1_editor} (not retrained)", flush=True)
+                final_loss = None
+            else:
+                ckpt_dir = run_root / recipe_key(args, round_no) / f"{arch}-r{round_no}"
+                final_loss = train_editor(editor, train_pairs, tcfg, ckpt_dir).history[-1]["loss_ema"]
             train_s = time.perf_counter() - t1
             metrics, outs = evaluate_editor(editor, held)
             outputs[arch] = outs
             row["archs"][arch] = {**metrics, "filter": counts, "train_pairs": len(train_pairs),
                                   "pair_seconds": gen_s, "train_seconds": train_s,
-                                  "seconds_per_step": train_s / steps, "final_loss": state.history[-1]["loss_ema"]}
+                                  "seconds_per_step": train_s / steps, "final_loss": final_loss}
             print(f"round {round_no} {arch}: {fmt(metrics)}  ({len(train_pairs)} pairs, {steps} steps, "
                   f"{train_s / steps:.2f} s/step)", flush=True)
         result["rounds"].append(row)

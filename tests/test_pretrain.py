@@ -93,3 +93,46 @@ def test_asking_for_more_steps_continues_a_finished_stage_and_retrains_what_depe
     assert "vae: done already" in more.stdout and "inpaint: will retrain" in more.stdout
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert progress["t2i"]["t2i_steps"] == 3 and progress["inpaint"]["done"]
+
+
+def test_contrastive_text_stage_feeds_a_frozen_text_encoder_to_both_diffusion_stages(tmp_path):
+    import torch
+    from transformers import CLIPTextModel
+
+    run = pretrain(tmp_path, "--stages", "vae", "text", "t2i", "inpaint", "--text-steps", "2", "--text-batch", "4")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "t2i: text encoder from" in run.stdout and "(frozen)" in run.stdout
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["text"]["text_steps"] == 2
+    assert 0.0 <= progress["text"]["text_position_accuracy"] <= 1.0
+    contrastive = CLIPTextModel.from_pretrained(tmp_path / "text" / "text_encoder").state_dict()
+    for stage in ("t2i", "inpaint"):
+        pipe = load_pipeline(tmp_path / stage, stage, device="cpu")
+        assert all(torch.equal(v, contrastive[k]) for k, v in pipe.text_encoder.state_dict().items())
+    # retraining the text stage makes the diffusion stages stale
+    again = pretrain(tmp_path, "--stages", "text", "t2i", "--text-steps", "3", "--text-batch", "4")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "t2i: will retrain (text changes)" in again.stdout
+
+
+def test_hard_negative_captions_differ_from_the_scene_in_the_one_way_they_claim():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from editloop.world.scene import parse_caption, sample_scene
+    from trainers.pretrain.text import moved, rebound
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 2**32 - 1))
+    def check(seed):
+        rng = np.random.default_rng(seed)
+        scene = sample_scene(rng)
+        m = parse_caption(moved(rng, scene).caption)
+        assert [(o.color, o.shape, o.size) for o in m.objects] == [(o.color, o.shape, o.size) for o in scene.objects]
+        assert sum(a.position != b.position for a, b in zip(m.objects, scene.objects, strict=True)) == 1
+        r = parse_caption(rebound(rng, scene).caption)
+        assert [(o.shape, o.size, o.position) for o in r.objects] == \
+            [(o.shape, o.size, o.position) for o in scene.objects]
+        assert r.caption != scene.caption and r.background == scene.background
+
+    check()

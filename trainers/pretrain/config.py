@@ -7,14 +7,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-STAGES = ("vae", "t2i", "inpaint")
+STAGES = ("vae", "text", "t2i", "inpaint")
+DEFAULT_STAGES = ("vae", "t2i", "inpaint")  # the committed base's recipe: the text encoder trains with the UNet
 
 
 @dataclass
 class PretrainConfig:
     out: Path = Path("runs/pretrain")  # checkpoints and the finished diffusers directories
     seed: int = 0  # data and initialisation seed; data for step s of a stage is a function of it
-    stages: tuple[str, ...] = STAGES  # which stages to run, in order
+    stages: tuple[str, ...] = DEFAULT_STAGES  # which stages to run, in order ("text": see below)
     # VAE
     vae_steps: int = 2000  # maximum steps; stops earlier once the judge gate passes
     vae_batch: int = 32
@@ -22,7 +23,13 @@ class PretrainConfig:
     vae_kl: float = 1e-6  # KL weight (a near-deterministic autoencoder, as in SD)
     vae_edge_boost: float = 20.0  # extra loss weight on pixels beside a colour edge
     vae_gate: float = 0.98  # judged caption accuracy of clean reconstructions required; 0 = off
-    # text-to-image (UNet + text encoder trained jointly from scratch)
+    # text encoder pretrained contrastively against the world's images (trainers/pretrain/text.py); the
+    # text-to-image stage starts from it when OUT/text exists, else trains its text encoder from scratch
+    text_steps: int = 2000
+    text_batch: int = 128
+    text_lr: float = 1e-3
+    text_freeze: bool = True  # keep the pretrained text encoder frozen in the text-to-image stage (SD keeps CLIP)
+    # text-to-image (UNet + text encoder trained jointly, from scratch or from stage "text")
     t2i_steps: int = 3000
     t2i_batch: int = 32
     t2i_lr: float = 5e-4
@@ -80,6 +87,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=default, choices=("sd", "zero-snr-v"))
         elif f.name in ("device", "dtype"):
             parser.add_argument(flag, default=default)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             parser.add_argument(flag, type=type(default), default=default)
 

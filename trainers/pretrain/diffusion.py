@@ -84,6 +84,20 @@ def diffusion_loss(
     return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
 
 
+def stage_text_encoder(cfg: PretrainConfig, stage: str, init_dir: Path | None) -> tuple[CLIPTextModel, bool]:
+    """The text encoder a diffusion stage starts from, and whether it trains: the inpainting stage inherits the
+    text-to-image model's; the text-to-image stage starts from stage "text"'s contrastive encoder when OUT/text
+    holds one, else from scratch. A contrastive encoder stays frozen in both stages with `text_freeze`."""
+    pretrained = cfg.out / "text" / "text_encoder"
+    frozen = cfg.text_freeze and pretrained.is_dir()
+    if stage != "t2i":
+        return CLIPTextModel.from_pretrained(init_dir / "text_encoder", local_files_only=True), not frozen
+    if pretrained.is_dir():
+        print(f"t2i: text encoder from {pretrained} ({'frozen' if frozen else 'fine-tuned'})")
+        return CLIPTextModel.from_pretrained(pretrained, local_files_only=True), not frozen
+    return CLIPTextModel(CLIPTextConfig(**TINY_TEXT)), True
+
+
 def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Path | None,
                     out_dir: Path, ckpt_path: Path) -> dict[str, float]:
     """Train `stage` ("t2i" or "inpaint") and save a full diffusers pipeline to `out_dir`."""
@@ -97,16 +111,15 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval().requires_grad_(False)
     tokenizer = build_tokenizer()
     if stage == "t2i":
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
         unet = new_unet(tiny_unet(4), cfg.coord_channels)
     else:
         if init_dir is None or not (init_dir / "unet").is_dir():
             raise ValueError(f"inpainting starts from the text-to-image model; none at {init_dir}")
-        text_encoder = CLIPTextModel.from_pretrained(init_dir / "text_encoder", local_files_only=True)
         unet = inflate_conv_in(load_unet(init_dir / "unet"))
-    text_encoder.to(device).train()
+    text_encoder, train_text = stage_text_encoder(cfg, stage, init_dir)
+    text_encoder.to(device).train(train_text).requires_grad_(train_text)
     unet.to(device).train()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = EMA(params, cfg.ema)
     # the inpainting model keeps the schedule its text-to-image initialisation was trained on

@@ -10,6 +10,7 @@ from typing import Any
 
 from trainers.pretrain.config import PretrainConfig
 from trainers.pretrain.diffusion import train_diffusion
+from trainers.pretrain.text import train_text
 from trainers.pretrain.vae import train_vae
 
 
@@ -29,7 +30,7 @@ def _write_progress(cfg: PretrainConfig, progress: dict[str, Any]) -> None:
 
 
 def _requested_steps(cfg: PretrainConfig, stage: str) -> int:
-    return {"vae": cfg.vae_steps, "t2i": cfg.t2i_steps, "inpaint": cfg.inpaint_steps}[stage]
+    return {"vae": cfg.vae_steps, "text": cfg.text_steps, "t2i": cfg.t2i_steps, "inpaint": cfg.inpaint_steps}[stage]
 
 
 def _finished(progress: dict[str, Any], stage: str, cfg: PretrainConfig) -> bool:
@@ -69,6 +70,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         ckpt = cfg.out / "checkpoints" / f"{stage}.pt"
         if stage == "vae":
             metrics = train_vae(cfg, partial, ckpt)
+        elif stage == "text":
+            metrics = train_text(cfg, partial, ckpt)
         else:
             init = cfg.out / "t2i" if stage == "inpaint" else None
             metrics = train_diffusion(cfg, stage, cfg.out / "vae", init, partial, ckpt)
