@@ -14,7 +14,7 @@
 4. After each round, on held-out scenes and instructions (clean renders, seeds apart from training),
    the world judge measures edit success, preservation and L1 outside the edit region, per edit kind;
    the weak generator itself (inpainting with the true edit mask, which the editors never get) is the
-   reference row. A picture grid per round.
+   reference row. A picture grid per round (OUT's name + _grid_roundK.png).
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main() -> None:
         result["rounds"].append(row)
         pick = [i for k in EDIT_KINDS for i in [j for j, e in enumerate(held) if e.kind == k][:2]]
         grid = [[render(held[i].source) for i in pick]] + [[outputs[a][i] for i in pick] for a in archs]
-        save_grid_png(grid, args.out.parent / f"edit_grid_round{round_no}.png")
+        save_grid_png(grid, args.out.with_name(f"{args.out.stem}_grid_round{round_no}.png"))
         args.out.write_text(json.dumps(result, indent=2, default=float))
     for arch, dest in (("causal", args.save_editor), ("concat", args.save_baseline)):
         if dest and arch in editors:
