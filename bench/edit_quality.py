@@ -76,12 +76,11 @@ def round1_editor(path: Path, args: argparse.Namespace) -> InstructEditor:
     full run would (up to the fp16 rounding of the saved weights)."""
     editor = load_instruct_editor(path)
     made_by = editor.meta.get("made_by", "")
-    argv = shlex.split(made_by.split(";")[0])[1:]
     if not made_by.startswith("bench/edit_quality.py"):
         raise ValueError(f"`--round1-editor` {str(path)!r} was not made by bench/edit_quality.py: {made_by!r}")
     if editor.meta.get("round") != 1:
         raise ValueError(f"`--round1-editor` {str(path)!r} is a round-{editor.meta.get('round')} editor, not round 1's")
-    made = parser().parse_args(argv)
+    made = parser().parse_args(shlex.split(made_by.split(";")[0])[1:])
     if recipe_key(made, 1) != recipe_key(args, 1):
         raise ValueError(f"`--round1-editor` {str(path)!r} was made by another round-1 recipe: {made_by!r}")
     if args.archs != editor.arch:

@@ -25,12 +25,16 @@ def inpaint_inputs(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor,
     return image_t, mask_t
 
 
+def token_ids(tokenizer, texts: list[str], device: torch.device | str) -> torch.Tensor:  # noqa: ANN001
+    """(N, L) token ids, padded to the tokenizer's length, as the text encoders are trained and read (no
+    attention mask)."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
 def text_states(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
-    """(N, L, D) text states, padded to the tokenizer's length, as the models were trained (no attention mask);
-    with gradients, for training the text encoder."""
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(text_encoder.device)
-    return text_encoder(ids)[0]
+    """(N, L, D) text states of `token_ids`; with gradients, for training the text encoder."""
+    return text_encoder(token_ids(tokenizer, texts, text_encoder.device))[0]
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from editloop.checkpoint import load_checkpoint, save_checkpoint
 from editloop.models.configs import SCHEDULES, TINY_TEXT, tiny_unet
 from editloop.models.coord_unet import clone_unet, load_unet, new_unet
 from editloop.models.data import Batch, inpaint_batch, quality_mix_batch, step_rng
+from editloop.models.pipeline_io import token_ids
 from editloop.models.tokenizer import build_tokenizer
 from editloop.models.zoo import save_pipeline, training_scheduler
 from trainers.pretrain.common import EMA, autocast, guarded_step, set_lr, setup_device, should_checkpoint
@@ -144,8 +145,7 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
         rng = step_rng(cfg.seed, stage, step)
         batch = inpaint_batch(rng, batch_size) if stage == "inpaint" else quality_mix_batch(rng, batch_size)
         captions = ["" if rng.random() < cfg.caption_dropout else c for c in batch.captions]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
+        ids = token_ids(tokenizer, captions, device)
         set_lr(opt, lr, step, steps, cfg.warmup)
         with autocast(device, dtype):
             loss = diffusion_loss(unet, text_encoder, vae, scheduler, ids, batch, cfg.min_snr_gamma)

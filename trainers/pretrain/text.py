@@ -27,6 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from editloop.checkpoint import load_checkpoint, save_checkpoint
 from editloop.models.configs import TINY_TEXT
 from editloop.models.data import quality_mix_batch, step_rng
+from editloop.models.pipeline_io import token_ids
 from editloop.models.tokenizer import build_tokenizer
 from editloop.world.palette import COLORS, POSITIONS
 from editloop.world.scene import Scene
@@ -82,15 +83,14 @@ def rebound(rng: np.random.Generator, scene: Scene) -> Scene:
     """The scene with an attribute bound to another object: two objects' colours swapped (several objects), or
     one object recoloured (a single object, or a swap that would repeat a (colour, shape))."""
     objects = list(scene.objects)
+    used = {(o.color, o.shape) for o in objects}
     if len(objects) > 1:
         i, j = rng.choice(len(objects), size=2, replace=False)
         a, b = objects[i], objects[j]
-        if a.color != b.color and (b.color, a.shape) not in {(o.color, o.shape) for o in objects} and \
-                (a.color, b.shape) not in {(o.color, o.shape) for o in objects}:
+        if a.color != b.color and (b.color, a.shape) not in used and (a.color, b.shape) not in used:
             objects[i], objects[j] = replace(a, color=b.color), replace(b, color=a.color)
             return Scene(scene.background, tuple(objects))
     i = int(rng.integers(len(objects)))
-    used = {(o.color, o.shape) for o in objects}
     colors = [c for c in COLORS if (c, objects[i].shape) not in used]
     objects[i] = replace(objects[i], color=colors[int(rng.integers(len(colors)))])
     return Scene(scene.background, tuple(objects))
@@ -116,14 +116,9 @@ def retrieval_accuracy(images: nn.Module, texts: nn.Module, tokenizer, seed: int
             "binding": [rebound(rng, s).caption for s in batch.scenes]}
     with torch.no_grad():
         img = F.normalize(images(batch.images.to(device)).float(), dim=-1)
-        emb = {k: F.normalize(texts(ids_of(tokenizer, v, device)).float(), dim=-1) for k, v in caps.items()}
+        emb = {k: F.normalize(texts(token_ids(tokenizer, v, device)).float(), dim=-1) for k, v in caps.items()}
     true = (img * emb["true"]).sum(-1)
     return {k: float((true > (img * emb[k]).sum(-1)).float().mean()) for k in ("position", "binding")}
-
-
-def ids_of(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:  # noqa: ANN001
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
 
 
 def train_text(cfg: PretrainConfig, out_dir: Path, ckpt_path: Path) -> dict[str, float]:
@@ -155,8 +150,8 @@ def train_text(cfg: PretrainConfig, out_dir: Path, ckpt_path: Path) -> dict[str,
         negatives = [moved(rng, s).caption for s in batch.scenes] + [rebound(rng, s).caption for s in batch.scenes]
         set_lr(opt, cfg.text_lr, step, cfg.text_steps, cfg.warmup)
         with autocast(device, dtype):
-            loss = contrastive_loss(images(batch.images.to(device)), texts(ids_of(tokenizer, batch.captions, device)),
-                                    texts(ids_of(tokenizer, negatives, device)), logit_scale)
+            captions, negative = (texts(token_ids(tokenizer, c, device)) for c in (batch.captions, negatives))
+            loss = contrastive_loss(images(batch.images.to(device)), captions, negative, logit_scale)
         guarded_step(opt, loss, params, ema, step, "text")
         step += 1
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
