@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editloop.models.base import load_base
+from editloop.models.base import base_fingerprint, load_base
 from editloop.models.evaluate import inpaint
 from editloop.models.instruct import InstructEditor, load_instruct_editor
 from editloop.world.edits import EDIT_KINDS
@@ -57,7 +57,7 @@ def fmt(m: dict) -> str:
 
 
 NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind")
-LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor")
+LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates")
 
 
 def recipe_key(args: argparse.Namespace, round_no: int) -> str:
@@ -67,6 +67,7 @@ def recipe_key(args: argparse.Namespace, round_no: int) -> str:
     continues a shorter one's checkpoints and runs that differ only after round 1 share it."""
     skip = NOT_RECIPE + (LATER_ROUNDS_ONLY if round_no == 1 else ())
     recipe = {k: str(v) for k, v in sorted(vars(args).items()) if k not in skip}
+    recipe["base"] = base_fingerprint()  # the committed base the pairs and the editors start from
     return hashlib.sha1(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
@@ -81,6 +82,9 @@ def round1_editor(path: Path, args: argparse.Namespace) -> InstructEditor:
     if editor.meta.get("round") != 1:
         raise ValueError(f"`--round1-editor` {str(path)!r} is a round-{editor.meta.get('round')} editor, not round 1's")
     made = parser().parse_args(shlex.split(made_by.split(";")[0])[1:])
+    if editor.meta.get("base") != base_fingerprint():
+        raise ValueError(f"`--round1-editor` {str(path)!r} was made from another base ({editor.meta.get('base')!r}; "
+                         f"the committed base is {base_fingerprint()!r})")
     if recipe_key(made, 1) != recipe_key(args, 1):
         raise ValueError(f"`--round1-editor` {str(path)!r} was made by another round-1 recipe: {made_by!r}")
     if args.archs != editor.arch:
@@ -111,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
                     help="the agreement threshold for the editors' own pairs (rounds 2+; default: round 1's, "
                          f"{FilterConfig().min_agreement}); 1.0 keeps a pair only if the judge reads every attribute "
                          "of both captions in its images")
+    ap.add_argument("--candidates", type=int, default=1,
+                    help="the editor's edits per instruction in rounds 2+ (each from its own seed); every one that "
+                         "passes the filters is kept, so more candidates keep more of the editor's rare right edits")
     ap.add_argument("--train-text-encoder", action="store_true",
                     help="train the text encoder with the UNet (EditorTrainConfig.train_text_encoder): the base's "
                          "learned captions only, not the instructions' verbs")
@@ -165,7 +172,7 @@ def main() -> None:
             if shared is not None:
                 kept, counts, gen_s = shared
             else:
-                regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps)
+                regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps, candidates=args.candidates)
                 all_pairs = round_pairs(round_no, regen, editor, "cpu")
                 keep, counts = filter_pairs(all_pairs, scorer, later_filter)
                 kept, gen_s = all_pairs.select(keep), time.perf_counter() - t0
@@ -203,7 +210,7 @@ def main() -> None:
             ed.unet.half()
             ed.text_encoder.half()
             ed.save(dest, {"version": f"bench-{arch}-r{args.rounds}", "round": args.rounds,
-                           "made_by": " ".join(sys.argv)})
+                           "made_by": " ".join(sys.argv), "base": base_fingerprint()})
             ed.text_encoder.float()
     result["seconds"] = time.perf_counter() - t_all
     args.out.write_text(json.dumps(result, indent=2, default=float))

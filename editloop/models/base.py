@@ -23,6 +23,17 @@ def base_model_dir(kind: str) -> Path:
     return path
 
 
+def base_fingerprint() -> str:
+    """Which committed base this is: the first 12 hex digits of the sha1 of its progress.json (the run's
+    config and metrics), so results and checkpoints made from one base are not taken for another's."""
+    import hashlib
+
+    path = BASE_DIR / "progress.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no base record at {path}; export a pretraining run with `editloop world export-base`")
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+
+
 def load_base(kind: str, device: str | None = None, dtype: str | None = None):  # noqa: ANN201
     return load_pipeline(base_model_dir(kind), kind, device=device, dtype=dtype)
 
