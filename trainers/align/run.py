@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import ModelVersion, TrainingRun
-from editloop.models.base import load_base
+from editloop.models.base import base_fingerprint, load_base
 from editloop.models.configs import check_schedule
 from editloop.models.instruct import InstructEditor, load_instruct_editor
 from editloop.registry import (
@@ -221,7 +221,8 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
     metrics, _ = evaluate_editor(editor, edits)
     reference, reference_name = _reference_metrics(sessions, store, settings, edits)
     version = f"align-r{round_no}-{run_id[:12]}"
-    lineage = {"run_id": run_id, "round": round_no, "start_version": parent_version, "reference": reference_name}
+    lineage = {"run_id": run_id, "round": round_no, "start_version": parent_version, "reference": reference_name,
+               **({"base": base_fingerprint()} if parent_version is None else {})}  # started from the committed base
     all_metrics = {**metrics, "eval_score": eval_score(metrics), "filter": counts, "train_pairs": len(train_pairs),
                    "steps_done": state.step, "final_loss": state.history[-1]["loss_ema"],
                    **({"parent_eval_score": eval_score(reference), "reference": reference} if reference else {})}

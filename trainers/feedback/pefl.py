@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from editloop.models.data import to_tensor
+from editloop.models.pipeline_io import encode_texts
 from editloop.models.zoo import predicted_x0
 from trainers.feedback.examples import FeedbackExample
 
@@ -67,11 +68,10 @@ def check_masks(masks: np.ndarray) -> None:
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:  # noqa: ANN001
-    """(2N, L, D) text states: the empty prompt (classifier-free guidance) then the prompts."""
-    tok = pipe.tokenizer([""] * len(prompts) + list(prompts), padding="max_length", truncation=True,
-                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt")
-    device = pipe.unet.device
-    return pipe.text_encoder(tok.input_ids.to(device), attention_mask=tok.attention_mask.to(device))[0]
+    """(2N, L, D) text states: the empty prompt (classifier-free guidance) then the prompts, read as the
+    pipelines and pretraining read them (padded, no attention mask), so PeFL trains the UNet on the states it
+    is sampled with."""
+    return encode_texts(pipe.tokenizer, pipe.text_encoder, [""] * len(prompts) + list(prompts)).to(pipe.unet.device)
 
 
 @torch.no_grad()
