@@ -8,7 +8,7 @@ from editloop.models.zoo import load_pipeline
 
 TWO_STEPS = ["--vae-steps", "2", "--t2i-steps", "2", "--inpaint-steps", "2", "--vae-gate", "0",
              "--eval-n", "4", "--vae-batch", "4", "--t2i-batch", "4", "--inpaint-batch", "4",
-             "--checkpoint-every", "1", "--seed", "3"]
+             "--text-steps", "2", "--text-batch", "4", "--checkpoint-every", "1", "--seed", "3"]
 
 
 def pretrain(out, *extra):
@@ -20,13 +20,15 @@ def test_two_step_pretrain_writes_loadable_models_with_their_config(tmp_path):
     run = pretrain(tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     progress = json.loads((tmp_path / "progress.json").read_text())
-    assert [progress[s]["done"] for s in ("vae", "t2i", "inpaint")] == [True] * 3
+    assert [progress[s]["done"] for s in ("vae", "text", "t2i", "inpaint")] == [True] * 4
     assert progress["t2i"]["config"]["t2i_steps"] == 2
     t2i = load_pipeline(tmp_path / "t2i", "t2i", device="cpu")
     inp = load_pipeline(tmp_path / "inpaint", "inpaint", device="cpu")
     assert inp.unet.config.in_channels == 9 and t2i.unet.config.in_channels == 4
     # the inpainting model keeps the text-to-image model's noise schedule
     assert t2i.scheduler.config.beta_schedule == inp.scheduler.config.beta_schedule == "scaled_linear"
+    assert t2i.scheduler.config.prediction_type == inp.scheduler.config.prediction_type == "v_prediction"
+    assert t2i.unet.config.coord_channels == inp.unet.config.coord_channels == 2
     assert t2i.vae.config.scaling_factor != 1.0  # measured from the latents
     img = t2i("a small blue square at the center on a gray background", num_inference_steps=2,
               output_type="np").images

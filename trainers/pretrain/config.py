@@ -8,35 +8,35 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("vae", "text", "t2i", "inpaint")
-DEFAULT_STAGES = ("vae", "t2i", "inpaint")  # the committed base's recipe: the text encoder trains with the UNet
+DEFAULT_STAGES = STAGES  # the committed base's recipe (editloop/weights/README.md): the defaults below are its settings
 
 
 @dataclass
 class PretrainConfig:
     out: Path = Path("runs/pretrain")  # checkpoints and the finished diffusers directories
     seed: int = 0  # data and initialisation seed; data for step s of a stage is a function of it
-    stages: tuple[str, ...] = DEFAULT_STAGES  # which stages to run, in order ("text": see below)
+    stages: tuple[str, ...] = DEFAULT_STAGES  # stages to run, in order; without "text" the t2i stage trains its own
     # VAE
-    vae_steps: int = 2000  # maximum steps; stops earlier once the judge gate passes
+    vae_steps: int = 6000  # maximum steps; stops earlier once the judge gate passes (the committed VAE: 3400)
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6  # KL weight (a near-deterministic autoencoder, as in SD)
     vae_edge_boost: float = 20.0  # extra loss weight on pixels beside a colour edge
     vae_gate: float = 0.98  # judged caption accuracy of clean reconstructions required; 0 = off
     # text encoder pretrained contrastively against the world's images (trainers/pretrain/text.py); the
-    # text-to-image stage starts from it when OUT/text exists, else trains its text encoder from scratch
-    text_steps: int = 2000
+    # text-to-image stage starts from it when OUT/text exists, else trains its text encoder from scratch (with the UNet)
+    text_steps: int = 1000
     text_batch: int = 128
     text_lr: float = 1e-3
     text_freeze: bool = True  # keep the pretrained text encoder frozen in the text-to-image stage (SD keeps CLIP)
-    # text-to-image (UNet + text encoder trained jointly, from scratch or from stage "text")
-    t2i_steps: int = 3000
+    # text-to-image (the UNet, on stage "text"'s encoder; without that stage, with its own encoder trained jointly)
+    t2i_steps: int = 6000
     t2i_batch: int = 32
     t2i_lr: float = 5e-4
-    schedule: str = "sd"  # noise schedule: "sd" (scaled_linear, epsilon) or "zero-snr-v" (Lin et al., 2024)
-    coord_channels: int = 0  # 2: x / y coordinate maps appended to the UNet input (CoordUNet2DConditionModel)
+    schedule: str = "zero-snr-v"  # noise schedule: "sd" (scaled_linear, epsilon) or "zero-snr-v" (Lin et al., 2024)
+    coord_channels: int = 2  # x / y coordinate maps appended to the UNet input (CoordUNet2DConditionModel); 0: none
     # inpainting (initialised from the text-to-image UNet; extra input channels start at zero)
-    inpaint_steps: int = 1500
+    inpaint_steps: int = 2500
     inpaint_batch: int = 32
     inpaint_lr: float = 3e-4
     # shared
