@@ -28,3 +28,16 @@ def test_committed_base_models_passed_the_vae_gate_and_record_their_recipe():
     assert all(progress[s]["done"] for s in ("vae", "t2i", "inpaint"))
     sizes = sum(f.stat().st_size for f in BASE_DIR.rglob("*") if f.is_file())
     assert sizes < 60 * 2**20  # tens of MB at most
+
+
+def test_pretraining_defaults_are_the_committed_base_recipe():
+    """`editloop world pretrain` with no recipe flags trains what is committed (the VAE was made by an earlier
+    run: its own record is progress["vae"]["config"])."""
+    from trainers.pretrain.config import PretrainConfig
+
+    progress = json.loads((BASE_DIR / "progress.json").read_text())
+    recorded = progress["inpaint"]["config"]
+    not_recipe = ("out", "stages", "device", "dtype", "threads", "checkpoint_every", "eval_n")
+    for name, default in PretrainConfig().to_dict().items():
+        if name not in not_recipe and not name.startswith("vae_"):
+            assert recorded[name] == default, name
