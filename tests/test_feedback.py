@@ -544,3 +544,17 @@ def test_editloop_train_progressive_runs_the_whole_round_on_a_real_worker(tmp_pa
         for out in outs:
             assert out["promoted"] == (not out["metrics"]["guard_failures"])
         assert f"queued progressive run {runs[2].id}" in done.stdout
+
+
+def test_pefl_reads_the_text_states_the_pipeline_samples_with():
+    """PeFL's guided branches (the empty prompt, then the prompts) are the pipeline's own encode_prompt, so
+    feedback learning trains the UNet on the conditioning it is sampled with (no attention mask)."""
+    import torch
+
+    from trainers.feedback.pefl import encode_prompts
+
+    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    prompts = ["a large red circle at the top left on a white background", "a small blue square at the center"]
+    states = encode_prompts(pipe, prompts)
+    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=None)
+    assert torch.equal(states, torch.cat([uncond, cond]))
