@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -24,19 +26,21 @@ def main() -> None:
     ap.add_argument("--text", default="5,3", help="text guidance scales")
     ap.add_argument("--image", default="1.5,3,5", help="image guidance scales")
     ap.add_argument("--start", default="noise", help="where sampling starts: noise, input or both (noise,input)")
+    ap.add_argument("--rescale", default="0", help="guidance rescale phi values (Lin et al. 2024; 0 = plain CFG)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("EDITLOOP_THREADS", "2")))
     editor = load_instruct_editor(args.model, device="cpu")
     held = held_out_edits(args.eval_per_kind)
     rows = []
     for start in args.start.split(","):
-        for s_t in map(float, args.text.split(",")):
-            for s_i in map(float, args.image.split(",")):
-                m, _ = evaluate_editor(editor, held, text_guidance=s_t, image_guidance=s_i, start=start)
-                rows.append({"start": start, "text_guidance": s_t, "image_guidance": s_i, **{k: m[k] for k in
-                             ("success", "preservation", "l1_outside")}, "per_kind": m["per_kind"]})
-                print(f"start {start:5s} text {s_t:4.1f} image {s_i:4.1f}: success {m['success']:.3f}  "
-                      f"preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}", flush=True)
+        for s_t, s_i, phi in product(*(map(float, v.split(",")) for v in (args.text, args.image, args.rescale))):
+            m, _ = evaluate_editor(editor, held, text_guidance=s_t, image_guidance=s_i, start=start,
+                                   guidance_rescale=phi)
+            rows.append({"start": start, "text_guidance": s_t, "image_guidance": s_i, "guidance_rescale": phi,
+                         **{k: m[k] for k in ("success", "preservation", "l1_outside")}, "per_kind": m["per_kind"],
+                         "per_edit": m["per_edit"]})
+            print(f"start {start:5s} text {s_t:4.1f} image {s_i:4.1f} rescale {phi:3.1f}: success {m['success']:.3f}  "
+                  f"preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "held_out": len(held), "rows": rows}, indent=2))
 

@@ -168,6 +168,27 @@ def test_sampling_can_start_from_the_noised_input_and_names_a_bad_start(t2i):
         edit_images(editor, images, texts, [1, 2], steps=2, start="image")
 
 
+def test_guidance_rescale_matches_the_conditioned_spread_and_names_a_bad_value(t2i):
+    """Lin et al.'s rescale: phi = 1 gives each image the standard deviation of the fully conditioned prediction,
+    phi = 0 is plain guidance; the editor's saved default selects it, and a value outside [0, 1] is named."""
+    from editloop.models.instruct_sampling import rescale_guidance
+
+    guided, cond = 3.0 * torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    assert torch.equal(rescale_guidance(guided, cond, 0.0), guided)
+    full = rescale_guidance(guided, cond, 1.0)
+    assert torch.allclose(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-5)
+    assert torch.allclose(rescale_guidance(guided, cond, 0.5), 0.5 * (full + guided))
+    editor = editor_from_t2i(t2i, "concat")
+    images = np.stack([render(sample_scene(np.random.default_rng(k))) for k in range(2)])
+    texts = ["make the red circle blue", "remove the blue square"]
+    rescaled = edit_images(editor, images, texts, [1, 2], steps=2, guidance_rescale=0.7)
+    assert not np.array_equal(edit_images(editor, images, texts, [1, 2], steps=2), rescaled)
+    editor.meta["default_guidance_rescale"] = 0.7
+    assert np.array_equal(edit_images(editor, images, texts, [1, 2], steps=2), rescaled)
+    with pytest.raises(ValueError, match=r"`guidance_rescale` must be in \[0, 1\], got 1.5"):
+        edit_images(editor, images, texts, [1, 2], steps=2, guidance_rescale=1.5)
+
+
 def test_an_editor_trains_on_zero_terminal_snr_with_velocity_targets(tmp_path, t2i):
     """editor_from_t2i(..., "zero-snr-v"): the editor's own schedule (saved with it) is v-prediction with a
     pure-noise last step; training regresses the velocity, and the trained editor samples and reloads."""

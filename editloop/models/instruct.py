@@ -30,7 +30,8 @@ from editloop.models.zoo import pick_device
 
 ARCHS = {"causal": 4, "concat": 8}  # architecture -> UNet input channels
 KIND = "instruct"
-DEFAULTS = {"default_steps": 20, "default_guidance": 5.0, "default_image_guidance": 1.5, "default_start": "noise"}
+DEFAULTS = {"default_steps": 20, "default_guidance": 5.0, "default_image_guidance": 1.5, "default_start": "noise",
+            "default_guidance_rescale": 0.0}
 POSITION_BIAS = 1.0  # the causal editor's target -> input distance bias (editloop.models.causal_attention)
 
 
