@@ -56,9 +56,9 @@ def check_guidance_rescale(value: float) -> None:
 
 def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> torch.Tensor:
     """Lin et al. (2024, section 3.4): scale the guided prediction back to the per-image standard deviation of
-    the fully conditioned one, mixed `phi` : 1 - phi with the plain guided prediction. Large guidance on a
-    zero-terminal-SNR v model otherwise over-saturates colours (what an editor then does to the objects it should
-    keep). phi = 0 is plain classifier-free guidance."""
+    the fully conditioned one, mixed `phi` : 1 - phi with the plain guided prediction: Lin et al.'s answer to the
+    over-exposure large guidance gives zero-terminal-SNR v models (on the committed editors it does not help,
+    BENCHMARKS.md "On the committed base"). phi = 0 is plain classifier-free guidance."""
     if phi == 0.0:
         return guided
     dims = list(range(1, guided.ndim))
