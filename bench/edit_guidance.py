@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from itertools import product
 from pathlib import Path
 
@@ -27,8 +26,9 @@ def main() -> None:
     ap.add_argument("--image", default="1.5,3,5", help="image guidance scales")
     ap.add_argument("--start", default="noise", help="where sampling starts: noise, input or both (noise,input)")
     ap.add_argument("--rescale", default="0", help="guidance rescale phi values (Lin et al. 2024; 0 = plain CFG)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("EDITLOOP_THREADS", "2")))
+    torch.set_num_threads(args.threads)
     editor = load_instruct_editor(args.model, device="cpu")
     held = held_out_edits(args.eval_per_kind)
     rows = []
