@@ -74,7 +74,11 @@ def recipe_key(args: argparse.Namespace, round_no: int) -> str:
 def round1_editor(path: Path, args: argparse.Namespace) -> InstructEditor:
     """A saved editor standing in for round 1's training: only one this bench made with the same round-1 recipe
     (its editloop.json's made_by parses to the same round-1 key), one architecture, so round 2 starts where a
-    full run would (up to the fp16 rounding of the saved weights)."""
+    full run would (up to the fp16 rounding of the saved weights). A run that trained both architectures side by
+    side made each one as a run of that architecture alone would (each trains from its own seed on the shared
+    pairs), so the saved run's `--archs` is compared only for holding the editor's architecture."""
+    if args.archs != args.archs.split(",")[0]:
+        raise ValueError(f"`--archs` {args.archs!r} must name one architecture with `--round1-editor`")
     editor = load_instruct_editor(path)
     made_by = editor.meta.get("made_by", "")
     if not made_by.startswith("bench/edit_quality.py"):
@@ -85,10 +89,12 @@ def round1_editor(path: Path, args: argparse.Namespace) -> InstructEditor:
     if editor.meta.get("base") != base_fingerprint():
         raise ValueError(f"`--round1-editor` {str(path)!r} was made from another base ({editor.meta.get('base')!r}; "
                          f"the committed base is {base_fingerprint()!r})")
+    if args.archs != editor.arch or editor.arch not in made.archs.split(","):
+        raise ValueError(f"`--archs` {args.archs!r} must be the round-1 editor's architecture ({editor.arch!r}), "
+                         f"one its run trained ({made.archs!r})")
+    made.archs = args.archs
     if recipe_key(made, 1) != recipe_key(args, 1):
         raise ValueError(f"`--round1-editor` {str(path)!r} was made by another round-1 recipe: {made_by!r}")
-    if args.archs != editor.arch:
-        raise ValueError(f"`--archs` {args.archs!r} must be the round-1 editor's architecture alone ({editor.arch!r})")
     return editor
 
 
