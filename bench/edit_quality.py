@@ -57,7 +57,8 @@ def fmt(m: dict) -> str:
 
 
 NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind")
-LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates")
+LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates",
+                     "balance_kinds")
 
 
 def recipe_key(args: argparse.Namespace, round_no: int) -> str:
@@ -124,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--candidates", type=int, default=1,
                     help="the editor's edits per instruction in rounds 2+ (each from its own seed); every one that "
                          "passes the filters is kept, so more candidates keep more of the editor's rare right edits")
+    ap.add_argument("--balance-kinds", action="store_true",
+                    help="rounds 2+: draw training examples by edit kind uniformly (EditorTrainConfig.balance_kinds), "
+                         "so the editor's own pairs, which lean to the kinds it already does, crowd out no kind")
     ap.add_argument("--train-text-encoder", action="store_true",
                     help="train the text encoder with the UNet (EditorTrainConfig.train_text_encoder): the base's "
                          "learned captions only, not the instructions' verbs")
@@ -189,7 +193,8 @@ def main() -> None:
             steps = args.steps if round_no == 1 else args.round_steps
             tcfg = EditorTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
                                      warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no,
-                                     train_text_encoder=args.train_text_encoder)
+                                     train_text_encoder=args.train_text_encoder,
+                                     balance_kinds=args.balance_kinds and round_no > 1)
             t1 = time.perf_counter()
             if round_no == 1 and args.round1_editor is not None:
                 print(f"round 1 {arch}: the saved editor {args.round1_editor} (not retrained)", flush=True)

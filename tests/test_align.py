@@ -23,6 +23,7 @@ from editloop.world.render import render
 from editloop.world.scene import sample_scene
 from trainers.align.editor_train import (
     EditorTrainConfig,
+    batch_indices,
     editor_from_inpaint,
     editor_from_t2i,
     new_editor,
@@ -241,6 +242,19 @@ def test_edit_specs_are_balanced_and_deterministic():
     assert [e.kind for e in specs] == list(EDIT_KINDS) * 3
     assert [e.instruction for e in edit_specs(21, 3)] == [e.instruction for e in specs]
     assert [e.instruction for e in edit_specs(21, 4)] != [e.instruction for e in specs]
+
+
+def test_balanced_batches_draw_each_kind_alike_however_the_pairs_lean():
+    kinds = ["remove"] * 90 + ["add"] * 6 + ["recolor"] * 4
+    plain = batch_indices(np.random.default_rng(0), kinds, 3000, balance_kinds=False)
+    balanced = batch_indices(np.random.default_rng(0), kinds, 3000, balance_kinds=True)
+    share = lambda idx, k: np.mean([kinds[i] == k for i in idx])  # noqa: E731
+    assert share(plain, "remove") > 0.85 and share(plain, "recolor") < 0.08
+    for k in ("remove", "add", "recolor"):
+        assert abs(share(balanced, k) - 1 / 3) < 0.04, (k, share(balanced, k))
+    assert set(balanced[[kinds[i] == "recolor" for i in balanced]]) == {96, 97, 98, 99}  # every recolor pair drawn
+    again = batch_indices(np.random.default_rng(0), kinds, 3000, balance_kinds=True)
+    assert np.array_equal(balanced, again)  # a step's batch depends on its stream alone (exact resume)
 
 
 def test_held_out_edits_grow_by_prefix_and_the_judge_scores_each_edit():

@@ -43,6 +43,9 @@ class EditorTrainConfig:
     # the base text encoder learned captions only: an instruction's verbs and "larger" / "smaller" are tokens
     # it never trained on (near-identical states, BENCHMARKS.md "Instruction editing"); True trains it with the UNet
     train_text_encoder: bool = False
+    # draw each example's edit kind uniformly, then a pair of that kind (SeedEdit mixes its data by task): an
+    # editor's own pairs lean to the kinds it already does, and uniform draws let those crowd out the rest
+    balance_kinds: bool = False
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -145,6 +148,17 @@ class TrainState:
     history: list[dict[str, float]]
 
 
+def batch_indices(rng: np.random.Generator, kinds: list[str], n: int, balance_kinds: bool) -> np.ndarray:
+    """`n` pair indices: uniform over the pairs, or (`balance_kinds`) a kind uniform over the kinds present, then a
+    pair uniform within it."""
+    if not balance_kinds:
+        return rng.integers(0, len(kinds), n)
+    names, of_pair = np.unique(np.asarray(kinds), return_inverse=True)
+    members = [np.flatnonzero(of_pair == k) for k in range(len(names))]
+    picked = rng.integers(0, len(names), n)
+    return np.array([members[k][rng.integers(0, len(members[k]))] for k in picked], dtype=np.int64)
+
+
 def condition_flags(rng: np.random.Generator, n: int, cfg: EditorTrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """(keep text, keep image) per row, with the three dropout cases exclusive."""
     u = rng.random(n)
@@ -221,7 +235,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         rng = step_rng(cfg.seed, "align", state.step)
-        idx = rng.integers(0, len(pairs), cfg.batch_size)
+        idx = batch_indices(rng, pairs.kinds, cfg.batch_size, cfg.balance_kinds)
         keep_text, keep_image = condition_flags(rng, cfg.batch_size, cfg)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         instr, empty = texts.batch(idx)
