@@ -28,7 +28,7 @@ from trainers.align.editor_train import INITS, EditorTrainConfig, editor_loss, n
 from trainers.align.evaluate import evaluate_editor, held_out_edits
 from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs
-from trainers.align.run import RoundConfig, round_pairs
+from trainers.align.round_config import RoundConfig, round_pairs
 
 VALIDATION_SEED = 90  # RoundConfig.seed for the held-out pairs (training rounds use seed 0)
 

@@ -40,12 +40,12 @@ from trainers.align.editor_train import INITS, EditorTrainConfig, new_editor, tr
 from trainers.align.evaluate import HELD_OUT_SEED, evaluate_editor, held_out_edits, judge_edits
 from trainers.align.filters import AlignmentScorer, FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs
-from trainers.align.run import RoundConfig, round_pairs
+from trainers.align.round_config import RoundConfig, round_pairs
 
 
-def weak_generator_row(edits: list) -> dict:  # noqa: ANN001
+def weak_generator_row(edits: list, device: str) -> dict:  # noqa: ANN001
     """The round-1 pair generator as an editor: inpainting the true edit region from the target caption."""
-    pipe = load_base("inpaint", device="cpu", dtype="fp32")
+    pipe = load_base("inpaint", device=device, dtype="fp32")
     sources = np.stack([render(e.source) for e in edits])
     outs = inpaint(pipe, sources, np.stack([e.mask for e in edits]), [e.target.caption for e in edits],
                    HELD_OUT_SEED, steps=20)
@@ -56,7 +56,7 @@ def fmt(m: dict) -> str:
     return f"success {m['success']:.3f}  preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}"
 
 
-NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind")
+NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind", "checkpoint_every")
 LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates",
                      "balance_kinds")
 
@@ -78,7 +78,7 @@ def round1_editor(path: Path, args: argparse.Namespace) -> InstructEditor:
     full run would (up to the fp16 rounding of the saved weights). A run that trained both architectures side by
     side made each one as a run of that architecture alone would (each trains from its own seed on the shared
     pairs), so the saved run's `--archs` is compared only for holding the editor's architecture."""
-    editor = load_instruct_editor(path)
+    editor = load_instruct_editor(path, device=args.device)
     made_by = editor.meta.get("made_by", "")
     if not made_by.startswith("bench/edit_quality.py"):
         raise ValueError(f"`--round1-editor` {str(path)!r} was not made by bench/edit_quality.py: {made_by!r}")
@@ -131,6 +131,11 @@ def parser() -> argparse.ArgumentParser:
                          "learned captions only, not the instructions' verbs")
     ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
     ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
+    ap.add_argument("--checkpoint-every", type=int, default=50,
+                    help="training steps between resumable checkpoints (each step is seeded by its number: no effect "
+                         "on results)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where the models run (fp32; TF32 matrix products on cuda); the judge runs on the CPU")
     ap.add_argument("--round1-editor", type=Path, default=None,
                     help="a saved round-1 editor of this recipe (its made_by) to start from instead of training "
                          "round 1 (it is still evaluated; its pairs are regenerated for the later rounds)")
@@ -140,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     torch.set_num_threads(2)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     t_all = time.perf_counter()
     archs = args.archs.split(",")
     if args.scorer == "alignment":
@@ -154,14 +161,14 @@ def main() -> None:
     held = held_out_edits(args.eval_per_kind)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}
     print(f"held-out edits: {len(held)} ({args.eval_per_kind} per kind)", flush=True)
-    result["weak_generator"] = weak_generator_row(held)
+    result["weak_generator"] = weak_generator_row(held, args.device)
     print(f"weak generator (inpainting with the true mask): {fmt(result['weak_generator'])}", flush=True)
 
     bases: dict = {}
     if args.round1_editor is not None:
         editors: dict[str, InstructEditor] = {archs[0]: round1_editor(args.round1_editor, args)}
     else:
-        editors = {a: new_editor(a, args.init, args.schedule, "cpu", bases) for a in archs}
+        editors = {a: new_editor(a, args.init, args.schedule, args.device, bases) for a in archs}
     kept_so_far: dict[str, list] = {a: [] for a in archs}
     run_root = Path(".editloop/bench/edit_quality")  # checkpoints: outside the repository
     for round_no in range(1, args.rounds + 1):
@@ -169,7 +176,7 @@ def main() -> None:
         shared = None
         if round_no == 1:  # the weak generator's pairs, shared by both architectures
             t0 = time.perf_counter()
-            all_pairs = round_pairs(1, cfg, None, "cpu")
+            all_pairs = round_pairs(1, cfg, None, args.device)
             keep, counts = filter_pairs(all_pairs, scorer, FilterConfig())
             shared = (all_pairs.select(keep), counts, time.perf_counter() - t0)
             print(f"round 1 pairs: kept {counts['kept']} of {counts['total']} ({counts['after']})", flush=True)
@@ -181,7 +188,7 @@ def main() -> None:
                 kept, counts, gen_s = shared
             else:
                 regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps, candidates=args.candidates)
-                all_pairs = round_pairs(round_no, regen, editor, "cpu")
+                all_pairs = round_pairs(round_no, regen, editor, args.device)
                 keep, counts = filter_pairs(all_pairs, scorer, later_filter)
                 kept, gen_s = all_pairs.select(keep), time.perf_counter() - t0
                 print(f"round {round_no} {arch} pairs: kept {counts['kept']} of {counts['total']} "
@@ -190,7 +197,8 @@ def main() -> None:
             train_pairs = Pairs.concat(kept_so_far[arch])
             steps = args.steps if round_no == 1 else args.round_steps
             tcfg = EditorTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
-                                     warmup=50 if round_no == 1 else 10, checkpoint_every=50, seed=round_no,
+                                     warmup=50 if round_no == 1 else 10, seed=round_no,
+                                     checkpoint_every=args.checkpoint_every,
                                      train_text_encoder=args.train_text_encoder,
                                      balance_kinds=args.balance_kinds and round_no > 1)
             t1 = time.perf_counter()

@@ -32,7 +32,8 @@ from trainers.align.editor_train import (
 from trainers.align.evaluate import held_out_edits, judge_edits
 from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs, edit_specs, latent_region, weak_pairs_batch
-from trainers.align.run import RoundConfig, TooFewPairs, run_align_round
+from trainers.align.round_config import RoundConfig
+from trainers.align.run import TooFewPairs, run_align_round
 
 ALIGN_TINY = {"pairs": 14, "pair_steps": 2, "scorer": "judge", "min_pairs": 1, "eval_per_kind": 1,
               "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 1}}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import TrainingRun
+if TYPE_CHECKING:  # the trainers import this module for save_checkpoint alone, on machines without the database
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 def update_run(sessions: sessionmaker[Session], run_id: str, **fields: Any) -> None:
+    from editloop.db.models import TrainingRun
+
     with sessions.begin() as s:
         run = s.get(TrainingRun, run_id)
         for k, v in fields.items():

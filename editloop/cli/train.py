@@ -205,7 +205,7 @@ def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: s
 
     from editloop.db import TrainingRun
     from editloop.state import open_sessions
-    from trainers.align.run import RoundConfig
+    from trainers.align.round_config import RoundConfig
     from trainers.celery_app import make_celery
 
     if rounds < 1:

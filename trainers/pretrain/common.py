@@ -53,8 +53,10 @@ class EMA:
     @torch.no_grad()
     def update(self, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.mul_(d).add_(p.detach().float(), alpha=1 - d)
+        # one fused launch per op for all tensors (the same arithmetic as a loop of mul_/add_; hundreds of small
+        # kernels fewer per step on a GPU)
+        torch._foreach_mul_(self.shadow, d)
+        torch._foreach_add_(self.shadow, [p.detach().float() for p in self.params], alpha=1 - d)
 
     @torch.no_grad()
     def copy_to(self, params: Iterable[torch.nn.Parameter]) -> None:
