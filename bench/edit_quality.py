@@ -52,13 +52,29 @@ def weak_generator_row(edits: list, device: str) -> dict:  # noqa: ANN001
     return judge_edits(edits, sources, outs)
 
 
+def later_filter_config(args: argparse.Namespace) -> FilterConfig:
+    """Rounds 2+'s filters: round 1's, with the thresholds given for the editor's own pairs."""
+    later = {"min_agreement": args.later_min_agreement, "max_outside_l1": args.later_max_outside_l1}
+    return FilterConfig(**{k: v for k, v in later.items() if v is not None})
+
+
+def save_fp16(editor: InstructEditor, dest: Path, meta: dict) -> None:
+    """Save `editor` with an fp16 UNet and text encoder; the editor itself trains on in fp32, unrounded."""
+    kept = [(m, {k: v.clone() for k, v in m.state_dict().items()}) for m in (editor.unet, editor.text_encoder)]
+    for m, _ in kept:
+        m.half()
+    editor.save(dest, meta)
+    for m, state in kept:
+        m.float().load_state_dict(state)
+
+
 def fmt(m: dict) -> str:
     return f"success {m['success']:.3f}  preservation {m['preservation']:.3f}  L1 outside {m['l1_outside']:.4f}"
 
 
 NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind", "checkpoint_every")
 LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates",
-                     "balance_kinds")
+                     "balance_kinds", "later_max_outside_l1")
 
 
 def recipe_key(args: argparse.Namespace, round_no: int) -> str:
@@ -120,6 +136,10 @@ def parser() -> argparse.ArgumentParser:
                     help="the agreement threshold for the editors' own pairs (rounds 2+; default: round 1's, "
                          f"{FilterConfig().min_agreement}); 1.0 keeps a pair only if the judge reads every attribute "
                          "of both captions in its images")
+    ap.add_argument("--later-max-outside-l1", type=float, default=None,
+                    help="rounds 2+: the most mean L1 outside the edit region an own pair may have (default: round "
+                         f"1's, {FilterConfig().max_outside_l1}); the weak generator's round-1 pairs average about "
+                         "0.015")
     ap.add_argument("--candidates", type=int, default=1,
                     help="the editor's edits per instruction in rounds 2+ (each from its own seed); every one that "
                          "passes the filters is kept, so more candidates keep more of the editor's rare right edits")
@@ -129,8 +149,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-text-encoder", action="store_true",
                     help="train the text encoder with the UNet (EditorTrainConfig.train_text_encoder): the base's "
                          "learned captions only, not the instructions' verbs")
-    ap.add_argument("--save-editor", type=Path, default=None, help="save the last causal editor here (fp16 UNet)")
-    ap.add_argument("--save-baseline", type=Path, default=None, help="save the last concat editor here (fp16 UNet)")
+    ap.add_argument("--save-editor", type=Path, default=None,
+                    help="save the causal editor here (fp16 UNet) after every round: it holds the last finished round")
+    ap.add_argument("--save-baseline", type=Path, default=None,
+                    help="save the concat editor here (fp16 UNet) after every round, likewise")
     ap.add_argument("--checkpoint-every", type=int, default=50,
                     help="training steps between resumable checkpoints (each step is seeded by its number: no effect "
                          "on results)")
@@ -156,8 +178,7 @@ def main() -> None:
     else:
         scorer = JudgeScorer()
     cfg = RoundConfig(pairs=args.pairs, pair_steps=12)
-    later_filter = FilterConfig() if args.later_min_agreement is None else \
-        FilterConfig(min_agreement=args.later_min_agreement)
+    later_filter = later_filter_config(args)
     held = held_out_edits(args.eval_per_kind)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}
     print(f"held-out edits: {len(held)} ({args.eval_per_kind} per kind)", flush=True)
@@ -221,14 +242,10 @@ def main() -> None:
         grid = [[render(held[i].source) for i in pick]] + [[outputs[a][i] for i in pick] for a in archs]
         save_grid_png(grid, args.out.with_name(f"{args.out.stem}_grid_round{round_no}.png"))
         args.out.write_text(json.dumps(result, indent=2, default=float))
-    for arch, dest in (("causal", args.save_editor), ("concat", args.save_baseline)):
-        if dest and arch in editors:
-            ed = editors[arch]
-            ed.unet.half()
-            ed.text_encoder.half()
-            ed.save(dest, {"version": f"bench-{arch}-r{args.rounds}", "round": args.rounds,
-                           "made_by": " ".join(sys.argv), "base": base_fingerprint()})
-            ed.text_encoder.float()
+        for arch, dest in (("causal", args.save_editor), ("concat", args.save_baseline)):
+            if dest and arch in editors:  # after every round, so a run cut off keeps its last finished round
+                save_fp16(editors[arch], dest, {"version": f"bench-{arch}-r{round_no}", "round": round_no,
+                                                "made_by": " ".join(sys.argv), "base": base_fingerprint()})
     result["seconds"] = time.perf_counter() - t_all
     args.out.write_text(json.dumps(result, indent=2, default=float))
     print_table(result, archs)

@@ -139,7 +139,7 @@ def new_editor(arch: str, init: str = "t2i", schedule: str | None = None, device
     pipe = base[init]
     editor = editor_from_inpaint(pipe, schedule) if init == "inpaint" else editor_from_t2i(pipe, arch, schedule)
     editor.meta["init"] = init
-    return editor
+    return editor.to(pipe.unet.device)  # a new UNet is built on the CPU; the base's modules sit on its device
 
 
 @dataclass
