@@ -74,7 +74,7 @@ def fmt(m: dict) -> str:
 
 NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind", "checkpoint_every")
 LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates",
-                     "balance_kinds", "later_max_outside_l1")
+                     "balance_kinds", "later_max_outside_l1", "no_own_pairs")
 
 
 def recipe_key(args: argparse.Namespace, round_no: int) -> str:
@@ -140,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
                     help="rounds 2+: the most mean L1 outside the edit region an own pair may have (default: round "
                          f"1's, {FilterConfig().max_outside_l1}); the weak generator's round-1 pairs average about "
                          "0.015")
+    ap.add_argument("--no-own-pairs", action="store_true",
+                    help="rounds 2+: fine-tune on the earlier rounds' pairs alone, with the same steps (the control "
+                         "for what the editor's own pairs add; no pairs are regenerated)")
     ap.add_argument("--candidates", type=int, default=1,
                     help="the editor's edits per instruction in rounds 2+ (each from its own seed); every one that "
                          "passes the filters is kept, so more candidates keep more of the editor's rare right edits")
@@ -207,6 +210,10 @@ def main() -> None:
             t0 = time.perf_counter()
             if shared is not None:
                 kept, counts, gen_s = shared
+            elif args.no_own_pairs:  # the control: the same fine-tuning on the earlier rounds' pairs alone
+                kept, gen_s = kept_so_far[arch][0].select(np.zeros(0, dtype=np.int64)), 0.0
+                counts = {"total": 0, "kept": 0, "after": {}, "skipped": "--no-own-pairs"}
+                print(f"round {round_no} {arch}: no own pairs (--no-own-pairs)", flush=True)
             else:
                 regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps, candidates=args.candidates)
                 all_pairs = round_pairs(round_no, regen, editor, args.device)
