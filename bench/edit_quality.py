@@ -123,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--regen-steps", type=int, default=12, help="the editor's sampling steps when making pairs")
+    ap.add_argument("--method", choices=["inpaint", "blend"], default="inpaint",
+                    help="round 1's weak generator: the inpainting model over the true edit region, or the "
+                         "text-to-image model making both images (RoundConfig.method)")
+    ap.add_argument("--blend-until", type=float, default=1.0,
+                    help="--method blend: the fraction of steps kept outside the edit region; 0 shares only the "
+                         "initial noise (no edit region: SeedEdit's weak generator)")
     ap.add_argument("--eval-per-kind", type=int, default=8)
     ap.add_argument("--scorer", choices=["judge", "alignment"], default="judge")
     ap.add_argument("--alignment-reward", type=Path, default=None, help="an alignment reward directory")
@@ -180,7 +186,7 @@ def main() -> None:
         scorer = AlignmentScorer(load_rewards({"alignment": args.alignment_reward}))
     else:
         scorer = JudgeScorer()
-    cfg = RoundConfig(pairs=args.pairs, pair_steps=12)
+    cfg = RoundConfig(pairs=args.pairs, pair_steps=12, method=args.method, blend_until=args.blend_until)
     later_filter = later_filter_config(args)
     held = held_out_edits(args.eval_per_kind)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}

@@ -40,10 +40,12 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=96, help="edit specs")
     ap.add_argument("--round", type=int, default=2, help="whose specs and seeds (a later round's)")
     ap.add_argument("--min-agreement", type=float, default=1.0)
+    ap.add_argument("--method", choices=["inpaint", "blend"], default="inpaint", help="the weak generator's")
+    ap.add_argument("--blend-until", type=float, default=1.0, help="--method blend: RoundConfig.blend_until")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cfg = RoundConfig(pairs=args.pairs, pair_steps=12)
+    cfg = RoundConfig(pairs=args.pairs, pair_steps=12, method=args.method, blend_until=args.blend_until)
     result = {"args": {k: str(v) for k, v in vars(args).items()}}
     for name, editor in (("weak generator", None), ("editor", load_instruct_editor(args.editor))):
         pairs = round_pairs(args.round, cfg, editor, None)

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,9 +31,9 @@ from trainers.align.editor_train import (
     train_editor,
 )
 from trainers.align.evaluate import held_out_edits, judge_edits
-from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs
+from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs, region_l1
 from trainers.align.pairs import Pairs, edit_specs, latent_region, weak_pairs_batch
-from trainers.align.round_config import RoundConfig
+from trainers.align.round_config import RoundConfig, round_pairs
 from trainers.align.run import TooFewPairs, run_align_round
 
 ALIGN_TINY = {"pairs": 14, "pair_steps": 2, "scorer": "judge", "min_pairs": 1, "eval_per_kind": 1,
@@ -281,6 +282,16 @@ def test_latent_blending_keeps_the_source_outside_the_edit_region(t2i):
     assert diff.max() <= inside.max()
 
 
+def test_a_weak_generator_sharing_only_the_noise_changes_more_outside_the_edit_region():
+    cfg = RoundConfig(pairs=6, pair_steps=3, method="blend", blend_until=0.0)
+    free = round_pairs(1, cfg, None, "cpu")
+    blended = round_pairs(1, replace(cfg, blend_until=1.0), None, "cpu")
+    _, free_outside = region_l1(free.sources, free.targets, free.masks)
+    _, blended_outside = region_l1(blended.sources, blended.targets, blended.masks)
+    assert free.instructions == blended.instructions  # the same specs and seeds
+    assert np.nanmean(free_outside) > 2 * np.nanmean(blended_outside)
+
+
 def test_filters_count_what_each_test_keeps():
     edits = [e for e in edit_specs(14, 2) if e.kind in ("recolor", "move")][:2]
     sources = np.stack([render(e.source) for e in edits])
@@ -353,6 +364,8 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
         RoundConfig(arch="concat", init="sd")
     with pytest.raises(ValueError, match="`init` 'inpaint' starts a concat editor only; `arch` 'causal'"):
         RoundConfig(init="inpaint")
+    with pytest.raises(ValueError, match="`blend_until` must be in \\[0, 1\\], got 1.5"):
+        RoundConfig(method="blend", blend_until=1.5)
     with pytest.raises(ValueError, match="unknown alignment round settings: \\['rounds'\\]"):
         RoundConfig.from_dict({"rounds": 3})
     args = build_parser().parse_args(["train", "align", "--arch", "concat", "--train-text-encoder", "--steps", "5"])

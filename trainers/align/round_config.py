@@ -34,6 +34,9 @@ class RoundConfig:
     pair_steps: int = 12  # sampling steps of the pair generators
     source: str = "render"  # inputs: degraded renders ("photos") or text-to-image samples
     method: str = "inpaint"  # first round: inpainting model (region-based) or text-to-image latent blending
+    # method "blend": the fraction of sampling steps whose latents outside the edit region are the source's; 0 shares
+    # the initial noise alone, so the generator never sees the edit region (SeedEdit's weak text-to-image generator)
+    blend_until: float = 1.0
     scorer: str = "auto"  # alignment reward if one is promoted, else the world judge
     schedule: str | None = None  # a new editor's noise schedule: None = its base's, or "zero-snr-v"
     init: str = "t2i"  # a new editor starts from the text-to-image model, or (concat only) the inpainting model
@@ -53,6 +56,8 @@ class RoundConfig:
         if self.schedule is not None:
             check_schedule(self.schedule)
         check_init(self.arch, self.init)
+        if not 0.0 <= self.blend_until <= 1.0:
+            raise ValueError(f"`blend_until` must be in [0, 1], got {self.blend_until}")
         if self.pairs < 1 or self.candidates < 1:
             raise ValueError(f"`pairs` and `candidates` must be >= 1, got {self.pairs} and {self.candidates}")
 
@@ -74,7 +79,8 @@ def round_pairs(round_no: int, cfg: RoundConfig, editor: InstructEditor | None, 
     seed = 1000 * cfg.seed + round_no  # training specs: small seeds; held-out edits use 770000+
     specs = edit_specs(cfg.pairs, seed)
     if editor is None and cfg.method == "blend":
-        return weak_pairs(load_base("t2i", device=device, dtype="fp32"), specs, seed, cfg.pair_steps)
+        return weak_pairs(load_base("t2i", device=device, dtype="fp32"), specs, seed, cfg.pair_steps,
+                          blend_until=cfg.blend_until)
     if cfg.source == "render":
         sources = rendered_sources(specs, seed)
     else:
