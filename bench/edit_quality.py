@@ -40,7 +40,7 @@ from trainers.align.editor_train import INITS, EditorTrainConfig, new_editor, tr
 from trainers.align.evaluate import HELD_OUT_SEED, evaluate_editor, held_out_edits, judge_edits
 from trainers.align.filters import AlignmentScorer, FilterConfig, JudgeScorer, filter_pairs
 from trainers.align.pairs import Pairs
-from trainers.align.round_config import RoundConfig, round_pairs
+from trainers.align.round_config import METHODS, RoundConfig, round_pairs
 
 
 def weak_generator_row(edits: list, device: str) -> dict:  # noqa: ANN001
@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--regen-steps", type=int, default=12, help="the editor's sampling steps when making pairs")
-    ap.add_argument("--method", choices=["inpaint", "blend"], default="inpaint",
+    ap.add_argument("--method", choices=METHODS, default="inpaint",
                     help="round 1's weak generator: the inpainting model over the true edit region, or the "
                          "text-to-image model making both images (RoundConfig.method)")
     ap.add_argument("--blend-until", type=float, default=1.0,

@@ -20,7 +20,7 @@ import torch
 
 from editloop.models.instruct import load_instruct_editor
 from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs, region_l1
-from trainers.align.round_config import RoundConfig, round_pairs
+from trainers.align.round_config import METHODS, RoundConfig, round_pairs
 
 THRESHOLDS = (0.01, 0.015, 0.02, 0.03)
 
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=96, help="edit specs")
     ap.add_argument("--round", type=int, default=2, help="whose specs and seeds (a later round's)")
     ap.add_argument("--min-agreement", type=float, default=1.0)
-    ap.add_argument("--method", choices=["inpaint", "blend"], default="inpaint", help="the weak generator's")
+    ap.add_argument("--method", choices=METHODS, default="inpaint", help="the weak generator's")
     ap.add_argument("--blend-until", type=float, default=1.0, help="--method blend: RoundConfig.blend_until")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
