@@ -370,6 +370,15 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
         RoundConfig.from_dict({"rounds": 3})
     args = build_parser().parse_args(["train", "align", "--arch", "concat", "--train-text-encoder", "--steps", "5"])
     assert RoundConfig.from_dict(align_config(args)).train.train_text_encoder  # the CLI flag reaches the trainer
+    args = build_parser().parse_args(["train", "align", "--method", "blend", "--blend-until", "0", "--candidates",
+                                      "4", "--later-min-agreement", "1.0", "--balance-kinds"])
+    cfg = RoundConfig.from_dict(align_config(args))
+    assert (cfg.method, cfg.blend_until, cfg.candidates, cfg.train.balance_kinds) == ("blend", 0.0, 4, True)
+    assert cfg.filter_for(1) == FilterConfig() and cfg.filter_for(2) == FilterConfig(min_agreement=1.0)
+    assert RoundConfig.from_dict(cfg.to_dict()) == cfg  # the settings a run row stores load back the same
+    assert RoundConfig().filter_for(3) == FilterConfig()  # without later filters every round uses `filter`
+    with pytest.raises(ValueError, match="`filter.min_agreement` must be in \\[0, 1\\], got 2.0"):
+        RoundConfig.from_dict({"later_filter": {"min_agreement": 2.0}})
     _, settings, sessions, store = worker_state(tmp_path)
     with pytest.raises(TooFewPairs, match="round 1: only \\d+ of 7 pairs survived the filters"):
         run_align_round("r-few", sessions, store, settings, {**ALIGN_TINY, "pairs": 7, "min_pairs": 100})
@@ -382,7 +391,8 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
 def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_worker(tmp_path):
     """Two rounds as one Celery chain on RabbitMQ; the worker is SIGKILLed once round 1 has a checkpoint; the
     next worker resumes it; round 2 starts from round 1's editor, regenerates pairs, and trains on both
-    rounds' pairs. One version per round; promotion follows the gate."""
+    rounds' pairs (two candidates per instruction, under its own later filter). One version per round;
+    promotion follows the gate."""
     env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
     from trainers.celery_app import make_celery
 
@@ -390,7 +400,7 @@ def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_
     first = start_worker("gpu", "al", env)
     args = [sys.executable, "-m", "editloop.cli.main", "train", "align", "--rounds", "2", "--pairs", "14",
             "--pair-steps", "2", "--steps", "8", "--batch-size", "2", "--checkpoint-every", "1", "--scorer", "judge",
-            "--min-pairs", "0", "--eval-per-kind", "1", "--wait"]
+            "--min-pairs", "0", "--eval-per-kind", "1", "--candidates", "2", "--later-max-outside-l1", "1.0", "--wait"]
     cli = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     checkpoint = None
@@ -420,7 +430,8 @@ def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_
         assert sorted(v.version for v in versions) == sorted([r1["version"], r2["version"]])
         v2 = next(v for v in versions if v.version == r2["version"])
         assert v2.parent_id == next(v.id for v in versions if v.version == r1["version"])
-        assert len(v2.config["pairs_keys"]) == 2 and v2.metrics["filter"]["total"] == 14
+        assert len(v2.config["pairs_keys"]) == 2 and v2.metrics["filter"]["total"] == 2 * 14  # two candidates each
+        assert r1["filter"]["config"]["max_outside_l1"] == 0.05 and r2["filter"]["config"]["max_outside_l1"] == 1.0
         assert v2.metrics["train_pairs"] == r1["filter"]["kept"] + r2["filter"]["kept"]
         assert set(v2.metrics["per_kind"]) == set(EDIT_KINDS)
         for o in (r1, r2):

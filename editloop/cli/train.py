@@ -68,6 +68,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--train-text-encoder", action="store_true",
                    help="train the editor's text encoder with its UNet (the base's learned captions, not the "
                         "instructions' verbs; BENCHMARKS.md measures it)")
+    a.add_argument("--method", choices=["inpaint", "blend"], default=None,
+                   help="round 1's weak generator: the inpainting model over the edit region (default), or the "
+                        "text-to-image model making both images (blend)")
+    a.add_argument("--blend-until", type=float, default=None,
+                   help="--method blend: the fraction of sampling steps whose latents outside the edit region are "
+                        "the source's (default 1); 0 shares only the initial noise (SeedEdit's weak generator)")
+    a.add_argument("--candidates", type=int, default=None,
+                   help="rounds after the first: the editor's edits per instruction, each its own seed (default 1)")
+    a.add_argument("--later-min-agreement", type=float, default=None,
+                   help="rounds after the first: the agreement an own pair needs (default: round 1's filter); 1.0 "
+                        "keeps it only if the judge reads every attribute of both captions")
+    a.add_argument("--later-max-outside-l1", type=float, default=None,
+                   help="rounds after the first: the most mean L1 outside the edit region an own pair may change")
+    a.add_argument("--balance-kinds", action="store_true",
+                   help="draw training examples by edit kind uniformly, then a pair of that kind")
     a.add_argument("--min-pairs", type=int, default=None, help="stop a round with fewer surviving pairs")
     a.add_argument("--eval-per-kind", type=int, default=None, help="held-out edits per kind (default 8)")
     a.add_argument("--from-promoted", action="store_true",
@@ -186,12 +201,18 @@ def align_config(args: argparse.Namespace) -> dict:
     config: dict = {"arch": args.arch, "auto_promote": not args.no_promote}
     for key, value in (("pairs", args.pairs), ("pair_steps", args.pair_steps), ("scorer", args.scorer),
                        ("schedule", args.schedule), ("init", args.init), ("min_pairs", args.min_pairs),
-                       ("eval_per_kind", args.eval_per_kind)):
+                       ("eval_per_kind", args.eval_per_kind), ("method", args.method),
+                       ("blend_until", args.blend_until), ("candidates", args.candidates)):
         if value is not None:
             config[key] = value
+    later = {k: v for k, v in (("min_agreement", args.later_min_agreement),
+                               ("max_outside_l1", args.later_max_outside_l1)) if v is not None}
+    if later:
+        config["later_filter"] = later
     train = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                ("checkpoint_every", args.checkpoint_every),
-                               ("train_text_encoder", args.train_text_encoder)) if v}
+                               ("train_text_encoder", args.train_text_encoder),
+                               ("balance_kinds", args.balance_kinds)) if v}
     if train:
         config["train"] = train
     return config

@@ -41,6 +41,9 @@ class RoundConfig:
     schedule: str | None = None  # a new editor's noise schedule: None = its base's, or "zero-snr-v"
     init: str = "t2i"  # a new editor starts from the text-to-image model, or (concat only) the inpainting model
     filter: FilterConfig = field(default_factory=FilterConfig)
+    # rounds after the first: the filters for the editor's own pairs (None: `filter`); SeedEdit's later rounds keep
+    # only the editor's best edits, e.g. min_agreement 1.0 (the judge reads every attribute of both captions)
+    later_filter: FilterConfig | None = None
     min_pairs: int = 32
     keep_previous: bool = True  # train on the earlier rounds' kept pairs too
     train: EditorTrainConfig = field(default_factory=EditorTrainConfig)
@@ -67,8 +70,15 @@ class RoundConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown alignment round settings: {sorted(unknown)}")
+        later = data.get("later_filter")
         return cls(**{**data, "filter": FilterConfig(**data.get("filter", {})),
+                      "later_filter": None if later is None else FilterConfig(**later),
                       "train": EditorTrainConfig(**data.get("train", {}))})
+
+    def filter_for(self, round_no: int) -> FilterConfig:
+        """The filters of round `round_no`: `filter` for the weak generator's pairs, `later_filter` (if set) for
+        the editor's own."""
+        return self.later_filter if round_no > 1 and self.later_filter is not None else self.filter
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

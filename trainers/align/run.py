@@ -133,7 +133,8 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
          parent_version: str | None) -> dict[str, Any]:
     start, round_no, parent_meta = _start(sessions, store, settings, parent_version)
     all_pairs = round_pairs(round_no, cfg, start, settings.device)
-    keep, counts = filter_pairs(all_pairs, make_scorer(cfg, sessions, store, settings), cfg.filter)
+    keep, counts = filter_pairs(all_pairs, make_scorer(cfg, sessions, store, settings),
+                                cfg.filter_for(round_no))
     check_survivors(round_no, int(keep.sum()), counts, cfg.min_pairs)
     kept = all_pairs.select(keep)
     pairs_key = pairs_blob(store, kept)
