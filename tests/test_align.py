@@ -379,6 +379,8 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
     assert RoundConfig().filter_for(3) == FilterConfig()  # without later filters every round uses `filter`
     with pytest.raises(ValueError, match="`filter.min_agreement` must be in \\[0, 1\\], got 2.0"):
         RoundConfig.from_dict({"later_filter": {"min_agreement": 2.0}})
+    with pytest.raises(ValueError, match="unknown `later_filter` settings: \\['min_agreemnt'\\]"):
+        RoundConfig.from_dict({"later_filter": {"min_agreemnt": 1.0}})
     _, settings, sessions, store = worker_state(tmp_path)
     with pytest.raises(TooFewPairs, match="round 1: only \\d+ of 7 pairs survived the filters"):
         run_align_round("r-few", sessions, store, settings, {**ALIGN_TINY, "pairs": 7, "min_pairs": 100})

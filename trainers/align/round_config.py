@@ -26,6 +26,14 @@ SOURCES = ("render", "t2i")
 METHODS = ("inpaint", "blend")
 
 
+def nested(kind: type, name: str, data: dict[str, Any]) -> Any:  # noqa: ANN401
+    """Settings dict `data` under `name` as a `kind`; an unknown key is named rather than a TypeError."""
+    unknown = set(data) - set(kind.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown `{name}` settings: {sorted(unknown)}")
+    return kind(**data)
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     arch: str = "causal"
@@ -71,9 +79,9 @@ class RoundConfig:
         if unknown:
             raise ValueError(f"unknown alignment round settings: {sorted(unknown)}")
         later = data.get("later_filter")
-        return cls(**{**data, "filter": FilterConfig(**data.get("filter", {})),
-                      "later_filter": None if later is None else FilterConfig(**later),
-                      "train": EditorTrainConfig(**data.get("train", {}))})
+        return cls(**{**data, "filter": nested(FilterConfig, "filter", data.get("filter", {})),
+                      "later_filter": None if later is None else nested(FilterConfig, "later_filter", later),
+                      "train": nested(EditorTrainConfig, "train", data.get("train", {}))})
 
     def filter_for(self, round_no: int) -> FilterConfig:
         """The filters of round `round_no`: `filter` for the weak generator's pairs, `later_filter` (if set) for
