@@ -186,8 +186,8 @@ def main() -> None:
         scorer = AlignmentScorer(load_rewards({"alignment": args.alignment_reward}))
     else:
         scorer = JudgeScorer()
-    cfg = RoundConfig(pairs=args.pairs, pair_steps=12, method=args.method, blend_until=args.blend_until)
-    later_filter = later_filter_config(args)
+    cfg = RoundConfig(pairs=args.pairs, pair_steps=12, method=args.method, blend_until=args.blend_until,
+                      later_filter=later_filter_config(args))
     held = held_out_edits(args.eval_per_kind)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}
     print(f"held-out edits: {len(held)} ({args.eval_per_kind} per kind)", flush=True)
@@ -207,7 +207,7 @@ def main() -> None:
         if round_no == 1:  # the weak generator's pairs, shared by both architectures
             t0 = time.perf_counter()
             all_pairs = round_pairs(1, cfg, None, args.device)
-            keep, counts = filter_pairs(all_pairs, scorer, FilterConfig())
+            keep, counts = filter_pairs(all_pairs, scorer, cfg.filter_for(1))
             shared = (all_pairs.select(keep), counts, time.perf_counter() - t0)
             print(f"round 1 pairs: kept {counts['kept']} of {counts['total']} ({counts['after']})", flush=True)
         outputs = {}
@@ -223,7 +223,7 @@ def main() -> None:
             else:
                 regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps, candidates=args.candidates)
                 all_pairs = round_pairs(round_no, regen, editor, args.device)
-                keep, counts = filter_pairs(all_pairs, scorer, later_filter)
+                keep, counts = filter_pairs(all_pairs, scorer, cfg.filter_for(round_no))
                 kept, gen_s = all_pairs.select(keep), time.perf_counter() - t0
                 print(f"round {round_no} {arch} pairs: kept {counts['kept']} of {counts['total']} "
                       f"({counts['after']})", flush=True)

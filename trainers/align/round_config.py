@@ -26,11 +26,12 @@ SOURCES = ("render", "t2i")
 METHODS = ("inpaint", "blend")
 
 
-def nested(kind: type, name: str, data: dict[str, Any]) -> Any:  # noqa: ANN401
-    """Settings dict `data` under `name` as a `kind`; an unknown key is named rather than a TypeError."""
+def from_settings(kind: type, what: str, data: dict[str, Any]) -> Any:  # noqa: ANN401
+    """Dataclass `kind` from settings dict `data`; an unknown key gets a ValueError naming it (`what` settings)
+    rather than the constructor's TypeError."""
     unknown = set(data) - set(kind.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown `{name}` settings: {sorted(unknown)}")
+        raise ValueError(f"unknown {what} settings: {sorted(unknown)}")
     return kind(**data)
 
 
@@ -74,14 +75,11 @@ class RoundConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoundConfig:
-        data = dict(data)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown alignment round settings: {sorted(unknown)}")
         later = data.get("later_filter")
-        return cls(**{**data, "filter": nested(FilterConfig, "filter", data.get("filter", {})),
-                      "later_filter": None if later is None else nested(FilterConfig, "later_filter", later),
-                      "train": nested(EditorTrainConfig, "train", data.get("train", {}))})
+        nested = {"filter": from_settings(FilterConfig, "`filter`", data.get("filter", {})),
+                  "later_filter": None if later is None else from_settings(FilterConfig, "`later_filter`", later),
+                  "train": from_settings(EditorTrainConfig, "`train`", data.get("train", {}))}
+        return from_settings(cls, "alignment round", {**data, **nested})
 
     def filter_for(self, round_no: int) -> FilterConfig:
         """The filters of round `round_no`: `filter` for the weak generator's pairs, `later_filter` (if set) for
