@@ -25,6 +25,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,10 @@ from editloop.world.io import save_grid_png
 from editloop.world.render import render
 from trainers.align.editor_train import INITS, EditorTrainConfig, new_editor, train_editor
 from trainers.align.evaluate import HELD_OUT_SEED, evaluate_editor, held_out_edits, judge_edits
-from trainers.align.filters import AlignmentScorer, FilterConfig, JudgeScorer, filter_pairs
+from trainers.align.filters import AlignmentScorer, FilterConfig, JudgeScorer
 from trainers.align.pairs import Pairs
-from trainers.align.round_config import METHODS, RoundConfig, round_pairs
+from trainers.align.round_config import LATER_PAIRS, METHODS, RoundConfig
+from trainers.align.select import kept_round_pairs
 
 
 def weak_generator_row(edits: list, device: str) -> dict:  # noqa: ANN001
@@ -74,7 +76,7 @@ def fmt(m: dict) -> str:
 
 NOT_RECIPE = ("out", "save_editor", "save_baseline", "rounds", "eval_per_kind", "checkpoint_every")
 LATER_ROUNDS_ONLY = ("round_steps", "regen_steps", "later_min_agreement", "round1_editor", "candidates",
-                     "balance_kinds", "later_max_outside_l1", "no_own_pairs")
+                     "balance_kinds", "later_max_outside_l1", "no_own_pairs", "later_pairs")
 
 
 def recipe_key(args: argparse.Namespace, round_no: int) -> str:
@@ -152,6 +154,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--candidates", type=int, default=1,
                     help="the editor's edits per instruction in rounds 2+ (each from its own seed); every one that "
                          "passes the filters is kept, so more candidates keep more of the editor's rare right edits")
+    ap.add_argument("--later-pairs", choices=LATER_PAIRS, default="editor",
+                    help="what rounds 2+ keep: every passing candidate (editor), the best per spec (editor-best), "
+                         "the best per spec or else the weak generator's pair (best-or-weak), or the weak "
+                         "generator's pairs alone (weak, a control); trainers/align/select.py")
     ap.add_argument("--balance-kinds", action="store_true",
                     help="rounds 2+: draw training examples by edit kind uniformly (EditorTrainConfig.balance_kinds), "
                          "so the editor's own pairs, which lean to the kinds it already does, crowd out no kind")
@@ -187,7 +193,7 @@ def main() -> None:
     else:
         scorer = JudgeScorer()
     cfg = RoundConfig(pairs=args.pairs, pair_steps=12, method=args.method, blend_until=args.blend_until,
-                      later_filter=later_filter_config(args))
+                      candidates=args.candidates, later_filter=later_filter_config(args), later_pairs=args.later_pairs)
     held = held_out_edits(args.eval_per_kind)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "held_out": len(held), "rounds": []}
     print(f"held-out edits: {len(held)} ({args.eval_per_kind} per kind)", flush=True)
@@ -206,9 +212,8 @@ def main() -> None:
         shared = None
         if round_no == 1:  # the weak generator's pairs, shared by both architectures
             t0 = time.perf_counter()
-            all_pairs = round_pairs(1, cfg, None, args.device)
-            keep, counts = filter_pairs(all_pairs, scorer, cfg.filter_for(1))
-            shared = (all_pairs.select(keep), counts, time.perf_counter() - t0)
+            kept, counts = kept_round_pairs(1, cfg, None, scorer, args.device)
+            shared = (kept, counts, time.perf_counter() - t0)
             print(f"round 1 pairs: kept {counts['kept']} of {counts['total']} ({counts['after']})", flush=True)
         outputs = {}
         for arch in archs:
@@ -221,10 +226,9 @@ def main() -> None:
                 counts = {"total": 0, "kept": 0, "after": {}, "skipped": "--no-own-pairs"}
                 print(f"round {round_no} {arch}: no own pairs (--no-own-pairs)", flush=True)
             else:
-                regen = RoundConfig(pairs=args.pairs, pair_steps=args.regen_steps, candidates=args.candidates)
-                all_pairs = round_pairs(round_no, regen, editor, args.device)
-                keep, counts = filter_pairs(all_pairs, scorer, cfg.filter_for(round_no))
-                kept, gen_s = all_pairs.select(keep), time.perf_counter() - t0
+                kept, counts = kept_round_pairs(round_no, replace(cfg, pair_steps=args.regen_steps), editor, scorer,
+                                                args.device)
+                gen_s = time.perf_counter() - t0
                 print(f"round {round_no} {arch} pairs: kept {counts['kept']} of {counts['total']} "
                       f"({counts['after']})", flush=True)
             kept_so_far[arch].append(kept)

@@ -18,6 +18,7 @@ from editloop.db import ModelVersion, TrainingRun
 from editloop.models.instruct import load_instruct_editor
 from editloop.models.instruct_sampling import edit_images
 from editloop.models.zoo import load_pipeline
+from editloop.paths import INSTRUCT_DIR
 from editloop.world.edits import EDIT_KINDS, sample_edit
 from editloop.world.instructions import check_instruction, valid_instructions
 from editloop.world.render import render
@@ -32,9 +33,10 @@ from trainers.align.editor_train import (
 )
 from trainers.align.evaluate import held_out_edits, judge_edits
 from trainers.align.filters import FilterConfig, JudgeScorer, filter_pairs, region_l1
-from trainers.align.pairs import Pairs, edit_specs, latent_region, weak_pairs_batch
+from trainers.align.pairs import Pairs, candidate_specs, edit_specs, latent_region, weak_pairs_batch
 from trainers.align.round_config import RoundConfig, round_pairs
 from trainers.align.run import TooFewPairs, run_align_round
+from trainers.align.select import best_per_spec, kept_round_pairs
 
 ALIGN_TINY = {"pairs": 14, "pair_steps": 2, "scorer": "judge", "min_pairs": 1, "eval_per_kind": 1,
               "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 1}}
@@ -312,6 +314,46 @@ def test_filters_count_what_each_test_keeps():
         FilterConfig(max_outside_l1=2.0)
 
 
+def test_the_best_candidate_per_spec_is_the_kept_one_that_changes_least_outside_the_edit_region():
+    edits = edit_specs(3, 5)
+    sources = np.stack([render(e.source) for e in edits])
+    good = np.stack([render(e.target) for e in edits])  # renders only stand in for an editor's candidates here
+    smeared = good.copy()
+    smeared[:, :6] = 255 - smeared[:, :6]  # the same edit, with a change outside the edit region
+    masks = np.stack([e.mask for e in edits])
+    smeared = np.where(masks[..., None].astype(bool), good, smeared)
+    cands = Pairs.concat([Pairs(sources, t, masks, [e.instruction for e in edits], [e.kind for e in edits],
+                                [e.source.to_json() for e in edits], [e.target.to_json() for e in edits], [tag] * 3)
+                          for t, tag in ((smeared, "smeared"), (good, "good"))])  # candidate-major rows
+    keep = np.array([True, True, False, True, False, False])  # spec 1's clean candidate failed; spec 2 has none
+    assert candidate_specs(6, 3).tolist() == [0, 1, 2, 0, 1, 2]
+    assert best_per_spec(cands, keep, 3).tolist() == [3, 1]
+    with pytest.raises(ValueError, match="7 candidate rows are not a whole number of candidates for 3 specs"):
+        candidate_specs(7, 3)
+
+
+def test_a_later_round_keeps_one_own_pair_per_instruction_or_else_the_weak_generators():
+    editor = load_instruct_editor(INSTRUCT_DIR, device="cpu")
+    loose = FilterConfig(min_agreement=0.0, max_outside_l1=1.0, min_inside_l1=0.0)
+    cfg = RoundConfig(pairs=7, pair_steps=2, candidates=2, filter=loose, later_filter=loose,
+                      later_pairs="best-or-weak")
+    kept, counts = kept_round_pairs(2, cfg, editor, JudgeScorer(), "cpu")
+    own = [k for k, o in enumerate(kept.origin) if o.startswith("editor:")]
+    weak = [k for k, o in enumerate(kept.origin) if o == "inpaint"]
+    key = lambda k: (kept.source_scenes[k], kept.instructions[k])  # noqa: E731 - one edit spec
+    assert len(own) == counts["best_per_spec"] == len({key(k) for k in own}) <= counts["after"]["similarity"]
+    assert len(weak) == counts["weak"]["filled"] and not {key(k) for k in weak} & {key(k) for k in own}
+    assert counts["weak"]["specs_without_own"] == 7 - len(own) and counts["total"] == 14
+    assert counts["kept"] == len(kept) == len(own) + len(weak) and len(kept.origin) == len(own) + len(weak)
+    every, every_counts = kept_round_pairs(2, replace(cfg, later_pairs="editor"), editor, JudgeScorer(), "cpu")
+    assert len(every) == every_counts["kept"] == every_counts["after"]["similarity"] >= len(own)
+    alone, alone_counts = kept_round_pairs(2, replace(cfg, later_pairs="weak"), editor, JudgeScorer(), "cpu")
+    assert set(alone.origin) <= {"inpaint"} and alone_counts["total"] == 7
+    assert alone_counts["later_pairs"] == "weak" and alone_counts["kept"] == len(alone)
+    with pytest.raises(ValueError, match="`later_pairs` must be one of .* got 'best'"):
+        RoundConfig(later_pairs="best")
+
+
 def test_editor_training_resumes_exactly(tmp_path, t2i):
     _, pairs = shuffled_pairs(5)
     cfg = EditorTrainConfig(steps=4, batch_size=2, checkpoint_every=2, warmup=1)
@@ -393,7 +435,8 @@ def test_round_settings_and_too_few_pairs_are_refused_with_the_reason(tmp_path):
 def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_worker(tmp_path):
     """Two rounds as one Celery chain on RabbitMQ; the worker is SIGKILLed once round 1 has a checkpoint; the
     next worker resumes it; round 2 starts from round 1's editor, regenerates pairs, and trains on both
-    rounds' pairs (two candidates per instruction, under its own later filter). One version per round;
+    rounds' pairs (two candidates per instruction under its own later filter, the best of them per instruction
+    or else the weak generator's pair). One version per round;
     promotion follows the gate."""
     env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
     from trainers.celery_app import make_celery
@@ -402,7 +445,8 @@ def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_
     first = start_worker("gpu", "al", env)
     args = [sys.executable, "-m", "editloop.cli.main", "train", "align", "--rounds", "2", "--pairs", "14",
             "--pair-steps", "2", "--steps", "8", "--batch-size", "2", "--checkpoint-every", "1", "--scorer", "judge",
-            "--min-pairs", "0", "--eval-per-kind", "1", "--candidates", "2", "--later-max-outside-l1", "1.0", "--wait"]
+            "--min-pairs", "0", "--eval-per-kind", "1", "--candidates", "2", "--later-max-outside-l1", "1.0",
+            "--later-pairs", "best-or-weak", "--wait"]
     cli = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     checkpoint = None
@@ -435,6 +479,9 @@ def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_
         assert len(v2.config["pairs_keys"]) == 2 and v2.metrics["filter"]["total"] == 2 * 14  # two candidates each
         assert r1["filter"]["config"]["max_outside_l1"] == 0.05 and r2["filter"]["config"]["max_outside_l1"] == 1.0
         assert v2.metrics["train_pairs"] == r1["filter"]["kept"] + r2["filter"]["kept"]
+        assert r2["filter"]["later_pairs"] == "best-or-weak"  # at most one own pair per instruction, else the weak's
+        assert r2["filter"]["kept"] == r2["filter"]["best_per_spec"] + r2["filter"]["weak"]["filled"]
+        assert r2["filter"]["best_per_spec"] <= min(14, r2["filter"]["after"]["similarity"])
         assert set(v2.metrics["per_kind"]) == set(EDIT_KINDS)
         for o in (r1, r2):
             assert o["promoted"] == ("refused" not in o)

@@ -81,6 +81,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "keeps it only if the judge reads every attribute of both captions")
     a.add_argument("--later-max-outside-l1", type=float, default=None,
                    help="rounds after the first: the most mean L1 outside the edit region an own pair may change")
+    a.add_argument("--later-pairs", choices=["editor", "editor-best", "best-or-weak", "weak"], default=None,
+                   help="rounds after the first keep every passing own pair (editor, default), the best per "
+                        "instruction (editor-best), that or else the weak generator's pair (best-or-weak), or the "
+                        "weak generator's new pairs alone (weak, a control)")
     a.add_argument("--balance-kinds", action="store_true",
                    help="draw training examples by edit kind uniformly, then a pair of that kind")
     a.add_argument("--min-pairs", type=int, default=None, help="stop a round with fewer surviving pairs")
@@ -202,7 +206,8 @@ def align_config(args: argparse.Namespace) -> dict:
     for key, value in (("pairs", args.pairs), ("pair_steps", args.pair_steps), ("scorer", args.scorer),
                        ("schedule", args.schedule), ("init", args.init), ("min_pairs", args.min_pairs),
                        ("eval_per_kind", args.eval_per_kind), ("method", args.method),
-                       ("blend_until", args.blend_until), ("candidates", args.candidates)):
+                       ("blend_until", args.blend_until), ("candidates", args.candidates),
+                       ("later_pairs", args.later_pairs)):
         if value is not None:
             config[key] = value
     later = {k: v for k, v in (("min_agreement", args.later_min_agreement),

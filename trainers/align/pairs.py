@@ -162,10 +162,18 @@ def generated_sources(pipe, edits: list[Edit], seed: int, steps: int = 12, guida
     return np.concatenate(out)
 
 
+def candidate_specs(n_rows: int, n_specs: int) -> np.ndarray:
+    """The spec index of each of `editor_pairs`'s rows: candidate c of spec i is row c * n_specs + i."""
+    if n_rows % n_specs:
+        raise ValueError(f"{n_rows} candidate rows are not a whole number of candidates for {n_specs} specs")
+    return np.arange(n_rows) % n_specs
+
+
 def editor_pairs(editor: InstructEditor, edits: list[Edit], sources: np.ndarray, seed: int, candidates: int = 2,
                  steps: int | None = None, text_guidance: float | None = None,
                  image_guidance: float | None = None, batch: int = 32, desc: str = "editor pairs") -> Pairs:
-    """`candidates` edits per (source, instruction) by the editor itself, each from its own seed."""
+    """`candidates` edits per (source, instruction) by the editor itself, each from its own seed; rows are
+    candidate-major (`candidate_specs`)."""
     rows = [(i, c) for c in range(candidates) for i in range(len(edits))]
     outs = []
     for b in tqdm(range(0, len(rows), batch), desc=desc, unit="batch"):

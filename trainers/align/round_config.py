@@ -24,6 +24,7 @@ from trainers.align.pairs import (
 
 SOURCES = ("render", "t2i")
 METHODS = ("inpaint", "blend")
+LATER_PAIRS = ("editor", "editor-best", "best-or-weak", "weak")  # what rounds after the first keep: select.py
 
 
 def from_settings(kind: type, what: str, data: dict[str, Any]) -> Any:  # noqa: ANN401
@@ -53,6 +54,7 @@ class RoundConfig:
     # rounds after the first: the filters for the editor's own pairs (None: `filter`); SeedEdit's later rounds keep
     # only the editor's best edits, e.g. min_agreement 1.0 (the judge reads every attribute of both captions)
     later_filter: FilterConfig | None = None
+    later_pairs: str = "editor"  # one of LATER_PAIRS (trainers/align/select.py)
     min_pairs: int = 32
     keep_previous: bool = True  # train on the earlier rounds' kept pairs too
     train: EditorTrainConfig = field(default_factory=EditorTrainConfig)
@@ -62,7 +64,8 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("source", self.source, SOURCES), ("method", self.method, METHODS),
-                                     ("scorer", self.scorer, (*SCORERS, "auto"))):
+                                     ("scorer", self.scorer, (*SCORERS, "auto")),
+                                     ("later_pairs", self.later_pairs, LATER_PAIRS)):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}")
         if self.schedule is not None:

@@ -1,8 +1,9 @@
 """One SeedEdit alignment round, end to end, as the Celery task calls it:
 
 start editor (the round before's version in a chain; none for a first round) -> pairs (a first round:
-the weak generator; later rounds: the editor regenerates pairs for new instructions) -> filters (counts
-per test and kind; too few survivors stop the round with that reason) -> fine-tuning (resumable from
+the weak generator; later rounds: the editor regenerates pairs for new instructions) -> filters and, in later
+rounds, the choice per spec (trainers/align/select.py; counts per test and kind; too few survivors stop the
+round with that reason) -> fine-tuning (resumable from
 <state_dir>/runs/<run id>) -> held-out evaluation by the world judge -> candidate `instruct` version with
 its metrics, lineage and the pairs it trained on (in the blob store) -> promotion through the registry
 gate against the promoted instruct editor evaluated on the same held-out edits.
@@ -36,9 +37,10 @@ from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.align.editor_train import new_editor, train_editor
 from trainers.align.evaluate import evaluate_editor, held_out_edits
-from trainers.align.filters import AlignmentScorer, JudgeScorer, Scorer, filter_pairs
+from trainers.align.filters import AlignmentScorer, JudgeScorer, Scorer
 from trainers.align.pairs import Pairs
-from trainers.align.round_config import RoundConfig, round_pairs
+from trainers.align.round_config import RoundConfig
+from trainers.align.select import kept_round_pairs
 from trainers.runs import update_run
 
 KIND = "instruct"
@@ -132,11 +134,9 @@ def eval_score(metrics: dict) -> float:
 def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings, cfg: RoundConfig,
          parent_version: str | None) -> dict[str, Any]:
     start, round_no, parent_meta = _start(sessions, store, settings, parent_version)
-    all_pairs = round_pairs(round_no, cfg, start, settings.device)
-    keep, counts = filter_pairs(all_pairs, make_scorer(cfg, sessions, store, settings),
-                                cfg.filter_for(round_no))
-    check_survivors(round_no, int(keep.sum()), counts, cfg.min_pairs)
-    kept = all_pairs.select(keep)
+    kept, counts = kept_round_pairs(round_no, cfg, start, make_scorer(cfg, sessions, store, settings),
+                                    settings.device)
+    check_survivors(round_no, len(kept), counts, cfg.min_pairs)
     pairs_key = pairs_blob(store, kept)
     previous_keys = list(parent_meta.get("pairs_keys", [])) if cfg.keep_previous else []
     train_pairs = Pairs.concat([load_pairs_blob(store, k) for k in previous_keys] + [kept])
