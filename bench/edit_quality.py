@@ -229,8 +229,10 @@ def main() -> None:
                 kept, counts = kept_round_pairs(round_no, replace(cfg, pair_steps=args.regen_steps), editor, scorer,
                                                 args.device)
                 gen_s = time.perf_counter() - t0
+                chosen = f", best per spec {counts['best_per_spec']}" if "best_per_spec" in counts else ""
+                filled = f", weak generator's {counts['weak']['filled']}" if "weak" in counts else ""
                 print(f"round {round_no} {arch} pairs: kept {counts['kept']} of {counts['total']} "
-                      f"({counts['after']})", flush=True)
+                      f"({counts['after']}{chosen}{filled})", flush=True)
             kept_so_far[arch].append(kept)
             train_pairs = Pairs.concat(kept_so_far[arch])
             steps = args.steps if round_no == 1 else args.round_steps
