@@ -5,7 +5,8 @@ Round 1 keeps the weak generator's pairs that pass `filter`. A later round's pai
 - "editor-best": at most one candidate per spec, the passing one that changes the least outside the edit region,
   so specs the editor finds easy do not count several times over the ones it finds hard;
 - "best-or-weak": "editor-best", and for each spec none of whose candidates passes, the weak generator's pair for
-  it (on the same source) if that passes `filter`: SeedEdit's rounds regenerate pairs with the better generator,
+  it if that passes `filter` (the inpainting generator edits the editor's own source; the text-to-image one makes
+  its own): SeedEdit's rounds regenerate pairs with the better generator,
   and the weak one stays for what the editor cannot yet do, so a round's pairs cover every kind;
 - "weak": the weak generator's pairs for the round's new specs alone (the control: new data without the editor).
 """
