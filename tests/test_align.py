@@ -342,6 +342,7 @@ def test_a_later_round_keeps_one_own_pair_per_instruction_or_else_the_weak_gener
     weak = [k for k, o in enumerate(kept.origin) if o == "inpaint"]
     key = lambda k: (kept.source_scenes[k], kept.instructions[k])  # noqa: E731 - one edit spec
     assert len(own) == counts["best_per_spec"] == len({key(k) for k in own}) <= counts["after"]["similarity"]
+    assert sum(counts["best_per_kind"].values()) == len(own)
     assert len(weak) == counts["weak"]["filled"] and not {key(k) for k in weak} & {key(k) for k in own}
     assert counts["weak"]["specs_without_own"] == 7 - len(own) and counts["total"] == 14
     assert counts["kept"] == len(kept) == len(own) + len(weak) and len(kept.origin) == len(own) + len(weak)

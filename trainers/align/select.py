@@ -55,7 +55,7 @@ def kept_round_pairs(round_no: int, cfg: RoundConfig, editor: InstructEditor | N
         return own.select(keep), counts
     rows = best_per_spec(own, keep, cfg.pairs)
     kept = own.select(rows)
-    counts["best_per_spec"] = len(kept)
+    counts["best_per_spec"], counts["best_per_kind"] = len(kept), per_kind(kept)
     if cfg.later_pairs == "best-or-weak":
         weak = round_pairs(round_no, cfg, None, device)
         wkeep, wcounts = filter_pairs(weak, scorer, cfg.filter)
