@@ -6,8 +6,8 @@ Round 1 keeps the weak generator's pairs that pass `filter`. A later round's pai
   so specs the editor finds easy do not count several times over the ones it finds hard;
 - "best-or-weak": "editor-best", and for each spec none of whose candidates passes, the weak generator's pair for
   it if that passes `filter` (the inpainting generator edits the editor's own source; the text-to-image one makes
-  its own): SeedEdit's rounds regenerate pairs with the better generator,
-  and the weak one stays for what the editor cannot yet do, so a round's pairs cover every kind;
+  its own): a round's point is that the editor regenerates pairs better than the weak generator's, and where it
+  cannot yet, the weak generator's pair stands in, so a round's pairs cover every kind;
 - "weak": the weak generator's pairs for the round's new specs alone (the control: new data without the editor).
 """
 
