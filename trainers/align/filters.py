@@ -89,6 +89,11 @@ def region_l1(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> tuple[np.ndarr
     return inside, outside
 
 
+def count_kinds(kinds: list[str], among: list[str]) -> dict[str, int]:
+    """How many of `kinds` are each kind of `among` (0 for a kind of `among` that `kinds` lacks)."""
+    return {k: kinds.count(k) for k in sorted(set(among))}
+
+
 def filter_pairs(pairs: Pairs, scorer: Scorer, cfg: FilterConfig) -> tuple[np.ndarray, dict]:
     """A keep flag per pair, and the counts: passing each test alone and after each test in turn."""
     src_s, tgt_s = pairs.scenes("source"), pairs.scenes("target")
@@ -110,6 +115,5 @@ def filter_pairs(pairs: Pairs, scorer: Scorer, cfg: FilterConfig) -> tuple[np.nd
         keep &= ok
         counts["after"][name] = int(keep.sum())
     counts["kept"] = int(keep.sum())
-    counts["kept_per_kind"] = {k: int(sum(1 for kk, f in zip(pairs.kinds, keep) if f and kk == k))
-                               for k in sorted(set(pairs.kinds))}
+    counts["kept_per_kind"] = count_kinds([k for k, f in zip(pairs.kinds, keep) if f], pairs.kinds)
     return keep, counts

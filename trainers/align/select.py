@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from editloop.models.instruct import InstructEditor
-from trainers.align.filters import Scorer, filter_pairs, region_l1
+from trainers.align.filters import Scorer, count_kinds, filter_pairs, region_l1
 from trainers.align.pairs import Pairs, candidate_specs
 from trainers.align.round_config import RoundConfig, round_pairs
 
@@ -35,10 +35,6 @@ def best_per_spec(pairs: Pairs, keep: np.ndarray, n_specs: int) -> np.ndarray:
     return np.array(sorted(best.values(), key=lambda r: specs[r]), dtype=np.int64)
 
 
-def per_kind(pairs: Pairs) -> dict[str, int]:
-    return {k: pairs.kinds.count(k) for k in sorted(set(pairs.kinds))}
-
-
 def kept_round_pairs(round_no: int, cfg: RoundConfig, editor: InstructEditor | None, scorer: Scorer,
                      device: str | None) -> tuple[Pairs, dict]:
     """Round `round_no`'s kept pairs and the counts to record with it (`kept` and `kept_per_kind` are the final
@@ -55,7 +51,7 @@ def kept_round_pairs(round_no: int, cfg: RoundConfig, editor: InstructEditor | N
         return own.select(keep), counts
     rows = best_per_spec(own, keep, cfg.pairs)
     kept = own.select(rows)
-    counts["best_per_spec"], counts["best_per_kind"] = len(kept), per_kind(kept)
+    counts["best_per_spec"], counts["best_per_kind"] = len(kept), count_kinds(kept.kinds, own.kinds)
     if cfg.later_pairs == "best-or-weak":
         weak = round_pairs(round_no, cfg, None, device)
         wkeep, wcounts = filter_pairs(weak, scorer, cfg.filter)
@@ -66,5 +62,5 @@ def kept_round_pairs(round_no: int, cfg: RoundConfig, editor: InstructEditor | N
                           "specs_without_own": int(missing.sum()), "filled": int(fill.sum())}
         parts = [p for p in (kept, weak.select(fill)) if len(p)]
         kept = Pairs.concat(parts) if parts else kept
-    counts["kept"], counts["kept_per_kind"] = len(kept), per_kind(kept)
+    counts["kept"], counts["kept_per_kind"] = len(kept), count_kinds(kept.kinds, own.kinds)
     return kept, counts
