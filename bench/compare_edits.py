@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from math import comb
 from pathlib import Path
+
+from editloop.labels.stats import sign_test_p
 
 METRICS = ("success", "preservation")
 
@@ -24,11 +25,7 @@ def mcnemar_exact(gained: int, lost: int) -> float:
     """Exact two-sided McNemar p-value for `gained` and `lost` discordant edits (binomial, p = 1/2)."""
     if gained < 0 or lost < 0:
         raise ValueError(f"`gained` and `lost` must be counts, got {gained} and {lost}")
-    n, k = gained + lost, min(gained, lost)
-    if n == 0:
-        return 1.0
-    tail = sum(comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return min(1.0, 2 * sign_test_p(max(gained, lost), min(gained, lost)))  # the binomial is symmetric
 
 
 def per_edit(spec: str) -> tuple[str, dict[str, list[int]]]:

@@ -16,14 +16,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from math import comb, erfc, sqrt
+from math import erfc, sqrt
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from editloop.db.models import Comparison, ComparisonPair, ModelVersion
-from editloop.labels.stats import GSB
+from editloop.labels.stats import GSB, sign_test_p
 from editloop.records import get_or_create_image, get_or_create_prompt
 from editloop.store.base import BlobStore
 from editloop.world.io import mask_to_png, to_png
@@ -102,8 +102,7 @@ REVIEW_ALPHA = 0.05  # the sign test's level: good > bad by more than chance
 def preference_p_value(gsb: GSB) -> float:
     """One-sided sign test of "the reviewers prefer the candidate": P(X >= good) for X ~ Binomial(good + bad, 1/2),
     "same" dropped; `gsb` counts independent units (pairs by their majority, not every reviewer's verdict)."""
-    n = gsb.good + gsb.bad
-    return sum(comb(n, k) for k in range(gsb.good, n + 1)) / 2**n if n else 1.0
+    return sign_test_p(gsb.good, gsb.bad)
 
 
 NONINFERIORITY_MARGIN = 0.1  # how much worse (net preference) a faster candidate may be and still count as as good

@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from math import comb
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,6 +55,12 @@ def krippendorff_alpha_nominal(units: Sequence[Sequence[Hashable]]) -> float | N
     if expected == 0:
         return None  # every value identical: agreement is perfect but alpha is undefined
     return 1.0 - observed / expected
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign test: P(X >= wins) for X ~ Binomial(wins + losses, 1/2) (1.0 with no discordant unit)."""
+    n = wins + losses
+    return sum(comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
 
 
 @dataclass(frozen=True)
