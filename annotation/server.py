@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,22 +94,71 @@ def server_env(data_dir: Path, email: str, password: str) -> dict[str, str]:
         "DEBUG": "false",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        **TELEMETRY_OFF,
     })
     return env
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+# Label Studio reaches outside when it starts and runs (usage analytics, error reports, the newest-version
+# check on the package index); editloop's runs on loopback and asks for none of it.
+TELEMETRY_OFF = {
+    "COLLECT_ANALYTICS": "false",
+    "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "SENTRY_RATE": "0",
+    "LATEST_VERSION_CHECK": "false",
+    "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+    "VERSIONS_CHECK_TIME": "0",
+}
+
+
+def start_command(venv: Path, data_dir: Path, port: int) -> list[str]:
+    """The command line that starts Label Studio on 127.0.0.1:port (credentials go by environment)."""
+    return [str(executable(venv)), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir)]
+
+
+def admin_password(data_dir: Path) -> str:
+    """The admin's password, made once and kept (mode 600) in the data dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password_file = data_dir / "editloop-admin-password"
+    if not password_file.is_file():
+        password_file.write_text(secrets.token_hex(16))
+        password_file.chmod(0o600)
+    return password_file.read_text().strip()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 900,
+                 log_path: Path | None = None, stall: float = 180, tick: Callable[[float], None] | None = None
+                 ) -> None:
+    """Wait for `url`/health while Label Studio makes progress: give up after `timeout` seconds, or sooner when
+    its log (`log_path`) has not grown for `stall` seconds, or when it exits. `tick(elapsed)` about once a second."""
+    t0 = time.monotonic()
+    last_size, last_growth = -1, t0
+    while True:
+        now = time.monotonic()
         if proc is not None and proc.poll() is not None:
-            raise LabelStudioError(f"Label Studio exited with code {proc.returncode} while starting")
+            raise LabelStudioError(f"Label Studio exited with code {proc.returncode} while starting"
+                                   + (f"; see {log_path}" if log_path else ""))
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
+        size = log_path.stat().st_size if log_path is not None and log_path.is_file() else 0
+        if size != last_size:
+            last_size, last_growth = size, now
+        if now - t0 > timeout:
+            where = f"; see {log_path}" if log_path else ""
+            raise LabelStudioError(f"Label Studio did not answer {url}/health within {timeout:.0f}s "
+                                   f"(EDITLOOP_LABEL_STUDIO_START_TIMEOUT_S){where}")
+        if log_path is not None and now - last_growth > stall:
+            raise LabelStudioError(f"Label Studio wrote nothing to {log_path} and did not answer {url}/health for "
+                                   f"{now - last_growth:.0f}s (EDITLOOP_LABEL_STUDIO_STALL_S)")
+        if tick is not None:
+            tick(now - t0)
         time.sleep(1)
-    raise LabelStudioError(f"Label Studio at {url} did not answer /health within {timeout:.0f}s")
 
 
 def login_session(url: str, email: str, password: str) -> requests.Session:
@@ -127,17 +177,16 @@ def login_session(url: str, email: str, password: str) -> requests.Session:
 
 
 def personal_access_token(url: str, email: str, password: str) -> str:
-    """Log in and create (or, if one exists, rotate to) a personal access token for this user."""
+    """Log in and create a personal access token for this user; when one exists already (HTTP 409: one token per
+    user), revoke it and create a new one, so the token handed out is always fresh (we never keep the old)."""
     session = login_session(url, email, password)
     resp = session.post(f"{url}/api/token/", timeout=30)
-    if resp.status_code == 201 or resp.status_code == 200:
+    if resp.status_code == 409:
+        for old in session.get(f"{url}/api/token/", timeout=30).json() or []:
+            session.post(f"{url}/api/token/blacklist/", json={"refresh": old["token"]}, timeout=30)
+        resp = session.post(f"{url}/api/token/", timeout=30)
+    if resp.status_code in (200, 201):
         return resp.json()["token"]
-    existing = session.get(f"{url}/api/token/", timeout=30)
-    if existing.ok and existing.json():  # one token per user: rotate it (we never stored the old one)
-        rotated = session.post(f"{url}/api/token/rotate/", json={"refresh": existing.json()[0]["token"]},
-                               timeout=30)
-        if rotated.ok:
-            return rotated.json()["refresh"]
     raise LabelStudioError(f"could not create an API token for {email}: HTTP {resp.status_code} {resp.text[:300]}")
 
 
@@ -156,30 +205,32 @@ def signup(url: str, email: str, password: str) -> None:
     raise LabelStudioError(f"signing up {email} failed (HTTP {resp.status_code})")
 
 
-def start(venv: Path, data_dir: Path, port: int, log_path: Path, timeout: float = 240) -> LabelStudioInfo:
-    """Start Label Studio on 127.0.0.1:port (installing it first if needed), wait for health, make a token."""
+def start(venv: Path, data_dir: Path, port: int, log_path: Path, timeout: float = 900, stall: float = 180
+          ) -> LabelStudioInfo:
+    """Start Label Studio on 127.0.0.1:port (installing it first if needed), wait for health while it makes
+    progress (a status line on a terminal), make a token. On any failure the process is stopped again."""
     exe = ensure_installed(venv)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    password_file = data_dir / "editloop-admin-password"
-    if not password_file.is_file():
-        password_file.write_text(secrets.token_hex(16))
-        password_file.chmod(0o600)
-    password = password_file.read_text().strip()
+    password = admin_password(data_dir)
     url = f"http://127.0.0.1:{port}"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(
-        [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data_dir)],  # the admin's credentials go by environment, not on the command line
-        env=server_env(data_dir, ADMIN_EMAIL, password), stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    proc = subprocess.Popen(start_command(venv, data_dir, port), env=server_env(data_dir, ADMIN_EMAIL, password),
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
+    del exe
+
+    def tick(elapsed: float) -> None:
+        if sys.stdout.isatty():
+            print(f"\r  waiting for Label Studio at {url}/health: {elapsed:.0f}s (log {log_path})", end="", flush=True)
+
     try:
-        wait_healthy(url, proc, timeout)
+        wait_healthy(url, proc, timeout, log_path, stall, tick)
         token = personal_access_token(url, ADMIN_EMAIL, password)
     except BaseException:
         stop_process(proc.pid)
         raise
+    finally:
+        if sys.stdout.isatty():
+            print("\r" + " " * 100 + "\r", end="", flush=True)
     return LabelStudioInfo(url=url, token=token, pid=proc.pid, data_dir=str(data_dir), admin_email=ADMIN_EMAIL,
                            admin_password=password)
 
@@ -268,16 +319,22 @@ def running_info(settings: Settings) -> LabelStudioInfo | None:
 
 
 def up(settings: Settings, port: int | None = None) -> LabelStudioInfo:
-    """`editloop annotation up`: Label Studio (unless the one recorded in the state dir runs) and the web endpoint."""
+    """`editloop annotation up`: Label Studio (unless the one recorded in the state dir runs) and the web endpoint.
+    When Label Studio fails to start, the endpoint this call started is stopped again."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    start_web(settings)
+    web_pid = start_web(settings)
     path = info_path(settings)
     info = running_info(settings)
     if info is not None:
         return info
-    info = start(settings.label_studio_venv.resolve(), settings.state_dir.resolve() / "label-studio",
-                 port or settings.label_studio_port,
-                 settings.state_dir / "label-studio.log")
+    try:
+        info = start(settings.label_studio_venv.resolve(), settings.state_dir.resolve() / "label-studio",
+                     port or settings.label_studio_port, settings.state_dir / "label-studio.log",
+                     settings.label_studio_start_timeout_s, settings.label_studio_stall_s)
+    except BaseException:
+        if web_pid is not None:
+            stop_web(settings)
+        raise
     info.save(path)
     return info
 

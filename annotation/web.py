@@ -151,14 +151,21 @@ def make_server(settings: Settings, port: int | None = None, host: str = "127.0.
                      *open_state(settings))
 
 
-def main() -> None:
-    """`python -m annotation.web`: serve until SIGTERM (started by `editloop annotation up`)."""
+def main(argv: list[str] | None = None) -> None:
+    """`python -m annotation.web [--host H] [--port P]`: serve until SIGTERM (started by `editloop up` or
+    `editloop annotation up`)."""
+    import argparse
     import signal
 
+    parser = argparse.ArgumentParser(prog="python -m annotation.web", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port (default EDITLOOP_ANNOTATION_WEB_PORT); 0 = any free port")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = make_server(Settings())
+    server = make_server(Settings(), args.port, args.host)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print(f"READY annotation-web 127.0.0.1:{server.port}", flush=True)
+    print(f"READY annotation-web {args.host}:{server.port}", flush=True)
     server.serve_forever()
     server.server_close()
 

@@ -43,6 +43,20 @@ class Settings(BaseSettings):
     reload_interval_s: float = 5.0  # reward and editor services poll the registry for a newly promoted version
     label_studio_venv: Path = Path(".venv-label-studio")  # Label Studio's own virtualenv (made on first use)
     label_studio_port: int = 8080
+    label_studio_start_timeout_s: float = 900.0  # at most this long for Label Studio to answer /health
+    label_studio_stall_s: float = 180.0  # ...and give up sooner when it writes nothing and answers nothing this long
+    # `editloop up`: every part's port (0 = any free port, chosen at start and kept across restarts)
+    generator_port: int = 50051
+    editor_port: int = 50052
+    aesthetic_port: int = 50053
+    alignment_port: int = 50054
+    coherence_port: int = 50055
+    metrics_port: int = 0  # first Prometheus port of the services (the next ones follow); 0 = any free ports
+    restart_backoff_max_s: float = 30.0  # a dying child is restarted after 1, 2, 4, ... s, at most this
+    run_heartbeat_s: float = 30.0  # a running training run's worker touches its row this often
+    run_stale_s: float = 300.0  # no heartbeat this long: the run's worker is gone (re-queued or failed)
+    run_lost_s: float = 1800.0  # queued this long with its queue empty and no worker busy on it: message lost
+    run_max_requeues: int = 2  # re-queues of a run whose worker died, before it is failed
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>
     link_secret: str = Field(default="", repr=False)  # signs image links; default: a random one in state_dir

@@ -73,13 +73,21 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
     if kind == "reward":
         from services.gen.editloop.v1 import reward_pb2_grpc
         from services.reward.core import RewardCore
-        from services.reward.reload import CoreHolder, promoted_model_dir, reward_watcher
+        from services.reward.reload import CoreHolder, reward_watcher, served_model_dir
         from services.reward.servicer import SERVICE, RewardServicer
 
-        if model is None:  # the promoted version, hot-reloaded when another is promoted
+        if model is None:  # the promoted version (else the initial untrained one), hot-reloaded on promotion
             sessions, store = open_state(settings)
-            version, path = promoted_model_dir(sessions, store, reward_kind, settings.state_dir / "models")
-            core = RewardCore(path, reward_kind, device=settings.device)
+            version, path = served_model_dir(sessions, store, reward_kind, settings.state_dir / "models")
+            try:
+                core = RewardCore(path, reward_kind, device=settings.device)
+            except (OSError, ValueError) as exc:  # a promoted checkpoint that does not load: serve, never exit
+                log.error("promoted %s reward %s does not load (%s); serving the initial one", reward_kind,
+                          version, exc)
+                from services.reward.reload import initial_model_dir
+
+                version, path = initial_model_dir(reward_kind, settings.state_dir / "models")
+                core = RewardCore(path, reward_kind, device=settings.device)
             core.version = version
         else:
             core = RewardCore(model, reward_kind, device=settings.device)

@@ -33,6 +33,8 @@ def make_celery(settings: Settings) -> Celery:
                                           "schedule": settings.trigger_interval_s},
             # webhook events whose enqueue was lost are applied within a minute anyway
             "apply-pending-label-events": {"task": "editloop.cpu.apply_label_events", "schedule": 60.0},
+            # runs whose worker died for good or whose message was lost: re-queued from the checkpoint, or failed
+            "reap-hung-runs": {"task": "editloop.cpu.reap_runs", "schedule": 60.0},
         },
     )
     return app

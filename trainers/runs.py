@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,23 @@ def update_run(sessions: sessionmaker[Session], run_id: str, **fields: Any) -> N
         run = s.get(TrainingRun, run_id)
         for k, v in fields.items():
             setattr(run, k, v)
+
+
+def throttled(progress: Callable[[int, int, dict[str, float]], None] | None, every_s: float = 2.0
+              ) -> Callable[[int, int, dict[str, float]], None] | None:
+    """`progress(step, total, last)` called at most every `every_s` seconds, but always at the last step and
+    for an evaluation record: the loops report every step, the run's row is written a few times a minute."""
+    if progress is None:
+        return None
+    last_call = [float("-inf")]
+
+    def report(step: int, total: int, last: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - last_call[0] >= every_s or step >= total or "eval" in last:
+            last_call[0] = now
+            progress(step, total, last)
+
+    return report
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

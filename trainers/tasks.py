@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
@@ -65,7 +67,8 @@ def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = No
     from trainers.reward.run import RewardTrainConfig, train_reward
 
     settings, sessions, store = worker_context()
-    outputs = train_reward(kind, run_id, sessions, store, settings, RewardTrainConfig(**(config or {})))
+    with beating(run_id):
+        outputs = train_reward(kind, run_id, sessions, store, settings, RewardTrainConfig(**(config or {})))
     return {k: v for k, v in outputs.items() if k != "history"}
 
 
@@ -79,7 +82,8 @@ def feedback_stage_task(previous: dict[str, Any] | None, stage: str, run_id: str
     settings, sessions, store = worker_context()
     parent = previous.get("version") if previous else None
     try:
-        return run_feedback_stage(stage, run_id, sessions, store, settings, config, parent)
+        with beating(run_id):
+            return run_feedback_stage(stage, run_id, sessions, store, settings, config, parent)
     except Exception:
         cancel_rest_of_chain(sessions, run_id)
         raise
@@ -87,15 +91,43 @@ def feedback_stage_task(previous: dict[str, Any] | None, stage: str, run_id: str
 
 def cancel_rest_of_chain(sessions: sessionmaker[Session], run_id: str) -> None:
     """The stages queued after a failed one will not run: say so on their rows."""
-    from editloop.db import TrainingRun
+    from trainers.reaper import cancel_chain_after
 
     with sessions.begin() as s:
-        run = s.get(TrainingRun, run_id)
-        chain_ids = (run.inputs or {}).get("chain", []) if run else []
-        for later in chain_ids[chain_ids.index(run_id) + 1:] if run_id in chain_ids else []:
-            row = s.get(TrainingRun, later)
-            if row is not None and row.status == "queued":
-                row.status, row.error = "cancelled", f"stage run {run_id} before it in the chain failed"
+        cancel_chain_after(s, run_id)
+
+
+@contextmanager
+def beating(run_id: str) -> Iterator[None]:
+    """The run's heartbeat while its task runs (trainers.reaper finds runs whose worker stopped beating)."""
+    from trainers.reaper import heartbeat
+
+    settings, sessions, _ = worker_context()
+    with heartbeat(sessions, run_id, settings.run_heartbeat_s):
+        yield
+
+
+@shared_task(name="editloop.cpu.reap_runs", acks_late=True)
+def reap_runs_task() -> list[dict[str, str]]:
+    """Re-queue (from the checkpoint) or fail runs whose worker died or whose message was lost."""
+    from kombu import Connection
+
+    from trainers.reaper import reap
+
+    settings, sessions, _ = worker_context()
+    app = reap_runs_task.app
+
+    def queue_empty(queue: str) -> bool:
+        try:
+            with Connection(settings.resolved_broker_url(), connect_timeout=3) as conn:
+                return conn.channel().queue_declare(queue=queue, passive=True).message_count == 0
+        except Exception:  # noqa: BLE001 - not declared or unreachable: no message can be waiting there
+            return True
+
+    def send(name: str, args: list[Any], run_id: str) -> None:
+        app.send_task(name, args=args, task_id=run_id)
+
+    return [asdict(r) for r in reap(sessions, settings, send, queue_empty)]
 
 
 @shared_task(name="editloop.gpu.align_round", acks_late=True)
@@ -108,7 +140,8 @@ def align_round_task(previous: dict[str, Any] | None, run_id: str, config: dict[
     settings, sessions, store = worker_context()
     parent = previous.get("version") if previous else None
     try:
-        return run_align_round(run_id, sessions, store, settings, config, parent)
+        with beating(run_id):
+            return run_align_round(run_id, sessions, store, settings, config, parent)
     except Exception:
         cancel_rest_of_chain(sessions, run_id)
         raise

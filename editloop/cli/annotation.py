@@ -73,6 +73,13 @@ def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     return run
 
 
+def _settings() -> Settings:
+    """The settings, with the running stack's annotation endpoint and Label Studio ports when one runs."""
+    from editloop.cli.stack import stack_settings
+
+    return stack_settings(Settings())
+
+
 def _context(settings: Settings):  # noqa: ANN202
     from editloop.state import open_state
 
@@ -83,7 +90,7 @@ def _context(settings: Settings):  # noqa: ANN202
 def _up(args: argparse.Namespace) -> int:
     from annotation import server
 
-    settings = Settings()
+    settings = _settings()
     info = server.up(settings, args.port)
     print(f"Label Studio is up at {info.url} (admin {info.admin_email}, password in "
           f"{info.data_dir}/editloop-admin-password); image/webhook endpoint at "
@@ -96,7 +103,7 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from annotation import server
 
-    print("stopped" if server.down(Settings()) else "nothing was running")
+    print("stopped" if server.down(_settings()) else "nothing was running")
     return 0
 
 
@@ -108,7 +115,7 @@ def _candidates(args: argparse.Namespace) -> int:
     request = EditSetsRequest(args.editor, args.sets, args.images, LABEL_SEED if args.seed is None else args.seed,
                               tuple(t.strip() for t in args.tasks.split(",") if t.strip()), args.steps,
                               args.guidance)
-    editor, results = make_edit_sets(Settings(), request)
+    editor, results = make_edit_sets(_settings(), request)
     print(f"{len(results)} candidate sets enqueued on the gpu queue, made by editor {editor!r}")
     if args.no_wait:
         return 0
@@ -126,7 +133,7 @@ def _push(args: argparse.Namespace) -> int:
     from annotation.links import LinkMaker, webhook_token
     from annotation.push import Target, push_candidate_sets, push_pairs
 
-    settings = Settings()
+    settings = _settings()
     sessions, store = _context(settings)
     ls, _ = connect_from_state(settings)
     target = Target(args.overlap, args.batch_size, f"{settings.resolved_annotation_web_url()}/webhook",
@@ -158,7 +165,7 @@ def _label(args: argparse.Namespace) -> int:
     from annotation.simulate import label_project
     from editloop.db.models import LabelTask
 
-    settings = Settings()
+    settings = _settings()
     sessions, _ = _context(settings)
     _, info = connect_from_state(settings)
     labellers = simulated_labellers(info.url, args.temperatures, args.seed, args.reversed)
@@ -177,13 +184,14 @@ def _sync(args: argparse.Namespace) -> int:
     from annotation.client import connect_from_state
     from annotation.sync import sync
 
-    settings = Settings()
+    settings = _settings()
     sessions, _ = _context(settings)
     ls, _ = connect_from_state(settings)
     while True:
         report = sync(ls, sessions)
-        print(f"Label Studio holds {report.seen} annotations; {report.recorded} new events from polling; "
-              f"applied {report.applied.applied} ({dict(report.applied.outcomes)})"
+        print(f"Label Studio holds {report.seen} annotations; {report.recorded} new events found by polling (the "
+              f"others had arrived by webhook); applied now: {report.applied.applied} "
+              f"({dict(report.applied.outcomes)})"
               + (f"; {len(report.malformed)} malformed: {report.malformed[:3]}" if report.malformed else ""))
         if not args.watch:
             return 0
@@ -194,7 +202,7 @@ def _sync(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from editloop.labels.stats import format_stats, label_stats
 
-    settings = Settings()
+    settings = _settings()
     sessions, _ = _context(settings)
     names = {}
     try:

@@ -107,7 +107,10 @@ def score(args: argparse.Namespace, settings: Settings) -> list[float]:
 
     items = [reward_pb2.ScoreItem(image=common_pb2.Image(png=Path(p).read_bytes()), prompt=args.prompt or "")
              for p in args.images]
-    with grpc.insecure_channel(args.address, options=channel_options(settings.max_message_mb)) as ch:
+    from editloop.cli.stack import service_address
+
+    address = args.address or service_address(settings, f"reward-{args.kind}")
+    with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
         result = reward_pb2_grpc.RewardStub(ch).Score(reward_pb2.ScoreRequest(items=items), timeout=120)
     for path, value in zip(args.images, result.scores):
         print(f"{value:+.4f}  {path}")
@@ -138,5 +141,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score PNG files with a reward service")
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--prompt", default="", help="caption or instruction (aesthetic and alignment)")
-    p.add_argument("--address", required=True, help="host:port of `editloop serve reward --kind K`")
+    p.add_argument("--kind", choices=["aesthetic", "alignment", "coherence"], default="aesthetic",
+                   help="which reward service of the running stack (default aesthetic)")
+    p.add_argument("--address", default=None, help="host:port of a reward service (default: the running stack's "
+                                                   "service of --kind)")
     p.set_defaults(func=lambda a: score(a, Settings()) and 0)

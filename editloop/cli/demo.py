@@ -164,7 +164,9 @@ def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:  # 
         counts = sum((label_project(info.url, labellers, pid) for pid in pushed.projects.values()), start=Counter())
         print(f"   simulated annotators labelled through the API: {dict(counts)}")
         report = sync(ls, sessions)
-        print(f"   synced: {report.seen} annotations in Label Studio, applied {report.applied.applied} events")
+        print(f"   synced: Label Studio holds {report.seen} annotations; {report.recorded} new found by polling "
+              f"(the others arrived by webhook and were applied by the worker); applied now: "
+              f"{report.applied.applied}")
         with sessions() as session:
             stats = label_stats(session)
         print("   " + format_stats(stats, {f"ls:{lab.user_id}": lab.email for lab in labellers}).replace("\n", "\n   "))

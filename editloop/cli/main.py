@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from editloop.cli import annotation, client, demo, platform, train, world
+from editloop.cli import annotation, client, demo, platform, status, train, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     platform.add_parsers(sub)
     client.add_parsers(sub)
+    status.add_parser(sub)
     annotation.add_parser(sub)
     train.add_parser(sub)
     return parser

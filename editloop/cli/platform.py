@@ -23,8 +23,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("up", help="start the embedded stack (services + worker) until Ctrl-C")
-    p.set_defaults(func=lambda a: __import__("editloop.cli.stack", fromlist=["run_up"]).run_up(Settings()))
+    p = sub.add_parser("up", help="run the whole platform (services, workers, beat, annotation endpoint, Label "
+                                  "Studio) as supervised child processes until Ctrl-C")
+    p.add_argument("--port", type=int, default=None,
+                   help="0 = every part on any free port; N = parts on N, N+1, ... (default: each part's setting, "
+                        "EDITLOOP_GENERATOR_PORT=50051, EDITLOOP_EDITOR_PORT=50052, EDITLOOP_AESTHETIC_PORT=50053, "
+                        "EDITLOOP_ALIGNMENT_PORT=50054, EDITLOOP_COHERENCE_PORT=50055, "
+                        "EDITLOOP_ANNOTATION_WEB_PORT=8090, EDITLOOP_LABEL_STUDIO_PORT=8080)")
+    p.add_argument("--part-port", action="append", default=[], metavar="PART=PORT",
+                   help="one part's port, e.g. editor=6000 (repeatable; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="first Prometheus port of the services (the next ones follow); 0 = any free ports "
+                        "(default EDITLOOP_METRICS_PORT=0)")
+    p.add_argument("--host", default="127.0.0.1", help="address the services listen on")
+    p.add_argument("--no-label-studio", action="store_true", help="run without Label Studio")
+    p.add_argument("--only", default="", help="comma-separated parts to run (default: all)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds for every part to become ready")
+    p.set_defaults(func=_up)
 
     p = sub.add_parser("db", help="database administration")
     dsub = p.add_subparsers(dest="db_command", required=True)
@@ -60,6 +75,42 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_init_reward)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from editloop.cli.stack import ALL_PARTS, StackError, run_up
+
+    settings = Settings()
+    parts = tuple(x.strip() for x in args.only.split(",") if x.strip()) or ALL_PARTS
+    unknown = [x for x in parts if x not in ALL_PARTS]
+    if unknown:
+        raise ValueError(f"`--only` names unknown parts {unknown}; parts are {', '.join(ALL_PARTS)}")
+    if args.no_label_studio:
+        parts = tuple(x for x in parts if x != "label-studio")
+    overrides = {}
+    for item in args.part_port:
+        name, _, port = item.partition("=")
+        if name not in ALL_PARTS or not port.isdigit():
+            raise ValueError(f"`--part-port` must be PART=PORT with PART one of {', '.join(ALL_PARTS)}, got {item!r}")
+        overrides[name] = int(port)
+    if "label-studio" in parts and not _label_studio_installed(settings):
+        parts = tuple(x for x in parts if x != "label-studio")
+    try:
+        return run_up(settings, parts, args.port, overrides, args.metrics_port, args.timeout, args.host)
+    except StackError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _label_studio_installed(settings: Settings) -> bool:
+    """Install Label Studio into its own virtualenv when missing; False (the stack runs without it) if that fails."""
+    from annotation.server import LabelStudioError, ensure_installed
+
+    try:
+        ensure_installed(settings.label_studio_venv.resolve())
+    except (LabelStudioError, OSError) as exc:
+        print(f"Label Studio is not installed and could not be ({exc}); the platform runs without it")
+        return False
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:

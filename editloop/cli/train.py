@@ -18,6 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r = tsub.add_parser("reward", help="train a reward model from the labels (a Celery task on the gpu queue)")
     r.add_argument("--kind", required=True, choices=["aesthetic", "alignment", "coherence"])
     r.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
+    r.add_argument("--train-size", type=int, default=None,
+                   help="examples to build for training: alignment (default 4000 captions with hard negatives) and "
+                        "coherence (default 512 inpainted composites); the aesthetic reward trains on every label")
+    r.add_argument("--eval-size", type=int, default=None,
+                   help="held-out examples (alignment default 1000, coherence default 128)")
+    r.add_argument("--batch-size", type=int, default=None, help="examples per step (default 64)")
+    r.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations (default 100)")
     r.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
     r.add_argument("--wait", action="store_true", help="wait for the run and print its result")
     r.set_defaults(func=_train_reward)
@@ -112,9 +119,27 @@ def enqueue_reward_run(settings: Settings, kind: str, config: dict, reason: str)
     return result.id
 
 
+def reward_config(args: argparse.Namespace) -> dict:
+    """The run's config from the flags; ValueError naming the flag for a value the run would refuse."""
+    config: dict = {"auto_promote": not args.no_promote}
+    for flag, key, value in (("--steps", "steps", args.steps), ("--batch-size", "batch_size", args.batch_size),
+                             ("--eval-every", "eval_every", args.eval_every),
+                             ("--train-size", f"{args.kind}_train", args.train_size),
+                             ("--eval-size", f"{args.kind}_eval", args.eval_size)):
+        if value is None:
+            continue
+        if value < 1:
+            raise ValueError(f"`{flag}` must be >= 1, got {value}")
+        if args.kind == "aesthetic" and flag in ("--train-size", "--eval-size"):
+            raise ValueError(f"`{flag}` applies to the alignment and coherence rewards; the aesthetic reward trains "
+                             f"on the valid labels (held-out split by candidate set)")
+        config[key] = value
+    return config
+
+
 def _train_reward(args: argparse.Namespace) -> int:
     settings = Settings()
-    config = {"auto_promote": not args.no_promote, **({"steps": args.steps} if args.steps else {})}
+    config = reward_config(args)
     run_id = enqueue_reward_run(settings, args.kind, config, "by hand: editloop train reward")
     print(f"queued {args.kind} reward run {run_id} (a worker on the gpu queue runs it)")
     if not args.wait:
@@ -241,7 +266,8 @@ def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: s
     with open_sessions(settings).begin() as s:
         for run_id in run_ids:
             s.add(TrainingRun(id=run_id, kind="align", status="queued",
-                              inputs={"config": config, "trigger": reason, "chain": run_ids}))
+                              inputs={"config": config, "trigger": reason, "chain": run_ids,
+                                      **({"first": {"version": start_version}} if start_version else {})}))
     app = make_celery(settings)
     first = {"version": start_version} if start_version else None
     sigs = [app.signature("editloop.gpu.align_round", args=[first, run_ids[0], config], task_id=run_ids[0])]

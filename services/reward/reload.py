@@ -38,6 +38,42 @@ def promoted_model_dir(sessions: sessionmaker[Session], store: BlobStore, kind: 
     return version, fetch_model_dir(store, key, cache)
 
 
+INITIAL_VERSION = "initial-untrained"
+
+
+def initial_model_dir(kind: str, cache: Path) -> tuple[str, Path]:
+    """(version, directory) of the reward served while no `kind` version is promoted: an UNTRAINED model built
+    from the tiny config with seed 0, marked as such in its version ("initial-untrained") and its editloop.json
+    (`trained: false`). It is never registered, so no gate ever compares with it; the first promoted version
+    replaces it through the watcher."""
+    from editloop.models.reward import save_reward, tiny_reward
+
+    path = cache / f"initial-{kind}"
+    if not (path / "editloop.json").is_file():
+        tmp = cache / f".initial-{kind}.{id(path)}.tmp"
+        save_reward(tiny_reward(kind, 0), kind, tmp, version=INITIAL_VERSION, extra={"trained": False})
+        try:
+            tmp.replace(path)
+        except OSError:  # another process made it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return INITIAL_VERSION, path
+
+
+def served_model_dir(sessions: sessionmaker[Session], store: BlobStore, kind: str, cache: Path
+                     ) -> tuple[str, Path]:
+    """The promoted `kind` version when there is one that can be fetched, else the initial untrained model."""
+    import logging
+
+    try:
+        return promoted_model_dir(sessions, store, kind, cache)
+    except FileNotFoundError as exc:
+        logging.getLogger("editloop.services").warning("%s; serving the initial UNTRAINED %s reward until a version "
+                                                       "is promoted", exc, kind)
+    return initial_model_dir(kind, cache)
+
+
 def reward_watcher(holder: CoreHolder, kind: str, settings: Settings, sessions: sessionmaker[Session],
                    store: BlobStore, interval: float) -> RegistryWatcher:
     """Watch the registry for a newly promoted `kind` reward version and swap it into `holder`."""

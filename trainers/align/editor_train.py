@@ -26,7 +26,7 @@ from editloop.models.zoo import training_scheduler
 from trainers.align.pairs import Pairs
 from trainers.pretrain.common import EMA, guarded_step, set_lr
 from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights, prediction_target
-from trainers.runs import save_checkpoint
+from trainers.runs import save_checkpoint, throttled
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         opt.load_state_dict(saved["optimizer"])
         ema.load_state_dict(saved["ema"])
         state = TrainState(saved["step"], saved["history"])
+    progress = throttled(progress)
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {editor.arch} editor", unit="step")
     loss_ema = state.history[-1]["loss_ema"] if state.history else None
     while state.step < cfg.steps:
@@ -256,8 +257,8 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
             if cfg.train_text_encoder:
                 saved["text_encoder"] = editor.text_encoder.state_dict()
             save_checkpoint(ckpt, saved)
-            if progress is not None:
-                progress(state.step, cfg.steps, last)
+        if progress is not None:
+            progress(state.step, cfg.steps, last)
     bar.close()
     if editor.branches is not None:
         editor.branches.clear()

@@ -28,7 +28,7 @@ from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, ma
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
 from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
 from trainers.feedback.selection import Selection, save_snapshot, select_snapshot
-from trainers.runs import save_checkpoint
+from trainers.runs import save_checkpoint, throttled
 
 STAGES = ("pefl", "adversarial", "progressive")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -206,6 +206,7 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
             disc.load_state_dict(saved["disc"])
             d_opt.load_state_dict(saved["d_opt"])
         state = FeedbackState(saved["step"], saved["history"])
+    progress = throttled(progress)
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{cfg.stage} (T={cfg.schedule.steps})", unit="step",
                disable=None)
     while state.step < cfg.steps:
@@ -227,8 +228,8 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
             if disc is not None:
                 payload.update(disc=disc.state_dict(), d_opt=d_opt.state_dict())
             save_checkpoint(ckpt, payload)
-            if progress is not None:
-                progress(state.step, cfg.steps, record)
+        if progress is not None:
+            progress(state.step, cfg.steps, record)
     bar.close()
     ema.copy_to(params)
     if cfg.snapshot_every and select is not None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainers.runs import save_checkpoint
+from trainers.runs import save_checkpoint, throttled
 
 T = TypeVar("T")
 
@@ -89,6 +89,7 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
         for _ in range(state["step"]):
             next(batches)
     stopped = False
+    progress = throttled(progress)
     while state["step"] < cfg.steps:
         model.train()
         loss = loss_fn(model, next(batches))
@@ -114,6 +115,8 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
                 progress(step, cfg.steps, state["history"][-1])
             if state["bad_evals"] >= cfg.patience:
                 stopped = True
+        elif progress is not None:
+            progress(step, cfg.steps, {"step": step, "loss": float(loss.detach())})
         if step % cfg.checkpoint_every == 0 or stopped or step == cfg.steps:
             save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
                                    "rng": torch.get_rng_state()})

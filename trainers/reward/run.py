@@ -182,8 +182,12 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             _, parent_model, parent_tok = load_reward(parent_dir, kind)
             parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
 
+        last_eval: dict = {}
+
         def progress(step: int, total: int, last: dict) -> None:
-            update_run(sessions, run_id, progress=step / total, outputs={"last_eval": last})
+            if "eval" in last:
+                last_eval.update(last)
+            update_run(sessions, run_id, progress=step / total, outputs={"last": last, "last_eval": dict(last_eval)})
 
         run_dir = settings.state_dir / "runs" / run_id
         best, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
