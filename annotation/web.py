@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="port (default EDITLOOP_ANNOTATION_WEB_PORT); 0 = any free port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     server = make_server(Settings(), args.port, args.host)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"READY annotation-web {args.host}:{server.port}", flush=True)

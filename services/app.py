@@ -148,6 +148,7 @@ def run_service(kind: str, settings: Settings, model: Path | None, port: int, ho
                 metrics_port: int | None = None, grace: float = 30.0, reward_kind: str | None = None,
                 **batching: float) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check at start is not news
 
     async def main() -> None:
         if metrics_port is not None:
