@@ -162,3 +162,41 @@ def test_train_reward_takes_the_data_size_and_names_bad_values(tmp_path, flag, v
     aesthetic = build_parser().parse_args(["train", "reward", "--kind", "aesthetic", "--train-size", "10"])
     with pytest.raises(ValueError, match="trains on the valid labels"):
         reward_config(aesthetic)
+
+
+def test_an_annotator_with_a_token_gets_a_fresh_one_and_the_old_one_stops_working(label_studio):
+    import requests
+
+    from annotation.server import personal_access_token
+
+    first = personal_access_token(label_studio.url, label_studio.admin_email, label_studio.admin_password)
+    second = personal_access_token(label_studio.url, label_studio.admin_email, label_studio.admin_password)
+    assert first != second
+
+    def works(token: str) -> bool:
+        resp = requests.post(f"{label_studio.url}/api/token/refresh/", json={"refresh": token}, timeout=30)
+        return resp.status_code == 200
+
+    assert works(second) and not works(first)
+
+
+def test_label_studio_start_gives_up_when_it_stalls_and_leaves_nothing_running(tmp_path):
+    from annotation.server import LabelStudioError, wait_healthy
+
+    log = tmp_path / "ls.log"
+    log.write_text("starting\n")
+    quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(LabelStudioError, match=r"wrote nothing to .* and did not answer .*/health for \d+s"):
+            wait_healthy(f"http://127.0.0.1:{_closed_port()}", quiet, timeout=30, log_path=log, stall=2)
+        with pytest.raises(LabelStudioError, match=r"did not answer .*/health within 1s"):
+            wait_healthy(f"http://127.0.0.1:{_closed_port()}", quiet, timeout=1, log_path=None)
+    finally:
+        quiet.kill()
+        quiet.wait()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
