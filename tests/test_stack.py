@@ -28,7 +28,7 @@ def test_up_serves_the_clients_and_leaves_no_process_behind(stack_env, tmp_path,
     import psutil
 
     before = {c.pid for c in psutil.Process().children(recursive=True)}  # e.g. the session's Label Studio
-    with running_stack(stack_env, ports={"generator": 0, "editor": 0}) as addresses:
+    with running_stack(stack_env) as addresses:
         assert set(addresses) == {"generator", "editor"}
         assert main(["generate", scene.caption, "--n", "2", "--steps", "2", "--out", str(tmp_path / "g"),
                      "--record"]) == 0

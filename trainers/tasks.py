@@ -34,6 +34,20 @@ def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
     return {"candidate_set_id": set_id, "spec": asdict(cs)}
 
 
+@shared_task(name="editloop.gpu.generate_candidate_sets", bind=True, acks_late=True)
+def generate_candidate_sets(self, specs: list[dict[str, Any]]) -> list[int]:  # noqa: ANN001
+    """Many candidate sets in one task (one model load, one message): each set is committed as it is made, so a
+    redelivered task skips the sets already made (by idempotency key); reports PROGRESS {done, total}."""
+    settings, sessions, store = worker_context()
+    ids = []
+    for i, spec in enumerate(specs):
+        with sessions.begin() as session:
+            ids.append(candidates.run(candidates.CandidateSpec(**spec), session, store, settings))
+        if self.request.id:
+            self.update_state(state="PROGRESS", meta={"done": i + 1, "total": len(specs)})
+    return ids
+
+
 @shared_task(name="editloop.cpu.apply_label_events", acks_late=True)
 def apply_label_events() -> dict[str, Any]:
     """Apply the pending label events the webhook receiver recorded (idempotent: none pending, nothing done)."""

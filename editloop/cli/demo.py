@@ -23,8 +23,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded default")
@@ -40,12 +38,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
+def _finished(sessions, run_id: str, label: str) -> dict:  # noqa: ANN001
+    """Follow a run with a progress bar; its outputs when it succeeded, else RuntimeError with its error."""
+    from editloop.cli.progress import follow_run
+
+    ended = follow_run(sessions, run_id, label)
+    if ended["status"] != "succeeded":
+        raise RuntimeError(f"{label.strip()} {run_id} {ended['status']}: {ended['error']}")
+    return ended["outputs"]
+
+
 def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
     """Step 6: reward runs through the queue, then score through a reward service on the promoted version."""
     import asyncio
 
     import grpc
-    from celery.result import AsyncResult
     from sqlalchemy import func, select
 
     from editloop.cli.train import enqueue_reward_run
@@ -53,10 +60,9 @@ def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
     from editloop.world.io import to_png
     from services.app import start_service
     from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-    from trainers.celery_app import make_celery
     from trainers.reward.alignment import alignment_examples
 
-    app, out = make_celery(settings), {}
+    out = {}
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     with sessions() as s:
         labels = s.scalar(select(func.count()).select_from(Preference).where(Preference.status == "valid"))
@@ -67,7 +73,7 @@ def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
         print(f"   aesthetic reward: {labels} labels, fewer than the 20 a run needs (run the demo with more --prompts)")
     for kind, config in runs.items():
         run_id = enqueue_reward_run(settings, kind, config, "demo")
-        result = AsyncResult(run_id, app=app).get(timeout=3600)
+        result = _finished(sessions, run_id, f"   {kind} reward run")
         out[kind] = {"version": result["version"], "promoted": result.get("promoted"),
                      "eval_score": result["metrics"]["eval_score"]}
         print(f"   {kind} reward run {run_id[:8]}: version {result['version']}, held-out score "
@@ -96,14 +102,11 @@ def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
 
 def feedback_round(settings, steps: int, out: Path) -> dict:  # noqa: ANN001
     """Step 7: a PeFL run through the queue, then before/after samples of held-out edits."""
-    from celery.result import AsyncResult
-
     from editloop.cli.train import enqueue_feedback_chain
     from editloop.models.zoo import load_pipeline
     from editloop.registry import fetch_model_dir, promoted
     from editloop.state import open_state
     from editloop.world.io import save_grid_png
-    from trainers.celery_app import make_celery
     from trainers.feedback.evaluate import sample
     from trainers.feedback.examples import feedback_examples
     from trainers.feedback.run import start_model
@@ -120,7 +123,7 @@ def feedback_round(settings, steps: int, out: Path) -> dict:  # noqa: ANN001
     config = {"steps": steps, "batch_size": 4, "reward_weights": weights, "kl_weight": 100.0,
               "eval": {"examples": 12}}
     run_id = enqueue_feedback_chain(settings, ["pefl"], config, "demo")[0]
-    result = AsyncResult(run_id, app=make_celery(settings)).get(timeout=3600)
+    result = _finished(sessions, run_id, "   PeFL run")
     m = result["metrics"]
     print(f"   PeFL run {run_id[:8]} against {sorted(weights)}: {before_version} -> {result['version']}; "
           f"held-out feedback score {m['parent_eval_score']:.3f} -> {m['eval_score']:.3f}, judged success "
@@ -128,6 +131,8 @@ def feedback_round(settings, steps: int, out: Path) -> dict:  # noqa: ANN001
           f"{result.get('refused', '')}")
     examples = feedback_examples(6, 424_242)
     after_dir = fetch_model_dir(store, result["checkpoint_key"], settings.state_dir / "models")
+    import numpy as np
+
     rows = [[np.where(e.mask[..., None] > 0, e.source // 2, e.source) for e in examples]]
     for path in (before_dir, after_dir):
         rows.append(list(sample(load_pipeline(path, "inpaint", device=settings.device), examples, 7, 20).images))
@@ -183,17 +188,17 @@ def candidate_sets(settings, scenes, args) -> list[dict]:  # noqa: ANN001
     """Enqueue one candidate set per scene; wait for the worker; read the images back."""
     from sqlalchemy import select
 
+    from editloop.cli.progress import follow_task
     from editloop.db import CandidateSet, make_engine, make_sessionmaker
     from editloop.store import open_store
     from editloop.world.io import from_png
     from trainers.celery_app import make_celery
 
     app = make_celery(settings)
-    results = [app.send_task("editloop.gpu.generate_candidates",
-                             args=[dict(prompt=s.caption, n=args.candidates, steps=args.steps, seed=args.seed + i,
-                                        idempotency_key=f"demo-{args.seed}-{i}-{args.candidates}-{args.steps}")])
-               for i, s in enumerate(scenes)]
-    ids = [r.get(timeout=1800)["candidate_set_id"] for r in results]
+    specs = [dict(prompt=s.caption, n=args.candidates, steps=args.steps, seed=args.seed + i,
+                  idempotency_key=f"demo-{args.seed}-{i}-{args.candidates}-{args.steps}") for i, s in enumerate(scenes)]
+    result = app.send_task("editloop.gpu.generate_candidate_sets", args=[specs])  # one task, one model load
+    ids = follow_task(result, "   candidate sets", len(specs))
     store = open_store(settings)
     sets = []
     with make_sessionmaker(make_engine(settings.resolved_database_url()))() as session:
@@ -253,11 +258,13 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = Settings()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
     rng = np.random.default_rng(args.seed)
     scenes = [sample_scene(rng) for _ in range(args.prompts)]
     summary: dict = {"state_dir": str(settings.state_dir.resolve())}
     print(f"1. starting the embedded stack (state in {settings.state_dir}, logs in {settings.state_dir / 'stack.log'})")
-    with running_stack(settings, ports={"generator": 0, "editor": 0}, echo=False) as addresses:
+    with running_stack(settings, base_port=0, echo=False) as addresses:
         print(f"   up: {addresses}")
         # 2. candidate sets through the queue
         print(f"2. {len(scenes)} candidate sets of {args.candidates} on the queue ({args.steps} steps each)")

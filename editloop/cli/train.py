@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import uuid
 
 from editloop.settings import Settings
@@ -304,21 +303,12 @@ def _train_align(args: argparse.Namespace) -> int:
 
 
 def wait_for_run(settings: Settings, run_id: str, label: str) -> int:
-    """Print the run's status and progress as they change; then its outputs or error. 0 if it succeeded."""
-    from editloop.db import TrainingRun
+    """A progress bar while the run goes; then its outputs or error. 0 if it succeeded."""
+    from editloop.cli.progress import follow_run
     from editloop.state import open_sessions
 
-    sessions = open_sessions(settings)
-    last = None
-    while True:
-        with sessions() as s:
-            run = s.get(TrainingRun, run_id)
-            state = (run.status, round(run.progress, 2))
-            if state != last:
-                print(f"  {label}: {run.status} {run.progress:.0%}", flush=True)
-                last = state
-            if run.status in ("succeeded", "failed"):
-                outputs = {k: v for k, v in (run.outputs or {}).items() if k != "history"}
-                print(json.dumps(outputs if run.status == "succeeded" else {"error": run.error}, indent=2))
-                return 0 if run.status == "succeeded" else 1
-        time.sleep(2)
+    ended = follow_run(open_sessions(settings), run_id, label)
+    outputs = {k: v for k, v in ended["outputs"].items() if k not in ("history", "last")}
+    print(json.dumps(outputs if ended["status"] == "succeeded" else {"status": ended["status"],
+                                                                      "error": ended["error"]}, indent=2))
+    return 0 if ended["status"] == "succeeded" else 1

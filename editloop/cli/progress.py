@@ -1,0 +1,52 @@
+"""Progress a person can see: a bar (done of N, rate, ETA) for a training run or a batch of queue work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:  # noqa: ANN001
+    """Show run `run_id`'s progress as a bar until it ends; returns {status, outputs, error}. TimeoutError after
+    `timeout` seconds (the run goes on)."""
+    from tqdm import tqdm
+
+    from editloop.db import TrainingRun
+
+    deadline = time.monotonic() + timeout
+    with tqdm(total=100, desc=label, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar:30}| "
+              "[{elapsed}<{remaining}] {postfix}") as bar:
+        while True:
+            with sessions() as s:
+                run = s.get(TrainingRun, run_id)
+                status, progress = (run.status, run.progress or 0.0) if run else ("queued", 0.0)
+                outputs, error = (dict(run.outputs or {}), run.error) if run else ({}, None)
+            bar.update(round(100 * progress, 1) - bar.n)
+            last = outputs.get("last") or {}
+            loss = last.get("loss")
+            bar.set_postfix_str(status + (f", loss {loss:.3f}" if isinstance(loss, float) else ""))
+            if status in ENDED:
+                return {"status": status, "outputs": outputs, "error": error}
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f}s; `editloop status` follows it")
+            time.sleep(poll)
+
+
+def follow_task(result, label: str, total: int, timeout: float = 3600, poll: float = 0.5) -> Any:  # noqa: ANN001, ANN401
+    """Show a Celery task's PROGRESS meta ({"done", "total"}) as a bar until it ends; returns its result."""
+    from tqdm import tqdm
+
+    deadline = time.monotonic() + timeout
+    with tqdm(total=total, desc=label, unit="set") as bar:
+        while not result.ready():
+            info = result.info if result.state == "PROGRESS" else None
+            if isinstance(info, dict):
+                bar.update(int(info.get("done", 0)) - bar.n)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: task {result.id} not done after {timeout:.0f}s")
+            time.sleep(poll)
+        value = result.get(timeout=10)
+        bar.update(total - bar.n)
+    return value
