@@ -27,14 +27,18 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded default")
     p.add_argument("--out", type=Path, default=Path(".editloop/demo"))
-    p.add_argument("--prompts", type=int, default=12, help="held-out captions (12 x overlap 2 = 24 labels)")
-    p.add_argument("--candidates", type=int, default=4, help="images per candidate set")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--full", action="store_true",
+                   help="the longer tour: 4 images per set, 150-step reward runs on more data, 40 PeFL steps "
+                        "(about twice as long; README says how long each took here)")
+    p.add_argument("--prompts", type=int, default=None, help="held-out captions (12 x overlap 2 = 24 labels)")
+    p.add_argument("--candidates", type=int, default=None, help="images per candidate set (3; --full 4)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (20)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--no-label-studio", action="store_true", help="skip step 5 (labelling in Label Studio)")
     p.add_argument("--keep-label-studio", action="store_true", help="leave Label Studio up afterwards")
-    p.add_argument("--reward-steps", type=int, default=150, help="steps of the demo's reward runs (0 skips step 6)")
-    p.add_argument("--feedback-steps", type=int, default=40, help="PeFL steps of step 7 (0 skips it)")
+    p.add_argument("--reward-steps", type=int, default=None,
+                   help="steps of the demo's reward runs (40; --full 150; 0 skips step 6)")
+    p.add_argument("--feedback-steps", type=int, default=None, help="PeFL steps of step 7 (16; --full 40; 0 skips it)")
     p.set_defaults(func=run_demo)
 
 
@@ -48,7 +52,30 @@ def _finished(sessions, run_id: str, label: str) -> dict:  # noqa: ANN001
     return ended["outputs"]
 
 
-def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
+# The quick tour (the default: about 10 minutes after the install on the project's 2-core machine) and the longer one.
+PROFILES = {
+    "quick": {"prompts": 12, "candidates": 3, "steps": 20, "reward_steps": 40, "feedback_steps": 16,
+              "alignment_train": 400, "alignment_eval": 100, "feedback_eval": 8},
+    "full": {"prompts": 12, "candidates": 4, "steps": 20, "reward_steps": 150, "feedback_steps": 40,
+             "alignment_train": 1000, "alignment_eval": 200, "feedback_eval": 12},
+}
+
+
+def resolve_profile(args: argparse.Namespace) -> dict:
+    """The tour's sizes: the profile's, with every flag given on the command line in its place."""
+    sizes = dict(PROFILES["full" if args.full else "quick"])
+    for key in ("prompts", "candidates", "steps", "reward_steps", "feedback_steps"):
+        value = getattr(args, key)
+        if value is not None:
+            if value < (0 if key in ("reward_steps", "feedback_steps") else 1):
+                raise ValueError(f"`--{key.replace('_', '-')}` must be >= "
+                                 f"{0 if key in ('reward_steps', 'feedback_steps') else 1}, got {value}")
+            sizes[key] = value
+        setattr(args, key, sizes[key])
+    return sizes
+
+
+def train_rewards(settings, steps: int, sizes: dict) -> dict:  # noqa: ANN001
     """Step 6: reward runs through the queue, then score through a reward service on the promoted version."""
     import asyncio
 
@@ -66,9 +93,10 @@ def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     with sessions() as s:
         labels = s.scalar(select(func.count()).select_from(Preference).where(Preference.status == "valid"))
-    runs = {"alignment": {"steps": steps, "alignment_train": 1000, "alignment_eval": 200, "eval_every": 50}}
+    runs = {"alignment": {"steps": steps, "alignment_train": sizes["alignment_train"],
+                          "alignment_eval": sizes["alignment_eval"], "eval_every": max(steps // 3, 1)}}
     if labels >= 20:
-        runs["aesthetic"] = {"steps": steps, "eval_every": 50}
+        runs["aesthetic"] = {"steps": steps, "eval_every": max(steps // 3, 1)}
     else:
         print(f"   aesthetic reward: {labels} labels, fewer than the 20 a run needs (run the demo with more --prompts)")
     for kind, config in runs.items():
@@ -100,7 +128,7 @@ def train_rewards(settings, steps: int) -> dict:  # noqa: ANN001
     return out
 
 
-def feedback_round(settings, steps: int, out: Path) -> dict:  # noqa: ANN001
+def feedback_round(settings, steps: int, out: Path, eval_examples: int = 12) -> dict:  # noqa: ANN001
     """Step 7: a PeFL run through the queue, then before/after samples of held-out edits."""
     from editloop.cli.train import enqueue_feedback_chain
     from editloop.models.zoo import load_pipeline
@@ -121,7 +149,7 @@ def feedback_round(settings, steps: int, out: Path) -> dict:  # noqa: ANN001
     # with DPOK's KL trust region at the weight measured best (BENCHMARKS.md, "Two on-policy rounds, and a KL
     # trust region": without it PeFL exploits the learned reward and the edits get worse)
     config = {"steps": steps, "batch_size": 4, "reward_weights": weights, "kl_weight": 100.0,
-              "eval": {"examples": 12}}
+              "eval": {"examples": eval_examples}}
     run_id = enqueue_feedback_chain(settings, ["pefl"], config, "demo")[0]
     result = _finished(sessions, run_id, "   PeFL run")
     m = result["metrics"]
@@ -240,6 +268,8 @@ def instruction_edits(address: str, opts, seed: int, out: Path) -> dict:  # noqa
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import time
+
     import grpc
 
     from editloop.cli.stack import running_stack
@@ -255,6 +285,8 @@ def run_demo(args: argparse.Namespace) -> int:
         generator_pb2_grpc,
     )
 
+    t0 = time.monotonic()
+    sizes = resolve_profile(args)
     settings = Settings()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -314,10 +346,11 @@ def run_demo(args: argparse.Namespace) -> int:
                                                           args.keep_label_studio)
         if args.reward_steps:
             print("6. reward models: training runs on the queue, gated promotion, a reward service")
-            summary["rewards"] = train_rewards(settings, args.reward_steps)
+            summary["rewards"] = train_rewards(settings, args.reward_steps, sizes)
         if args.feedback_steps:
             print("7. feedback learning: one PeFL round on the queue, gated against the model it started from")
-            summary["feedback"] = feedback_round(settings, args.feedback_steps, out)
+            summary["feedback"] = feedback_round(settings, args.feedback_steps, out, sizes["feedback_eval"])
+    summary["profile"], summary["seconds"] = ("full" if args.full else "quick"), round(time.monotonic() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {out / 'candidates.png'} (column 1: the caption as the world renders it), "
           f"{out / 'erase.png'} (source, mask, result), {out / 'edit.png'} (source, instruction edit), "

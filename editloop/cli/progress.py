@@ -8,6 +8,13 @@ from typing import Any
 ENDED = ("succeeded", "failed", "cancelled")
 
 
+def _interval() -> float:
+    """A bar redraws often on a terminal, and writes a line every 30 s into a log."""
+    import sys
+
+    return 0.5 if sys.stderr.isatty() else 30.0
+
+
 def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:  # noqa: ANN001
     """Show run `run_id`'s progress as a bar until it ends; returns {status, outputs, error}. TimeoutError after
     `timeout` seconds (the run goes on)."""
@@ -16,8 +23,8 @@ def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: f
     from editloop.db import TrainingRun
 
     deadline = time.monotonic() + timeout
-    with tqdm(total=100, desc=label, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar:30}| "
-              "[{elapsed}<{remaining}] {postfix}") as bar:
+    fmt = "{desc}: {percentage:3.0f}%|{bar:30}| [{elapsed}<{remaining}] {postfix}"
+    with tqdm(total=100, desc=label, unit="%", mininterval=_interval(), bar_format=fmt) as bar:
         while True:
             with sessions() as s:
                 run = s.get(TrainingRun, run_id)
@@ -39,7 +46,7 @@ def follow_task(result, label: str, total: int, timeout: float = 3600, poll: flo
     from tqdm import tqdm
 
     deadline = time.monotonic() + timeout
-    with tqdm(total=total, desc=label, unit="set") as bar:
+    with tqdm(total=total, desc=label, unit="set", mininterval=_interval()) as bar:
         while not result.ready():
             info = result.info if result.state == "PROGRESS" else None
             if isinstance(info, dict):
