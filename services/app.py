@@ -154,7 +154,8 @@ def run_service(kind: str, settings: Settings, model: Path | None, port: int, ho
         if metrics_port is not None:
             from prometheus_client import start_http_server
 
-            start_http_server(metrics_port, addr=host)
+            server, _ = start_http_server(metrics_port, addr=host)
+            print(f"METRICS {kind} {host}:{server.server_port}", flush=True)  # the real port, also for 0
         running = await start_service(kind, settings, model, port, host, reward_kind=reward_kind, **batching)
         print(f"READY {kind} {host}:{running.port}", flush=True)
         await serve_until_stopped(running.server, running.health, running.stop_batchers, grace)

@@ -33,7 +33,7 @@ def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: f
             bar.update(round(100 * progress, 1) - bar.n)
             last = outputs.get("last") or {}
             loss = last.get("loss")
-            bar.set_postfix_str(status + (f", loss {loss:.3f}" if isinstance(loss, float) else ""))
+            bar.set_postfix_str(status + (f", loss {loss:.3f}" if isinstance(loss, float) else ""), refresh=False)
             if status in ENDED:
                 return {"status": status, "outputs": outputs, "error": error}
             if time.monotonic() > deadline:

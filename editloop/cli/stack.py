@@ -264,6 +264,7 @@ def running_stack(settings: Settings, parts: tuple[str, ...] = CORE_PARTS, base_
     from editloop.db.session import upgrade
 
     lock = hold_state_dir(settings)
+    _sigterm_unwinds()
     ports = plan_ports(settings, parts, base_port, overrides, host)
     metrics = plan_metrics(settings, [p for p in parts if p in SERVICES], metrics_base, host)
     upgrade(settings.resolved_database_url())  # once, before the children (they upgrade too, under a lock)
@@ -283,6 +284,20 @@ def running_stack(settings: Settings, parts: tuple[str, ...] = CORE_PARTS, base_
         sup.stop()
         stack_file(settings).unlink(missing_ok=True)
         lock.close()
+
+
+def _sigterm_unwinds() -> None:
+    """In the main thread, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so the stack is stopped by its
+    `finally` and no part outlives the process (a worker in a task would only warm-stop on PDEATHSIG's SIGTERM)."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class _Running:
