@@ -139,9 +139,36 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
     if watcher is not None:
         watchers.append(watcher)
     running = Running(server, bound, health, batcher, watchers=tuple(watchers), more_batchers=more)
+    record_served = _served_recorder(settings, kind, reward_kind, core, watchers)
+    record_served()
     for w in watchers:
+        w.on_swap = record_served
         w.start()
     return running
+
+
+def _served_recorder(settings: Settings, kind: str, reward_kind: str | None, core, watchers: list):  # noqa: ANN001, ANN202
+    """A callable that writes <state_dir>/served/<part>.json: every model the service serves now, by label."""
+    from services.core.reload import write_served
+
+    part = f"reward-{reward_kind}" if kind == "reward" else kind
+    label = {"generator": "t2i", "editor": "editor"}.get(kind, reward_kind)
+
+    def record() -> None:
+        served: dict = {}
+        for w in watchers:
+            current = w.holder.core
+            if current is not None:
+                name = {"editor": "editor", "instruct editor": "instruct"}.get(w.label, label)
+                served[name] = {"name": getattr(current, "name", ""), "version": getattr(current, "version", "")}
+        if label not in served:  # the generator, or a model given by --model: not watched
+            served[label] = {"name": core.name, "version": core.version}
+        try:
+            write_served(settings.state_dir / "served" / f"{part}.json", served)
+        except OSError as exc:
+            log.warning("could not record the served models (%s)", exc)
+
+    return record
 
 
 def run_service(kind: str, settings: Settings, model: Path | None, port: int, host: str,

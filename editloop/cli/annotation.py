@@ -116,10 +116,11 @@ def _candidates(args: argparse.Namespace) -> int:
                               tuple(t.strip() for t in args.tasks.split(",") if t.strip()), args.steps,
                               args.guidance)
     editor, results = make_edit_sets(_settings(), request)
-    print(f"{len(results)} candidate sets enqueued on the gpu queue, made by editor {editor!r}")
+    total = sum(count for _, count in results)
+    print(f"{total} candidate sets enqueued on the gpu queue in {len(results)} tasks, made by editor {editor!r}")
     if args.no_wait:
         return 0
-    with tqdm(total=len(results), desc=f"candidate sets by {editor}", unit="set") as bar:
+    with tqdm(total=total, desc=f"candidate sets by {editor}", unit="set") as bar:
         ids = wait_for_sets(results, args.timeout, bar.update)
     print(f"candidate sets {ids[0]}..{ids[-1]} ready; label them with `editloop annotation push --ids "
           f"{' '.join(map(str, ids))}`" if len(ids) <= 20 else

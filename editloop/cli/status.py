@@ -105,6 +105,21 @@ def models_status(session, parts: dict[str, Any]) -> dict[str, Any]:  # noqa: AN
     return out
 
 
+def served_records(settings: Settings, parts: dict[str, Any]) -> dict[str, str]:
+    """What the running generator and editor serve ({label: version}), from the records they keep."""
+    out: dict[str, str] = {}
+    for part in ("generator", "editor"):
+        path = settings.state_dir / "served" / f"{part}.json"
+        if parts.get(part, {}).get("health") != "SERVING" or not path.is_file():
+            continue
+        try:
+            for label, model in json.loads(path.read_text()).items():
+                out[label] = model.get("version", "")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+    return out
+
+
 def queues_status(settings: Settings) -> dict[str, Any]:
     from kombu import Connection
 
@@ -167,6 +182,8 @@ def collect(settings: Settings, per_kind: int = 3) -> dict[str, Any]:
     report: dict[str, Any] = {"state_dir": str(settings.state_dir.resolve()), "stack": parts_status(settings)}
     with open_sessions(settings)() as session:
         report["models"] = models_status(session, report["stack"]["parts"])
+        for label, version in served_records(settings, report["stack"]["parts"]).items():
+            report["models"].setdefault(label, {"promoted": None, "candidates": [], "versions": 0})["served"] = version
         report["labels"] = labels_status(session)
         report["runs"] = runs_status(session, per_kind)
         report["triggers"] = triggers_status(session, settings)

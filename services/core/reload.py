@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("editloop.services.reload")
@@ -37,6 +38,7 @@ class RegistryWatcher:
                  interval: float) -> None:
         self.holder, self.label, self.resolve, self.load, self.interval = holder, label, resolve, load, interval
         self.swaps = 0
+        self.on_swap: Callable[[], None] | None = None  # e.g. rewrite the served-models record
         self._task: asyncio.Task | None = None
 
     def check_once(self) -> bool:
@@ -54,6 +56,8 @@ class RegistryWatcher:
         self.holder.core = core
         self.swaps += 1
         log.info("now serving %s version %s", self.label, version)
+        if self.on_swap is not None:
+            self.on_swap()
         return True
 
     async def _loop(self) -> None:
@@ -74,3 +78,14 @@ class RegistryWatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+def write_served(path: Path, served: dict[str, Any]) -> None:
+    """Record what a service serves now ({label: {"name", "version"}}) for `editloop status`; atomic."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(served))
+    tmp.replace(path)
