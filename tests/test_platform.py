@@ -84,7 +84,8 @@ def test_up_runs_every_part_restarts_a_killed_child_and_status_shows_it(tmp_path
         assert parts["worker-gpu"]["health"] == parts["beat"]["health"] == "running"
         for kind in ("aesthetic", "alignment", "coherence"):  # a fresh state serves the initial, untrained reward
             assert report["models"][kind]["served"] == "initial-untrained"
-        assert report["models"]["t2i"]["promoted"] == "base-t2i" or report["models"]["t2i"]["versions"] >= 1
+        assert report["models"]["t2i"]["served"] == report["models"]["t2i"]["promoted"]  # registered, promoted
+        assert report["models"]["instruct"]["served"] == "tiny-causal" and report["models"]["editor"]["served"]
         assert set(report["queues"]) == {"gpu", "cpu"} and report["triggers"]["aesthetic"]["would_start"] is False
         assert "label-studio.json" in os.listdir(env["EDITLOOP_STATE_DIR"])  # the annotation commands find it
         text = cli(env, "status").stdout
