@@ -558,3 +558,22 @@ def test_pefl_reads_the_text_states_the_pipeline_samples_with():
     states = encode_prompts(pipe, prompts)
     cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=None)
     assert torch.equal(states, torch.cat([uncond, cond]))
+
+
+def test_train_feedback_takes_the_rewards_and_their_weights_and_defaults_to_the_measured_kl():
+    from editloop.cli.train import RECIPE_KL_WEIGHT, parse_reward_weights
+
+    assert parse_reward_weights("aesthetic=1, alignment=0.5") == {"aesthetic": 1.0, "alignment": 0.5}
+    with pytest.raises(ValueError, match="names unknown reward 'sharpness'; rewards: \\['aesthetic', 'alignment'\\]"):
+        parse_reward_weights("aesthetic=1,sharpness=2")
+    with pytest.raises(ValueError, match="adversarial stage's critic"):
+        parse_reward_weights("coherence=1")
+    with pytest.raises(ValueError, match="must be KIND=WEIGHT"):
+        parse_reward_weights("aesthetic")
+    with pytest.raises(ValueError, match="`reward_weights\\['alignment'\\]` must be a finite number >= 0, got -1.0"):
+        parse_reward_weights("alignment=-1")
+    with pytest.raises(ValueError, match="needs one weight > 0"):
+        parse_reward_weights("aesthetic=0")
+    with pytest.raises(ValueError, match="names unknown reward"):
+        FeedbackConfig(reward_weights={"aesthetic": 1.0, "beauty": 1.0})
+    assert RECIPE_KL_WEIGHT == 100.0 and FeedbackConfig().kl_weight == 0.0  # the CLI applies the recipe

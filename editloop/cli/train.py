@@ -48,7 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--select-every", type=int, default=None, metavar="N",
                        help="keep a snapshot every N steps and hand the gate the one best on validation")
         f.add_argument("--kl-weight", type=float, default=None, metavar="BETA",
-                       help="DPOK's KL trust region to each stage's start model (default 0: off)")
+                       help="DPOK's KL trust region to each stage's start model (default 100, the weight BENCHMARKS.md "
+                            "measured best; 0 turns it off)")
+        f.add_argument("--rewards", default=None, metavar="KIND=W,...",
+                       help="the preference rewards and their weights, e.g. aesthetic=1,alignment=0.5 (default: "
+                            "aesthetic=1,alignment=1, each promoted version; the adversarial stage adds coherence)")
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
         f.add_argument("--wait", action="store_true", help="wait for the chain and print each stage's result")
         f.set_defaults(func=_train_feedback, stage=stage)
@@ -184,6 +188,27 @@ def enqueue_feedback_chain(settings: Settings, stages: list[str], config: dict, 
     return run_ids
 
 
+RECIPE_KL_WEIGHT = 100.0  # BENCHMARKS.md, "Two on-policy rounds, and a KL trust region": without it PeFL exploits
+
+
+def parse_reward_weights(text: str) -> dict[str, float]:
+    """"aesthetic=1,alignment=0.5" -> {"aesthetic": 1.0, "alignment": 0.5}, checked as FeedbackConfig checks it."""
+    from trainers.feedback.loop import check_reward_weights
+
+    weights: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"`--rewards` must be KIND=WEIGHT[,KIND=WEIGHT] (e.g. aesthetic=1,alignment=0.5), "
+                             f"got {item!r}")
+    check_reward_weights(weights)
+    return weights
+
+
 def parse_task_scales(items: list[str]) -> dict[str, float]:
     """["outpaint=4", "erase=0"] -> {"outpaint": 4.0, "erase": 0.0}, checked as FeedbackConfig checks it."""
     from trainers.feedback.loop import check_task_scale
@@ -204,8 +229,10 @@ def parse_task_scales(items: list[str]) -> dict[str, float]:
 def _train_feedback(args: argparse.Namespace) -> int:
     settings = Settings()
     config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                                       ("snapshot_every", args.select_every), ("kl_weight", args.kl_weight))
-                    if v is not None}
+                                       ("snapshot_every", args.select_every)) if v is not None}
+    config["kl_weight"] = RECIPE_KL_WEIGHT if args.kl_weight is None else args.kl_weight
+    if args.rewards is not None:
+        config["reward_weights"] = parse_reward_weights(args.rewards)
     if args.task_reward_scale:
         config["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
     evaluation = {"auto_promote": not args.no_promote,

@@ -74,6 +74,7 @@ class FeedbackConfig:
             raise ValueError(f"`stage` must be one of {list(STAGES)}, got {self.stage!r}")
         check_tasks(self.tasks)
         check_task_scale(self.task_reward_scale)
+        check_reward_weights(self.reward_weights)
         if self.timestep_spacing not in (None, *SPACINGS):
             raise ValueError(f"`timestep_spacing` must be one of {list(SPACINGS)} or None, "
                              f"got {self.timestep_spacing!r}")
@@ -99,6 +100,24 @@ class FeedbackConfig:
         if "tasks" in data:
             data["tasks"] = tuple(data["tasks"])
         return cls(**data)
+
+
+PREFERENCE_REWARDS = ("aesthetic", "alignment")  # scored per image; coherence enters as the adversarial critic
+
+
+def check_reward_weights(weights: dict[str, float]) -> None:
+    """The preference rewards a feedback stage learns from, with their weights: known kinds, finite, >= 0, one > 0."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"`reward_weights` must name at least one of {list(PREFERENCE_REWARDS)}, got {weights!r}")
+    for kind, value in weights.items():
+        if kind not in PREFERENCE_REWARDS:
+            extra = " (the coherence reward is the adversarial stage's critic)" if kind == "coherence" else ""
+            raise ValueError(f"`reward_weights` names unknown reward {kind!r}; rewards: {list(PREFERENCE_REWARDS)}"
+                             + extra)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"`reward_weights[{kind!r}]` must be a finite number >= 0, got {value!r}")
+    if not any(v > 0 for v in weights.values()):
+        raise ValueError(f"`reward_weights` needs one weight > 0, got {weights}")
 
 
 def check_task_scale(scale: dict[str, float]) -> None:
