@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     run_stale_s: float = 300.0  # no heartbeat this long: the run's worker is gone (re-queued or failed)
     run_lost_s: float = 1800.0  # queued this long with its queue empty and no worker busy on it: message lost
     run_max_requeues: int = 2  # re-queues of a run whose worker died, before it is failed
+    # the automatic loop (trainers/autoloop.py): a newly promoted reward version starts a feedback round
+    loop_enabled: bool = True  # false: the loop never starts anything (the demo drives its own round)
+    loop_rewards: str = "aesthetic=1,alignment=1"  # the rewards a round learns from, with their weights
+    loop_stages: str = "pefl"  # the round's chain: pefl, pefl,adversarial or pefl,adversarial,progressive
+    loop_feedback_steps: int = 200  # steps per stage
+    loop_kl_weight: float = 100.0  # the measured recipe (BENCHMARKS.md, KL trust region)
+    loop_batch_size: int = 8  # examples per feedback step
+    loop_eval_examples: int = 48  # held-out examples each stage's gate compares on
+    loop_interval_s: float = 120.0  # Celery beat: how often the loop checks (also after every reward promotion)
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>
     link_secret: str = Field(default="", repr=False)  # signs image links; default: a random one in state_dir

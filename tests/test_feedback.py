@@ -561,7 +561,8 @@ def test_pefl_reads_the_text_states_the_pipeline_samples_with():
 
 
 def test_train_feedback_takes_the_rewards_and_their_weights_and_defaults_to_the_measured_kl():
-    from editloop.cli.train import RECIPE_KL_WEIGHT, parse_reward_weights
+    from editloop.cli.train import RECIPE_KL_WEIGHT
+    from trainers.feedback.loop import parse_reward_weights
 
     assert parse_reward_weights("aesthetic=1, alignment=0.5") == {"aesthetic": 1.0, "alignment": 0.5}
     with pytest.raises(ValueError, match="names unknown reward 'sharpness'; rewards: \\['aesthetic', 'alignment'\\]"):

@@ -75,6 +75,19 @@ def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
     return {"start": decision.start, "reason": decision.reason, "run_id": decision.run_id}
 
 
+@shared_task(name="editloop.cpu.check_loop", acks_late=True)
+def check_loop_task(source: str = "schedule") -> dict[str, Any]:
+    """Start a feedback round if a reward the loop's policy names was promoted since the last one (debounced)."""
+    from trainers.autoloop import check_loop
+    from trainers.chains import add_feedback_rows, send_feedback_chain
+
+    settings, sessions, _ = worker_context()
+    app = check_loop_task.app
+    decision = check_loop(sessions, settings, add_feedback_rows,
+                          lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), source)
+    return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids)}
+
+
 @shared_task(name="editloop.gpu.train_reward", acks_late=True)
 def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume, after a lost worker) reward run `run_id`; registers and gates a candidate version."""
@@ -83,6 +96,8 @@ def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = No
     settings, sessions, store = worker_context()
     with beating(run_id):
         outputs = train_reward(kind, run_id, sessions, store, settings, RewardTrainConfig(**(config or {})))
+    if outputs.get("promoted"):  # the loop reacts now, not at the next beat
+        check_loop_task.apply_async(kwargs={"source": f"{kind} reward promoted"}, queue="cpu")
     return {k: v for k, v in outputs.items() if k != "history"}
 
 

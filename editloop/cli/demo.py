@@ -296,7 +296,8 @@ def run_demo(args: argparse.Namespace) -> int:
     scenes = [sample_scene(rng) for _ in range(args.prompts)]
     summary: dict = {"state_dir": str(settings.state_dir.resolve())}
     print(f"1. starting the embedded stack (state in {settings.state_dir}, logs in {settings.state_dir / 'stack.log'})")
-    with running_stack(settings, base_port=0, echo=False) as addresses:
+    # the tour drives each step itself: the automatic loop (a promoted reward starts a round) stays off here
+    with running_stack(settings, base_port=0, echo=False, env_extra={"EDITLOOP_LOOP_ENABLED": "false"}) as addresses:
         print(f"   up: {addresses}")
         # 2. candidate sets through the queue
         print(f"2. {len(scenes)} candidate sets of {args.candidates} on the queue ({args.steps} steps each)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from editloop.cli import annotation, client, demo, platform, status, train, world
+from editloop.cli import annotation, client, demo, loop, platform, status, train, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     annotation.add_parser(sub)
     train.add_parser(sub)
+    loop.add_parser(sub)
     return parser
 
 

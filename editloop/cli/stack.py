@@ -153,9 +153,9 @@ def _celery(*args: str) -> list[str]:
 
 
 def build_parts(settings: Settings, names: tuple[str, ...], ports: dict[str, int], metrics: dict[str, int],
-                host: str = "127.0.0.1") -> list[Part]:
+                host: str = "127.0.0.1", env_extra: dict[str, str] | None = None) -> list[Part]:
     state = settings.state_dir.resolve()
-    env = {**os.environ, "EDITLOOP_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, **(env_extra or {}), "EDITLOOP_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1",
            "EDITLOOP_ANNOTATION_WEB_PORT": str(ports.get("annotation-web", settings.annotation_web_port))}
     tag = f"{os.getpid()}"
     parts: list[Part] = []
@@ -258,7 +258,8 @@ def _status_line(waiting: list[Part], t0: float) -> None:
 @contextmanager
 def running_stack(settings: Settings, parts: tuple[str, ...] = CORE_PARTS, base_port: int | None = 0,
                   overrides: dict[str, int] | None = None, metrics_base: int | None = None, timeout: float = 600,
-                  echo: bool = True, host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+                  echo: bool = True, host: str = "127.0.0.1", env_extra: dict[str, str] | None = None
+                  ) -> Iterator[dict[str, str]]:
     """Start `parts`, wait until each is ready, yield {part: address}; stop everything on exit. A part that dies
     meanwhile is restarted (with back-off) by the supervisor's thread."""
     from editloop.db.session import upgrade
@@ -268,7 +269,7 @@ def running_stack(settings: Settings, parts: tuple[str, ...] = CORE_PARTS, base_
     ports = plan_ports(settings, parts, base_port, overrides, host)
     metrics = plan_metrics(settings, [p for p in parts if p in SERVICES], metrics_base, host)
     upgrade(settings.resolved_database_url())  # once, before the children (they upgrade too, under a lock)
-    built = build_parts(settings, parts, ports, metrics, host)
+    built = build_parts(settings, parts, ports, metrics, host, env_extra)
     started = time.time()
     sup = Supervisor(built, settings.state_dir / "stack.log", echo=echo,
                      backoff_max=settings.restart_backoff_max_s,

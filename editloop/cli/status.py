@@ -187,6 +187,9 @@ def collect(settings: Settings, per_kind: int = 3) -> dict[str, Any]:
         report["labels"] = labels_status(session)
         report["runs"] = runs_status(session, per_kind)
         report["triggers"] = triggers_status(session, settings)
+        from editloop.cli.loop import loop_report
+
+        report["loop"] = loop_report(settings, session)
     report["queues"] = queues_status(settings)
     return report
 
@@ -216,6 +219,10 @@ def format_report(r: dict[str, Any]) -> str:
                                           run["gate"] and f"gate: {run['gate']}",
                                           run["error"] and f"error: {run['error']}") if x)
             lines.append(f"  {kind:20} {run['id'][:12]} {run['status']:10} {run['progress']:6.1%}  {extra}")
+    loop = r["loop"]
+    state = "off" if not loop["enabled"] else "paused" if loop["paused"] else "on"
+    lines.append(f"loop: {state}; would {'START a feedback round' if loop['would_start'] else 'not start'} now: "
+                 f"{loop['why']}")
     for kind, t in r["triggers"].items():
         lines.append(f"triggers: {kind} reward would {'START' if t['would_start'] else 'not start'} now: "
                      f"{t['reason']}")

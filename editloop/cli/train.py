@@ -168,45 +168,17 @@ def check_feedback_config(stages: list[str], config: dict, evaluation: dict) -> 
 
 def enqueue_feedback_chain(settings: Settings, stages: list[str], config: dict, reason: str) -> list[str]:
     """Record one queued run per stage, then send them as one Celery chain; returns the run ids."""
-    from celery import chain
-
-    from editloop.db import TrainingRun
     from editloop.state import open_sessions
     from trainers.celery_app import make_celery
+    from trainers.chains import add_feedback_rows, send_feedback_chain
 
-    run_ids = [uuid.uuid4().hex for _ in stages]
     with open_sessions(settings).begin() as s:
-        for stage, run_id in zip(stages, run_ids):
-            s.add(TrainingRun(id=run_id, kind=f"feedback-{stage}", status="queued",
-                              inputs={"config": config, "trigger": reason, "chain": run_ids}))
-    app = make_celery(settings)
-    sigs = [app.signature("editloop.gpu.feedback_stage", args=[None, stages[0], run_ids[0], config],
-                          task_id=run_ids[0])]
-    sigs += [app.signature("editloop.gpu.feedback_stage", args=[stage, run_id, config], task_id=run_id)
-             for stage, run_id in zip(stages[1:], run_ids[1:])]  # each gets the stage before's result first
-    chain(*sigs).apply_async()
+        run_ids = add_feedback_rows(s, stages, config, reason)
+    send_feedback_chain(make_celery(settings), stages, run_ids, config)
     return run_ids
 
 
 RECIPE_KL_WEIGHT = 100.0  # BENCHMARKS.md, "Two on-policy rounds, and a KL trust region": without it PeFL exploits
-
-
-def parse_reward_weights(text: str) -> dict[str, float]:
-    """"aesthetic=1,alignment=0.5" -> {"aesthetic": 1.0, "alignment": 0.5}, checked as FeedbackConfig checks it."""
-    from trainers.feedback.loop import check_reward_weights
-
-    weights: dict[str, float] = {}
-    for item in (x.strip() for x in text.split(",") if x.strip()):
-        kind, sep, value = item.partition("=")
-        try:
-            weights[kind.strip()] = float(value) if sep else float("nan")
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"`--rewards` must be KIND=WEIGHT[,KIND=WEIGHT] (e.g. aesthetic=1,alignment=0.5), "
-                             f"got {item!r}")
-    check_reward_weights(weights)
-    return weights
 
 
 def parse_task_scales(items: list[str]) -> dict[str, float]:
@@ -232,7 +204,9 @@ def _train_feedback(args: argparse.Namespace) -> int:
                                        ("snapshot_every", args.select_every)) if v is not None}
     config["kl_weight"] = RECIPE_KL_WEIGHT if args.kl_weight is None else args.kl_weight
     if args.rewards is not None:
-        config["reward_weights"] = parse_reward_weights(args.rewards)
+        from trainers.feedback.loop import parse_reward_weights
+
+        config["reward_weights"] = parse_reward_weights(args.rewards, "--rewards")
     if args.task_reward_scale:
         config["task_reward_scale"] = parse_task_scales(args.task_reward_scale)
     evaluation = {"auto_promote": not args.no_promote,

@@ -11,6 +11,7 @@ from editloop.db.models import (
     ImageRecord,
     LabelEvent,
     LabelTask,
+    LoopState,
     ModelVersion,
     Preference,
     Prompt,
@@ -20,6 +21,6 @@ from editloop.db.session import make_engine, make_sessionmaker, upgrade
 
 __all__ = [
     "Base", "CandidateItem", "CandidateSet", "Comparison", "ComparisonPair", "Generation", "GenerationImage",
-    "ImageRecord", "LabelEvent", "LabelTask", "ModelVersion",
+    "ImageRecord", "LabelEvent", "LabelTask", "LoopState", "ModelVersion",
     "Preference", "Prompt", "TrainingRun", "make_engine", "make_sessionmaker", "upgrade",
 ]

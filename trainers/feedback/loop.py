@@ -120,6 +120,23 @@ def check_reward_weights(weights: dict[str, float]) -> None:
         raise ValueError(f"`reward_weights` needs one weight > 0, got {weights}")
 
 
+def parse_reward_weights(text: str, name: str = "reward_weights") -> dict[str, float]:
+    """"aesthetic=1,alignment=0.5" -> {"aesthetic": 1.0, "alignment": 0.5}, checked as FeedbackConfig checks it;
+    `name` is the flag or setting the text came from (it names the error)."""
+    weights: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"`{name}` must be KIND=WEIGHT[,KIND=WEIGHT] (e.g. aesthetic=1,alignment=0.5), "
+                             f"got {item!r}")
+    check_reward_weights(weights)
+    return weights
+
+
 def check_task_scale(scale: dict[str, float]) -> None:
     for task, value in scale.items():
         if task not in TASKS:

@@ -1,0 +1,73 @@
+"""`editloop loop pause|resume|status|check`: the automatic loop (trainers/autoloop.py), by hand."""
+
+from __future__ import annotations
+
+import argparse
+
+from editloop.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("loop", help="the automatic loop: a promoted reward starts a feedback round (pause, resume, "
+                                    "status, check now)")
+    lsub = p.add_subparsers(dest="loop_command", required=True)
+    pause = lsub.add_parser("pause", help="start nothing automatically until `editloop loop resume`")
+    pause.add_argument("--reason", default="paused by hand", help="kept with the switch and shown by status")
+    pause.set_defaults(func=lambda a: _switch(True, a.reason))
+    lsub.add_parser("resume", help="let the loop start rounds again").set_defaults(
+        func=lambda a: _switch(False, "resumed by hand"))
+    lsub.add_parser("status", help="paused or not, the policy, and what the loop would decide now").set_defaults(
+        func=_status)
+    lsub.add_parser("check", help="decide now and start a round if the policy says so (as beat does)").set_defaults(
+        func=_check)
+
+
+def _switch(paused: bool, reason: str) -> int:
+    from editloop.state import open_sessions
+    from trainers.autoloop import set_paused
+
+    with open_sessions(Settings()).begin() as s:
+        set_paused(s, paused, reason)
+    print("the loop is paused: nothing starts automatically" if paused else "the loop is running again")
+    return 0
+
+
+def loop_report(settings: Settings, session) -> dict:  # noqa: ANN001
+    from trainers.autoloop import decide, loop_state, policy
+
+    pol = policy(settings)
+    state = loop_state(session)
+    decision = decide(session, pol) if settings.loop_enabled else None
+    return {"enabled": settings.loop_enabled, "paused": bool(state and state.paused),
+            "reason": state.reason if state else None, "rewards": pol.weights, "stages": pol.stages,
+            "steps": settings.loop_feedback_steps,
+            "would_start": bool(decision and decision.start),
+            "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)"}
+
+
+def _status(args: argparse.Namespace) -> int:
+    from editloop.state import open_sessions
+
+    settings = Settings()
+    with open_sessions(settings)() as s:
+        r = loop_report(settings, s)
+    state = "off" if not r["enabled"] else "paused" if r["paused"] else "on"
+    print(f"loop: {state}" + (f" ({r['reason']})" if r["paused"] and r["reason"] else ""))
+    print(f"policy: rewards {r['rewards']}, stages {','.join(r['stages'])}, {r['steps']} steps per stage")
+    print(f"now: {'would START a round' if r['would_start'] else 'would not start'}: {r['why']}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from editloop.state import open_sessions
+    from trainers.autoloop import check_loop
+    from trainers.celery_app import make_celery
+    from trainers.chains import add_feedback_rows, send_feedback_chain
+
+    settings = Settings()
+    app = make_celery(settings)
+    decision = check_loop(open_sessions(settings), settings, add_feedback_rows,
+                          lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), "by hand")
+    print(("started: " if decision.start else "nothing started: ") + decision.reason
+          + (f" (runs {', '.join(i[:12] for i in decision.run_ids)})" if decision.run_ids else ""))
+    return 0

@@ -1,0 +1,121 @@
+"""The loop that turns by itself: a newly promoted reward version starts a feedback round.
+
+`check_loop` runs on the beat schedule and after every reward run that promoted a version. Under a lock (two
+checks at once start one round) it decides, records the round's queued runs with their trigger, and only then
+sends the chain:
+- paused (`editloop loop pause`): nothing starts; `editloop loop resume` turns it on again;
+- every reward the policy names (`loop_rewards`, with weights) must have a promoted version;
+- debounce: no new round while a feedback run is queued or running;
+- a round starts when one of those rewards was promoted after the newest feedback round was queued (or none
+  ever was). The round is the chain `loop_stages` with `loop_feedback_steps` steps per stage and the measured
+  KL trust region (`loop_kl_weight`); each stage is gated and promoted as by hand, and the editor service
+  hot-reloads a promoted stage. A failing stage stops its chain (the rest are cancelled, with the reason).
+Everything it does can still be done by hand (`editloop train pefl ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.models import LoopState, ModelVersion, TrainingRun
+from editloop.settings import Settings
+from trainers.feedback.loop import STAGES, parse_reward_weights
+
+LOOP = "feedback"
+_PG_LOOP_LOCK = 0x6C6F_6F70  # "loop"
+
+
+@dataclass(frozen=True)
+class LoopDecision:
+    start: bool
+    reason: str
+    run_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    weights: dict[str, float]
+    stages: list[str]
+    config: dict
+
+
+def policy(settings: Settings) -> LoopPolicy:
+    """The policy from settings; ValueError naming the setting and the valid values."""
+    weights = parse_reward_weights(settings.loop_rewards, "EDITLOOP_LOOP_REWARDS")
+    stages = [x.strip() for x in settings.loop_stages.split(",") if x.strip()]
+    if not stages or stages != list(STAGES[:len(stages)]):
+        raise ValueError(f"`EDITLOOP_LOOP_STAGES` must be a prefix of {','.join(STAGES)} (e.g. pefl or "
+                         f"pefl,adversarial), got {settings.loop_stages!r}")
+    for name in ("loop_feedback_steps", "loop_batch_size", "loop_eval_examples"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"`EDITLOOP_{name.upper()}` must be >= 1, got {getattr(settings, name)}")
+    config = {"steps": settings.loop_feedback_steps, "batch_size": settings.loop_batch_size,
+              "reward_weights": weights, "kl_weight": settings.loop_kl_weight,
+              "eval": {"examples": settings.loop_eval_examples}}
+    return LoopPolicy(weights, stages, config)
+
+
+def loop_state(session: Session) -> LoopState | None:
+    return session.get(LoopState, LOOP)
+
+
+def set_paused(session: Session, paused: bool, reason: str) -> LoopState:
+    state = loop_state(session)
+    if state is None:
+        state = LoopState(name=LOOP)
+        session.add(state)
+    state.paused, state.reason, state.updated_at = paused, reason, datetime.now(UTC)
+    return state
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
+    state = loop_state(session)
+    if state is not None and state.paused:
+        return LoopDecision(False, f"paused ({state.reason or 'by hand'}); `editloop loop resume` turns it on")
+    rewards = {}
+    for kind in pol.weights:
+        row = session.scalars(select(ModelVersion).where(ModelVersion.kind == kind,
+                                                         ModelVersion.status == "promoted")).first()
+        if row is None:
+            return LoopDecision(False, f"waiting for a promoted {kind} reward (the policy names "
+                                       f"{', '.join(pol.weights)})")
+        rewards[kind] = row
+    last = session.scalars(select(TrainingRun).where(TrainingRun.kind.like("feedback-%"))
+                           .order_by(TrainingRun.created_at.desc())).first()
+    if last is not None and last.status in ("queued", "running"):
+        return LoopDecision(False, f"debounced: feedback run {last.id[:12]} is {last.status}")
+    newest = max(rewards.values(), key=lambda r: _aware(r.promoted_at or r.created_at))
+    promoted_at = _aware(newest.promoted_at or newest.created_at)
+    if last is not None and _aware(last.created_at) >= promoted_at:
+        return LoopDecision(False, f"no reward promoted since the last feedback round ({last.id[:12]}, "
+                                   f"{last.status})")
+    return LoopDecision(True, f"{newest.kind} reward {newest.version} promoted")
+
+
+def check_loop(sessions: sessionmaker[Session], settings: Settings,
+               add_rows: Callable[[Session, list[str], dict, str], list[str]],
+               send: Callable[[list[str], list[str], dict], None], source: str = "schedule") -> LoopDecision:
+    """Decide under a lock; a starting round's rows are committed (with their trigger) before the chain is sent."""
+    pol = policy(settings)
+    if not settings.loop_enabled:
+        return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
+    with sessions.begin() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOOP_LOCK})
+        else:  # SQLite: take the write lock now, so two checks cannot both decide to start
+            session.execute(text("UPDATE training_runs SET id = id WHERE 1 = 0"))
+        decision = decide(session, pol)
+        if not decision.start:
+            return decision
+        run_ids = add_rows(session, pol.stages, pol.config, f"loop ({source}): {decision.reason}")
+    send(pol.stages, run_ids, pol.config)
+    return LoopDecision(True, decision.reason, tuple(run_ids))

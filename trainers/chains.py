@@ -1,0 +1,31 @@
+"""Feedback chains on the queue: one training-run row per stage (queued, with the reason it started), then one
+Celery chain whose each stage starts from the version the stage before made. Used by `editloop train` and by
+the automatic loop (trainers.autoloop)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Celery, chain
+from sqlalchemy.orm import Session
+
+from editloop.db.models import TrainingRun
+
+FEEDBACK_TASK = "editloop.gpu.feedback_stage"
+
+
+def add_feedback_rows(session: Session, stages: list[str], config: dict[str, Any], reason: str) -> list[str]:
+    """Queued rows for the chain's stages (the caller commits before sending); returns their run ids."""
+    run_ids = [uuid.uuid4().hex for _ in stages]
+    for stage, run_id in zip(stages, run_ids):
+        session.add(TrainingRun(id=run_id, kind=f"feedback-{stage}", status="queued",
+                                inputs={"config": config, "trigger": reason, "chain": run_ids}))
+    return run_ids
+
+
+def send_feedback_chain(app: Celery, stages: list[str], run_ids: list[str], config: dict[str, Any]) -> None:
+    sigs = [app.signature(FEEDBACK_TASK, args=[None, stages[0], run_ids[0], config], task_id=run_ids[0])]
+    sigs += [app.signature(FEEDBACK_TASK, args=[stage, run_id, config], task_id=run_id)
+             for stage, run_id in zip(stages[1:], run_ids[1:])]  # each gets the stage before's result first
+    chain(*sigs).apply_async()
