@@ -191,7 +191,7 @@ def _sync(args: argparse.Namespace) -> int:
     while True:
         report = sync(ls, sessions)
         print(f"Label Studio holds {report.seen} annotations; {report.recorded} new events found by polling (the "
-              f"others had arrived by webhook); applied now: {report.applied.applied} "
+              f"others had arrived by webhook); applied {report.applied.applied} now "
               f"({dict(report.applied.outcomes)})"
               + (f"; {len(report.malformed)} malformed: {report.malformed[:3]}" if report.malformed else ""))
         if not args.watch:
