@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     loop_stages: str = "pefl"  # the round's chain: pefl, pefl,adversarial or pefl,adversarial,progressive
     loop_feedback_steps: int = 200  # steps per stage
     loop_kl_weight: float = 100.0  # the measured recipe (BENCHMARKS.md, KL trust region)
+    # a reward drives the loop only if its promoted version beat chance on its held-out set at this level (one-sided
+    # exact sign test, trainers/reward/run.py chance_floor); 1 = no floor
+    loop_floor_alpha: float = 0.05
     loop_batch_size: int = 8  # examples per feedback step
     loop_eval_examples: int = 48  # held-out examples each stage's gate compares on
     loop_interval_s: float = 120.0  # Celery beat: how often the loop checks (also after every reward promotion)

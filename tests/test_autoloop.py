@@ -27,9 +27,13 @@ def _depth(settings: Settings, queue: str) -> int:
             return 0
 
 
-def _promote(sessions, kind: str, version: str) -> None:
+SURE = {"units": 40, "unit": "held-out examples", "wins": 30, "p_value": 0.0011}
+
+
+def _promote(sessions, kind: str, version: str, floor: dict | None = SURE) -> None:
+    metrics = {"eval_score": 0.9, **({"floor": floor} if floor else {})}
     with sessions.begin() as s:
-        register_candidate(s, kind, kind, version, f"key-{version}", {"eval_score": 0.9}, {}, None)
+        register_candidate(s, kind, kind, version, f"key-{version}", metrics, {}, None)
         promote(s, kind, version, force=True)
 
 
@@ -45,8 +49,12 @@ def test_a_promoted_reward_starts_one_round_then_waits_for_the_next_promotion(db
     settings = Settings(state_dir=tmp_path / "state", database_url=db_url, broker_url="", result_backend="",
                         loop_stages="pefl,adversarial", loop_feedback_steps=3)
     assert "waiting for a promoted aesthetic reward" in _check(sessions, settings).reason
-    _promote(sessions, "aesthetic", "a1")
+    _promote(sessions, "aesthetic", "a0", {"units": 3, "unit": "held-out candidate sets", "wins": 2, "p_value": 0.5})
     _promote(sessions, "alignment", "b1")
+    assert _check(sessions, settings).reason == (  # a bad first reward never drives the loop
+        "aesthetic reward a0 does not surely beat chance: 2 of 3 held-out candidate sets right, p = 0.5 "
+        "(needs < 0.05); it will not drive the loop")
+    _promote(sessions, "aesthetic", "a1")
     barrier = threading.Barrier(2)
     results = []
 
@@ -65,7 +73,7 @@ def test_a_promoted_reward_starts_one_round_then_waits_for_the_next_promotion(db
     with sessions() as s:
         runs = s.scalars(select(TrainingRun).order_by(TrainingRun.kind)).all()
     assert sorted(r.kind for r in runs) == ["feedback-adversarial", "feedback-pefl"]
-    assert all(r.status == "queued" and r.inputs["trigger"] == "loop (test): alignment reward b1 promoted"
+    assert all(r.status == "queued" and r.inputs["trigger"] == "loop (test): aesthetic reward a1 promoted"
                for r in runs)
     assert runs[0].inputs["config"]["kl_weight"] == 100.0 and runs[0].inputs["config"]["steps"] == 3
     assert _depth(settings, "gpu") == 1  # one chain message
@@ -107,6 +115,7 @@ def test_a_reward_run_that_promotes_starts_the_round_on_a_real_worker(tmp_path):
     round trains, is gated, and records the loop as its trigger."""
     env, settings, sessions, _ = worker_state(tmp_path)
     env = {**env, "EDITLOOP_LOOP_REWARDS": "alignment=1", "EDITLOOP_LOOP_FEEDBACK_STEPS": "2",
+           "EDITLOOP_LOOP_FLOOR_ALPHA": "1",  # 4 training steps cannot beat chance surely; the floor has its own test
            "EDITLOOP_LOOP_BATCH_SIZE": "2", "EDITLOOP_LOOP_EVAL_EXAMPLES": "3"}
     app = make_celery(settings)
     config = {"steps": 4, "eval_every": 2, "batch_size": 16, "alignment_train": 64, "alignment_eval": 32,
@@ -134,3 +143,5 @@ def test_a_reward_run_that_promotes_starts_the_round_on_a_real_worker(tmp_path):
     assert rounds[0].status == "succeeded", rounds[0].error
     assert rounds[0].inputs["trigger"].startswith("loop (alignment reward promoted): alignment reward alignment-")
     assert "promoted" in rounds[0].outputs  # gated like a round started by hand
+    floor = reward.outputs["metrics"]["floor"]  # recorded with every alignment version
+    assert floor["units"] == 32 and 0 <= floor["wins"] <= 32 and 0 < floor["p_value"] <= 1

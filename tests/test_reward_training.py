@@ -58,6 +58,8 @@ def test_a_run_trains_registers_and_promotes_then_a_second_run_is_gated_against_
     assert first["promoted"] and 0.0 <= first["metrics"]["pairwise_accuracy"] <= 1.0
     assert 0.0 <= first["metrics"]["calibration_error"] <= 0.5
     assert first["metrics"]["parent_eval_score"] is None
+    floor = first["metrics"]["floor"]  # how surely it beats chance, counted over held-out candidate sets
+    assert floor["unit"] == "held-out candidate sets" and 1 <= floor["units"] < 60 and 0 < floor["p_value"] <= 1
     run_id = uuid.uuid4().hex
     second = train_reward("aesthetic", run_id, sessions, store, settings, TINY)
     # the second run was compared with the first on its own held-out set, and is promoted only if not worse

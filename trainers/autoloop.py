@@ -4,7 +4,8 @@
 checks at once start one round) it decides, records the round's queued runs with their trigger, and only then
 sends the chain:
 - paused (`editloop loop pause`): nothing starts; `editloop loop resume` turns it on again;
-- every reward the policy names (`loop_rewards`, with weights) must have a promoted version;
+- every reward the policy names (`loop_rewards`, with weights) must have a promoted version that beat chance on
+  its held-out set (a one-sided exact sign test at `loop_floor_alpha`): a bad first reward never drives the loop;
 - debounce: no new round while a feedback run is queued or running;
 - a round starts when one of those rewards was promoted after the newest feedback round was queued (or none
   ever was). The round is the chain `loop_stages` with `loop_feedback_steps` steps per stage and the measured
@@ -42,6 +43,21 @@ class LoopPolicy:
     weights: dict[str, float]
     stages: list[str]
     config: dict
+    floor_alpha: float = 0.05
+
+
+def below_floor(row: ModelVersion, alpha: float) -> str | None:
+    """Why a promoted reward version may not drive the loop (it did not beat chance surely enough), else None."""
+    if alpha >= 1:
+        return None
+    floor = (row.metrics or {}).get("floor")
+    if not floor:
+        return (f"{row.kind} reward {row.version} has no chance-floor record (promoted by hand or before floors "
+                f"existed); retrain it, or set EDITLOOP_LOOP_FLOOR_ALPHA=1 to drive the loop with it anyway")
+    if floor["p_value"] >= alpha:
+        return (f"{row.kind} reward {row.version} does not surely beat chance: {floor['wins']} of {floor['units']} "
+                f"{floor['unit']} right, p = {floor['p_value']:.3g} (needs < {alpha}); it will not drive the loop")
+    return None
 
 
 def policy(settings: Settings) -> LoopPolicy:
@@ -57,7 +73,9 @@ def policy(settings: Settings) -> LoopPolicy:
     config = {"steps": settings.loop_feedback_steps, "batch_size": settings.loop_batch_size,
               "reward_weights": weights, "kl_weight": settings.loop_kl_weight,
               "eval": {"examples": settings.loop_eval_examples}}
-    return LoopPolicy(weights, stages, config)
+    if not 0 < settings.loop_floor_alpha <= 1:
+        raise ValueError(f"`EDITLOOP_LOOP_FLOOR_ALPHA` must be in (0, 1], got {settings.loop_floor_alpha}")
+    return LoopPolicy(weights, stages, config, settings.loop_floor_alpha)
 
 
 def loop_state(session: Session) -> LoopState | None:
@@ -88,6 +106,9 @@ def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
         if row is None:
             return LoopDecision(False, f"waiting for a promoted {kind} reward (the policy names "
                                        f"{', '.join(pol.weights)})")
+        why = below_floor(row, pol.floor_alpha)
+        if why:
+            return LoopDecision(False, why)
         rewards[kind] = row
     last = session.scalars(select(TrainingRun).where(TrainingRun.kind.like("feedback-%"))
                            .order_by(TrainingRun.created_at.desc())).first()

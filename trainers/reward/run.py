@@ -100,6 +100,22 @@ def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str,
     return value, {"pixel_auc": value}
 
 
+def chance_floor(kind: str, accuracy: float, data: dict) -> dict[str, Any] | None:
+    """How surely the held-out accuracy beats chance (0.5): a one-sided exact sign test over independent units,
+    the held-out candidate sets for the aesthetic reward (its pairs share labels, so sets are the units) and the
+    held-out examples for the alignment reward. None for coherence (its pixel AUC has no such units)."""
+    from editloop.labels.stats import sign_test_p
+
+    if kind == "aesthetic":
+        units, name = len({p.set_id for p in data["eval"]}), "held-out candidate sets"
+    elif kind == "alignment":
+        units, name = len(data["eval"]), "held-out examples"
+    else:
+        return None
+    wins = int(round(accuracy * units)) if accuracy == accuracy else 0
+    return {"units": units, "unit": name, "wins": wins, "p_value": sign_test_p(wins, units - wins)}
+
+
 def _data(kind: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
           cfg: RewardTrainConfig) -> dict:
     if kind == "aesthetic":
@@ -199,6 +215,9 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             key = store_model_dir(store, Path(tmp))
         metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
                        steps_done=result.steps_done, stopped_early=result.stopped_early)
+        floor = chance_floor(kind, score, data)
+        if floor is not None:
+            metrics["floor"] = floor
         outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
         with sessions.begin() as s:
             parent_row = s.get(ModelVersion, parent_info[0]) if parent_info else None  # the one compared with
