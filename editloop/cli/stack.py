@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -265,35 +266,44 @@ def running_stack(settings: Settings, parts: tuple[str, ...] = CORE_PARTS, base_
     from editloop.db.session import upgrade
 
     lock = hold_state_dir(settings)
-    _sigterm_unwinds()
-    ports = plan_ports(settings, parts, base_port, overrides, host)
-    metrics = plan_metrics(settings, [p for p in parts if p in SERVICES], metrics_base, host)
-    upgrade(settings.resolved_database_url())  # once, before the children (they upgrade too, under a lock)
-    built = build_parts(settings, parts, ports, metrics, host, env_extra)
-    started = time.time()
-    sup = Supervisor(built, settings.state_dir / "stack.log", echo=echo,
-                     backoff_max=settings.restart_backoff_max_s,
-                     on_change=lambda: write_table(settings, built, started))
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    sup: Supervisor | None = None
     try:
+        _sigterm_unwinds()
+        ports = plan_ports(settings, parts, base_port, overrides, host)
+        metrics = plan_metrics(settings, [p for p in parts if p in SERVICES], metrics_base, host)
+        upgrade(settings.resolved_database_url())  # once, before the children (they upgrade too, under a lock)
+        built = build_parts(settings, parts, ports, metrics, host, env_extra)
+        started = time.time()
+        sup = Supervisor(built, settings.state_dir / "stack.log", echo=echo,
+                         backoff_max=settings.restart_backoff_max_s,
+                         on_change=lambda: write_table(settings, built, started))
         sup.start()
         _wait(sup, settings, timeout)
-        addresses = {p.name: p.address for p in built if p.address}
         _Running.current = sup
-        yield addresses
+        yield {p.name: p.address for p in built if p.address}
     finally:
         _Running.current = None
-        sup.stop()
-        stack_file(settings).unlink(missing_ok=True)
-        lock.close()
+        if main_thread and sup is not None:  # a second Ctrl-C must not cut the stop short
+            print("stopping every part ...", flush=True)
+            for s in saved:
+                signal.signal(s, signal.SIG_IGN)
+        try:
+            if sup is not None:
+                sup.stop()
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+            stack_file(settings).unlink(missing_ok=True)
+            lock.close()
 
 
 def _sigterm_unwinds() -> None:
     """In the main thread, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so the stack is stopped by its
     `finally` and no part outlives the process (a worker in a task would only warm-stop on PDEATHSIG's SIGTERM)."""
-    import threading
-
     if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # (running_stack restores it)
         signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
@@ -319,22 +329,19 @@ def _wait(sup: Supervisor, settings: Settings, timeout: float) -> None:
 
 def run_up(settings: Settings, parts: tuple[str, ...], base_port: int | None, overrides: dict[str, int],
            metrics_base: int | None, timeout: float, host: str) -> int:
-    """`editloop up`: start, print the table, supervise until Ctrl-C / SIGTERM, stop everything."""
-    stop = {"now": False}
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop["now"] = True
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    """`editloop up`: start, print the table, supervise until Ctrl-C / SIGTERM (also while starting), stop
+    everything."""
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with running_stack(settings, parts, base_port, overrides, metrics_base, timeout, echo=True, host=host):
             sup = _Running.current
             print(format_table(sup.parts), flush=True)
             print(f"editloop is up (table in {stack_file(settings)}, logs in {settings.state_dir / 'stack.log'}); "
                   f"`editloop status` shows it; Ctrl-C stops it", flush=True)
-            while not stop["now"]:
+            while True:
                 time.sleep(0.3)
-            print("stopping every part ...", flush=True)
+    except KeyboardInterrupt:
+        pass
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
