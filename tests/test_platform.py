@@ -166,12 +166,16 @@ def test_train_reward_takes_the_data_size_and_names_bad_values(tmp_path, flag, v
 
 
 def test_an_annotator_with_a_token_gets_a_fresh_one_and_the_old_one_stops_working(label_studio):
+    import uuid
+
     import requests
 
-    from annotation.server import personal_access_token
+    from annotation.server import personal_access_token, signup
 
-    first = personal_access_token(label_studio.url, label_studio.admin_email, label_studio.admin_password)
-    second = personal_access_token(label_studio.url, label_studio.admin_email, label_studio.admin_password)
+    email, password = f"rotate-{uuid.uuid4().hex[:8]}@annotators.editloop.local", uuid.uuid4().hex
+    signup(label_studio.url, email, password)  # not the admin: the session's token must stay valid for others
+    first = personal_access_token(label_studio.url, email, password)
+    second = personal_access_token(label_studio.url, email, password)
     assert first != second
 
     def works(token: str) -> bool:
