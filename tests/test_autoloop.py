@@ -7,7 +7,6 @@ import time
 
 import pytest
 from conftest import start_worker, worker_state
-from kombu import Connection
 from sqlalchemy import select
 
 from editloop.cli.main import main
@@ -17,14 +16,11 @@ from editloop.settings import Settings
 from trainers.autoloop import check_loop, policy, set_paused
 from trainers.celery_app import make_celery
 from trainers.chains import add_feedback_rows, send_feedback_chain
+from trainers.queues import queue_depth
 
 
-def _depth(settings: Settings, queue: str) -> int:
-    with Connection(settings.resolved_broker_url()) as conn:
-        try:
-            return conn.channel().queue_declare(queue=queue, passive=True).message_count
-        except Exception:  # noqa: BLE001 - never declared: empty
-            return 0
+def _depth(settings, queue: str) -> int:
+    return queue_depth(settings.resolved_broker_url(), queue)
 
 
 SURE = {"units": 40, "unit": "held-out examples", "wins": 30, "p_value": 0.0011}

@@ -5,10 +5,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from conftest import start_worker, worker_state
-from kombu import Connection
 
 from editloop.db import TrainingRun
 from trainers.celery_app import make_celery
+from trainers.queues import queue_depth
 from trainers.reaper import heartbeat, reap
 
 SMALL = {"steps": 4, "eval_every": 2, "batch_size": 16, "alignment_train": 64, "alignment_eval": 32}
@@ -20,11 +20,7 @@ def _row(sessions, run_id: str, **fields) -> None:
 
 
 def _depth(settings, queue: str) -> int:
-    with Connection(settings.resolved_broker_url()) as conn:
-        try:
-            return conn.channel().queue_declare(queue=queue, passive=True).message_count
-        except Exception:  # noqa: BLE001 - never declared: empty
-            return 0
+    return queue_depth(settings.resolved_broker_url(), queue)
 
 
 def test_heartbeat_touches_a_running_row(tmp_path):

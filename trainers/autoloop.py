@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import LoopState, ModelVersion, TrainingRun
+from editloop.db.models import LoopState, ModelVersion, TrainingRun, as_utc
 from editloop.settings import Settings
 from trainers.feedback.loop import STAGES, parse_reward_weights
 
@@ -91,9 +91,6 @@ def set_paused(session: Session, paused: bool, reason: str) -> LoopState:
     return state
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
 
 def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
     state = loop_state(session)
@@ -114,9 +111,9 @@ def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
                            .order_by(TrainingRun.created_at.desc())).first()
     if last is not None and last.status in ("queued", "running"):
         return LoopDecision(False, f"debounced: feedback run {last.id[:12]} is {last.status}")
-    newest = max(rewards.values(), key=lambda r: _aware(r.promoted_at or r.created_at))
-    promoted_at = _aware(newest.promoted_at or newest.created_at)
-    if last is not None and _aware(last.created_at) >= promoted_at:
+    newest = max(rewards.values(), key=lambda r: as_utc(r.promoted_at or r.created_at))
+    promoted_at = as_utc(newest.promoted_at or newest.created_at)
+    if last is not None and as_utc(last.created_at) >= promoted_at:
         return LoopDecision(False, f"no reward promoted since the last feedback round ({last.id[:12]}, "
                                    f"{last.status})")
     return LoopDecision(True, f"{newest.kind} reward {newest.version} promoted")

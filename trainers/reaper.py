@@ -21,15 +21,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import TrainingRun
+from editloop.db.models import TrainingRun, as_utc
 from editloop.settings import Settings
 
 TASKS = {"reward-": "editloop.gpu.train_reward", "feedback-": "editloop.gpu.feedback_stage",
          "align": "editloop.gpu.align_round"}
 
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 @contextmanager
@@ -100,9 +97,9 @@ def find_hung(session: Session, settings: Settings, now: datetime, queue_empty: 
     hung = []
     busy = session.scalars(select(TrainingRun).where(TrainingRun.status.in_(("queued", "running")))).all()
     stale = timedelta(seconds=settings.run_stale_s)
-    anything_running = any(r.status == "running" and now - _aware(r.updated_at) < stale for r in busy)
+    anything_running = any(r.status == "running" and now - as_utc(r.updated_at) < stale for r in busy)
     for run in busy:
-        age = now - _aware(run.updated_at)
+        age = now - as_utc(run.updated_at)
         if run.status == "running" and age > timedelta(seconds=settings.run_stale_s):
             hung.append((run, f"worker lost: no heartbeat for {age.total_seconds():.0f}s "
                               f"(limit {settings.run_stale_s:.0f}s)"))

@@ -139,19 +139,14 @@ def beating(run_id: str) -> Iterator[None]:
 @shared_task(name="editloop.cpu.reap_runs", acks_late=True)
 def reap_runs_task() -> list[dict[str, str]]:
     """Re-queue (from the checkpoint) or fail runs whose worker died or whose message was lost."""
-    from kombu import Connection
-
+    from trainers.queues import queue_depth
     from trainers.reaper import reap
 
     settings, sessions, _ = worker_context()
     app = reap_runs_task.app
 
     def queue_empty(queue: str) -> bool:
-        try:
-            with Connection(settings.resolved_broker_url(), connect_timeout=3) as conn:
-                return conn.channel().queue_declare(queue=queue, passive=True).message_count == 0
-        except Exception:  # noqa: BLE001 - not declared or unreachable: no message can be waiting there
-            return True
+        return queue_depth(settings.resolved_broker_url(), queue) == 0  # an unreachable broker: no reaping now
 
     def send(name: str, args: list[Any], run_id: str) -> None:
         app.send_task(name, args=args, task_id=run_id)

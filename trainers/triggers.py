@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import Preference, TrainingRun
+from editloop.db.models import Preference, TrainingRun, as_utc
 from editloop.registry import promoted
 from editloop.settings import Settings
 
@@ -38,16 +38,13 @@ class Decision:
     run_id: str | None = None
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
 
 def _busy(session: Session, settings: Settings, now: datetime) -> str | None:
     last = session.scalars(select(TrainingRun).where(TrainingRun.kind == f"reward-{KIND}")
                            .order_by(TrainingRun.created_at.desc())).first()
     if last is None:
         return None
-    age = now - _aware(last.created_at)
+    age = now - as_utc(last.created_at)
     stale_queue = last.status == "queued" and age > timedelta(seconds=2 * settings.retrain_debounce_s)
     if last.status in ("queued", "running") and not stale_queue:  # a queued run that never started: message lost
         return f"debounced: run {last.id} is {last.status}"

@@ -121,21 +121,12 @@ def served_records(settings: Settings, parts: dict[str, Any]) -> dict[str, str]:
 
 
 def queues_status(settings: Settings) -> dict[str, Any]:
-    from kombu import Connection
+    from trainers.queues import QUEUES, queue_depth
 
-    out: dict[str, Any] = {}
     try:
-        with Connection(settings.resolved_broker_url(), connect_timeout=3) as conn:
-            channel = conn.channel()
-            for queue in ("gpu", "cpu"):
-                try:
-                    out[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-                except Exception:  # noqa: BLE001 - not declared yet: no worker ever listened, nothing sent
-                    out[queue] = 0
-                    channel = conn.channel()
+        return {queue: queue_depth(settings.resolved_broker_url(), queue) for queue in QUEUES}
     except Exception as exc:  # noqa: BLE001 - the broker is down: say so
         return {"error": f"broker unreachable: {type(exc).__name__}"}
-    return out
 
 
 def labels_status(session) -> dict[str, Any]:  # noqa: ANN001

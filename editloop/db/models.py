@@ -42,6 +42,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite gives back naive ones; every time here is written in UTC)."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _uuid() -> str:
     return uuid.uuid4().hex
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import CandidateItem, Comparison, LabelEvent, LabelTask, Preference
+from editloop.db.models import CandidateItem, Comparison, LabelEvent, LabelTask, Preference, as_utc
 from editloop.faults import crash_point
 from editloop.labels.events import parse_time
 from editloop.labels.results import InvalidLabel, parse_best_worst, parse_side_by_side
@@ -35,9 +35,6 @@ class ApplyReport:
         self.applied += 1
         self.outcomes[outcome.split(":")[0]] += 1
 
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _annotator(payload: dict) -> str:
@@ -58,7 +55,7 @@ def _stale(row: Preference | Comparison | None, updated_at: datetime | None) -> 
         return None
     if row.status == "retired" and row.reason == DELETED:
         return "ignored: annotation was deleted"
-    stored = _aware(row.ls_updated_at)
+    stored = as_utc(row.ls_updated_at)
     if stored is not None and updated_at is not None and updated_at < stored:
         return "ignored: older than the stored version"
     return None
