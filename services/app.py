@@ -181,7 +181,11 @@ def run_service(kind: str, settings: Settings, model: Path | None, port: int, ho
         if metrics_port is not None:
             from prometheus_client import start_http_server
 
-            server, _ = start_http_server(metrics_port, addr=host)
+            try:
+                server, _ = start_http_server(metrics_port, addr=host)
+            except OSError as exc:  # taken since it was chosen (two stacks picking free ports at once): any free one
+                log.warning("metrics port %s is in use (%s); serving metrics on any free port", metrics_port, exc)
+                server, _ = start_http_server(0, addr=host)
             print(f"METRICS {kind} {host}:{server.server_port}", flush=True)  # the real port, also for 0
         running = await start_service(kind, settings, model, port, host, reward_kind=reward_kind, **batching)
         print(f"READY {kind} {host}:{running.port}", flush=True)

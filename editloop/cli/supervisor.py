@@ -129,6 +129,8 @@ class Supervisor:
         for line in proc.stdout:
             part.last_output = time.monotonic()
             self.say(part.name, line)
+            if line.startswith("METRICS ") and line.split()[-1].rpartition(":")[2].isdigit():
+                part.metrics_port = int(line.split()[-1].rpartition(":")[2])  # the port it really bound
             if part.ready_line is not None and not part._ready.is_set() and part.ready_line(line):
                 threading.Thread(target=self._became_ready, args=(part, proc), daemon=True).start()
 
