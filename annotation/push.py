@@ -176,3 +176,16 @@ def push_pairs(ls: LabelStudio, sessions: sessionmaker[Session], store: BlobStor
         report.projects[spec.title] = project_id
         _push_group(ls, sessions, project_id, "side_by_side", rows, target, report)
     return report
+
+
+def push_to_label_studio(settings, sessions: sessionmaker[Session], store: BlobStore,  # noqa: ANN001
+                         ids: list[int] | None, overlap: int, batch_size: int = 50) -> PushReport:
+    """Push candidate sets to the Label Studio this state dir runs (<state_dir>/label-studio.json), with the
+    annotation endpoint's webhook and signed links: what `editloop annotation push` and the loop both do."""
+    from annotation.client import connect_from_state
+    from annotation.links import LinkMaker, webhook_token
+
+    ls, _ = connect_from_state(settings)
+    target = Target(overlap, batch_size, f"{settings.resolved_annotation_web_url()}/webhook",
+                    webhook_token(settings), settings.annotation_project_prefix)
+    return push_candidate_sets(ls, sessions, store, LinkMaker(settings, store), target, ids)

@@ -8,7 +8,10 @@ rollback re-promotes the version promoted before it.
 Gate: a candidate carries `eval_score` and `parent_eval_score`, both measured on the candidate's
 own held-out set (the parent = the version promoted when training started). It is promoted only
 if eval_score >= parent_eval_score - tolerance, no `guard_failures` were recorded by its run's
-evaluation, and its checkpoint loads.
+evaluation, and its checkpoint loads. Floor: a candidate whose run recorded a chance floor (`metrics.floor`, a
+one-sided exact sign test over independent held-out units, trainers.reward.run.chance_floor) must beat chance at
+`floor_alpha` (EDITLOOP_PROMOTION_FLOOR_ALPHA): a first version has no parent to compare with, and a reward
+trained on too few or contrary labels would otherwise drive feedback learning the wrong way.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from editloop.db.models import ModelVersion
 from editloop.store.base import BlobStore, check_key
 
 DEFAULT_TOLERANCE = 0.01
+DEFAULT_FLOOR_ALPHA = 0.05
 
 
 class PromotionRefused(ValueError):
@@ -97,7 +101,22 @@ def register_candidate(session: Session, kind: str, name: str, version: str, che
     return row
 
 
-def gate(candidate: ModelVersion, tolerance: float = DEFAULT_TOLERANCE) -> str | None:
+def floor_failure(metrics: dict, alpha: float, setting: str = "EDITLOOP_PROMOTION_FLOOR_ALPHA") -> str | None:
+    """Why a version with a chance-floor record did not surely beat chance (p >= alpha), else None."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"`{setting}` must be in (0, 1] (1 turns the floor off), got {alpha}")
+    floor = metrics.get("floor")
+    if not floor or alpha >= 1:
+        return None
+    if floor["p_value"] < alpha:
+        return None
+    return (f"it does not surely beat chance on its held-out set: {floor['wins']} of {floor['units']} "
+            f"{floor['unit']} right, one-sided sign test p = {floor['p_value']:.3g} (needs < {alpha}, "
+            f"{setting}); a better model, or more held-out units (more labels), can pass it")
+
+
+def gate(candidate: ModelVersion, tolerance: float = DEFAULT_TOLERANCE,
+         floor_alpha: float = DEFAULT_FLOOR_ALPHA) -> str | None:
     """None if the candidate passes the gate, else the reason it does not."""
     score, parent_score = candidate.metrics.get("eval_score"), candidate.metrics.get("parent_eval_score")
     guards = candidate.metrics.get("guard_failures")
@@ -105,6 +124,8 @@ def gate(candidate: ModelVersion, tolerance: float = DEFAULT_TOLERANCE) -> str |
         return "; ".join(guards)
     if score is None:
         return "the candidate has no eval_score"
+    if why := floor_failure(candidate.metrics, floor_alpha):
+        return why
     if parent_score is not None and score < parent_score - tolerance:
         return (f"held-out score {score:.4f} is below the promoted version's {parent_score:.4f} on the same "
                 f"evaluation set minus the tolerance {tolerance}")
@@ -112,13 +133,14 @@ def gate(candidate: ModelVersion, tolerance: float = DEFAULT_TOLERANCE) -> str |
 
 
 def promote(session: Session, kind: str, version: str, check: Callable[[ModelVersion], None] | None = None,
-            tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> ModelVersion:
+            tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
+            floor_alpha: float = DEFAULT_FLOOR_ALPHA) -> ModelVersion:
     """Promote `version` of `kind`; the previous promoted version is retired. The caller commits."""
     row = find_version(session, kind, version)
     if row.status == "promoted":
         return row
     if not force:
-        why = gate(row, tolerance)
+        why = gate(row, tolerance, floor_alpha)
         if why:
             raise PromotionRefused(f"{kind} {version} not promoted: {why}")
     if check is not None:

@@ -66,9 +66,20 @@ class Settings(BaseSettings):
     # a reward drives the loop only if its promoted version beat chance on its held-out set at this level (one-sided
     # exact sign test, trainers/reward/run.py chance_floor); 1 = no floor
     loop_floor_alpha: float = 0.05
+    # every promotion gate: a version whose run recorded a chance floor (every reward run) must beat chance on its
+    # held-out set at this significance (one-sided exact sign test); 1 turns the floor off (editloop.registry)
+    promotion_floor_alpha: float = 0.05
     loop_batch_size: int = 8  # examples per feedback step
     loop_eval_examples: int = 48  # held-out examples each stage's gate compares on
+    loop_success_tolerance: float = 0.02  # the gate: judged success may fall this much below the served model's
     loop_interval_s: float = 120.0  # Celery beat: how often the loop checks (also after every reward promotion)
+    # the loop's last leg (trainers/label_rounds.py): candidate sets from the served editor, pushed to Label Studio
+    loop_label_sets: int = 16  # sets pushed per served editor version (0: the loop makes none)
+    loop_label_images: int = 4  # images per set
+    loop_label_pool: int = 2  # sets made per set pushed; active selection keeps the best
+    loop_label_selection: str = "active"  # active (reward uncertainty and diversity) or random
+    loop_label_overlap: int = 2  # annotators per pushed task
+    loop_label_interval_s: float = 0.0  # also new sets for the same editor this often (0: only when it changes)
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>
     link_secret: str = Field(default="", repr=False)  # signs image links; default: a random one in state_dir

@@ -47,9 +47,9 @@ def test_a_promoted_reward_starts_one_round_then_waits_for_the_next_promotion(db
     assert "waiting for a promoted aesthetic reward" in _check(sessions, settings).reason
     _promote(sessions, "aesthetic", "a0", {"units": 3, "unit": "held-out candidate sets", "wins": 2, "p_value": 0.5})
     _promote(sessions, "alignment", "b1")
-    assert _check(sessions, settings).reason == (  # a bad first reward never drives the loop
-        "aesthetic reward a0 does not surely beat chance: 2 of 3 held-out candidate sets right, p = 0.5 "
-        "(needs < 0.05); it will not drive the loop")
+    assert _check(sessions, settings).reason.startswith(  # a bad first reward never drives the loop
+        "aesthetic reward a0: it does not surely beat chance on its held-out set: 2 of 3 held-out candidate sets "
+        "right, one-sided sign test p = 0.5 (needs < 0.05, EDITLOOP_LOOP_FLOOR_ALPHA)")
     _promote(sessions, "aesthetic", "a1")
     barrier = threading.Barrier(2)
     results = []
@@ -111,7 +111,8 @@ def test_a_reward_run_that_promotes_starts_the_round_on_a_real_worker(tmp_path):
     round trains, is gated, and records the loop as its trigger."""
     env, settings, sessions, _ = worker_state(tmp_path)
     env = {**env, "EDITLOOP_LOOP_REWARDS": "alignment=1", "EDITLOOP_LOOP_FEEDBACK_STEPS": "2",
-           "EDITLOOP_LOOP_FLOOR_ALPHA": "1",  # 4 training steps cannot beat chance surely; the floor has its own test
+           # 4 training steps cannot beat chance surely; the floors have their own tests
+           "EDITLOOP_LOOP_FLOOR_ALPHA": "1", "EDITLOOP_PROMOTION_FLOOR_ALPHA": "1",
            "EDITLOOP_LOOP_BATCH_SIZE": "2", "EDITLOOP_LOOP_EVAL_EXAMPLES": "3"}
     app = make_celery(settings)
     config = {"steps": 4, "eval_every": 2, "batch_size": 16, "alignment_train": 64, "alignment_eval": 32,

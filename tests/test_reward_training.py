@@ -55,16 +55,23 @@ def test_a_run_trains_registers_and_promotes_then_a_second_run_is_gated_against_
     settings, sessions, store = world
     labelled(world)
     first = train_reward("aesthetic", uuid.uuid4().hex, sessions, store, settings, TINY)
-    assert first["promoted"] and 0.0 <= first["metrics"]["pairwise_accuracy"] <= 1.0
+    assert 0.0 <= first["metrics"]["pairwise_accuracy"] <= 1.0
     assert 0.0 <= first["metrics"]["calibration_error"] <= 0.5
     assert first["metrics"]["parent_eval_score"] is None
     floor = first["metrics"]["floor"]  # how surely it beats chance, counted over held-out candidate sets
     assert floor["unit"] == "held-out candidate sets" and 1 <= floor["units"] < 60 and 0 < floor["p_value"] <= 1
+    # a first version has no parent: the floor decides (30 steps on 60 labels rarely beat chance surely)
+    assert first["promoted"] == (floor["p_value"] < settings.promotion_floor_alpha)
+    if not first["promoted"]:
+        assert "does not surely beat chance" in first["refused"] and f"of {floor['units']} held-out" in first["refused"]
+        with sessions.begin() as s:  # a person may still decide otherwise
+            promote(s, "aesthetic", first["version"], force=True)
     run_id = uuid.uuid4().hex
     second = train_reward("aesthetic", run_id, sessions, store, settings, TINY)
     # the second run was compared with the first on its own held-out set, and is promoted only if not worse
     assert second["metrics"]["parent_eval_score"] is not None
-    expect = second["metrics"]["eval_score"] >= second["metrics"]["parent_eval_score"] - TINY.tolerance
+    expect = (second["metrics"]["eval_score"] >= second["metrics"]["parent_eval_score"] - TINY.tolerance
+              and second["metrics"]["floor"]["p_value"] < settings.promotion_floor_alpha)  # every version's floor
     assert second["promoted"] == expect
     with sessions() as s:
         rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == "aesthetic")).all()
@@ -110,6 +117,26 @@ def test_the_gate_refuses_worse_versions_and_wrong_kinds_and_rollback_goes_back(
         assert rollback(s, "aesthetic").version == "v1"
         with pytest.raises(PromotionRefused, match="nothing to roll back to"):
             rollback(s, "aesthetic")
+
+
+def test_the_floor_refuses_a_version_that_does_not_surely_beat_chance(world):
+    _, sessions, store = world
+    with tempfile.TemporaryDirectory() as tmp:
+        save_reward(tiny_reward("aesthetic", 0), "aesthetic", Path(tmp), version="x")
+        key = store_model_dir(store, Path(tmp))
+    unsure = {"units": 4, "unit": "held-out candidate sets", "wins": 4, "p_value": 0.0625}
+    sure = {"units": 9, "unit": "held-out candidate sets", "wins": 8, "p_value": 0.0195}
+    with sessions.begin() as s:
+        for version, floor in (("unsure", unsure), ("sure", sure)):
+            register_candidate(s, "aesthetic", "aesthetic", version, key, {"eval_score": 1.0, "floor": floor}, {},
+                               None)
+        with pytest.raises(PromotionRefused, match=r"4 of 4 held-out candidate sets right, one-sided sign test "
+                                                   r"p = 0.0625 \(needs < 0.05"):
+            promote(s, "aesthetic", "unsure")
+        with pytest.raises(ValueError, match=r"`EDITLOOP_PROMOTION_FLOOR_ALPHA` must be in \(0, 1\].*got 0"):
+            promote(s, "aesthetic", "unsure", floor_alpha=0)
+        assert promote(s, "aesthetic", "sure").status == "promoted"
+        assert promote(s, "aesthetic", "unsure", floor_alpha=1).status == "promoted"  # 1: the floor is off
 
 
 def test_the_service_hot_reloads_two_promotions_without_a_failed_request(world):
@@ -167,6 +194,7 @@ def test_the_service_hot_reloads_two_promotions_without_a_failed_request(world):
 def test_train_reward_by_hand_runs_on_a_real_worker(tmp_path):
     env, settings, sessions, store = worker_state(tmp_path)
     labelled((settings, sessions, store), n_sets=40, seed=3)
+    env = {**env, "EDITLOOP_PROMOTION_FLOOR_ALPHA": "1"}  # 20 steps cannot beat chance surely; the floor's own test
     worker = start_worker("gpu", "rw", env)
     try:
         done = subprocess.run([sys.executable, "-m", "editloop.cli.main", "train", "reward", "--kind", "aesthetic",

@@ -24,6 +24,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import LoopState, ModelVersion, TrainingRun, as_utc
+from editloop.registry import floor_failure
 from editloop.settings import Settings
 from trainers.feedback.loop import STAGES, parse_reward_weights
 
@@ -50,14 +51,11 @@ def below_floor(row: ModelVersion, alpha: float) -> str | None:
     """Why a promoted reward version may not drive the loop (it did not beat chance surely enough), else None."""
     if alpha >= 1:
         return None
-    floor = (row.metrics or {}).get("floor")
-    if not floor:
+    if not (row.metrics or {}).get("floor"):
         return (f"{row.kind} reward {row.version} has no chance-floor record (promoted by hand or before floors "
                 f"existed); retrain it, or set EDITLOOP_LOOP_FLOOR_ALPHA=1 to drive the loop with it anyway")
-    if floor["p_value"] >= alpha:
-        return (f"{row.kind} reward {row.version} does not surely beat chance: {floor['wins']} of {floor['units']} "
-                f"{floor['unit']} right, p = {floor['p_value']:.3g} (needs < {alpha}); it will not drive the loop")
-    return None
+    why = floor_failure(row.metrics, alpha, "EDITLOOP_LOOP_FLOOR_ALPHA")
+    return f"{row.kind} reward {row.version}: {why}; it will not drive the loop" if why else None
 
 
 def policy(settings: Settings) -> LoopPolicy:
@@ -72,7 +70,9 @@ def policy(settings: Settings) -> LoopPolicy:
             raise ValueError(f"`EDITLOOP_{name.upper()}` must be >= 1, got {getattr(settings, name)}")
     config = {"steps": settings.loop_feedback_steps, "batch_size": settings.loop_batch_size,
               "reward_weights": weights, "kl_weight": settings.loop_kl_weight,
-              "eval": {"examples": settings.loop_eval_examples}}
+              "eval": {"examples": settings.loop_eval_examples, "success_tolerance": settings.loop_success_tolerance}}
+    if not 0 <= settings.loop_success_tolerance <= 1:
+        raise ValueError(f"`EDITLOOP_LOOP_SUCCESS_TOLERANCE` must be in [0, 1], got {settings.loop_success_tolerance}")
     if not 0 < settings.loop_floor_alpha <= 1:
         raise ValueError(f"`EDITLOOP_LOOP_FLOOR_ALPHA` must be in (0, 1], got {settings.loop_floor_alpha}")
     return LoopPolicy(weights, stages, config, settings.loop_floor_alpha)
@@ -119,6 +119,14 @@ def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
     return LoopDecision(True, f"{newest.kind} reward {newest.version} promoted")
 
 
+def hold_loop_lock(session: Session) -> None:
+    """The loop's lock until the transaction ends, so two checks cannot both decide to start."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOOP_LOCK})
+    else:  # SQLite: take the write lock now
+        session.execute(text("UPDATE training_runs SET id = id WHERE 1 = 0"))
+
+
 def check_loop(sessions: sessionmaker[Session], settings: Settings,
                add_rows: Callable[[Session, list[str], dict, str], list[str]],
                send: Callable[[list[str], list[str], dict], None], source: str = "schedule") -> LoopDecision:
@@ -127,10 +135,7 @@ def check_loop(sessions: sessionmaker[Session], settings: Settings,
     if not settings.loop_enabled:
         return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
     with sessions.begin() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOOP_LOCK})
-        else:  # SQLite: take the write lock now, so two checks cannot both decide to start
-            session.execute(text("UPDATE training_runs SET id = id WHERE 1 = 0"))
+        hold_loop_lock(session)
         decision = decide(session, pol)
         if not decision.start:
             return decision

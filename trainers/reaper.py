@@ -25,7 +25,7 @@ from editloop.db.models import TrainingRun, as_utc
 from editloop.settings import Settings
 
 TASKS = {"reward-": "editloop.gpu.train_reward", "feedback-": "editloop.gpu.feedback_stage",
-         "align": "editloop.gpu.align_round"}
+         "align": "editloop.gpu.align_round", "label-sets": "editloop.gpu.make_label_sets"}
 
 
 
@@ -62,6 +62,8 @@ def resend_args(session: Session, run: TrainingRun) -> list[Any] | None:
     config = (run.inputs or {}).get("config")
     if run.kind.startswith("reward-"):
         return [run.kind.removeprefix("reward-"), run.id, (run.inputs or {}).get("sent_config", config)]
+    if run.kind == "label-sets":
+        return [run.id]
     chain_ids = (run.inputs or {}).get("chain") or [run.id]
     position = chain_ids.index(run.id) if run.id in chain_ids else 0
     previous: dict[str, Any] | None = (run.inputs or {}).get("first") if position == 0 else None

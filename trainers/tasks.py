@@ -77,15 +77,42 @@ def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
 
 @shared_task(name="editloop.cpu.check_loop", acks_late=True)
 def check_loop_task(source: str = "schedule") -> dict[str, Any]:
-    """Start a feedback round if a reward the loop's policy names was promoted since the last one (debounced)."""
+    """Start a feedback round if a reward the loop's policy names was promoted since the last one, and a batch
+    of candidate sets for Label Studio if the served editor has none yet (each debounced)."""
     from trainers.autoloop import check_loop
     from trainers.chains import add_feedback_rows, send_feedback_chain
+    from trainers.label_rounds import check_label_sets
 
     settings, sessions, _ = worker_context()
     app = check_loop_task.app
     decision = check_loop(sessions, settings, add_feedback_rows,
                           lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), source)
-    return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids)}
+    labels = check_label_sets(sessions, settings, lambda run_id: app.send_task(
+        "editloop.gpu.make_label_sets", args=[run_id], task_id=run_id), source)
+    return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids),
+            "label_sets": {"start": labels.start, "reason": labels.reason, "run_id": labels.run_id}}
+
+
+@shared_task(name="editloop.gpu.make_label_sets", bind=True, acks_late=True)
+def make_label_sets_task(self, run_id: str) -> dict[str, Any]:  # noqa: ANN001
+    """Make a batch's pool of candidate sets from its editor, choose the sets to label and push them to Label
+    Studio (trainers.label_rounds); reports PROGRESS {done, total} while making."""
+    from annotation.push import push_to_label_studio
+    from trainers.label_rounds import make_label_sets
+
+    settings, sessions, store = worker_context()
+
+    def progress(done: int, total: int) -> None:
+        if self.request.id:
+            self.update_state(state="PROGRESS", meta={"done": done, "total": total})
+
+    def push(ids: list[int], overlap: int) -> dict[str, Any]:
+        report = push_to_label_studio(settings, sessions, store, ids, overlap)
+        return {"created": report.created, "adopted": report.adopted, "already": report.already,
+                "projects": report.projects}
+
+    with beating(run_id):
+        return make_label_sets(run_id, sessions, store, settings, progress, push)
 
 
 @shared_task(name="editloop.gpu.train_reward", acks_late=True)
@@ -112,10 +139,13 @@ def feedback_stage_task(previous: dict[str, Any] | None, stage: str, run_id: str
     parent = previous.get("version") if previous else None
     try:
         with beating(run_id):
-            return run_feedback_stage(stage, run_id, sessions, store, settings, config, parent)
+            outputs = run_feedback_stage(stage, run_id, sessions, store, settings, config, parent)
     except Exception:
         cancel_rest_of_chain(sessions, run_id)
         raise
+    if outputs.get("promoted"):  # the served editor changed: the loop makes its candidate sets now
+        check_loop_task.apply_async(kwargs={"source": f"editor {outputs['version']} promoted"}, queue="cpu")
+    return outputs
 
 
 def cancel_rest_of_chain(sessions: sessionmaker[Session], run_id: str) -> None:

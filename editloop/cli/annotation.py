@@ -132,19 +132,18 @@ def _candidates(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from annotation.client import connect_from_state
     from annotation.links import LinkMaker, webhook_token
-    from annotation.push import Target, push_candidate_sets, push_pairs
+    from annotation.push import Target, push_pairs, push_to_label_studio
 
     settings = _settings()
     sessions, store = _context(settings)
-    ls, _ = connect_from_state(settings)
-    target = Target(args.overlap, args.batch_size, f"{settings.resolved_annotation_web_url()}/webhook",
-                    webhook_token(settings), settings.annotation_project_prefix)
-    link = LinkMaker(settings, store)
-    report = push_candidate_sets(ls, sessions, store, link, target, args.ids)
+    report = push_to_label_studio(settings, sessions, store, args.ids, args.overlap, args.batch_size)
     print(f"best/worst: {report.created} tasks created, {report.adopted} adopted, {report.already} already there; "
           f"projects {report.projects}")
     if not args.no_pairs:
-        pairs = push_pairs(ls, sessions, store, link, target)
+        ls, _ = connect_from_state(settings)
+        target = Target(args.overlap, args.batch_size, f"{settings.resolved_annotation_web_url()}/webhook",
+                        webhook_token(settings), settings.annotation_project_prefix)
+        pairs = push_pairs(ls, sessions, store, LinkMaker(settings, store), target)
         print(f"side by side: {pairs.created} created, {pairs.adopted} adopted, {pairs.already} already there")
     return 0
 

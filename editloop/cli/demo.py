@@ -55,9 +55,9 @@ def _finished(sessions, run_id: str, label: str) -> dict:  # noqa: ANN001
 # The quick tour (the default: about 10 minutes after the install on the project's 2-core machine) and the longer one.
 PROFILES = {
     "quick": {"prompts": 12, "candidates": 3, "steps": 20, "reward_steps": 40, "feedback_steps": 16,
-              "alignment_train": 400, "alignment_eval": 100, "feedback_eval": 8},
+              "alignment_train": 400, "alignment_eval": 400, "feedback_eval": 8},
     "full": {"prompts": 12, "candidates": 4, "steps": 20, "reward_steps": 150, "feedback_steps": 40,
-             "alignment_train": 1000, "alignment_eval": 200, "feedback_eval": 12},
+             "alignment_train": 1000, "alignment_eval": 1000, "feedback_eval": 12},
 }
 
 

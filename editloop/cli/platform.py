@@ -207,7 +207,7 @@ def _models_promote(args: argparse.Namespace) -> int:
     settings, sessions, store = _registry_context()
     with sessions.begin() as s:
         row = promote(s, args.kind, args.version, _load_check(settings, store, args.kind), args.tolerance,
-                      args.force)
+                      args.force, floor_alpha=settings.promotion_floor_alpha)
         print(f"promoted {row.kind} {row.version}")
     return 0
 
@@ -238,7 +238,7 @@ def _models_review(args: argparse.Namespace) -> int:
     try:
         with sessions.begin() as s:
             promote(s, args.kind, args.version, _load_check(settings, store, args.kind),
-                    tolerance=DEFAULT_TOLERANCE if faster else 0.0)
+                    tolerance=DEFAULT_TOLERANCE if faster else 0.0, floor_alpha=settings.promotion_floor_alpha)
     except PromotionRefused as exc:
         print(exc)
         return 1

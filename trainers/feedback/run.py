@@ -11,7 +11,9 @@ pairs become Label Studio side-by-side tasks and the candidate waits for `editlo
 `snapshot_every`, the stage first picks its best snapshot on a validation set of its own (selection.py),
 scored by the simulated reviewers under `review="panel"`, else by the rewards. A chain's later stage starts
 from the stage before even when that one was refused, but is still gated against the served model, so
-small losses cannot add up through a chain into a promotion.
+small losses cannot add up through a chain into a promotion; and when the served model is itself a fine-tuned
+version, the candidate's judged success must also stay within `success_tolerance` of the base model's (the
+floor: non-inferiority to the base, so they cannot add up round after round either).
 
 The candidate's version is derived from the run id, so a run resumed after a lost worker registers
 one version, never two.
@@ -147,6 +149,31 @@ def promotion_guards(metrics: dict[str, float], reference: dict[str, float], tol
     return why
 
 
+def base_floor_metrics(settings: Settings, served_version: str, start_version: str, start_metrics: dict[str, float],
+                       held_out: list, rewards: RewardModels, seed: int, guidance: float) -> dict[str, float] | None:
+    """The base inpainting model on the gate's examples, when the served model is a fine-tuned one (else the
+    reference already is the base): every editor version must stay non-inferior to the base, not only to the
+    version before it, so small allowed losses cannot add up round after round."""
+    from editloop.models.model_dir import model_version
+
+    base_version = model_version(settings.editor_model)
+    if served_version == base_version:
+        return None
+    if start_version == base_version:
+        return start_metrics
+    pipe = load_pipeline(settings.editor_model, "inpaint", device=settings.device, dtype="fp32")
+    got = sample(pipe, held_out, seed, default_steps(settings.editor_model), guidance)
+    return evaluate_samples(got, held_out, rewards)
+
+
+def base_floor_guard(metrics: dict[str, float], base: dict[str, float] | None, tolerance: float) -> list[str]:
+    """Non-inferiority to the base on the world's independent judge (judged success), within `tolerance`."""
+    if base is None or metrics["success"] >= base["success"] - tolerance:
+        return []
+    return [f"judged success {metrics['success']:.3f} fell more than {tolerance} below the base model's "
+            f"{base['success']:.3f} (every editor must stay non-inferior to the base)"]
+
+
 def run_feedback_stage(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore,
                        settings: Settings, config: dict[str, Any] | None = None,
                        parent_version: str | None = None) -> dict[str, Any]:
@@ -195,6 +222,8 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
                         cfg.guidance) if selecting else None
     del served_pipe
     reference_metrics = parent_metrics if reference is parent else evaluate_samples(reference, held_out, rewards)
+    base_metrics = base_floor_metrics(settings, served_version, start_version, parent_metrics, held_out, rewards,
+                                      evaluation.seed, cfg.guidance)
     run_dir = settings.state_dir / "runs" / run_id
 
     def progress(step: int, total: int, last: dict[str, float]) -> None:
@@ -217,6 +246,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     version = f"{stage}-{run_id[:12]}"
     margin = evaluation.review_margin if accelerated(metrics, reference_metrics) else None
     guards = promotion_guards(metrics, reference_metrics, evaluation.success_tolerance, review=review, margin=margin)
+    guards += base_floor_guard(metrics, base_metrics, evaluation.success_tolerance)
     if evaluation.review == "people":  # the gate refuses it until `editloop models review` has the verdicts
         guards.append(f"{AWAITING} ({len(held_out)} pairs against {served_version}: `editloop annotation push`, "
                       f"then `editloop models review editor {version}`)")
@@ -228,6 +258,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
                    "parent_eval_score": reference_metrics["feedback_score"], "parent": parent_metrics,
                    "reference": reference_metrics, "reference_version": served_version,
                    "guard_failures": guards, "steps_done": state.step, "review_margin": margin,
+                   **({"base": base_metrics} if base_metrics is not None else {}),
                    **review_metrics(review, state, margin)}
     outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
                                "curves_key": plot_key, "start_version": start_version}

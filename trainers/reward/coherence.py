@@ -83,6 +83,22 @@ def pixel_auc(model: CoherenceReward, examples: list[CoherenceExample], batch_si
     return auc(np.concatenate(scores), np.concatenate(labels))
 
 
+@torch.no_grad()
+def example_wins(model: CoherenceReward, examples: list[CoherenceExample], batch_size: int = 64) -> tuple[int, int]:
+    """(examples whose own pixel AUC is above 0.5, examples with both kinds of pixel): the independent units of
+    the chance floor (trainers.reward.run.chance_floor)."""
+    model.eval()
+    wins = units = 0
+    for start in range(0, len(examples), batch_size):
+        images, real = _tensors(examples[start:start + batch_size])
+        for score, label in zip(model(images).numpy(), real.numpy()):
+            value = auc(score.flatten(), label.flatten())
+            if value == value:  # NaN: the example has one kind of pixel only
+                units += 1
+                wins += int(value > 0.5)
+    return wins, units
+
+
 def train_coherence(model: CoherenceReward, train: list[CoherenceExample], held_out: list[CoherenceExample],
                     cfg: LoopConfig, run_dir: Path, batch_size: int = 32,
                     progress=None) -> tuple[CoherenceReward, LoopResult]:  # noqa: ANN001

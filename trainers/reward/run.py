@@ -100,19 +100,25 @@ def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str,
     return value, {"pixel_auc": value}
 
 
-def chance_floor(kind: str, accuracy: float, data: dict) -> dict[str, Any] | None:
-    """How surely the held-out accuracy beats chance (0.5): a one-sided exact sign test over independent units,
-    the held-out candidate sets for the aesthetic reward (its pairs share labels, so sets are the units) and the
-    held-out examples for the alignment reward. None for coherence (its pixel AUC has no such units)."""
+def chance_floor(kind: str, accuracy: float, data: dict, model=None) -> dict[str, Any]:  # noqa: ANN001
+    """How surely the held-out score beats chance: a one-sided exact sign test over independent units, the
+    held-out candidate sets for the aesthetic reward (its pairs share labels, so sets are the units; a set counts
+    as right in the proportion of its pairs, rounded over all sets), the held-out examples for the alignment
+    reward, and for coherence the held-out composites whose own pixel AUC is above 0.5. The registry's gate
+    refuses a version whose p-value is not below EDITLOOP_PROMOTION_FLOOR_ALPHA (editloop.registry.floor_failure)."""
     from editloop.labels.stats import sign_test_p
 
-    if kind == "aesthetic":
-        units, name = len({p.set_id for p in data["eval"]}), "held-out candidate sets"
-    elif kind == "alignment":
-        units, name = len(data["eval"]), "held-out examples"
+    if kind == "coherence":
+        from trainers.reward.coherence import example_wins
+
+        wins, units = example_wins(model, data["eval"])
+        name = "held-out composites (pixel AUC above 0.5)"
     else:
-        return None
-    wins = int(round(accuracy * units)) if accuracy == accuracy else 0
+        if kind == "aesthetic":
+            units, name = len({p.set_id for p in data["eval"]}), "held-out candidate sets"
+        else:
+            units, name = len(data["eval"]), "held-out examples"
+        wins = int(round(accuracy * units)) if accuracy == accuracy else 0
     return {"units": units, "unit": name, "wins": wins, "p_value": sign_test_p(wins, units - wins)}
 
 
@@ -215,9 +221,7 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             key = store_model_dir(store, Path(tmp))
         metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
                        steps_done=result.steps_done, stopped_early=result.stopped_early)
-        floor = chance_floor(kind, score, data)
-        if floor is not None:
-            metrics["floor"] = floor
+        metrics["floor"] = chance_floor(kind, score, data, best)
         outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
         with sessions.begin() as s:
             parent_row = s.get(ModelVersion, parent_info[0]) if parent_info else None  # the one compared with
@@ -227,7 +231,8 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
                                      parent_row)
             if cfg.auto_promote:
                 try:
-                    promote(s, kind, version, loads(store, cache, kind), cfg.tolerance)
+                    promote(s, kind, version, loads(store, cache, kind), cfg.tolerance,
+                            floor_alpha=settings.promotion_floor_alpha)
                     outputs["promoted"] = True
                 except PromotionRefused as exc:
                     outputs["promoted"], outputs["refused"] = False, str(exc)

@@ -1,0 +1,212 @@
+"""The loop's last leg: new candidate sets from the served editor, chosen and pushed to Label Studio.
+
+Labels of the base model's samples stop describing the model once feedback learning moves it (BENCHMARKS.md,
+"what PeFL does to its reward"), so whenever the served editor changes (a promoted feedback stage, or the base
+when nothing was promoted yet) the loop makes a pool of edit candidate sets from it, keeps the ones worth an
+annotator's time (trainers.label_selection: "active" ranks them by the aesthetic reward's uncertainty and the
+sets' diversity, "random" draws) and pushes them to Label Studio. `check_label_sets` runs after every editor
+promotion and on the beat schedule; under the loop's lock it records a `label-sets` run (with its trigger) and
+only then sends its task. One batch per served editor version (again after `loop_label_interval_s`, when set);
+a failed batch is tried again after `LABEL_RETRY_INTERVALS` loop intervals. `editloop loop pause` stops it too.
+
+The run's task (`make_label_sets`, gpu queue) makes the pool set by set (each committed, idempotent by key, so a
+redelivered task resumes), chooses and pushes (annotation.push, idempotent by each task's external key); when
+Label Studio cannot be reached the run fails with the reason and its sets stay for `editloop annotation push`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.models import TrainingRun, as_utc
+from editloop.settings import Settings
+from trainers.label_selection import check_selection
+
+KIND = "label-sets"
+LABEL_RETRY_INTERVALS = 10
+SEED_STRIDE = 1_000  # each batch's world examples start this far after the batch before's (sets <= 1000)
+
+
+@dataclass(frozen=True)
+class LabelSetsPolicy:
+    sets: int  # pushed per batch
+    images: int
+    pool: int  # made per batch = pool x sets; the best `sets` are pushed
+    selection: str
+    overlap: int
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class LabelDecision:
+    start: bool
+    reason: str
+    run_id: str | None = None
+
+
+def label_policy(settings: Settings) -> LabelSetsPolicy:
+    """The policy from settings; ValueError naming the setting, its value and the limit."""
+    checks = (("loop_label_sets", 0, SEED_STRIDE), ("loop_label_images", 2, 16), ("loop_label_pool", 1, 10),
+              ("loop_label_overlap", 1, 20))
+    for name, low, high in checks:
+        value = getattr(settings, name)
+        if not low <= value <= high:
+            raise ValueError(f"`EDITLOOP_{name.upper()}` must be in {low}..{high}, got {value}")
+    check_selection(settings.loop_label_selection, "EDITLOOP_LOOP_LABEL_SELECTION")
+    if settings.loop_label_interval_s < 0:
+        raise ValueError(f"`EDITLOOP_LOOP_LABEL_INTERVAL_S` must be >= 0 (0: only when the served editor "
+                         f"changes), got {settings.loop_label_interval_s}")
+    return LabelSetsPolicy(settings.loop_label_sets, settings.loop_label_images, settings.loop_label_pool,
+                           settings.loop_label_selection, settings.loop_label_overlap,
+                           settings.loop_label_interval_s)
+
+
+def served_editor(session: Session) -> str:
+    from editloop.registry import promoted
+
+    row = promoted(session, "editor")
+    return row.version if row is not None else "base"
+
+
+def decide_label_sets(session: Session, pol: LabelSetsPolicy, loop_interval_s: float,
+                      now: datetime | None = None) -> LabelDecision:
+    from trainers.autoloop import loop_state
+
+    now = now or datetime.now(UTC)
+    state = loop_state(session)
+    if state is not None and state.paused:
+        return LabelDecision(False, f"paused ({state.reason or 'by hand'})")
+    if pol.sets == 0:
+        return LabelDecision(False, "off (EDITLOOP_LOOP_LABEL_SETS=0)")
+    runs = session.scalars(select(TrainingRun).where(TrainingRun.kind == KIND)
+                           .order_by(TrainingRun.created_at.desc())).all()
+    if runs and runs[0].status in ("queued", "running"):
+        return LabelDecision(False, f"debounced: label-sets run {runs[0].id[:12]} is {runs[0].status}")
+    editor = served_editor(session)
+    for run in runs:
+        if run.inputs.get("editor") != editor:
+            continue
+        age = now - as_utc(run.created_at)
+        if run.status == "failed" and age < timedelta(seconds=LABEL_RETRY_INTERVALS * loop_interval_s):
+            return LabelDecision(False, f"label-sets run {run.id[:12]} for editor {editor} failed "
+                                        f"({run.error}); tried again later")
+        if run.status == "succeeded" and (pol.interval_s == 0 or age < timedelta(seconds=pol.interval_s)):
+            return LabelDecision(False, f"editor {editor}'s sets were made by run {run.id[:12]}")
+    return LabelDecision(True, f"editor {editor} served" + (" (schedule)" if any(
+        r.inputs.get("editor") == editor for r in runs) else ""))
+
+
+def add_label_run(session: Session, pol: LabelSetsPolicy, trigger: str) -> str:
+    """The queued run row of a new batch: its editor, its examples' seed (past every earlier batch's)."""
+    from trainers.edit_sets import LABEL_SEED
+
+    batch = session.scalar(select(func.count()).select_from(TrainingRun).where(TrainingRun.kind == KIND)) or 0
+    run_id = uuid.uuid4().hex
+    session.add(TrainingRun(id=run_id, kind=KIND, status="queued", inputs={
+        "trigger": trigger, "editor": served_editor(session), "seed": LABEL_SEED + SEED_STRIDE * pol.pool * batch,
+        "config": asdict(pol)}))
+    return run_id
+
+
+def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: Callable[[str], None],
+                     source: str = "schedule") -> LabelDecision:
+    """Decide under the loop's lock; a starting batch's row is committed (with its trigger) before it is sent."""
+    from trainers.autoloop import hold_loop_lock
+
+    pol = label_policy(settings)
+    if not settings.loop_enabled:
+        return LabelDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
+    with sessions.begin() as session:
+        hold_loop_lock(session)
+        decision = decide_label_sets(session, pol, settings.loop_interval_s)
+        if not decision.start:
+            return decision
+        run_id = add_label_run(session, pol, f"loop ({source}): {decision.reason}")
+    send(run_id)
+    return LabelDecision(True, decision.reason, run_id)
+
+
+def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001
+                    progress: Callable[[int, int], None], push: Callable[[list[int], int], dict]) -> dict:
+    """Make the pool, choose, push; the run row records every step (outputs: made, chosen with their
+    priorities, pushed)."""
+    from trainers import candidates
+    from trainers.edit_sets import EditSetsRequest, edit_set_specs
+    from trainers.runs import update_run
+
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise ValueError(f"no label-sets run {run_id}")
+        if run.status == "succeeded":
+            return run.outputs
+        run.status, run.error = "running", None
+        inputs = dict(run.inputs)
+    pol = LabelSetsPolicy(**inputs["config"])
+    try:
+        request = EditSetsRequest(editor=inputs["editor"], sets=pol.sets * pol.pool, images=pol.images,
+                                  seed=inputs["seed"])
+        specs = edit_set_specs(request, inputs["editor"], store)
+        ids = []
+        for i, spec in enumerate(specs):
+            with sessions.begin() as s:
+                ids.append(candidates.run(candidates.CandidateSpec(**spec), s, store, settings))
+            progress(i + 1, len(specs))
+            update_run(sessions, run_id, progress=0.9 * (i + 1) / len(specs))
+        chosen, priorities = choose(ids, pol, sessions, store, settings, inputs["seed"])
+        outputs = {"editor": inputs["editor"], "made": ids, "chosen": chosen, "selection": pol.selection,
+                   "priorities": {str(k): v for k, v in priorities.items()}}
+        update_run(sessions, run_id, outputs=outputs)
+        outputs["pushed"] = push(chosen, pol.overlap)
+        update_run(sessions, run_id, status="succeeded", progress=1.0, outputs=outputs)
+        return outputs
+    except Exception as exc:
+        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def choose(ids: list[int], pol: LabelSetsPolicy, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001
+           seed: int) -> tuple[list[int], dict[int, dict]]:
+    """The candidate sets to push, and each made set's priorities (active selection) or {} (random)."""
+    import numpy as np
+    from sqlalchemy.orm import selectinload
+
+    from editloop.db.models import CandidateSet, ImageRecord
+    from editloop.world.io import from_png, mask_from_png
+    from trainers.label_selection import choose_sets, set_priorities
+
+    if pol.selection == "random" or pol.pool == 1:
+        picked = choose_sets([{"priority": 0.0}] * len(ids), pol.sets, "random", seed)
+        return [ids[i] for i in picked], {}
+    sets, prompts, contexts = [], [], []
+    with sessions() as s:
+        rows = s.scalars(select(CandidateSet).options(selectinload(CandidateSet.items))
+                         .where(CandidateSet.id.in_(ids))).all()
+        by_id = {r.id: r for r in rows}
+        for set_id in ids:
+            cs = by_id[set_id]
+            sets.append(np.stack([from_png(store.get(i.image.blob_key), "candidate") for i in cs.items]))
+            prompts.append(cs.prompt.text)
+            source = s.get(ImageRecord, cs.source_image_id) if cs.source_image_id else None
+            contexts.append((from_png(store.get(source.blob_key), "source") if source else None,
+                             mask_from_png(store.get(cs.mask_key)) if cs.mask_key else None))
+    priorities = set_priorities(sets, prompts, aesthetic_reward(sessions, store, settings), contexts)
+    picked = choose_sets(priorities, pol.sets, "active", seed)
+    return [ids[i] for i in picked], dict(zip(ids, priorities))
+
+
+def aesthetic_reward(sessions: sessionmaker[Session], store, settings: Settings):  # noqa: ANN001, ANN201
+    """The promoted aesthetic reward (RewardModels), or None when none is promoted (diversity alone ranks)."""
+    from editloop.registry import promoted
+    from trainers.feedback.run import promoted_rewards
+
+    with sessions() as s:
+        if promoted(s, "aesthetic") is None:
+            return None
+    return promoted_rewards(sessions, store, settings, ["aesthetic"])
