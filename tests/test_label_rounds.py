@@ -22,6 +22,10 @@ def _state(db_url, tmp_path, **kw):
     return sessions, settings
 
 
+def _check(sessions, settings, send=lambda run_id: None, source="schedule"):
+    return check_label_sets(sessions, settings, send, source, down=lambda settings: None)  # Label Studio "up"
+
+
 def _finish(sessions, run_id: str, status: str = "succeeded", age_s: float = 0) -> None:
     with sessions.begin() as s:
         run = s.get(TrainingRun, run_id)
@@ -32,7 +36,7 @@ def _finish(sessions, run_id: str, status: str = "succeeded", age_s: float = 0) 
 def test_one_batch_per_served_editor_recorded_with_its_trigger(db_url, tmp_path):
     sessions, settings = _state(db_url, tmp_path)
     sent = []
-    first = check_label_sets(sessions, settings, sent.append, "test")
+    first = _check(sessions, settings, sent.append, "test")
     assert first.start and first.reason == "editor base served" and sent == [first.run_id]
     with sessions() as s:
         run = s.get(TrainingRun, first.run_id)
@@ -40,39 +44,41 @@ def test_one_batch_per_served_editor_recorded_with_its_trigger(db_url, tmp_path)
         assert run.inputs["trigger"] == "loop (test): editor base served"
         assert run.inputs["config"] == {"sets": 4, "images": 4, "pool": 2, "selection": "active", "overlap": 2,
                                         "interval_s": 0.0}
-    assert "debounced" in check_label_sets(sessions, settings, sent.append).reason  # queued: nothing new
+    assert "debounced" in _check(sessions, settings, sent.append).reason  # queued: nothing new
     _finish(sessions, first.run_id)
-    assert check_label_sets(sessions, settings, sent.append).reason.startswith("editor base's sets were made")
+    assert _check(sessions, settings, sent.append).reason.startswith("editor base's sets were made")
     with sessions.begin() as s:  # a promoted editor is served now: its own batch, on examples never shown before
         register_candidate(s, "editor", "editor", "pefl-1", "key", {"eval_score": 1.0}, {}, None)
         promote(s, "editor", "pefl-1")
-    second = check_label_sets(sessions, settings, sent.append, "editor pefl-1 promoted")
+    second = _check(sessions, settings, sent.append, "editor pefl-1 promoted")
     assert second.start and second.reason == "editor pefl-1 served" and len(sent) == 2
     with sessions() as s:
         seeds = [s.get(TrainingRun, r).inputs["seed"] for r in (first.run_id, second.run_id)]
     assert seeds[1] - seeds[0] == SEED_STRIDE * 2  # past the first batch's whole pool
     _finish(sessions, second.run_id, "failed")  # Label Studio was down: tried again, but not at once
-    assert "failed (ConnectionError: Label Studio down); tried again later" in check_label_sets(
-        sessions, settings, sent.append).reason
+    later = _check(sessions, settings, sent.append).reason
+    assert "failed (ConnectionError: Label Studio down); tried again later" in later
     _finish(sessions, second.run_id, "failed", age_s=11 * settings.loop_interval_s)
-    assert check_label_sets(sessions, settings, sent.append).start and len(sent) == 3
+    assert _check(sessions, settings, sent.append).start and len(sent) == 3
 
 
 def test_paused_off_and_scheduled(db_url, tmp_path):
     sessions, settings = _state(db_url, tmp_path, loop_label_interval_s=60)
     with sessions.begin() as s:
         set_paused(s, True, "audit")
-    assert check_label_sets(sessions, settings, lambda r: None).reason == "paused (audit)"
+    assert _check(sessions, settings).reason == "paused (audit)"
     with sessions.begin() as s:
         set_paused(s, False, "")
     off = settings.model_copy(update={"loop_label_sets": 0})
-    assert check_label_sets(sessions, off, lambda r: None).reason == "off (EDITLOOP_LOOP_LABEL_SETS=0)"
-    first = check_label_sets(sessions, settings, lambda r: None)
+    assert _check(sessions, off).reason == "off (EDITLOOP_LOOP_LABEL_SETS=0)"
+    assert check_label_sets(sessions, settings, lambda r: None).reason.startswith(  # the real check: none started
+        "waiting for Label Studio: Label Studio is not up (no ")
+    first = _check(sessions, settings)
     _finish(sessions, first.run_id, age_s=30)
     with sessions() as s:
         assert not decide_label_sets(s, label_policy(settings), 120).start  # 30 s old: not yet
     _finish(sessions, first.run_id, age_s=90)
-    again = check_label_sets(sessions, settings, lambda r: None)
+    again = _check(sessions, settings)
     assert again.start and again.reason == "editor base served (schedule)"
 
 

@@ -23,6 +23,7 @@ def platform_env(tmp_path: Path, tiny_models: Path, tiny_instruct: dict, name: s
             "EDITLOOP_GENERATOR_MODEL": str(tiny_models / "t2i"), "EDITLOOP_EDITOR_MODEL": str(tiny_models / "inpaint"),
             "EDITLOOP_INSTRUCT_MODEL": str(tiny_instruct["causal"]), "EDITLOOP_BROKER_URL": "",
             "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_RESTART_BACKOFF_MAX_S": "2",
+            "EDITLOOP_LOOP_LABEL_SETS": "0",  # no candidate sets made at start here: the loop has its own tests
             "EDITLOOP_LABEL_STUDIO_VENV": os.environ.get("EDITLOOP_LABEL_STUDIO_VENV",
                                                          str(ROOT / ".venv-label-studio"))}
 

@@ -115,13 +115,17 @@ def add_label_run(session: Session, pol: LabelSetsPolicy, trigger: str) -> str:
 
 
 def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: Callable[[str], None],
-                     source: str = "schedule") -> LabelDecision:
-    """Decide under the loop's lock; a starting batch's row is committed (with its trigger) before it is sent."""
+                     source: str = "schedule", down: Callable[[Settings], str | None] | None = None
+                     ) -> LabelDecision:
+    """Decide under the loop's lock; a starting batch's row is committed (with its trigger) before it is sent.
+    Nothing starts while Label Studio is not up (`down` says why; default: label_studio_down)."""
     from trainers.autoloop import hold_loop_lock
 
     pol = label_policy(settings)
     if not settings.loop_enabled:
         return LabelDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
+    if pol.sets and (why := (down or label_studio_down)(settings)):
+        return LabelDecision(False, f"waiting for Label Studio: {why}")
     with sessions.begin() as session:
         hold_loop_lock(session)
         decision = decide_label_sets(session, pol, settings.loop_interval_s)
@@ -130,6 +134,20 @@ def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: 
         run_id = add_label_run(session, pol, f"loop ({source}): {decision.reason}")
     send(run_id)
     return LabelDecision(True, decision.reason, run_id)
+
+
+def label_studio_down(settings: Settings) -> str | None:
+    """Why the sets could not be pushed now (Label Studio not started, or not answering), else None."""
+    import requests
+
+    from annotation.server import LabelStudioError, LabelStudioInfo, info_path
+
+    try:
+        url = LabelStudioInfo.load(info_path(settings)).url
+        requests.get(f"{url}/health", timeout=5).raise_for_status()
+    except (LabelStudioError, requests.RequestException) as exc:
+        return str(exc)
+    return None
 
 
 def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001
