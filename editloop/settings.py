@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     loop_label_pool: int = 2  # sets made per set pushed; active selection keeps the best
     loop_label_selection: str = "active"  # active (reward uncertainty and diversity) or random
     loop_label_overlap: int = 2  # annotators per pushed task
+    loop_label_gold: int = 2  # gold sets (known answers, editloop/labels/gold.py) mixed into every batch
     loop_label_interval_s: float = 0.0  # also new sets for the same editor this often (0: only when it changes)
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>

@@ -43,7 +43,7 @@ def test_one_batch_per_served_editor_recorded_with_its_trigger(db_url, tmp_path)
         assert run.kind == KIND and run.status == "queued" and run.inputs["editor"] == "base"
         assert run.inputs["trigger"] == "loop (test): editor base served"
         assert run.inputs["config"] == {"sets": 4, "images": 4, "pool": 2, "selection": "active", "overlap": 2,
-                                        "interval_s": 0.0}
+                                        "interval_s": 0.0, "gold": 2}
     assert "debounced" in _check(sessions, settings, sent.append).reason  # queued: nothing new
     _finish(sessions, first.run_id)
     assert _check(sessions, settings, sent.append).reason.startswith("editor base's sets were made")
@@ -86,6 +86,7 @@ def test_paused_off_and_scheduled(db_url, tmp_path):
     ("loop_label_sets", 1001, "`EDITLOOP_LOOP_LABEL_SETS` must be in 0..1000, got 1001"),
     ("loop_label_images", 1, "`EDITLOOP_LOOP_LABEL_IMAGES` must be in 2..16, got 1"),
     ("loop_label_pool", 0, "`EDITLOOP_LOOP_LABEL_POOL` must be in 1..10, got 0"),
+    ("loop_label_gold", -1, "`EDITLOOP_LOOP_LABEL_GOLD` must be in 0..100, got -1"),
     ("loop_label_selection", "smart", "`EDITLOOP_LOOP_LABEL_SELECTION` must be one of random, active, got 'smart'"),
     ("loop_label_interval_s", -1.0, "`EDITLOOP_LOOP_LABEL_INTERVAL_S` must be >= 0"),
 ])

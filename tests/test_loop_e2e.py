@@ -20,12 +20,14 @@ from test_platform import platform_env, start_up, stop_up, wait_all_ready
 from annotation.client import iter_tasks
 from editloop.cli.stack import ALL_PARTS
 from editloop.db import CandidateSet, Generation, LabelTask, ModelVersion, TrainingRun, make_engine, make_sessionmaker
+from editloop.labels.gold import gold_accuracy
 from editloop.world import cell_mask, render, sample_scene
 from editloop.world.io import mask_to_png, to_png
 
 LOOP_ENV = {
     "EDITLOOP_LOOP_INTERVAL_S": "5", "EDITLOOP_TRIGGER_INTERVAL_S": "5", "EDITLOOP_RELOAD_INTERVAL_S": "1",
     "EDITLOOP_LOOP_LABEL_SETS": "12", "EDITLOOP_LOOP_LABEL_POOL": "2", "EDITLOOP_LOOP_LABEL_IMAGES": "3",
+    "EDITLOOP_LOOP_LABEL_GOLD": "2",
     "EDITLOOP_RETRAIN_LABEL_THRESHOLD": "20", "EDITLOOP_RETRAIN_DEBOUNCE_S": "0", "EDITLOOP_REWARD_TRAIN_STEPS": "10",
     "EDITLOOP_LOOP_REWARDS": "aesthetic=1", "EDITLOOP_LOOP_FEEDBACK_STEPS": "3", "EDITLOOP_LOOP_BATCH_SIZE": "2",
     "EDITLOOP_LOOP_EVAL_EXAMPLES": "4", "EDITLOOP_LOOP_KL_WEIGHT": "0", "EDITLOOP_LOOP_SUCCESS_TOLERANCE": "1",
@@ -83,14 +85,16 @@ def test_the_loop_turns_with_no_command_after_up_and_the_labelling(tmp_path, tin
         # 1. the base editor's sets reach Label Studio by themselves (beat -> loop check -> label-sets run)
         def first_batch() -> dict | None:
             tasks = ls_tasks(ls, "e2e")
-            return tasks if len(tasks) >= 12 else None
+            return tasks if len(tasks) >= 14 else None
 
-        first = wait_for("the base editor's 12 candidate sets in Label Studio", first_batch, 600, proc, log)
+        first = wait_for("the base editor's 12 candidate sets and 2 gold sets in Label Studio", first_batch, 600,
+                         proc, log)
         with sessions() as s:
             run = s.scalars(select(TrainingRun).where(TrainingRun.kind == "label-sets")).one()
             assert run.status == "succeeded" and run.inputs["editor"] == "base", run.error
             assert run.inputs["trigger"].startswith("loop (schedule): editor base served")
             assert len(run.outputs["made"]) == 24 and len(run.outputs["chosen"]) == 12  # pool 2, active selection
+            assert len(run.outputs["gold"]) == 2 and run.outputs["pushed"]["created"] == 14
         # 2. the labelling: simulated annotators answer through Label Studio's API (overlap 2)
         labellers = simulated_labellers(info.url, [0.25, 0.5], 0, False)
         for project_id in _project_ids(ls, "e2e"):
@@ -131,12 +135,15 @@ def test_the_loop_turns_with_no_command_after_up_and_the_labelling(tmp_path, tin
             return ids if len(ids) >= 12 else None
 
         wait_for(f"editor {version}'s candidate sets in Label Studio", new_sets, 600, proc, log)
-        assert len(ls_tasks(ls, "e2e")) == len(first) + 12  # counted in Label Studio itself
+        assert len(ls_tasks(ls, "e2e")) == len(first) + 14  # counted in Label Studio itself (2 gold sets again)
         with sessions() as s:
             second = s.scalars(select(TrainingRun).where(TrainingRun.kind == "label-sets")
                                .order_by(TrainingRun.created_at.desc())).first()
             assert second.inputs["trigger"].startswith(f"loop (editor {version} promoted)")
             assert all(p["uncertainty"] is not None for p in second.outputs["priorities"].values())
+            gold = gold_accuracy(s)  # every labeller was measured on the first batch's gold sets
+            assert set(gold) == {f"ls:{u.id}" for u in ls.users.list() if "annotators" in u.email}
+            assert all(g["gold_labels"] >= 1 and 0 <= g["both"] <= 1 for g in gold.values())
     finally:
         stop_up(proc)
 

@@ -4,7 +4,8 @@ Labels of the base model's samples stop describing the model once feedback learn
 "what PeFL does to its reward"), so whenever the served editor changes (a promoted feedback stage, or the base
 when nothing was promoted yet) the loop makes a pool of edit candidate sets from it, keeps the ones worth an
 annotator's time (trainers.label_selection: "active" ranks them by the aesthetic reward's uncertainty and the
-sets' diversity, "random" draws) and pushes them to Label Studio. `check_label_sets` runs after every editor
+sets' diversity, "random" draws), mixes in `loop_label_gold` gold sets (known answers, measuring each annotator:
+editloop.labels.gold) and pushes them to Label Studio. `check_label_sets` runs after every editor
 promotion and on the beat schedule; under the loop's lock it records a `label-sets` run (with its trigger) and
 only then sends its task. One batch per served editor version (again after `loop_label_interval_s`, when set);
 a failed batch is tried again after `LABEL_RETRY_INTERVALS` loop intervals. `editloop loop pause` stops it too.
@@ -41,6 +42,7 @@ class LabelSetsPolicy:
     selection: str
     overlap: int
     interval_s: float
+    gold: int = 0  # gold sets mixed in (editloop.labels.gold), measuring each annotator
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class LabelDecision:
 def label_policy(settings: Settings) -> LabelSetsPolicy:
     """The policy from settings; ValueError naming the setting, its value and the limit."""
     checks = (("loop_label_sets", 0, SEED_STRIDE), ("loop_label_images", 2, 16), ("loop_label_pool", 1, 10),
-              ("loop_label_overlap", 1, 20))
+              ("loop_label_overlap", 1, 20), ("loop_label_gold", 0, 100))
     for name, low, high in checks:
         value = getattr(settings, name)
         if not low <= value <= high:
@@ -64,7 +66,7 @@ def label_policy(settings: Settings) -> LabelSetsPolicy:
                          f"changes), got {settings.loop_label_interval_s}")
     return LabelSetsPolicy(settings.loop_label_sets, settings.loop_label_images, settings.loop_label_pool,
                            settings.loop_label_selection, settings.loop_label_overlap,
-                           settings.loop_label_interval_s)
+                           settings.loop_label_interval_s, settings.loop_label_gold)
 
 
 def served_editor(session: Session) -> str:
@@ -178,15 +180,28 @@ def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, setting
             progress(i + 1, len(specs))
             update_run(sessions, run_id, progress=0.9 * (i + 1) / len(specs))
         chosen, priorities = choose(ids, pol, sessions, store, settings, inputs["seed"])
+        gold = gold_sets(sessions, store, run_id, pol, inputs["seed"])
         outputs = {"editor": inputs["editor"], "made": ids, "chosen": chosen, "selection": pol.selection,
-                   "priorities": {str(k): v for k, v in priorities.items()}}
+                   "priorities": {str(k): v for k, v in priorities.items()}, "gold": gold}
         update_run(sessions, run_id, outputs=outputs)
-        outputs["pushed"] = push(chosen, pol.overlap)
+        outputs["pushed"] = push(sorted(chosen + gold), pol.overlap)
         update_run(sessions, run_id, status="succeeded", progress=1.0, outputs=outputs)
         return outputs
     except Exception as exc:
         update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
+
+
+def gold_sets(sessions: sessionmaker[Session], store, run_id: str, pol: LabelSetsPolicy, seed: int) -> list[int]:  # noqa: ANN001
+    """The batch's gold sets: made once (a redelivered task finds them on its run row), scenes apart per batch."""
+    from editloop.labels.gold import GOLD_SEED, make_gold_sets
+    from trainers.edit_sets import LABEL_SEED
+
+    with sessions() as s:
+        made = (s.get(TrainingRun, run_id).outputs or {}).get("gold")
+    if made is not None or pol.gold == 0:
+        return list(made or [])
+    return make_gold_sets(sessions, store, pol.gold, pol.images, GOLD_SEED + (seed - LABEL_SEED))
 
 
 def choose(ids: list[int], pol: LabelSetsPolicy, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001

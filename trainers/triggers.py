@@ -45,8 +45,7 @@ def _busy(session: Session, settings: Settings, now: datetime) -> str | None:
     if last is None:
         return None
     age = now - as_utc(last.created_at)
-    stale_queue = last.status == "queued" and age > timedelta(seconds=2 * settings.retrain_debounce_s)
-    if last.status in ("queued", "running") and not stale_queue:  # a queued run that never started: message lost
+    if last.status in ("queued", "running"):  # a run whose message was lost is the reaper's (trainers/reaper.py)
         return f"debounced: run {last.id} is {last.status}"
     if age < timedelta(seconds=settings.retrain_debounce_s):
         return f"debounced: run {last.id} started less than {settings.retrain_debounce_s:.0f}s ago"

@@ -34,6 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                              "makes them)")
     cand.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each set (default 1800)")
     cand.set_defaults(func=_candidates)
+    gold = asub.add_parser("gold", help="gold sets: edit sets with a known best/worst answer (the world's judge), "
+                                        "pushed among the others; `stats` shows each annotator's accuracy on them")
+    gold.add_argument("--sets", type=int, default=8, help="gold sets to make (default 8)")
+    gold.add_argument("--images", type=int, default=4, help="images per set (2..16, default 4)")
+    gold.add_argument("--seed", type=int, default=None, help="first scene seed (default 3000000)")
+    gold.add_argument("--reversed", action="store_true", help="the answer under the reversed taste")
+    gold.set_defaults(func=_gold)
     push = asub.add_parser("push", help="candidate sets (and comparison pairs) become Label Studio tasks; "
                                         "idempotent")
     push.add_argument("--overlap", type=int, default=2, help="annotators per task (default 2)")
@@ -125,6 +132,18 @@ def _candidates(args: argparse.Namespace) -> int:
     print(f"candidate sets {ids[0]}..{ids[-1]} ready; label them with `editloop annotation push --ids "
           f"{' '.join(map(str, ids))}`" if len(ids) <= 20 else
           f"candidate sets {ids[0]}..{ids[-1]} ready ({len(ids)}); label them with `editloop annotation push`")
+    return 0
+
+
+def _gold(args: argparse.Namespace) -> int:
+    from editloop.labels.gold import GOLD_SEED, make_gold_sets
+    from editloop.world.annotators import reversed_weights
+
+    sessions, store = _context(_settings())
+    ids = make_gold_sets(sessions, store, args.sets, args.images, GOLD_SEED if args.seed is None else args.seed,
+                         reversed_weights() if args.reversed else None)
+    print(f"gold sets {ids[0]}..{ids[-1]} made ({len(ids)}, answers recorded); push them with "
+          f"`editloop annotation push`")
     return 0
 
 

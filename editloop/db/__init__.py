@@ -8,6 +8,7 @@ from editloop.db.models import (
     ComparisonPair,
     Generation,
     GenerationImage,
+    GoldAnswer,
     ImageRecord,
     LabelEvent,
     LabelTask,
@@ -21,6 +22,6 @@ from editloop.db.session import make_engine, make_sessionmaker, upgrade
 
 __all__ = [
     "Base", "CandidateItem", "CandidateSet", "Comparison", "ComparisonPair", "Generation", "GenerationImage",
-    "ImageRecord", "LabelEvent", "LabelTask", "LoopState", "ModelVersion",
+    "GoldAnswer", "ImageRecord", "LabelEvent", "LabelTask", "LoopState", "ModelVersion",
     "Preference", "Prompt", "TrainingRun", "make_engine", "make_sessionmaker", "upgrade",
 ]

@@ -121,6 +121,18 @@ class CandidateSet(Base):
                                                       cascade="all, delete-orphan")
 
 
+class GoldAnswer(Base):
+    """A candidate set whose best/worst answer is known (set by an expert, or by the world's judge here): every
+    label on it measures its annotator (`editloop annotation stats`). Annotators see it as any other set."""
+
+    __tablename__ = "gold_answers"
+    candidate_set_id: Mapped[int] = mapped_column(ForeignKey("candidate_sets.id"), primary_key=True)
+    best_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    worst_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class CandidateItem(Base):
     __tablename__ = "candidate_items"
     candidate_set_id: Mapped[int] = mapped_column(ForeignKey("candidate_sets.id"), primary_key=True)

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from editloop.db.models import Comparison, ComparisonPair, Preference
+from editloop.labels.gold import gold_accuracy
 
 
 def pairwise_agreement(units: Sequence[Sequence[Hashable]]) -> float | None:
@@ -95,6 +96,7 @@ class LabelStats:
     alpha_worst: float | None = None
     gsb: GSB = field(default_factory=lambda: GSB(0, 0, 0))
     gsb_by_pair_labels: dict[str, GSB] = field(default_factory=dict)
+    gold: dict[str, dict[str, float | int]] = field(default_factory=dict)  # per annotator (editloop.labels.gold)
 
 
 def label_stats(session: Session) -> LabelStats:
@@ -125,6 +127,7 @@ def label_stats(session: Session) -> LabelStats:
         if c.status == "valid":
             by_label[pairs[c.pair_id]][c.verdict] += 1
     stats.gsb_by_pair_labels = {k: GSB(v["good"], v["same"], v["bad"]) for k, v in sorted(by_label.items())}
+    stats.gold = gold_accuracy(session)
     return stats
 
 
@@ -150,4 +153,10 @@ def format_stats(stats: LabelStats, names: dict[str, str] | None = None) -> str:
     for label, g in stats.gsb_by_pair_labels.items():
         lines.append(f"  {label}: G {g.good} / S {g.same} / B {g.bad}; superiority {pct(g.superiority)}, "
                      f"win rate {pct(g.win_rate)}")
+    if stats.gold:
+        lines.append("accuracy on gold sets (known answers), per annotator:")
+        lines += [f"  {names.get(who, who)}: best {g['best']:.3f}, worst {g['worst']:.3f}, both {g['both']:.3f} "
+                  f"on {g['gold_labels']} gold labels" for who, g in stats.gold.items()]
+    else:
+        lines.append("accuracy on gold sets: no gold set labelled yet (`editloop annotation gold`)")
     return "\n".join(lines)
