@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     loop_stages: str = "pefl"  # the round's chain: pefl, pefl,adversarial or pefl,adversarial,progressive
     loop_feedback_steps: int = 200  # steps per stage
     loop_kl_weight: float = 100.0  # the measured recipe (BENCHMARKS.md, KL trust region)
+    loop_feedback_lr: float = 2e-5  # the stages' learning rate (trainers/feedback/loop.py's default)
     # a reward drives the loop only if its promoted version beat chance on its held-out set at this level (one-sided
     # exact sign test, trainers/reward/run.py chance_floor); 1 = no floor
     loop_floor_alpha: float = 0.05
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     loop_eval_examples: int = 48  # held-out examples each stage's gate compares on
     loop_success_tolerance: float = 0.02  # the gate: judged success may fall this much below the served model's
     loop_interval_s: float = 120.0  # Celery beat: how often the loop checks (also after every reward promotion)
+    # the loop's SeedEdit leg (trainers/align_loop.py): a promoted alignment reward starts alignment rounds
+    loop_align_rounds: int = 1  # rounds per chain (0: the loop starts none)
+    loop_align_interval_s: float = 0.0  # also a chain this long after the last one started (0: only on a promotion)
+    loop_align_config: str = ""  # the rounds' settings as JSON (trainers/align/round_config.py), e.g. {"pairs": 96}
     # the loop's last leg (trainers/label_rounds.py): candidate sets from the served editor, pushed to Label Studio
     loop_label_sets: int = 16  # sets pushed per served editor version (0: the loop makes none)
     loop_label_images: int = 4  # images per set

@@ -68,7 +68,10 @@ def policy(settings: Settings) -> LoopPolicy:
     for name in ("loop_feedback_steps", "loop_batch_size", "loop_eval_examples"):
         if getattr(settings, name) < 1:
             raise ValueError(f"`EDITLOOP_{name.upper()}` must be >= 1, got {getattr(settings, name)}")
+    if not 0 < settings.loop_feedback_lr <= 1:
+        raise ValueError(f"`EDITLOOP_LOOP_FEEDBACK_LR` must be in (0, 1], got {settings.loop_feedback_lr}")
     config = {"steps": settings.loop_feedback_steps, "batch_size": settings.loop_batch_size,
+              "lr": settings.loop_feedback_lr,
               "reward_weights": weights, "kl_weight": settings.loop_kl_weight,
               "eval": {"examples": settings.loop_eval_examples, "success_tolerance": settings.loop_success_tolerance}}
     if not 0 <= settings.loop_success_tolerance <= 1:

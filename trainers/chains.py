@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from editloop.db.models import TrainingRun
 
 FEEDBACK_TASK = "editloop.gpu.feedback_stage"
+ALIGN_TASK = "editloop.gpu.align_round"
 
 
 def add_feedback_rows(session: Session, stages: list[str], config: dict[str, Any], reason: str) -> list[str]:
@@ -28,4 +29,30 @@ def send_feedback_chain(app: Celery, stages: list[str], run_ids: list[str], conf
     sigs = [app.signature(FEEDBACK_TASK, args=[None, stages[0], run_ids[0], config], task_id=run_ids[0])]
     sigs += [app.signature(FEEDBACK_TASK, args=[stage, run_id, config], task_id=run_id)
              for stage, run_id in zip(stages[1:], run_ids[1:])]  # each gets the stage before's result first
+    chain(*sigs).apply_async()
+
+
+def add_align_rows(session: Session, rounds: int, config: dict[str, Any], reason: str,
+                   start_version: str | None = None) -> list[str]:
+    """Queued rows for a chain of SeedEdit alignment rounds (the caller commits before sending); the first round
+    continues instruct version `start_version` if given, else starts from the weak generator."""
+    from trainers.align.round_config import RoundConfig
+
+    if rounds < 1:
+        raise ValueError(f"`rounds` must be >= 1, got {rounds}")
+    RoundConfig.from_dict(config)  # refuse bad settings here, not in the worker
+    run_ids = [uuid.uuid4().hex for _ in range(rounds)]
+    for run_id in run_ids:
+        session.add(TrainingRun(id=run_id, kind="align", status="queued",
+                                inputs={"config": config, "trigger": reason, "chain": run_ids,
+                                        **({"first": {"version": start_version}} if start_version else {})}))
+    return run_ids
+
+
+def send_align_chain(app: Celery, run_ids: list[str], config: dict[str, Any], start_version: str | None = None
+                     ) -> None:
+    first = {"version": start_version} if start_version else None
+    sigs = [app.signature(ALIGN_TASK, args=[first, run_ids[0], config], task_id=run_ids[0])]
+    sigs += [app.signature(ALIGN_TASK, args=[run_id, config], task_id=run_id)
+             for run_id in run_ids[1:]]  # each gets the round before's result first
     chain(*sigs).apply_async()

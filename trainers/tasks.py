@@ -77,10 +77,12 @@ def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
 
 @shared_task(name="editloop.cpu.check_loop", acks_late=True)
 def check_loop_task(source: str = "schedule") -> dict[str, Any]:
-    """Start a feedback round if a reward the loop's policy names was promoted since the last one, and a batch
-    of candidate sets for Label Studio if the served editor has none yet (each debounced)."""
+    """Start a feedback round if a reward the loop's policy names was promoted since the last one, a batch of
+    candidate sets for Label Studio if the served editor has none yet, and SeedEdit alignment rounds if the
+    alignment reward was promoted since the last ones (each debounced)."""
+    from trainers.align_loop import check_align
     from trainers.autoloop import check_loop
-    from trainers.chains import add_feedback_rows, send_feedback_chain
+    from trainers.chains import add_feedback_rows, send_align_chain, send_feedback_chain
     from trainers.label_rounds import check_label_sets
 
     settings, sessions, _ = worker_context()
@@ -89,8 +91,11 @@ def check_loop_task(source: str = "schedule") -> dict[str, Any]:
                           lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), source)
     labels = check_label_sets(sessions, settings, lambda run_id: app.send_task(
         "editloop.gpu.make_label_sets", args=[run_id], task_id=run_id), source)
+    align = check_align(sessions, settings, lambda ids, config, start: send_align_chain(app, ids, config, start),
+                        source)
     return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids),
-            "label_sets": {"start": labels.start, "reason": labels.reason, "run_id": labels.run_id}}
+            "label_sets": {"start": labels.start, "reason": labels.reason, "run_id": labels.run_id},
+            "align": {"start": align.start, "reason": align.reason, "run_ids": list(align.run_ids)}}
 
 
 @shared_task(name="editloop.gpu.make_label_sets", bind=True, acks_late=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from editloop.cli.stack import stack_settings
 from editloop.settings import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("loop", help="the automatic loop: a promoted reward starts a feedback round (pause, resume, "
+    p = sub.add_parser("loop", help="the automatic loop: a promoted reward starts a feedback round (and alignment "
+                                    "rounds), a served editor gets candidate sets in Label Studio (pause, resume, "
                                     "status, check now)")
     lsub = p.add_subparsers(dest="loop_command", required=True)
     pause = lsub.add_parser("pause", help="start nothing automatically until `editloop loop resume`")
@@ -42,32 +44,79 @@ def loop_report(settings: Settings, session) -> dict:  # noqa: ANN001
             "reason": state.reason if state else None, "rewards": pol.weights, "stages": pol.stages,
             "steps": settings.loop_feedback_steps,
             "would_start": bool(decision and decision.start),
+            "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)",
+            "label_sets": label_sets_report(settings, session), "align": align_report(settings, session)}
+
+
+def align_report(settings: Settings, session) -> dict:  # noqa: ANN001
+    """The SeedEdit leg: its policy and what it would decide now (trainers/align_loop.py)."""
+    from trainers.align_loop import align_policy, decide_align
+
+    pol = align_policy(settings)
+    decision = decide_align(session, pol) if settings.loop_enabled else None
+    return {"rounds": pol.rounds, "config": pol.config, "interval_s": pol.interval_s,
+            "would_start": bool(decision and decision.start),
             "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)"}
+
+
+def label_sets_report(settings: Settings, session) -> dict:  # noqa: ANN001
+    """The label-sets leg: its policy and what it would decide now (trainers/label_rounds.py)."""
+    from dataclasses import asdict
+
+    from trainers.label_rounds import decide_label_sets, label_policy, label_studio_down
+
+    pol = label_policy(settings)
+    down = label_studio_down(settings) if pol.sets and settings.loop_enabled else None
+    if not settings.loop_enabled:
+        start, why = False, "off (EDITLOOP_LOOP_ENABLED=false)"
+    elif down:
+        start, why = False, f"waiting for Label Studio: {down}"
+    else:
+        decision = decide_label_sets(session, pol, settings.loop_interval_s)
+        start, why = decision.start, decision.reason
+    return {**asdict(pol), "would_start": start, "why": why}
 
 
 def _status(args: argparse.Namespace) -> int:
     from editloop.state import open_sessions
 
-    settings = Settings()
+    settings = stack_settings(Settings())
     with open_sessions(settings)() as s:
         r = loop_report(settings, s)
     state = "off" if not r["enabled"] else "paused" if r["paused"] else "on"
     print(f"loop: {state}" + (f" ({r['reason']})" if r["paused"] and r["reason"] else ""))
     print(f"policy: rewards {r['rewards']}, stages {','.join(r['stages'])}, {r['steps']} steps per stage")
     print(f"now: {'would START a round' if r['would_start'] else 'would not start'}: {r['why']}")
+    ls = r["label_sets"]
+    print(f"label sets: {ls['sets']} of {ls['sets'] * ls['pool']} made per served editor ({ls['selection']} "
+          f"selection) + {ls['gold']} gold, overlap {ls['overlap']}; now: "
+          f"{'would START a batch' if ls['would_start'] else 'would not start'}: {ls['why']}")
+    al = r["align"]
+    print(f"alignment rounds: {al['rounds']} per chain, settings {al['config'] or 'default'}; now: "
+          f"{'would START a chain' if al['would_start'] else 'would not start'}: {al['why']}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     from editloop.state import open_sessions
+    from trainers.align_loop import check_align
     from trainers.autoloop import check_loop
     from trainers.celery_app import make_celery
-    from trainers.chains import add_feedback_rows, send_feedback_chain
+    from trainers.chains import add_feedback_rows, send_align_chain, send_feedback_chain
+    from trainers.label_rounds import check_label_sets
 
-    settings = Settings()
+    settings = stack_settings(Settings())
     app = make_celery(settings)
     decision = check_loop(open_sessions(settings), settings, add_feedback_rows,
                           lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), "by hand")
     print(("started: " if decision.start else "nothing started: ") + decision.reason
           + (f" (runs {', '.join(i[:12] for i in decision.run_ids)})" if decision.run_ids else ""))
+    labels = check_label_sets(open_sessions(settings), settings, lambda run_id: app.send_task(
+        "editloop.gpu.make_label_sets", args=[run_id], task_id=run_id), "by hand")
+    print(("label sets started: " if labels.start else "no label sets started: ") + labels.reason
+          + (f" (run {labels.run_id[:12]})" if labels.run_id else ""))
+    align = check_align(open_sessions(settings), settings,
+                        lambda ids, config, start: send_align_chain(app, ids, config, start), "by hand")
+    print(("alignment rounds started: " if align.start else "no alignment rounds started: ") + align.reason
+          + (f" (runs {', '.join(i[:12] for i in align.run_ids)})" if align.run_ids else ""))
     return 0

@@ -214,6 +214,10 @@ def format_report(r: dict[str, Any]) -> str:
     state = "off" if not loop["enabled"] else "paused" if loop["paused"] else "on"
     lines.append(f"loop: {state}; would {'START a feedback round' if loop['would_start'] else 'not start'} now: "
                  f"{loop['why']}")
+    ls = loop["label_sets"]
+    lines.append(f"label sets: would {'START a batch' if ls['would_start'] else 'not start'} now: {ls['why']}")
+    al = loop["align"]
+    lines.append(f"alignment rounds: would {'START a chain' if al['would_start'] else 'not start'} now: {al['why']}")
     for kind, t in r["triggers"].items():
         lines.append(f"triggers: {kind} reward would {'START' if t['would_start'] else 'not start'} now: "
                      f"{t['reason']}")

@@ -252,28 +252,13 @@ def enqueue_align_chain(settings: Settings, rounds: int, config: dict, reason: s
                         start_version: str | None = None) -> list[str]:
     """Record one queued run per round, then send them as one Celery chain; returns the run ids. The first
     round continues instruct version `start_version` if given, else starts from the weak generator."""
-    from celery import chain
-
-    from editloop.db import TrainingRun
     from editloop.state import open_sessions
-    from trainers.align.round_config import RoundConfig
     from trainers.celery_app import make_celery
+    from trainers.chains import add_align_rows, send_align_chain
 
-    if rounds < 1:
-        raise ValueError(f"`rounds` must be >= 1, got {rounds}")
-    RoundConfig.from_dict(config)  # refuse bad settings here, not in the worker
-    run_ids = [uuid.uuid4().hex for _ in range(rounds)]
     with open_sessions(settings).begin() as s:
-        for run_id in run_ids:
-            s.add(TrainingRun(id=run_id, kind="align", status="queued",
-                              inputs={"config": config, "trigger": reason, "chain": run_ids,
-                                      **({"first": {"version": start_version}} if start_version else {})}))
-    app = make_celery(settings)
-    first = {"version": start_version} if start_version else None
-    sigs = [app.signature("editloop.gpu.align_round", args=[first, run_ids[0], config], task_id=run_ids[0])]
-    sigs += [app.signature("editloop.gpu.align_round", args=[run_id, config], task_id=run_id)
-             for run_id in run_ids[1:]]  # each gets the round before's result first
-    chain(*sigs).apply_async()
+        run_ids = add_align_rows(s, rounds, config, reason, start_version)
+    send_align_chain(make_celery(settings), run_ids, config, start_version)
     return run_ids
 
 

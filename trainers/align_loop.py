@@ -1,0 +1,113 @@
+"""The loop's SeedEdit leg: a newly promoted alignment reward (or the schedule) starts alignment rounds.
+
+SeedEdit's rounds regenerate edit pairs with the current editor and keep the pairs the agreement scorer (the
+promoted alignment reward, else the world's judge) and the filters pass; a better alignment reward is a better
+filter, so its promotion is what starts a chain of `loop_align_rounds` rounds on the instruct editor, continuing
+the promoted instruct version (else starting from the weak generator). `loop_align_interval_s` also starts one
+that often without a promotion (0: only on a promotion). Like the feedback leg (trainers/autoloop.py): decided
+under the loop's lock, debounced while an alignment round is queued or running, recorded with its trigger before
+its chain is sent, gated and promoted by each round as by hand, paused with `editloop loop pause`, and the reward
+must have beaten chance (`loop_floor_alpha`) to drive it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from editloop.db.models import TrainingRun, as_utc
+from editloop.registry import promoted
+from editloop.settings import Settings
+
+KIND = "align"
+
+
+@dataclass(frozen=True)
+class AlignDecision:
+    start: bool
+    reason: str
+    run_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AlignPolicy:
+    rounds: int
+    config: dict
+    interval_s: float
+    floor_alpha: float
+
+
+def align_policy(settings: Settings) -> AlignPolicy:
+    """The policy from settings; ValueError naming the setting, its value and the limit."""
+    from trainers.align.round_config import RoundConfig
+
+    if not 0 <= settings.loop_align_rounds <= 10:
+        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_ROUNDS` must be in 0..10 (0: the loop starts none), got "
+                         f"{settings.loop_align_rounds}")
+    if settings.loop_align_interval_s < 0:
+        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_INTERVAL_S` must be >= 0 (0: only on a promotion), got "
+                         f"{settings.loop_align_interval_s}")
+    try:
+        config = json.loads(settings.loop_align_config or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_CONFIG` must be a JSON object of round settings: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_CONFIG` must be a JSON object, got {settings.loop_align_config!r}")
+    try:
+        RoundConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_CONFIG`: {exc}") from exc
+    return AlignPolicy(settings.loop_align_rounds, config, settings.loop_align_interval_s, settings.loop_floor_alpha)
+
+
+def decide_align(session: Session, pol: AlignPolicy, now: datetime | None = None) -> AlignDecision:
+    from trainers.autoloop import below_floor, loop_state
+
+    now = now or datetime.now(UTC)
+    state = loop_state(session)
+    if state is not None and state.paused:
+        return AlignDecision(False, f"paused ({state.reason or 'by hand'})")
+    if pol.rounds == 0:
+        return AlignDecision(False, "off (EDITLOOP_LOOP_ALIGN_ROUNDS=0)")
+    last = session.scalars(select(TrainingRun).where(TrainingRun.kind == KIND)
+                           .order_by(TrainingRun.created_at.desc())).first()
+    if last is not None and last.status in ("queued", "running"):
+        return AlignDecision(False, f"debounced: alignment round {last.id[:12]} is {last.status}")
+    reward = promoted(session, "alignment")
+    if reward is not None and (why := below_floor(reward, pol.floor_alpha)):
+        return AlignDecision(False, why)
+    since = as_utc(last.created_at) if last is not None else None
+    if reward is not None and (since is None or as_utc(reward.promoted_at or reward.created_at) > since):
+        return AlignDecision(True, f"alignment reward {reward.version} promoted")
+    if pol.interval_s and since is not None and now - since >= timedelta(seconds=pol.interval_s):
+        return AlignDecision(True, f"schedule: the last alignment round started over {pol.interval_s:.0f}s ago")
+    if reward is None:
+        return AlignDecision(False, "waiting for a promoted alignment reward (the rounds' agreement filter)")
+    return AlignDecision(False, f"no alignment reward promoted since the last round ({last.id[:12]}, {last.status})")
+
+
+def check_align(sessions: sessionmaker[Session], settings: Settings,
+                send: Callable[[list[str], dict, str | None], None], source: str = "schedule") -> AlignDecision:
+    """Decide under the loop's lock; a starting chain's rows are committed (with their trigger) before it is sent."""
+    from trainers.autoloop import hold_loop_lock
+    from trainers.chains import add_align_rows
+
+    pol = align_policy(settings)
+    if not settings.loop_enabled:
+        return AlignDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
+    with sessions.begin() as session:
+        hold_loop_lock(session)
+        decision = decide_align(session, pol)
+        if not decision.start:
+            return decision
+        current = promoted(session, "instruct")
+        start_version = current.version if current is not None else None
+        run_ids = add_align_rows(session, pol.rounds, pol.config, f"loop ({source}): {decision.reason}",
+                                 start_version)
+    send(run_ids, pol.config, start_version)
+    return AlignDecision(True, decision.reason, tuple(run_ids))
