@@ -56,7 +56,7 @@ def test_a_promoted_alignment_reward_starts_rounds_that_continue_the_promoted_ed
     with sessions.begin() as s:
         set_paused(s, True, "GPU busy")
     _promote(sessions, "alignment", "al-2")
-    assert check().reason == "paused (GPU busy)"
+    assert check().reason == "paused (GPU busy); `editloop loop resume` turns it on"
     with sessions.begin() as s:
         set_paused(s, False, "")
     assert check().reason == "alignment reward al-2 promoted" and len(sent) == 2

@@ -66,7 +66,7 @@ def test_paused_off_and_scheduled(db_url, tmp_path):
     sessions, settings = _state(db_url, tmp_path, loop_label_interval_s=60)
     with sessions.begin() as s:
         set_paused(s, True, "audit")
-    assert _check(sessions, settings).reason == "paused (audit)"
+    assert _check(sessions, settings).reason == "paused (audit); `editloop loop resume` turns it on"
     with sessions.begin() as s:
         set_paused(s, False, "")
     off = settings.model_copy(update={"loop_label_sets": 0})

@@ -23,15 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from editloop.db.models import TrainingRun, as_utc
 from editloop.registry import promoted
 from editloop.settings import Settings
+from trainers.autoloop import LoopDecision, below_floor, held_back, hold_loop_lock
 
 KIND = "align"
-
-
-@dataclass(frozen=True)
-class AlignDecision:
-    start: bool
-    reason: str
-    run_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,41 +59,35 @@ def align_policy(settings: Settings) -> AlignPolicy:
     return AlignPolicy(settings.loop_align_rounds, config, settings.loop_align_interval_s, settings.loop_floor_alpha)
 
 
-def decide_align(session: Session, pol: AlignPolicy, now: datetime | None = None) -> AlignDecision:
-    from trainers.autoloop import below_floor, loop_state
-
+def decide_align(session: Session, pol: AlignPolicy, now: datetime | None = None) -> LoopDecision:
     now = now or datetime.now(UTC)
-    state = loop_state(session)
-    if state is not None and state.paused:
-        return AlignDecision(False, f"paused ({state.reason or 'by hand'})")
     if pol.rounds == 0:
-        return AlignDecision(False, "off (EDITLOOP_LOOP_ALIGN_ROUNDS=0)")
+        return LoopDecision(False, "off (EDITLOOP_LOOP_ALIGN_ROUNDS=0)")
     last = session.scalars(select(TrainingRun).where(TrainingRun.kind == KIND)
                            .order_by(TrainingRun.created_at.desc())).first()
-    if last is not None and last.status in ("queued", "running"):
-        return AlignDecision(False, f"debounced: alignment round {last.id[:12]} is {last.status}")
+    if why := held_back(session, last, "alignment round"):
+        return LoopDecision(False, why)
     reward = promoted(session, "alignment")
     if reward is not None and (why := below_floor(reward, pol.floor_alpha)):
-        return AlignDecision(False, why)
+        return LoopDecision(False, why)
     since = as_utc(last.created_at) if last is not None else None
     if reward is not None and (since is None or as_utc(reward.promoted_at or reward.created_at) > since):
-        return AlignDecision(True, f"alignment reward {reward.version} promoted")
+        return LoopDecision(True, f"alignment reward {reward.version} promoted")
     if pol.interval_s and since is not None and now - since >= timedelta(seconds=pol.interval_s):
-        return AlignDecision(True, f"schedule: the last alignment round started over {pol.interval_s:.0f}s ago")
+        return LoopDecision(True, f"schedule: the last alignment round started over {pol.interval_s:.0f}s ago")
     if reward is None:
-        return AlignDecision(False, "waiting for a promoted alignment reward (the rounds' agreement filter)")
-    return AlignDecision(False, f"no alignment reward promoted since the last round ({last.id[:12]}, {last.status})")
+        return LoopDecision(False, "waiting for a promoted alignment reward (the rounds' agreement filter)")
+    return LoopDecision(False, f"no alignment reward promoted since the last round ({last.id[:12]}, {last.status})")
 
 
 def check_align(sessions: sessionmaker[Session], settings: Settings,
-                send: Callable[[list[str], dict, str | None], None], source: str = "schedule") -> AlignDecision:
+                send: Callable[[list[str], dict, str | None], None], source: str = "schedule") -> LoopDecision:
     """Decide under the loop's lock; a starting chain's rows are committed (with their trigger) before it is sent."""
-    from trainers.autoloop import hold_loop_lock
     from trainers.chains import add_align_rows
 
     pol = align_policy(settings)
     if not settings.loop_enabled:
-        return AlignDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
+        return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
     with sessions.begin() as session:
         hold_loop_lock(session)
         decision = decide_align(session, pol)
@@ -110,4 +98,4 @@ def check_align(sessions: sessionmaker[Session], settings: Settings,
         run_ids = add_align_rows(session, pol.rounds, pol.config, f"loop ({source}): {decision.reason}",
                                  start_version)
     send(run_ids, pol.config, start_version)
-    return AlignDecision(True, decision.reason, tuple(run_ids))
+    return LoopDecision(True, decision.reason, tuple(run_ids))

@@ -34,9 +34,15 @@ _PG_LOOP_LOCK = 0x6C6F_6F70  # "loop"
 
 @dataclass(frozen=True)
 class LoopDecision:
+    """What one of the loop's legs decided (feedback rounds here, label sets, alignment rounds)."""
+
     start: bool
     reason: str
     run_ids: tuple[str, ...] = ()
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run_ids[0] if self.run_ids else None
 
 
 @dataclass(frozen=True)
@@ -95,10 +101,22 @@ def set_paused(session: Session, paused: bool, reason: str) -> LoopState:
 
 
 
-def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
+def held_back(session: Session, newest: TrainingRun | None, what: str) -> str | None:
+    """Why a leg starts nothing now whatever else holds: the loop is paused, or the leg's newest run (`what`) is
+    still queued or running (debounce)."""
     state = loop_state(session)
     if state is not None and state.paused:
-        return LoopDecision(False, f"paused ({state.reason or 'by hand'}); `editloop loop resume` turns it on")
+        return f"paused ({state.reason or 'by hand'}); `editloop loop resume` turns it on"
+    if newest is not None and newest.status in ("queued", "running"):
+        return f"debounced: {what} {newest.id[:12]} is {newest.status}"
+    return None
+
+
+def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
+    last = session.scalars(select(TrainingRun).where(TrainingRun.kind.like("feedback-%"))
+                           .order_by(TrainingRun.created_at.desc())).first()
+    if why := held_back(session, last, "feedback run"):
+        return LoopDecision(False, why)
     rewards = {}
     for kind in pol.weights:
         row = session.scalars(select(ModelVersion).where(ModelVersion.kind == kind,
@@ -110,10 +128,6 @@ def decide(session: Session, pol: LoopPolicy) -> LoopDecision:
         if why:
             return LoopDecision(False, why)
         rewards[kind] = row
-    last = session.scalars(select(TrainingRun).where(TrainingRun.kind.like("feedback-%"))
-                           .order_by(TrainingRun.created_at.desc())).first()
-    if last is not None and last.status in ("queued", "running"):
-        return LoopDecision(False, f"debounced: feedback run {last.id[:12]} is {last.status}")
     newest = max(rewards.values(), key=lambda r: as_utc(r.promoted_at or r.created_at))
     promoted_at = as_utc(newest.promoted_at or newest.created_at)
     if last is not None and as_utc(last.created_at) >= promoted_at:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import TrainingRun, as_utc
 from editloop.settings import Settings
+from trainers.autoloop import LoopDecision, held_back, hold_loop_lock
 from trainers.label_selection import check_selection
 
 KIND = "label-sets"
@@ -43,13 +44,6 @@ class LabelSetsPolicy:
     overlap: int
     interval_s: float
     gold: int = 0  # gold sets mixed in (editloop.labels.gold), measuring each annotator
-
-
-@dataclass(frozen=True)
-class LabelDecision:
-    start: bool
-    reason: str
-    run_id: str | None = None
 
 
 def label_policy(settings: Settings) -> LabelSetsPolicy:
@@ -77,30 +71,25 @@ def served_editor(session: Session) -> str:
 
 
 def decide_label_sets(session: Session, pol: LabelSetsPolicy, loop_interval_s: float,
-                      now: datetime | None = None) -> LabelDecision:
-    from trainers.autoloop import loop_state
-
+                      now: datetime | None = None) -> LoopDecision:
     now = now or datetime.now(UTC)
-    state = loop_state(session)
-    if state is not None and state.paused:
-        return LabelDecision(False, f"paused ({state.reason or 'by hand'})")
     if pol.sets == 0:
-        return LabelDecision(False, "off (EDITLOOP_LOOP_LABEL_SETS=0)")
+        return LoopDecision(False, "off (EDITLOOP_LOOP_LABEL_SETS=0)")
     runs = session.scalars(select(TrainingRun).where(TrainingRun.kind == KIND)
                            .order_by(TrainingRun.created_at.desc())).all()
-    if runs and runs[0].status in ("queued", "running"):
-        return LabelDecision(False, f"debounced: label-sets run {runs[0].id[:12]} is {runs[0].status}")
+    if why := held_back(session, runs[0] if runs else None, "label-sets run"):
+        return LoopDecision(False, why)
     editor = served_editor(session)
     for run in runs:
         if run.inputs.get("editor") != editor:
             continue
         age = now - as_utc(run.created_at)
         if run.status == "failed" and age < timedelta(seconds=LABEL_RETRY_INTERVALS * loop_interval_s):
-            return LabelDecision(False, f"label-sets run {run.id[:12]} for editor {editor} failed "
+            return LoopDecision(False, f"label-sets run {run.id[:12]} for editor {editor} failed "
                                         f"({run.error}); tried again later")
         if run.status == "succeeded" and (pol.interval_s == 0 or age < timedelta(seconds=pol.interval_s)):
-            return LabelDecision(False, f"editor {editor}'s sets were made by run {run.id[:12]}")
-    return LabelDecision(True, f"editor {editor} served" + (" (schedule)" if any(
+            return LoopDecision(False, f"editor {editor}'s sets were made by run {run.id[:12]}")
+    return LoopDecision(True, f"editor {editor} served" + (" (schedule)" if any(
         r.inputs.get("editor") == editor for r in runs) else ""))
 
 
@@ -118,16 +107,15 @@ def add_label_run(session: Session, pol: LabelSetsPolicy, trigger: str) -> str:
 
 def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: Callable[[str], None],
                      source: str = "schedule", down: Callable[[Settings], str | None] | None = None
-                     ) -> LabelDecision:
+                     ) -> LoopDecision:
     """Decide under the loop's lock; a starting batch's row is committed (with its trigger) before it is sent.
     Nothing starts while Label Studio is not up (`down` says why; default: label_studio_down)."""
-    from trainers.autoloop import hold_loop_lock
 
     pol = label_policy(settings)
     if not settings.loop_enabled:
-        return LabelDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
+        return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
     if pol.sets and (why := (down or label_studio_down)(settings)):
-        return LabelDecision(False, f"waiting for Label Studio: {why}")
+        return LoopDecision(False, f"waiting for Label Studio: {why}")
     with sessions.begin() as session:
         hold_loop_lock(session)
         decision = decide_label_sets(session, pol, settings.loop_interval_s)
@@ -135,7 +123,7 @@ def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: 
             return decision
         run_id = add_label_run(session, pol, f"loop ({source}): {decision.reason}")
     send(run_id)
-    return LabelDecision(True, decision.reason, run_id)
+    return LoopDecision(True, decision.reason, (run_id,))
 
 
 def label_studio_down(settings: Settings) -> str | None:
