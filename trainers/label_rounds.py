@@ -110,7 +110,6 @@ def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: 
                      ) -> LoopDecision:
     """Decide under the loop's lock; a starting batch's row is committed (with its trigger) before it is sent.
     Nothing starts while Label Studio is not up (`down` says why; default: label_studio_down)."""
-
     pol = label_policy(settings)
     if not settings.loop_enabled:
         return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
@@ -185,11 +184,14 @@ def gold_sets(sessions: sessionmaker[Session], store, run_id: str, pol: LabelSet
     from editloop.labels.gold import GOLD_SEED, make_gold_sets
     from trainers.edit_sets import LABEL_SEED
 
-    with sessions() as s:
-        made = (s.get(TrainingRun, run_id).outputs or {}).get("gold")
-    if made is not None or pol.gold == 0:
-        return list(made or [])
-    return make_gold_sets(sessions, store, pol.gold, pol.images, GOLD_SEED + (seed - LABEL_SEED))
+    with sessions.begin() as s:  # made and recorded on the run in one transaction: never twice
+        run = s.get(TrainingRun, run_id)
+        made = (run.outputs or {}).get("gold")
+        if made is not None or pol.gold == 0:
+            return list(made or [])
+        made = make_gold_sets(s, store, pol.gold, pol.images, GOLD_SEED + (seed - LABEL_SEED))
+        run.outputs = {**(run.outputs or {}), "gold": made}
+    return made
 
 
 def choose(ids: list[int], pol: LabelSetsPolicy, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001

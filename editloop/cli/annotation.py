@@ -140,8 +140,9 @@ def _gold(args: argparse.Namespace) -> int:
     from editloop.world.annotators import reversed_weights
 
     sessions, store = _context(_settings())
-    ids = make_gold_sets(sessions, store, args.sets, args.images, GOLD_SEED if args.seed is None else args.seed,
-                         reversed_weights() if args.reversed else None)
+    with sessions.begin() as session:
+        ids = make_gold_sets(session, store, args.sets, args.images, GOLD_SEED if args.seed is None else args.seed,
+                             reversed_weights() if args.reversed else None)
     print(f"gold sets {ids[0]}..{ids[-1]} made ({len(ids)}, answers recorded); push them with "
           f"`editloop annotation push`")
     return 0

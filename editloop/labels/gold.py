@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from editloop.db.models import CandidateSet, GoldAnswer, Preference
 from editloop.labels.simulated import add_candidate_set
@@ -44,9 +44,10 @@ def record_gold(session: Session, set_id: int, best_position: int, worst_positio
     return gold
 
 
-def make_gold_sets(sessions: sessionmaker[Session], store: BlobStore, n_sets: int, n_images: int = 4,
+def make_gold_sets(session: Session, store: BlobStore, n_sets: int, n_images: int = 4,
                    seed: int = GOLD_SEED, weights: dict[str, float] | None = None) -> list[int]:
-    """`n_sets` edit sets of world renders with the world's answer under `weights` recorded; their ids."""
+    """`n_sets` edit sets of world renders with the world's answer under `weights` recorded; their ids. The
+    caller commits (with whatever records that they were made)."""
     if not 1 <= n_sets <= 1000:
         raise ValueError(f"`sets` must be in 1..1000, got {n_sets}")
     if not 2 <= n_images <= 16:
@@ -54,16 +55,15 @@ def make_gold_sets(sessions: sessionmaker[Session], store: BlobStore, n_sets: in
     weights = dict(weights or DEFAULT_WEIGHTS)
     rng = np.random.default_rng(seed)
     ids = []
-    with sessions.begin() as session:
-        for _ in range(n_sets):
-            scene = sample_scene(rng)
-            images = [render(scene, sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, 1))))
-                      for _ in range(n_images)]
-            u = [utility(im, scene, weights) for im in images]
-            set_id = add_candidate_set(session, store, scene.caption, images, "inpaint", render(scene),
-                                       cell_mask(scene.objects[0].position))
-            record_gold(session, set_id, int(np.argmax(u)), int(np.argmin(u)), "world judge")
-            ids.append(set_id)
+    for _ in range(n_sets):
+        scene = sample_scene(rng)
+        images = [render(scene, sample_quality(rng, len(scene.objects), q=float(rng.uniform(0, 1))))
+                  for _ in range(n_images)]
+        u = [utility(im, scene, weights) for im in images]
+        set_id = add_candidate_set(session, store, scene.caption, images, "inpaint", render(scene),
+                                   cell_mask(scene.objects[0].position))
+        record_gold(session, set_id, int(np.argmax(u)), int(np.argmin(u)), "world judge")
+        ids.append(set_id)
     return ids
 
 
