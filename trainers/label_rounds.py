@@ -133,9 +133,12 @@ def label_studio_down(settings: Settings) -> str | None:
 
     try:
         url = LabelStudioInfo.load(info_path(settings)).url
-        requests.get(f"{url}/health", timeout=5).raise_for_status()
-    except (LabelStudioError, requests.RequestException) as exc:
+    except LabelStudioError as exc:
         return str(exc)
+    try:
+        requests.get(f"{url}/health", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        return f"{url} does not answer ({type(exc).__name__})"
     return None
 
 
