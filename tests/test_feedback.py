@@ -424,13 +424,16 @@ def test_a_stage_run_registers_a_candidate_and_promotes_only_a_better_one(world)
     # losses within the tolerance at each stage must not add up through a chain into a promotion
     from editloop.models.model_dir import model_version
     from editloop.registry import fetch_model_dir
-    from trainers.feedback.run import promotion_guards
+    from trainers.feedback.run import base_floor_guard, promotion_guards
 
     fm = fast["metrics"]
     assert fm["reference_version"] == (out["version"] if out["promoted"] else model_version(base_model_dir("inpaint")))
     assert fm["parent_eval_score"] == fm["reference"]["feedback_score"]
     assert fm["review_margin"] == 0.1  # 8 steps against a 20-step served model: "as good, faster"
-    assert fm["guard_failures"] == promotion_guards(fm, fm["reference"], 0.02, margin=fm["review_margin"])
+    # and, when a fine-tuned model is served, non-inferior to the base as well (the floor under every editor gate)
+    assert ("base" in fm) == out["promoted"]
+    assert fm["guard_failures"] == (promotion_guards(fm, fm["reference"], 0.02, margin=fm["review_margin"])
+                                    + base_floor_guard(fm, fm.get("base"), 0.02))
     if not out["promoted"]:
         assert fm["parent"] != fm["reference"]  # its start model (the refused candidate) was evaluated apart
 
@@ -578,3 +581,13 @@ def test_train_feedback_takes_the_rewards_and_their_weights_and_defaults_to_the_
     with pytest.raises(ValueError, match="names unknown reward"):
         FeedbackConfig(reward_weights={"aesthetic": 1.0, "beauty": 1.0})
     assert RECIPE_KL_WEIGHT == 100.0 and FeedbackConfig().kl_weight == 0.0  # the CLI applies the recipe
+
+
+def test_the_base_floor_refuses_an_editor_the_world_judges_worse_than_the_base():
+    from trainers.feedback.run import base_floor_guard
+
+    assert base_floor_guard({"success": 0.5}, None, 0.02) == []  # the base is served: its reference is the base
+    assert base_floor_guard({"success": 0.49}, {"success": 0.5}, 0.02) == []  # within the tolerance
+    assert base_floor_guard({"success": 0.4}, {"success": 0.5}, 0.02) == [
+        "judged success 0.400 fell more than 0.02 below the base model's 0.500 (every editor must stay "
+        "non-inferior to the base)"]
