@@ -112,6 +112,16 @@ def worker_state(tmp_path, rabbitmq: bool = False):
     return env, settings, make_sessionmaker(make_engine(url)), LocalBlobStore(settings.resolved_blob_dir())
 
 
+def stop_worker(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Warm shutdown (SIGTERM); a worker still busy after `timeout` is killed, so none outlives its test."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def start_worker(queues: str, name: str, env: dict | None = None) -> subprocess.Popen:
     """A real Celery worker (solo pool) on `queues`, its output discarded."""
     return subprocess.Popen(

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from conftest import start_worker, worker_state
+from conftest import start_worker, stop_worker, worker_state
 from sqlalchemy import select
 
 from editloop.cli.main import main
@@ -116,6 +116,7 @@ def test_a_reward_run_that_promotes_starts_the_round_on_a_real_worker(tmp_path):
     env = {**env, "EDITLOOP_LOOP_REWARDS": "alignment=1", "EDITLOOP_LOOP_FEEDBACK_STEPS": "2",
            # 4 training steps cannot beat chance surely; the floors have their own tests
            "EDITLOOP_LOOP_FLOOR_ALPHA": "1", "EDITLOOP_PROMOTION_FLOOR_ALPHA": "1",
+           "EDITLOOP_LOOP_ALIGN_ROUNDS": "0",  # the alignment leg has its own test (test_align_loop)
            "EDITLOOP_LOOP_BATCH_SIZE": "2", "EDITLOOP_LOOP_EVAL_EXAMPLES": "3"}
     app = make_celery(settings)
     config = {"steps": 4, "eval_every": 2, "batch_size": 16, "alignment_train": 64, "alignment_eval": 32,
@@ -134,8 +135,7 @@ def test_a_reward_run_that_promotes_starts_the_round_on_a_real_worker(tmp_path):
                     break
             time.sleep(3)
     finally:
-        worker.terminate()
-        worker.wait(60)
+        stop_worker(worker)
     with sessions() as s:
         reward = s.get(TrainingRun, "f" * 32)
     assert reward.status == "succeeded" and reward.outputs["promoted"] is True, reward.error
