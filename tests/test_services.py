@@ -255,10 +255,44 @@ def test_edit_bad_input_is_invalid_argument(tmp_path, tiny_models, tiny_instruct
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.details(), err.details()
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A 57-byte PNG: a valid header claiming width x height, an empty image stream."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+
+
+def broken_stream() -> bytes:
+    """A real 64x64 PNG with a valid header and 40 inverted bytes in its image data (PIL fails while decoding)."""
+    good = to_png((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    return good[:100] + bytes(255 - b for b in good[100:140]) + good[140:]
+
+
+def jpeg(arr: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     "kwargs, text",
     [
-        (dict(image=b"not a png"), "`image` is not a readable PNG"),
+        (dict(image=b"not a png"), "`image` is not a readable PNG (9 bytes: not an image PIL can identify)"),
+        (dict(image=png_claiming(20000, 20000)), "`image` is not a readable PNG (57 bytes"),  # a decompression bomb
+        (dict(image=png_claiming(4000, 3000)), "`image` is 4000x3000; at most 1024 pixels per side (read from its "
+                                               "header, nothing decoded)"),
+        (dict(mask=png_claiming(4000, 3000)), "`mask` is 4000x3000; at most 64 pixels per side"),
+        (dict(image=broken_stream()), "broken data stream when reading image file)"),
+        (dict(mask=jpeg(np.zeros((64, 64), np.uint8))), "`mask` is not a readable PNG"),  # PNG, like the image
         (dict(image=b""), "`image` is empty"),
         (dict(mask=mask_to_png(np.zeros((64, 64), np.uint8))), "`mask` covers nothing"),
         (dict(mask=mask_to_png(np.ones((64, 64), np.uint8))), "`mask` covers the whole image"),
@@ -272,7 +306,8 @@ def test_editor_bad_input(settings, tiny_models, kwargs, text):
         return err.value
 
     err = run(with_service("editor", settings, tiny_models, body, record=False))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.details(), err.details()
+    assert "0x" not in err.details()  # no heap address of PIL's objects
 
 
 def test_editor_rejects_wrong_sizes_naming_them(settings, tiny_models):

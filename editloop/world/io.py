@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,37 @@ from PIL import Image, UnidentifiedImageError
 
 from editloop.world.judge import check_image
 
+# what a broken or hostile file makes PIL raise: not only OSError (a broken chunk stream is a SyntaxError, a header
+# claiming a huge size a DecompressionBombError)
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
-def _open(data: bytes, name: str) -> Image.Image:
+
+def _reason(exc: BaseException) -> str:
+    """A short reason without PIL's object reprs (no heap addresses reach a client)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    text = re.sub(r"<[^>]*>", "data", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return text[:80]
+
+
+def _header(data: bytes, name: str, max_side: int | None = None) -> Image.Image:
+    """Open PNG bytes, reading the header only (format, size, mode): nothing is decoded yet, so a size limit is
+    checked for the cost of a few bytes. `load` decodes."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=["PNG"])
+    except _UNREADABLE as exc:
+        raise ValueError(f"`{name}` is not a readable PNG ({len(data)} bytes: {_reason(exc)})") from None
+    if max_side is not None and max(img.size) > max_side:
+        raise ValueError(f"`{name}` is {img.size[0]}x{img.size[1]}; at most {max_side} pixels per side "
+                         f"(read from its header, nothing decoded)")
+    return img
+
+
+def _load(img: Image.Image, data: bytes, name: str) -> Image.Image:
+    try:
         img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"`{name}` is not a readable PNG ({len(data)} bytes): {exc}") from None
+    except _UNREADABLE as exc:
+        raise ValueError(f"`{name}` is not a readable PNG ({len(data)} bytes: {_reason(exc)})") from None
     return img
 
 
@@ -27,24 +52,23 @@ def to_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def from_png(data: bytes, name: str = "image", size: int | None = 64) -> np.ndarray:
-    """Decode PNG bytes to HxWx3 uint8; RGB only, and `size` x `size` unless size is None."""
-    img = _open(data, name)
-    if img.format != "PNG":
-        raise ValueError(f"`{name}` must be PNG, got {img.format}")
+def from_png(data: bytes, name: str = "image", size: int | None = 64, max_side: int | None = None) -> np.ndarray:
+    """Decode PNG bytes to HxWx3 uint8; RGB only, and `size` x `size` unless size is None; a header claiming more
+    than `max_side` pixels on a side is refused before decoding."""
+    img = _header(data, name, max_side)
     if img.mode not in ("RGB", "RGBA"):
         raise ValueError(f"`{name}` must be RGB, got mode {img.mode}")
     if size is not None and img.size != (size, size):
         raise ValueError(f"`{name}` must be {size}x{size}, got {img.size[0]}x{img.size[1]}")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(_load(img, data, name).convert("RGB"), dtype=np.uint8).copy()
 
 
-def mask_from_png(data: bytes, name: str = "mask", size: int | None = 64) -> np.ndarray:
+def mask_from_png(data: bytes, name: str = "mask", size: int | None = 64, max_side: int | None = None) -> np.ndarray:
     """Decode a mask PNG (L, 1 or RGB; nonzero = regenerate) to a 0/1 uint8 array."""
-    img = _open(data, name)
+    img = _header(data, name, max_side)
     if size is not None and img.size != (size, size):
         raise ValueError(f"`{name}` must be {size}x{size} like the image, got {img.size[0]}x{img.size[1]}")
-    return (np.asarray(img.convert("L")) > 127).astype(np.uint8)
+    return (np.asarray(_load(img, data, name).convert("L")) > 127).astype(np.uint8)
 
 
 def mask_to_png(mask: np.ndarray) -> bytes:

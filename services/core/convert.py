@@ -14,7 +14,7 @@ def decode_image(png: bytes, field: str) -> np.ndarray:
     if not png:
         raise InvalidArgument(f"`{field}` is empty; send PNG bytes")
     try:
-        image = from_png(png, name=field, size=None)
+        image = from_png(png, name=field, size=None, max_side=MAX_SIDE)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
     h, w = image.shape[:2]
@@ -28,7 +28,7 @@ def decode_mask(png: bytes, field: str, like: np.ndarray) -> np.ndarray:
         raise InvalidArgument(f"`{field}` is empty; send a PNG mask (non-zero = regenerate)")
     h, w = like.shape[:2]
     try:
-        mask = mask_from_png(png, name=field, size=None)
+        mask = mask_from_png(png, name=field, size=None, max_side=max(h, w))
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
     if mask.shape != (h, w):
