@@ -234,6 +234,9 @@ def rgb_png(size: int) -> bytes:
     [
         (dict(instruction="paint the red circle bleu"), "closest valid forms: 'make the red circle blue'"),
         (dict(instruction=""), "`instruction` is empty"),
+        (dict(instruction="make it blue " * 1500), "`instruction` is 19500 characters; the limit is 200"),
+        (dict(instruction="please " * 25), "`instruction` 'please please please please please please please please "
+                                           "plea'... (175 characters) is not an instruction"),  # a prefix only
         (dict(guidance=12.0), "`params.guidance` must be in (0, 10.0]"),
         (dict(image_guidance=-1.0), "`image_guidance` must be in (0, 10.0]"),
         (dict(scheduler="euler"), "`params.scheduler` must be 'ddim'"),

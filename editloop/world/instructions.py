@@ -39,13 +39,25 @@ def closest_instructions(text: str, n: int = 3) -> list[str]:
     return difflib.get_close_matches(normalise(text), valid_instructions(), n=n, cutoff=0.0)
 
 
+MAX_INSTRUCTION = 200  # characters; the grammar's longest instruction is far shorter
+QUOTED = 60  # characters of a refused text quoted back in an error
+
+
+def quoted(text: str, limit: int = QUOTED) -> str:
+    """`text` for an error message: its repr, cut to `limit` characters (a client's text is never echoed whole)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def check_instruction(text: str, field: str = "instruction") -> str:
-    """The instruction in normal form; ValueError naming the field, the value and the closest valid forms."""
+    """The instruction in normal form; ValueError naming the field, the value and the closest valid forms. Over
+    MAX_INSTRUCTION characters is refused before any matching."""
+    if len(text) > MAX_INSTRUCTION:
+        raise ValueError(f"`{field}` is {len(text)} characters; the limit is {MAX_INSTRUCTION}")
     norm = normalise(text)
     if not norm:
         raise ValueError(f"`{field}` is empty; e.g. {valid_instructions()[0]!r}")
     if norm in set(valid_instructions()):
         return norm
     close = "; ".join(repr(c) for c in closest_instructions(norm))
-    raise ValueError(f"`{field}` {text!r} is not an instruction of the Shapes World grammar; closest valid forms: "
-                     f"{close}")
+    raise ValueError(f"`{field}` {quoted(text)} is not an instruction of the Shapes World grammar; closest valid "
+                     f"forms: {close}")
