@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from datetime import timedelta
 
+from editloop.quote import quoted
 from editloop.settings import Settings
 from editloop.store.base import BlobStore, check_key
 
@@ -46,8 +48,8 @@ def verify(secret: bytes, key: str, expires: str, sig: str, now: float | None = 
         check_key(key)
     except ValueError as exc:
         return str(exc)
-    if not expires.isdigit():
-        return f"`exp` must be a unix time, got {expires!r}"
+    if not re.fullmatch(r"[0-9]{1,12}", expires):  # not int() on anything: 5000 digits would raise
+        return f"`exp` must be a unix time (1 to 12 digits), got {quoted(expires, 20)}"
     if int(expires) < (now if now is not None else time.time()):
         return "link expired"
     if not hmac.compare_digest(signature(secret, key, int(expires)), sig):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from annotation.links import link_secret, verify, webhook_token
 from editloop.labels.events import BadPayload, events_from_webhook, record_events
+from editloop.quote import quoted
 from editloop.settings import Settings
 from editloop.store.base import BlobNotFound, BlobStore
 
@@ -107,7 +109,11 @@ class Handler(BaseHTTPRequestHandler):
         token = self.headers.get("X-Editloop-Token", "")
         if not hmac.compare_digest(token, self.server.webhook_token):
             return self._reply(HTTPStatus.UNAUTHORIZED, "missing or wrong X-Editloop-Token")
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = self.headers.get("Content-Length") or "0"
+        if not re.fullmatch(r"[0-9]{1,10}", raw_length.strip()):  # "abc", "-1", a huge number: refused, not read
+            return self._reply(HTTPStatus.BAD_REQUEST, f"`Content-Length` must be a byte count, got "
+                                                       f"{quoted(raw_length, 20)}")
+        length = int(raw_length)
         if length > MAX_BODY:
             return self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
         try:

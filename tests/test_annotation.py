@@ -1,5 +1,6 @@
 """Best/worst labelling against a real Label Studio: configs, push, simulated annotators, sync, crashes."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -119,6 +120,17 @@ def test_signed_links_and_the_webhook_receiver_refuse_bad_requests(env):
     expired = f"{base}/blobs/{key}?exp=1000&sig={signature(env.web.secret, key, 1000)}"
     assert requests.get(expired, timeout=5).text == "link expired"
     assert requests.get(f"{base}/blobs/sha256:{'0' * 64}?exp=9999999999&sig=x", timeout=5).status_code == 403
+    huge = requests.get(f"{base}/blobs/{key}?exp={'9' * 5000}&sig=x", timeout=5)  # int() would raise on it
+    assert huge.status_code == 403 and huge.text.startswith("`exp` must be a unix time (1 to 12 digits)")
+    for length in ("abc", "-1", "99999999999"):  # refused at once: nothing read, no thread held
+        conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=5)
+        conn.putrequest("POST", "/webhook")
+        conn.putheader("X-Editloop-Token", webhook_token(env.settings))
+        conn.putheader("Content-Length", length)
+        conn.endheaders()
+        reply = conn.getresponse()
+        assert reply.status == 400 and b"`Content-Length` must be a byte count" in reply.read(), length
+        conn.close()
     headers = {"X-Editloop-Token": webhook_token(env.settings)}
     assert requests.post(f"{base}/webhook", data="{}", timeout=5).status_code == 401
     bad = requests.post(f"{base}/webhook", data="{not json", headers=headers, timeout=5)

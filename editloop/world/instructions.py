@@ -12,6 +12,7 @@ import difflib
 import re
 from functools import lru_cache
 
+from editloop.quote import quoted
 from editloop.world.palette import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
 
 
@@ -40,14 +41,6 @@ def closest_instructions(text: str, n: int = 3) -> list[str]:
 
 
 MAX_INSTRUCTION = 200  # characters; the grammar's longest instruction is far shorter
-QUOTED = 60  # characters of a refused text quoted back in an error
-
-
-def quoted(text: str, limit: int = QUOTED) -> str:
-    """`text` for an error message: its repr, cut to `limit` characters (a client's text is never echoed whole)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
-
-
 def check_instruction(text: str, field: str = "instruction") -> str:
     """The instruction in normal form; ValueError naming the field, the value and the closest valid forms. Over
     MAX_INSTRUCTION characters is refused before any matching."""
