@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 
 from services.core import metrics
-from services.core.errors import status_for
+from services.core.decoding import Undecodable
+from services.core.errors import InvalidArgument, status_for
 
 
 @contextlib.asynccontextmanager
@@ -35,12 +36,19 @@ async def observed(service: str, method: str, context: grpc.aio.ServicerContext)
         metrics.LATENCY.labels(service, method).observe(time.perf_counter() - start)
 
 
+def parsed(request: Any) -> Any:  # noqa: ANN401
+    """The request, or InvalidArgument when its bytes did not parse (services.core.decoding)."""
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(request.error())
+    return request
+
+
 def unary(service: str) -> Callable:
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(fn)
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with observed(service, fn.__name__, context):
-                return await fn(self, request, context)
+                return await fn(self, parsed(request), context)
 
         return handler
 
@@ -52,7 +60,7 @@ def stream(service: str) -> Callable:
         @functools.wraps(fn)
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with observed(service, fn.__name__, context):
-                async for message in fn(self, request, context):
+                async for message in fn(self, parsed(request), context):
                     yield message
 
         return handler

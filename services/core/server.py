@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.core.decoding import register as tolerant_register
+
 log = logging.getLogger("editloop.services")
 
 
@@ -32,7 +34,7 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     for add, servicer, name in register:
-        add(servicer, server)
+        tolerant_register(add, servicer, server)  # undecodable bytes: INVALID_ARGUMENT, not UNKNOWN
         names.append(name)
     reflection.enable_server_reflection(names, server)
     bound = server.add_insecure_port(f"{host}:{port}")
