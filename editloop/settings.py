@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     instruct_model: Path = INSTRUCT_DIR  # served when no instruct version is promoted
     device: str | None = None  # cuda if present, else cpu
     max_message_mb: int = 32  # gRPC message size limit, both directions
+    # Reward.Score limits, checked before any model work (services/reward/servicer.py): a preference reward takes
+    # its own input size only; the coherence model (fully convolutional) at most this side and these pixels per request
+    reward_max_side: int = 256
+    reward_max_request_pixels: int = 1_048_576  # 256 items of 64x64
     retrain_label_threshold: int = 200  # new valid labels that start an aesthetic reward run
     retrain_debounce_s: float = 600.0  # at most one triggered run per this many seconds
     drift_window: int = 100  # newest labels the drift check scores

@@ -95,7 +95,7 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         if model is None:
             watcher = reward_watcher(holder, reward_kind, settings, sessions, store, settings.reload_interval_s)
         batcher = DynamicBatcher(f"reward-{core.kind}", holder.run, max_batch, max_delay, max_queue)
-        servicer = RewardServicer(holder, batcher)
+        servicer = RewardServicer(holder, batcher, settings.reward_max_side, settings.reward_max_request_pixels)
         add = reward_pb2_grpc.add_RewardServicer_to_server
     elif kind == "generator":
         from services.gen.editloop.v1 import generator_pb2_grpc

@@ -80,7 +80,26 @@ def test_coherence_score_map(reward_dirs, tmp_path):
     assert 0.0 <= m.score <= 1.0 and abs(s.scores[0] - m.score) < 1e-3
 
 
+def sized_png(side: int) -> common_pb2.Image:
+    from io import BytesIO
+
+    from PIL import Image as PILImage
+
+    buf = BytesIO()
+    PILImage.fromarray(np.full((side, side, 3), 128, np.uint8)).save(buf, format="PNG")
+    return common_pb2.Image(png=buf.getvalue())
+
+
 BAD = [
+    ("aesthetic", reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(image=sized_png(128), prompt="a")]),
+     grpc.StatusCode.INVALID_ARGUMENT, "`items[0].image` must be 64x64 for this aesthetic model"),  # was INTERNAL
+    ("coherence", reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(image=sized_png(512))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "`items[0].image` is 512x512; the coherence model takes at most 256 pixels "
+                                       "per side (EDITLOOP_REWARD_MAX_SIDE)"),
+    ("coherence", reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(image=sized_png(256))] * 64),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "`items` hold over 1048576 pixels by items[16]"),  # refused before scoring
+    ("coherence", reward_pb2.ScoreMapRequest(item=reward_pb2.ScoreItem(image=sized_png(1024))),
+     grpc.StatusCode.INVALID_ARGUMENT, "`item.image` is 1024x1024; the coherence model takes at most 256"),
     ("aesthetic", reward_pb2.ScoreRequest(), grpc.StatusCode.INVALID_ARGUMENT, "`items` must hold 1..256 items, got 0"),
     ("alignment", reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(image=common_pb2.Image(png=b"x"), prompt="a")]),
      grpc.StatusCode.INVALID_ARGUMENT, "`items[0].image` is not a readable PNG"),

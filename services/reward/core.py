@@ -34,6 +34,13 @@ class RewardCore:
         self.version = model_version(self.path)
         self.text_conditioned = self.kind != "coherence"
 
+    def input_side(self) -> int | None:
+        """The one image side this model takes (a preference reward's own stem has position embeddings for its
+        `image_size`), or None when any size works (coherence: fully convolutional; a CLIP backbone resizes)."""
+        if self.kind == "coherence" or getattr(self.model, "vision", None) is not None:
+            return None
+        return int(self.model.config.image_size)
+
     @torch.inference_mode()
     def score(self, items: list[ScoreItem]) -> np.ndarray:
         images = to_tensor([i.image for i in items]).to(self.device)

@@ -10,7 +10,7 @@ import grpc
 from editloop.models.model_dir import public_config
 from services.core.batching import DynamicBatcher
 from services.core.convert import decode_image, decode_mask
-from services.core.errors import FailedPrecondition, InvalidArgument
+from services.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.core.rpc import unary
 from services.core.sampling import check_prompt
 from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -22,9 +22,22 @@ MAX_ITEMS = 256
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
-    def __init__(self, holder: CoreHolder, batcher: DynamicBatcher) -> None:
+    def __init__(self, holder: CoreHolder, batcher: DynamicBatcher, max_side: int = 256,
+                 max_request_pixels: int = 1_048_576) -> None:
         self.holder = holder
         self.batcher = batcher
+        self.max_side, self.max_request_pixels = max_side, max_request_pixels
+
+    def _check_size(self, core: RewardCore, image, field: str) -> None:  # noqa: ANN001
+        """What this model can take, before any model work: its own side, or at most `max_side`."""
+        h, w = image.shape[:2]
+        side = core.input_side()
+        if side is not None and (h, w) != (side, side):
+            raise InvalidArgument(f"`{field}` must be {side}x{side} for this {core.kind} model "
+                                  f"({core.version}), got {w}x{h}")
+        if side is None and max(h, w) > self.max_side:
+            raise InvalidArgument(f"`{field}` is {w}x{h}; the {core.kind} model takes at most {self.max_side} "
+                                  f"pixels per side (EDITLOOP_REWARD_MAX_SIDE)")
 
     @property
     def core(self) -> RewardCore:
@@ -32,6 +45,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
     def _item(self, msg: reward_pb2.ScoreItem, field: str) -> ScoreItem:
         image = decode_image(msg.image.png, f"{field}.image")
+        self._check_size(self.core, image, f"{field}.image")
         prompt = check_prompt(msg.prompt, f"{field}.prompt", required=self.core.text_conditioned)
         source = decode_image(msg.source.png, f"{field}.source") if msg.source.png else None
         if source is not None and source.shape != image.shape:
@@ -51,7 +65,14 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
     async def Score(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         if not 1 <= len(request.items) <= MAX_ITEMS:
             raise InvalidArgument(f"`items` must hold 1..{MAX_ITEMS} items, got {len(request.items)}")
-        items = [self._item(m, f"items[{i}]") for i, m in enumerate(request.items)]
+        items, pixels = [], 0
+        for i, m in enumerate(request.items):
+            items.append(self._item(m, f"items[{i}]"))
+            pixels += items[-1].image.shape[0] * items[-1].image.shape[1]
+            if pixels > self.max_request_pixels:
+                raise ResourceExhausted(f"`items` hold over {self.max_request_pixels} pixels by items[{i}] "
+                                        f"(EDITLOOP_REWARD_MAX_REQUEST_PIXELS); send fewer or smaller images per "
+                                        f"request")
         shape = items[0].image.shape
         for i, it in enumerate(items):
             if it.image.shape != shape:
