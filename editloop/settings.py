@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     instruct_model: Path = INSTRUCT_DIR  # served when no instruct version is promoted
     device: str | None = None  # cuda if present, else cpu
     max_message_mb: int = 32  # gRPC message size limit, both directions
+    drain_s: float = 1.0  # on SIGTERM, health says NOT_SERVING this long before a service's port closes
     # Reward.Score limits, checked before any model work (services/reward/servicer.py): a preference reward takes
     # its own input size only; the coherence model (fully convolutional) at most this side and these pixels per request
     reward_max_side: int = 256

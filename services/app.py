@@ -189,6 +189,6 @@ def run_service(kind: str, settings: Settings, model: Path | None, port: int, ho
             print(f"METRICS {kind} {host}:{server.server_port}", flush=True)  # the real port, also for 0
         running = await start_service(kind, settings, model, port, host, reward_kind=reward_kind, **batching)
         print(f"READY {kind} {host}:{running.port}", flush=True)
-        await serve_until_stopped(running.server, running.health, running.stop_batchers, grace)
+        await serve_until_stopped(running.server, running.health, running.stop_batchers, grace, settings.drain_s)
 
     asyncio.run(main())

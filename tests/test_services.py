@@ -441,7 +441,52 @@ def test_server_reflection_lists_the_services(settings, tiny_models):
             return sorted(s.name for s in response.list_services_response.service)
 
     names = run(with_service("generator", settings, tiny_models, body, record=False))
-    assert names == ["editloop.v1.Generator", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+    assert names == ["editloop.v1.Generator", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                     "grpc.reflection.v1alpha.ServerReflection"]
+
+    async def v1(ch):  # what grpcurl and current clients ask: the v1 service (its messages are v1alpha's on the wire)
+        call = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        async for response in call(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=
+                                                                                 "editloop.v1.Generator")])):
+            return response.file_descriptor_response.file_descriptor_proto
+
+    files = run(with_service("generator", settings, tiny_models, v1, record=False))
+    assert files and any(b"editloop/v1/generator.proto" in f for f in files)
+
+
+def test_sigterm_turns_health_not_serving_for_the_drain_before_the_port_closes(tmp_path, tiny_models):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(tmp_path / "state"), "EDITLOOP_DRAIN_S": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "editloop.cli.main", "serve", "generator", "--model",
+                             str(tiny_models / "t2i")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        address = next((line.split()[-1] for line in proc.stdout if line.startswith("READY")), None)
+        assert address, "server did not start"
+        seen = []
+        with grpc.insecure_channel(address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            seen.append(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 2.5  # inside the drain: the port is open and says NOT_SERVING
+            while time.monotonic() < deadline:
+                seen.append(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+                time.sleep(0.2)
+        assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+        assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_edit_hot_reloads_a_newly_promoted_instruction_editor_without_failing_requests(tmp_path, tiny_models,
