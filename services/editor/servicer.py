@@ -4,6 +4,8 @@ response names the model version that produced it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from services.core.batching import DynamicBatcher
@@ -46,7 +48,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
         )
 
     async def _edit(self, kind: str, request: editor_pb2.InpaintRequest, prompt_required: bool):
-        job = self._job(request, prompt_required)
+        job = await asyncio.to_thread(self._job, request, prompt_required)  # decoding off the event loop
         key = (*job.sampling.batch_key, job.image.shape)
         images, name, version = await self.batcher.submit(job, key, job.num_images)
         return await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,
@@ -81,7 +83,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
 
     @unary(SERVICE)
     async def Edit(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
-        job = self._edit_job(request)
+        job = await asyncio.to_thread(self._edit_job, request)  # decoding and grammar matching off the event loop
         images, name, version = await self.instruct_batcher.submit(job, job.batch_key, job.num_images)
         response = await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,
                                         recorder=self.recorder, record=request.record, kind="edit",

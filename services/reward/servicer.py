@@ -57,6 +57,17 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
                                   "the source")
         return ScoreItem(image, prompt, source, mask)
 
+    def _items(self, messages) -> list[ScoreItem]:  # noqa: ANN001
+        items, pixels = [], 0
+        for i, m in enumerate(messages):
+            items.append(self._item(m, f"items[{i}]"))
+            pixels += items[-1].image.shape[0] * items[-1].image.shape[1]
+            if pixels > self.max_request_pixels:
+                raise ResourceExhausted(f"`items` hold over {self.max_request_pixels} pixels by items[{i}] "
+                                        f"(EDITLOOP_REWARD_MAX_REQUEST_PIXELS); send fewer or smaller images per "
+                                        f"request")
+        return items
+
     @staticmethod
     def _ref(core: RewardCore, version: str | None = None) -> common_pb2.ModelRef:
         return common_pb2.ModelRef(name=core.name, version=version or core.version)
@@ -65,14 +76,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
     async def Score(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
         if not 1 <= len(request.items) <= MAX_ITEMS:
             raise InvalidArgument(f"`items` must hold 1..{MAX_ITEMS} items, got {len(request.items)}")
-        items, pixels = [], 0
-        for i, m in enumerate(request.items):
-            items.append(self._item(m, f"items[{i}]"))
-            pixels += items[-1].image.shape[0] * items[-1].image.shape[1]
-            if pixels > self.max_request_pixels:
-                raise ResourceExhausted(f"`items` hold over {self.max_request_pixels} pixels by items[{i}] "
-                                        f"(EDITLOOP_REWARD_MAX_REQUEST_PIXELS); send fewer or smaller images per "
-                                        f"request")
+        items = await asyncio.to_thread(self._items, request.items)  # decoding off the event loop
         shape = items[0].image.shape
         for i, it in enumerate(items):
             if it.image.shape != shape:
@@ -88,7 +92,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             raise FailedPrecondition(
                 f"ScoreMap is served by the coherence model only; this server hosts {core.kind}"
             )
-        item = self._item(request.item, "item")
+        item = await asyncio.to_thread(self._item, request.item, "item")
         pixel_map, score = await asyncio.to_thread(core.score_map, item.image)
         return reward_pb2.ScoreMapResponse(map_png=encode_gray(pixel_map), score=score, model=self._ref(core))
 
