@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -91,10 +91,16 @@ def stack_settings(settings: Settings) -> Settings:
 
 
 # -- ports ---------------------------------------------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port free now and not in `avoid` (ports already chosen for other parts of the same stack: the kernel may
+    hand out a just-closed port again, and two parts on one port would restart each other forever)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise StackError(f"no free port on {host} apart from the {len(avoid)} already chosen")
 
 
 def check_port(part: str, port: int, host: str = "127.0.0.1") -> None:
@@ -126,16 +132,16 @@ def plan_ports(settings: Settings, parts: tuple[str, ...], base: int | None = No
             raise StackError(f"port for {part} must be in 0..65535, got {port}")
         if port:
             check_port(part, port, host)
-        ports[part] = port or free_port(host)
+        ports[part] = port or free_port(host, set(ports.values()))
     return ports
 
 
-def plan_metrics(settings: Settings, services: list[str], base: int | None, host: str = "127.0.0.1"
-                 ) -> dict[str, int]:
+def plan_metrics(settings: Settings, services: list[str], base: int | None, host: str = "127.0.0.1",
+                 taken: Collection[int] = ()) -> dict[str, int]:
     first = settings.metrics_port if base is None else base
-    out = {}
+    out: dict[str, int] = {}
     for i, part in enumerate(services):
-        port = first + i if first else free_port(host)
+        port = first + i if first else free_port(host, {*taken, *out.values()})
         if first:
             check_port(f"{part} metrics", port, host)
         out[part] = port
@@ -272,7 +278,7 @@ def running_stack(settings: Settings, parts: tuple[str, ...] = CORE_PARTS, base_
     try:
         _sigterm_unwinds()
         ports = plan_ports(settings, parts, base_port, overrides, host)
-        metrics = plan_metrics(settings, [p for p in parts if p in SERVICES], metrics_base, host)
+        metrics = plan_metrics(settings, [p for p in parts if p in SERVICES], metrics_base, host, ports.values())
         upgrade(settings.resolved_database_url())  # once, before the children (they upgrade too, under a lock)
         built = build_parts(settings, parts, ports, metrics, host, env_extra)
         started = time.time()
