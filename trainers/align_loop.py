@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from editloop.db.models import TrainingRun, as_utc
 from editloop.registry import promoted
 from editloop.settings import Settings
-from trainers.autoloop import LoopDecision, below_floor, held_back, hold_loop_lock
+from trainers.autoloop import LoopDecision, below_floor, decide_and_record, held_back
 
 KIND = "align"
 
@@ -88,14 +88,14 @@ def check_align(sessions: sessionmaker[Session], settings: Settings,
     pol = align_policy(settings)
     if not settings.loop_enabled:
         return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
-    with sessions.begin() as session:
-        hold_loop_lock(session)
-        decision = decide_align(session, pol)
-        if not decision.start:
-            return decision
-        current = promoted(session, "instruct")
-        start_version = current.version if current is not None else None
-        run_ids = add_align_rows(session, pol.rounds, pol.config, f"loop ({source}): {decision.reason}",
-                                 start_version)
-    send(run_ids, pol.config, start_version)
-    return LoopDecision(True, decision.reason, tuple(run_ids))
+    started: dict[str, str | None] = {}
+
+    def record(session: Session, trigger: str) -> list[str]:
+        current = promoted(session, "instruct")  # the chain continues the promoted instruct version
+        started["version"] = current.version if current is not None else None
+        return add_align_rows(session, pol.rounds, pol.config, trigger, started["version"])
+
+    decision = decide_and_record(sessions, lambda s: decide_align(s, pol), record, source)
+    if decision.start:
+        send(list(decision.run_ids), pol.config, started["version"])
+    return decision

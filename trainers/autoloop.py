@@ -144,6 +144,19 @@ def hold_loop_lock(session: Session) -> None:
         session.execute(text("UPDATE training_runs SET id = id WHERE 1 = 0"))
 
 
+def decide_and_record(sessions: sessionmaker[Session], decide_now: Callable[[Session], LoopDecision],
+                      record: Callable[[Session, str], list[str]], source: str) -> LoopDecision:
+    """One leg's decision under the loop's lock (two checks at once start one run); a starting leg's rows are
+    recorded with their trigger and committed here, before the caller sends anything."""
+    with sessions.begin() as session:
+        hold_loop_lock(session)
+        decision = decide_now(session)
+        if not decision.start:
+            return decision
+        run_ids = record(session, f"loop ({source}): {decision.reason}")
+    return LoopDecision(True, decision.reason, tuple(run_ids))
+
+
 def check_loop(sessions: sessionmaker[Session], settings: Settings,
                add_rows: Callable[[Session, list[str], dict, str], list[str]],
                send: Callable[[list[str], list[str], dict], None], source: str = "schedule") -> LoopDecision:
@@ -151,11 +164,8 @@ def check_loop(sessions: sessionmaker[Session], settings: Settings,
     pol = policy(settings)
     if not settings.loop_enabled:
         return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
-    with sessions.begin() as session:
-        hold_loop_lock(session)
-        decision = decide(session, pol)
-        if not decision.start:
-            return decision
-        run_ids = add_rows(session, pol.stages, pol.config, f"loop ({source}): {decision.reason}")
-    send(pol.stages, run_ids, pol.config)
-    return LoopDecision(True, decision.reason, tuple(run_ids))
+    decision = decide_and_record(sessions, lambda s: decide(s, pol),
+                                 lambda s, trigger: add_rows(s, pol.stages, pol.config, trigger), source)
+    if decision.start:
+        send(pol.stages, list(decision.run_ids), pol.config)
+    return decision

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import TrainingRun, as_utc
 from editloop.settings import Settings
-from trainers.autoloop import LoopDecision, held_back, hold_loop_lock
+from trainers.autoloop import LoopDecision, decide_and_record, held_back
 from trainers.label_selection import check_selection
 
 KIND = "label-sets"
@@ -115,14 +115,11 @@ def check_label_sets(sessions: sessionmaker[Session], settings: Settings, send: 
         return LoopDecision(False, "off (EDITLOOP_LOOP_ENABLED=false)")
     if pol.sets and (why := (down or label_studio_down)(settings)):
         return LoopDecision(False, f"waiting for Label Studio: {why}")
-    with sessions.begin() as session:
-        hold_loop_lock(session)
-        decision = decide_label_sets(session, pol, settings.loop_interval_s)
-        if not decision.start:
-            return decision
-        run_id = add_label_run(session, pol, f"loop ({source}): {decision.reason}")
-    send(run_id)
-    return LoopDecision(True, decision.reason, (run_id,))
+    decision = decide_and_record(sessions, lambda s: decide_label_sets(s, pol, settings.loop_interval_s),
+                                 lambda s, trigger: [add_label_run(s, pol, trigger)], source)
+    if decision.start:
+        send(decision.run_id)
+    return decision
 
 
 def label_studio_down(settings: Settings) -> str | None:
