@@ -125,7 +125,8 @@ def main() -> None:
     p.add_argument("--tastes", nargs="+", default=["default", "reversed"], choices=["default", "reversed"])
     args = p.parse_args()
     recipe = Recipe()
-    results = {"args": {k: str(v) for k, v in vars(args).items()}, "recipe": recipe.__dict__}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}  # other tastes' curves are kept
+    results.update({"args": {k: str(v) for k, v in vars(args).items()}, "recipe": recipe.__dict__})
     for taste in args.tastes:
         weights = DEFAULT_WEIGHTS if taste == "default" else reversed_weights()
         results[taste] = {m: curve(m, taste, args, weights, recipe) for m in ("random", "active")}

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     loop_label_overlap: int = 2  # annotators per pushed task
     loop_label_gold: int = 2  # gold sets (known answers, editloop/labels/gold.py) mixed into every batch
     loop_label_interval_s: float = 0.0  # also new sets for the same editor this often (0: only when it changes)
+    loop_label_when_done: bool = True  # also new sets for the same editor once the last batch is fully labelled
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>
     link_secret: str = Field(default="", repr=False)  # signs image links; default: a random one in state_dir

@@ -43,7 +43,7 @@ def test_one_batch_per_served_editor_recorded_with_its_trigger(db_url, tmp_path)
         assert run.kind == KIND and run.status == "queued" and run.inputs["editor"] == "base"
         assert run.inputs["trigger"] == "loop (test): editor base served"
         assert run.inputs["config"] == {"sets": 4, "images": 4, "pool": 2, "selection": "active", "overlap": 2,
-                                        "interval_s": 0.0, "gold": 2}
+                                        "interval_s": 0.0, "gold": 2, "when_done": True}
     assert "debounced" in _check(sessions, settings, sent.append).reason  # queued: nothing new
     _finish(sessions, first.run_id)
     assert _check(sessions, settings, sent.append).reason.startswith("editor base's sets were made")
@@ -60,6 +60,37 @@ def test_one_batch_per_served_editor_recorded_with_its_trigger(db_url, tmp_path)
     assert "failed (ConnectionError: Label Studio down); tried again later" in later
     _finish(sessions, second.run_id, "failed", age_s=11 * settings.loop_interval_s)
     assert _check(sessions, settings, sent.append).start and len(sent) == 3
+
+
+def test_a_fully_labelled_batch_brings_the_next_one_for_the_same_editor(db_url, tmp_path):
+    from editloop.db import Preference
+    from editloop.labels.gold import make_gold_sets
+    from editloop.store import open_store
+
+    sessions, settings = _state(db_url, tmp_path)
+    first = _check(sessions, settings)
+    with sessions.begin() as s:
+        pushed = make_gold_sets(s, open_store(settings), 3, 3, seed=11)  # any real sets stand for the batch's
+        s.get(TrainingRun, first.run_id).outputs = {"chosen": pushed[:2], "gold": pushed[2:]}
+    _finish(sessions, first.run_id)
+
+    def answer(set_ids, who):
+        with sessions.begin() as s:
+            s.add_all(Preference(candidate_set_id=i, annotator=who) for i in set_ids)
+
+    answer(pushed, "a")
+    answer(pushed[:2], "b")  # overlap 2: the gold set has one answer only
+    assert _check(sessions, settings).reason.startswith("editor base's sets were made")
+    with sessions.begin() as s:  # a feedback round is on its way: the editor may change, its own batch follows
+        s.add(TrainingRun(id="f" * 32, kind="feedback-pefl", status="running", inputs={}))
+    answer(pushed[2:], "b")
+    assert not _check(sessions, settings).start
+    with sessions.begin() as s:
+        s.get(TrainingRun, "f" * 32).status = "failed"
+    assert not _check(sessions, settings.model_copy(update={"loop_label_when_done": False})).start
+    second = _check(sessions, settings)
+    assert second.start
+    assert second.reason == f"editor base served; batch {first.run_id[:12]} labelled (6 answers on 3 sets)"
 
 
 def test_paused_off_and_scheduled(db_url, tmp_path):

@@ -13,8 +13,6 @@ import re
 import time
 from pathlib import Path
 
-import grpc
-import numpy as np
 from label_studio_sdk import LabelStudio
 from sqlalchemy import select
 from test_platform import platform_env, start_up, stop_up, wait_all_ready
@@ -23,13 +21,13 @@ from annotation.client import iter_tasks
 from editloop.cli.stack import ALL_PARTS
 from editloop.db import CandidateSet, Generation, LabelTask, ModelVersion, TrainingRun, make_engine, make_sessionmaker
 from editloop.labels.gold import gold_accuracy
-from editloop.world import cell_mask, render, sample_scene
-from editloop.world.io import mask_to_png, to_png
+from services.editor.probe import served_version
 
 LOOP_ENV = {
     "EDITLOOP_LOOP_INTERVAL_S": "5", "EDITLOOP_TRIGGER_INTERVAL_S": "5", "EDITLOOP_RELOAD_INTERVAL_S": "1",
     "EDITLOOP_LOOP_LABEL_SETS": "12", "EDITLOOP_LOOP_LABEL_POOL": "2", "EDITLOOP_LOOP_LABEL_IMAGES": "3",
     "EDITLOOP_LOOP_LABEL_GOLD": "2",
+    "EDITLOOP_LOOP_LABEL_WHEN_DONE": "false",  # one batch per served editor here, so the test can count them
     "EDITLOOP_RETRAIN_LABEL_THRESHOLD": "20", "EDITLOOP_RETRAIN_DEBOUNCE_S": "0", "EDITLOOP_REWARD_TRAIN_STEPS": "10",
     "EDITLOOP_LOOP_REWARDS": "aesthetic=1", "EDITLOOP_LOOP_FEEDBACK_STEPS": "6", "EDITLOOP_LOOP_BATCH_SIZE": "2",
     "EDITLOOP_LOOP_FEEDBACK_LR": "1e-3",  # a few steps must move the tiny editor past the gate's feedback score
@@ -56,17 +54,6 @@ def ls_tasks(ls: LabelStudio, prefix: str) -> dict[int, dict]:
         if project.title.startswith(prefix):
             out.update({t.id: t.data for t in iter_tasks(ls, project.id)})
     return out
-
-
-def editor_serves(address: str) -> str:
-    from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc
-
-    scene = sample_scene(np.random.default_rng(0), 2)
-    request = editor_pb2.InpaintRequest(image=common_pb2.Image(png=to_png(render(scene))),
-                                        mask=common_pb2.Mask(png=mask_to_png(cell_mask(scene.objects[0].position))),
-                                        prompt=scene.caption, params=common_pb2.SamplingParams(steps=2, seed=1))
-    with grpc.insecure_channel(address) as ch:
-        return editor_pb2_grpc.EditorStub(ch).Inpaint(request, timeout=60).model.version
 
 
 def test_the_loop_turns_with_no_command_after_up_and_the_labelling(tmp_path, tiny_models, tiny_instruct):
@@ -115,7 +102,7 @@ def test_the_loop_turns_with_no_command_after_up_and_the_labelling(tmp_path, tin
                 assert not any(r.outputs.get("refused") for r in refused), [r.outputs["refused"] for r in refused]
             if editor is None:
                 return None
-            version = editor_serves(rows["editor"]["address"])
+            version = served_version(rows["editor"]["address"])
             return version if version == editor.version else None
 
         version = wait_for("a promoted editor served by the editor service", served_new_editor, 900, proc, log,

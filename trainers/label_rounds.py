@@ -7,8 +7,10 @@ annotator's time (trainers.label_selection: "active" ranks them by the aesthetic
 sets' diversity, "random" draws), mixes in `loop_label_gold` gold sets (known answers, measuring each annotator:
 editloop.labels.gold) and pushes them to Label Studio. `check_label_sets` runs after every editor
 promotion and on the beat schedule; under the loop's lock it records a `label-sets` run (with its trigger) and
-only then sends its task. One batch per served editor version (again after `loop_label_interval_s`, when set);
-a failed batch is tried again after `LABEL_RETRY_INTERVALS` loop intervals. `editloop loop pause` stops it too.
+only then sends its task. One batch per served editor version, and another for the same editor once the last
+one is fully labelled (`loop_label_when_done`: every pushed set has `overlap` answers, so annotators are never
+left idle while the reward waits for labels) or after `loop_label_interval_s` (when set); a failed batch is tried
+again after `LABEL_RETRY_INTERVALS` loop intervals. `editloop loop pause` stops it too.
 
 The run's task (`make_label_sets`, gpu queue) makes the pool set by set (each committed, idempotent by key, so a
 redelivered task resumes), chooses and pushes (annotation.push, idempotent by each task's external key); when
@@ -44,6 +46,7 @@ class LabelSetsPolicy:
     overlap: int
     interval_s: float
     gold: int = 0  # gold sets mixed in (editloop.labels.gold), measuring each annotator
+    when_done: bool = False  # another batch for the same editor once the last one is fully labelled
 
 
 def label_policy(settings: Settings) -> LabelSetsPolicy:
@@ -60,7 +63,8 @@ def label_policy(settings: Settings) -> LabelSetsPolicy:
                          f"changes), got {settings.loop_label_interval_s}")
     return LabelSetsPolicy(settings.loop_label_sets, settings.loop_label_images, settings.loop_label_pool,
                            settings.loop_label_selection, settings.loop_label_overlap,
-                           settings.loop_label_interval_s, settings.loop_label_gold)
+                           settings.loop_label_interval_s, settings.loop_label_gold,
+                           settings.loop_label_when_done)
 
 
 def served_editor(session: Session) -> str:
@@ -87,10 +91,34 @@ def decide_label_sets(session: Session, pol: LabelSetsPolicy, loop_interval_s: f
         if run.status == "failed" and age < timedelta(seconds=LABEL_RETRY_INTERVALS * loop_interval_s):
             return LoopDecision(False, f"label-sets run {run.id[:12]} for editor {editor} failed "
                                         f"({run.error}); tried again later")
-        if run.status == "succeeded" and (pol.interval_s == 0 or age < timedelta(seconds=pol.interval_s)):
-            return LoopDecision(False, f"editor {editor}'s sets were made by run {run.id[:12]}")
+        if run.status == "succeeded":
+            if pol.when_done and not feedback_busy(session) and (done := batch_labelled(session, run, pol.overlap)):
+                return LoopDecision(True, f"editor {editor} served; batch {run.id[:12]} labelled ({done})")
+            if pol.interval_s == 0 or age < timedelta(seconds=pol.interval_s):
+                return LoopDecision(False, f"editor {editor}'s sets were made by run {run.id[:12]}")
     return LoopDecision(True, f"editor {editor} served" + (" (schedule)" if any(
         r.inputs.get("editor") == editor for r in runs) else ""))
+
+
+def feedback_busy(session: Session) -> bool:
+    """A feedback round is queued or running: the served editor may change soon, and its own batch follows."""
+    return session.scalar(select(func.count()).select_from(TrainingRun).where(
+        TrainingRun.kind.like("feedback-%"), TrainingRun.status.in_(("queued", "running")))) > 0
+
+
+def batch_labelled(session: Session, run: TrainingRun, overlap: int) -> str | None:
+    """'N answers on M sets' when every set the batch pushed (gold included) has `overlap` answers, else None."""
+    from editloop.db.models import Preference
+
+    outputs = run.outputs or {}
+    pushed = [*outputs.get("chosen", []), *outputs.get("gold", [])]
+    if not pushed:
+        return None
+    counts = dict(session.execute(select(Preference.candidate_set_id, func.count()).where(
+        Preference.candidate_set_id.in_(pushed)).group_by(Preference.candidate_set_id)).all())
+    if any(counts.get(set_id, 0) < overlap for set_id in pushed):
+        return None
+    return f"{sum(counts.values())} answers on {len(pushed)} sets"
 
 
 def add_label_run(session: Session, pol: LabelSetsPolicy, trigger: str) -> str:

@@ -1,0 +1,218 @@
+"""Full turns of the loop, from the committed base, with a simulated panel of the reversed taste (issue 32).
+
+    .venv/bin/python bench/loop_turn.py --out bench/results/loop_turn.json      # ~45 minutes on this machine
+
+`editloop up --port 0` on a fresh state (embedded broker, SQLite, local blobs, Label Studio) serving the committed
+base models; the loop's policy is set by the EDITLOOP_* values in LOOP_ENV (written into the result) and nothing is
+typed after `up`. The bench is the annotators: whenever Label Studio has open tasks, the panel (three simulated
+annotators of the reversed taste, temperatures 0.25 / 0.5 / 1.0) labels them through Label Studio's API, as people
+would. It watches the platform's own records until the editor service answers with a new version (or --budget-s
+runs out), and writes down:
+- every label batch, reward run (with its floor and gate) and feedback stage, with wall times;
+- the wall time from the last label the promoted reward saw to the editor service serving the new version, split
+  into its parts (labels applied and the reward run queued; the reward run; the loop's check; the feedback round;
+  the service's hot reload);
+- how many labels it took before the served editor moved at all;
+- the judged effect on held-out edits before and after (the committed base vs the served version, 20 steps,
+  --eval fresh examples, seeds --eval-seed+): the promoted reward's own mean score, and the world's independent
+  measures (the reversed-taste panel's GSB and mean utility, the world judge's edit success).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from feedback_quality import compare, measure  # noqa: E402
+
+from editloop.db import ModelVersion, Preference, TrainingRun, as_utc, make_engine, make_sessionmaker  # noqa: E402
+from editloop.models.base import base_model_dir  # noqa: E402
+from editloop.settings import Settings  # noqa: E402
+from editloop.store import open_store  # noqa: E402
+from editloop.world.annotators import reversed_weights  # noqa: E402
+from services.editor.probe import served_version  # noqa: E402
+from trainers.feedback.examples import feedback_examples  # noqa: E402
+
+LOOP_ENV = {  # a CPU-sized turn; every other setting is the platform's default
+    "EDITLOOP_LOOP_REWARDS": "aesthetic=1",  # the taste lives in the labels; the alignment reward learns the world
+    "EDITLOOP_LOOP_LABEL_SETS": "24", "EDITLOOP_LOOP_LABEL_POOL": "2", "EDITLOOP_LOOP_LABEL_IMAGES": "4",
+    "EDITLOOP_LOOP_LABEL_OVERLAP": "1", "EDITLOOP_LOOP_LABEL_GOLD": "2",
+    "EDITLOOP_RETRAIN_LABEL_THRESHOLD": "100", "EDITLOOP_RETRAIN_DEBOUNCE_S": "0",
+    "EDITLOOP_REWARD_TRAIN_STEPS": "300",
+    "EDITLOOP_LOOP_FEEDBACK_STEPS": "60", "EDITLOOP_LOOP_EVAL_EXAMPLES": "48",
+    "EDITLOOP_LOOP_INTERVAL_S": "10", "EDITLOOP_TRIGGER_INTERVAL_S": "10", "EDITLOOP_RELOAD_INTERVAL_S": "2",
+}
+TEMPERATURES = [0.25, 0.5, 1.0]
+
+
+def up(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "editloop.cli.main", "up", "--port", "0"], env=env, cwd=ROOT,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def ready(state: Path, proc: subprocess.Popen, log: Path, timeout: float = 1200) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"`editloop up` exited:\n{log.read_text()[-3000:]}")
+        try:
+            parts = json.loads((state / "stack.json").read_text()).get("parts", {})
+        except (OSError, json.JSONDecodeError):
+            parts = {}
+        if parts and all(p["state"] == "ready" for p in parts.values()) and "label-studio" in parts:
+            return parts
+        time.sleep(2)
+    raise SystemExit(f"not ready in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def label_open_tasks(url: str, token: str, prefix: str) -> int:
+    """The panel labels every open task of editloop's projects (fresh access tokens each pass); labels made."""
+    from label_studio_sdk import LabelStudio
+
+    from annotation.simulate import label_project
+    from editloop.cli.annotation import simulated_labellers
+
+    labellers = simulated_labellers(url, TEMPERATURES, 0, True)
+    made = 0
+    for project in LabelStudio(base_url=url, api_key=token).projects.list():
+        if project.title.startswith(prefix):
+            made += sum(label_project(url, labellers, project.id).values())
+    return made
+
+
+def snapshot(sessions) -> dict:  # noqa: ANN001
+    with sessions() as s:
+        runs = s.scalars(select(TrainingRun).order_by(TrainingRun.created_at)).all()
+        out = [{"id": r.id[:12], "kind": r.kind, "status": r.status, "trigger": (r.inputs or {}).get("trigger"),
+                "created": as_utc(r.created_at).timestamp(), "updated": as_utc(r.updated_at).timestamp(),
+                "error": r.error, "outputs": _brief(r.kind, r.outputs or {})} for r in runs]
+        labels = s.scalar(select(func.count()).select_from(Preference).where(Preference.status == "valid")) or 0
+        editor = s.scalars(select(ModelVersion).where(ModelVersion.kind == "editor",
+                                                      ModelVersion.status == "promoted")).first()
+        return {"runs": out, "valid_labels": labels, "promoted_editor": editor.version if editor else None,
+                "promoted_at": as_utc(editor.promoted_at).timestamp() if editor and editor.promoted_at else None}
+
+
+def _brief(kind: str, outputs: dict) -> dict:
+    if kind == "label-sets":
+        return {"chosen": len(outputs.get("chosen", [])), "gold": len(outputs.get("gold", []))}
+    keep = ("version", "promoted", "refused", "metrics", "labels", "floor", "gate")
+    return {k: v for k, v in outputs.items() if k in keep}
+
+
+def judge(settings: Settings, sessions, examples: int, seed: int) -> dict:  # noqa: ANN001
+    """Base vs the served editor on fresh held-out edits, by the promoted reward and by the world."""
+    from services.editor.reload import resolve_editor
+    from trainers.feedback.run import promoted_rewards
+
+    store = open_store(settings)
+    version, _, path = resolve_editor(settings, sessions, store)
+    rewards = promoted_rewards(sessions, store, settings, ["aesthetic"])
+    held_out = feedback_examples(examples, seed)
+    weights = reversed_weights()
+    base = measure(base_model_dir("inpaint"), 20, held_out, seed, rewards, weights)
+    tuned = measure(path, 20, held_out, seed, rewards, weights)
+    tasks = [e.task for e in held_out]
+    rows = [compare("base", base, base, weights, tasks), compare(version, tuned, base, weights, tasks)]
+    return {"examples": examples, "seed": seed, "rows": rows}
+
+
+def timeline(snap: dict, labelled: list[dict], served_at: float | None) -> dict:
+    """The promoted round's path from the last label its reward saw to the service serving it."""
+    runs = snap["runs"]
+    fb = [r for r in runs if r["kind"].startswith("feedback-") and r["outputs"].get("version") == snap[
+        "promoted_editor"]]
+    if not fb or served_at is None:
+        return {}
+    reward_version = None
+    for r in runs:
+        trig = fb[0]["trigger"] or ""
+        if r["kind"] == "reward-aesthetic" and r["outputs"].get("version") and r["outputs"]["version"] in trig:
+            reward_version = r
+    if reward_version is None:
+        return {}
+    before = [b for b in labelled if b["done"] <= reward_version["created"]]
+    last_label = before[-1]["done"] if before else reward_version["created"]
+    return {"labels_before_reward_run": sum(b["labels"] for b in before),
+            "last_label_to_reward_queued_s": round(reward_version["created"] - last_label, 1),
+            "reward_run_s": round(reward_version["updated"] - reward_version["created"], 1),
+            "reward_to_feedback_queued_s": round(fb[0]["created"] - reward_version["updated"], 1),
+            "feedback_round_s": round(fb[-1]["updated"] - fb[0]["created"], 1),
+            "promoted_to_served_s": round(served_at - (snap["promoted_at"] or fb[-1]["updated"]), 1),
+            "last_label_to_served_s": round(served_at - last_label, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--state", type=Path, default=ROOT / ".editloop/bench/loop_turn")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/loop_turn.json")
+    p.add_argument("--budget-s", type=float, default=3600, help="give up when the editor has not moved by then")
+    p.add_argument("--eval", type=int, default=96, help="held-out edits judged before/after")
+    p.add_argument("--eval-seed", type=int, default=960_000)
+    args = p.parse_args()
+    shutil.rmtree(args.state, ignore_errors=True)
+    args.state.mkdir(parents=True)
+    env = {**os.environ, **LOOP_ENV, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
+           "EDITLOOP_BROKER_URL": "", "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DATABASE_URL": "",
+           "EDITLOOP_LABEL_STUDIO_VENV": str(ROOT / ".venv-label-studio"),
+           "EDITLOOP_ANNOTATION_PROJECT_PREFIX": "turn"}
+    log = args.state.parent / "loop_turn-up.log"
+    t0 = time.time()
+    proc = up(env, log)
+    result: dict = {"env": LOOP_ENV, "panel": {"taste": "reversed", "temperatures": TEMPERATURES}}
+    try:
+        parts = ready(args.state, proc, log)
+        result["ready_s"] = round(time.time() - t0, 1)
+        print(f"platform ready in {result['ready_s']:.0f}s", flush=True)
+        settings = Settings(state_dir=args.state, device="cpu", broker_url="", result_backend="")
+        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+        studio = json.loads((args.state / "label-studio.json").read_text())
+        editor = parts["editor"]["address"]
+        labelled, served_at, moved = [], None, None
+        while time.time() - t0 < args.budget_s:
+            made = label_open_tasks(studio["url"], studio["token"], "turn")
+            if made:
+                labelled.append({"done": time.time(), "labels": made})
+                print(f"[{time.time() - t0:6.0f}s] the panel labelled {made} tasks "
+                      f"({sum(b['labels'] for b in labelled)} in all)", flush=True)
+            snap = snapshot(sessions)
+            if snap["promoted_editor"] and (moved := served_version(editor)) == snap["promoted_editor"]:
+                served_at = time.time()
+                break
+            time.sleep(5)
+        snap = snapshot(sessions)
+        result.update({"wall_s": round(time.time() - t0, 1), "served": moved if served_at else None,
+                       "labels_given": sum(b["labels"] for b in labelled), "valid_labels": snap["valid_labels"],
+                       "label_batches": [{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled],
+                       "runs": [{**r, "created": round(r["created"] - t0, 1), "updated": round(r["updated"] - t0, 1)}
+                                for r in snap["runs"]],
+                       "timeline": timeline(snap, labelled, served_at)})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=180)
+    if served_at is not None:
+        result["judged"] = judge(settings, sessions, args.eval, args.eval_seed)
+        for row in result["judged"]["rows"]:
+            print(f"  {row['model']}: superiority {row['superiority']:.3f} gsb {row['gsb']} utility "
+                  f"{row['mean_utility']:.3f} success {row['success']:.3f} feedback score "
+                  f"{row['feedback_score']:.4f}", flush=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result.get("timeline"), indent=1))
+
+
+if __name__ == "__main__":
+    main()
