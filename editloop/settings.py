@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from editloop.paths import BASE_DIR, INSTRUCT_DIR
@@ -34,6 +34,17 @@ class Settings(BaseSettings):
     instruct_model: Path = INSTRUCT_DIR  # served when no instruct version is promoted
     device: str | None = None  # cuda if present, else cpu
     max_message_mb: int = 32  # gRPC message size limit, both directions
+    # who may call the services (README, "Tokens and TLS"): off (loopback only) or required (Bearer tokens)
+    auth: Literal["off", "required"] = "off"
+    auth_cache_s: float = 2.0  # a token lookup is reused this long: a revoked token stops working within it
+    insecure_public: bool = False  # allow a non-loopback --host with EDITLOOP_AUTH=off
+    token: SecretStr = Field(default=SecretStr(""), repr=False)  # the token clients (CLI, demo) send
+    tls_cert: Path | None = None  # server certificate (PEM); with tls_key the services speak TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # CA of client certificates: set, the services demand one (mTLS)
+    tls_ca: Path | None = None  # clients: the CA that signed the services' certificate (TLS on)
+    tls_client_cert: Path | None = None  # clients: certificate and key presented for mTLS
+    tls_client_key: Path | None = None
     drain_s: float = 1.0  # on SIGTERM, health says NOT_SERVING this long before a service's port closes
     # Reward.Score limits, checked before any model work (services/reward/servicer.py): a preference reward takes
     # its own input size only; the coherence model (fully convolutional) at most this side and these pixels per request

@@ -11,9 +11,11 @@ import grpc
 
 from editloop.settings import Settings
 from editloop.state import open_state
+from services.core.auth import TokenAuth
 from services.core.batching import DynamicBatcher
 from services.core.recorder import Recorder
-from services.core.server import create_server, serve_until_stopped
+from services.core.server import check_exposure, create_server, serve_until_stopped
+from services.core.tls import server_credentials
 
 log = logging.getLogger("editloop.services")
 KINDS = ("generator", "editor", "reward")
@@ -37,6 +39,20 @@ class Running:
             await w.stop()
         await self.server.stop(grace)
         await self.stop_batchers()
+
+
+def token_auth(settings: Settings) -> TokenAuth:
+    """The token interceptor, looking tokens up in the platform's database."""
+    from editloop.auth import lookup
+    from editloop.state import open_sessions
+
+    sessions = open_sessions(settings)
+
+    def find(token: str):  # noqa: ANN202
+        with sessions() as s:
+            return lookup(s, token)
+
+    return TokenAuth(find, settings.auth_cache_s)
 
 
 def make_recorder(settings: Settings) -> Recorder:
@@ -65,7 +81,11 @@ def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa:
 async def start_service(kind: str, settings: Settings, model: Path | None = None, port: int = 0,
                         host: str = "127.0.0.1", max_batch: int = 16, max_delay: float = 0.005,
                         max_queue: int = 256, record: bool = True, reward_kind: str | None = None) -> Running:
-    """Load the model, start the batcher and the server; returns the bound port."""
+    """Load the model, start the batcher and the server; returns the bound port. Exposure (a public address without
+    auth) and TLS files are checked first, before any model loads."""
+    check_exposure(host, settings.auth, settings.tls_cert is not None, settings.insecure_public)
+    credentials = server_credentials(settings)
+    interceptors = [token_auth(settings)] if settings.auth == "required" else []
     recorder = make_recorder(settings) if record and kind != "reward" else None
     watcher = None
     watchers: list = []
@@ -134,7 +154,8 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
         register_served_model(recorder, kind, core)
     for b in (batcher, *more):
         b.start()
-    server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb)
+    server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb,
+                                                interceptors, credentials)
     log.info("%s serving %s (%s) on %s:%d", kind, core.name, core.version, host, bound)
     if watcher is not None:
         watchers.append(watcher)

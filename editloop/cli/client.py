@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import grpc
-
 from editloop.settings import Settings
 
 
@@ -40,11 +38,11 @@ def _write(images, out: Path, stem: str) -> list[Path]:  # noqa: ANN001
 
 def generate(args: argparse.Namespace, settings: Settings) -> list[Path]:
     from editloop.cli.stack import service_address
-    from services.core.server import channel_options
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import generator_pb2, generator_pb2_grpc
 
     address = args.address or service_address(settings, "generator")
-    with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
+    with open_channel(address, settings) as ch:
         stub = generator_pb2_grpc.GeneratorStub(ch)
         request = generator_pb2.GenerateRequest(prompt=args.prompt, num_images=args.n, params=_params(args),
                                                 record=args.record)
@@ -65,7 +63,7 @@ def generate(args: argparse.Namespace, settings: Settings) -> list[Path]:
 
 def edit(kind: str, args: argparse.Namespace, settings: Settings) -> list[Path]:
     from editloop.cli.stack import service_address
-    from services.core.server import channel_options
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc
 
     address = args.address or service_address(settings, "editor")
@@ -74,7 +72,7 @@ def edit(kind: str, args: argparse.Namespace, settings: Settings) -> list[Path]:
         mask=common_pb2.Mask(png=Path(args.mask).read_bytes()),
         prompt=args.prompt or "", num_images=args.n, params=_params(args), record=args.record,
     )
-    with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
+    with open_channel(address, settings) as ch:
         stub = editor_pb2_grpc.EditorStub(ch)
         result = getattr(stub, kind.capitalize())(request, timeout=600)
     paths = _write(result.images, args.out, kind)
@@ -85,7 +83,7 @@ def edit(kind: str, args: argparse.Namespace, settings: Settings) -> list[Path]:
 def instruct(args: argparse.Namespace, settings: Settings) -> list[Path]:
     """Instruction editing (Editor.Edit): image + instruction -> edited images."""
     from editloop.cli.stack import service_address
-    from services.core.server import channel_options
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc
 
     address = args.address or service_address(settings, "editor")
@@ -94,7 +92,7 @@ def instruct(args: argparse.Namespace, settings: Settings) -> list[Path]:
         num_images=args.n, params=_params(args), image_guidance=args.image_guidance, record=args.record,
         start=args.start,
     )
-    with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
+    with open_channel(address, settings) as ch:
         result = editor_pb2_grpc.EditorStub(ch).Edit(request, timeout=600)
     paths = _write(result.images, args.out, "edit")
     print(f"{result.model.name} {result.model.version} (start: {result.start}): wrote {', '.join(map(str, paths))}")
@@ -102,7 +100,7 @@ def instruct(args: argparse.Namespace, settings: Settings) -> list[Path]:
 
 
 def score(args: argparse.Namespace, settings: Settings) -> list[float]:
-    from services.core.server import channel_options
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
     items = [reward_pb2.ScoreItem(image=common_pb2.Image(png=Path(p).read_bytes()), prompt=args.prompt or "")
@@ -110,7 +108,7 @@ def score(args: argparse.Namespace, settings: Settings) -> list[float]:
     from editloop.cli.stack import service_address
 
     address = args.address or service_address(settings, f"reward-{args.kind}")
-    with grpc.insecure_channel(address, options=channel_options(settings.max_message_mb)) as ch:
+    with open_channel(address, settings) as ch:
         result = reward_pb2_grpc.RewardStub(ch).Score(reward_pb2.ScoreRequest(items=items), timeout=120)
     for path, value in zip(args.images, result.scores):
         print(f"{value:+.4f}  {path}")

@@ -22,6 +22,10 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from editloop.settings import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,13 +83,13 @@ def train_rewards(settings, steps: int, sizes: dict) -> dict:  # noqa: ANN001
     """Step 6: reward runs through the queue, then score through a reward service on the promoted version."""
     import asyncio
 
-    import grpc
     from sqlalchemy import func, select
 
     from editloop.cli.train import enqueue_reward_run
     from editloop.db import Preference, make_engine, make_sessionmaker
     from editloop.world.io import to_png
     from services.app import start_service
+    from services.core.channels import open_aio_channel
     from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
     from trainers.reward.alignment import alignment_examples
 
@@ -111,7 +115,7 @@ def train_rewards(settings, steps: int, sizes: dict) -> dict:  # noqa: ANN001
     async def score() -> tuple[float, str]:
         running = await start_service("reward", settings, None, reward_kind="alignment")
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            async with open_aio_channel(f"127.0.0.1:{running.port}", settings) as ch:
                 stub = reward_pb2_grpc.RewardStub(ch)
                 items = [reward_pb2.ScoreItem(image=common_pb2.Image(png=to_png(e.image)), prompt=p)
                          for e in examples for p in (e.caption, e.negative)]
@@ -237,18 +241,19 @@ def candidate_sets(settings, scenes, args) -> list[dict]:  # noqa: ANN001
     return sets
 
 
-def instruction_edits(address: str, opts, seed: int, out: Path) -> dict:  # noqa: ANN001
+def instruction_edits(address: str, settings: Settings, seed: int, out: Path) -> dict:
     """Editor.Edit on one held-out edit of each kind; the judge says which succeeded (edit.png)."""
     import grpc
 
     from editloop.world import edit_success, judge, render
     from editloop.world.io import from_png, save_grid_png, to_png
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import common_pb2, editor_pb2, editor_pb2_grpc
     from trainers.align.evaluate import held_out_edits
 
     edits = held_out_edits(1, seed=880_000 + seed)
     rows, results = [[render(e.source) for e in edits]], []
-    with grpc.insecure_channel(address, options=opts) as ch:
+    with open_channel(address, settings) as ch:
         stub = editor_pb2_grpc.EditorStub(ch)
         try:
             resps = [stub.Edit(editor_pb2.EditRequest(
@@ -270,13 +275,11 @@ def instruction_edits(address: str, opts, seed: int, out: Path) -> dict:  # noqa
 def run_demo(args: argparse.Namespace) -> int:
     import time
 
-    import grpc
-
     from editloop.cli.stack import running_stack
     from editloop.settings import Settings
     from editloop.world import cell_mask, compare, edit_success, judge, make_edit, panel, render, sample_scene
     from editloop.world.io import from_png, mask_to_png, save_grid_png, to_png
-    from services.core.server import channel_options
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import (
         common_pb2,
         editor_pb2,
@@ -315,8 +318,7 @@ def run_demo(args: argparse.Namespace) -> int:
                   f"best #{best}, worst #{worst}")
         save_grid_png(rows, out / "candidates.png")
         # 4. the services, as a gRPC client sees them
-        opts = channel_options(settings.max_message_mb)
-        with grpc.insecure_channel(addresses["generator"], options=opts) as ch:
+        with open_channel(addresses["generator"], settings) as ch:
             resp = generator_pb2_grpc.GeneratorStub(ch).Generate(generator_pb2.GenerateRequest(
                 prompt=scenes[0].caption, num_images=2, record=True,
                 params=common_pb2.SamplingParams(steps=args.steps, seed=args.seed)))
@@ -324,7 +326,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"3. Generator.Generate: 2 images by {resp.model.name} {resp.model.version}, "
               f"recorded as generation {resp.generation_id}")
         erase_rows, successes = [], []
-        with grpc.insecure_channel(addresses["editor"], options=opts) as ch:
+        with open_channel(addresses["editor"], settings) as ch:
             stub = editor_pb2_grpc.EditorStub(ch)
             for i in range(4):
                 edit = make_edit(sample_scene(rng, 2), "remove", rng)
@@ -341,7 +343,7 @@ def run_demo(args: argparse.Namespace) -> int:
         save_grid_png(erase_rows, out / "erase.png")
         summary["erase_success"] = successes
         print(f"4. Editor.Erase: {sum(successes)}/{len(successes)} objects judged gone")
-        summary["instruction_edits"] = instruction_edits(addresses["editor"], opts, args.seed, out)
+        summary["instruction_edits"] = instruction_edits(addresses["editor"], settings, args.seed, out)
         if not args.no_label_studio:  # inside the stack: its worker applies what the webhooks record
             summary["annotation"] = label_in_label_studio(settings, [cs["id"] for cs in sets],
                                                           args.keep_label_studio)

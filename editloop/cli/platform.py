@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from editloop.settings import Settings
@@ -21,6 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument("--insecure-public", action="store_true",
+                   help="listen on a non-loopback --host without EDITLOOP_AUTH=required (refused otherwise)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("up", help="run the whole platform (services, workers, beat, annotation endpoint, Label "
@@ -36,6 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="first Prometheus port of the services (the next ones follow); 0 = any free ports "
                         "(default EDITLOOP_METRICS_PORT=0)")
     p.add_argument("--host", default="127.0.0.1", help="address the services listen on")
+    p.add_argument("--insecure-public", action="store_true",
+                   help="listen on a non-loopback --host without EDITLOOP_AUTH=required (refused otherwise)")
     p.add_argument("--no-label-studio", action="store_true", help="run without Label Studio")
     p.add_argument("--only", default="", help="comma-separated parts to run (default: all)")
     p.add_argument("--timeout", type=float, default=900, help="seconds for every part to become ready")
@@ -79,8 +84,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     from editloop.cli.stack import ALL_PARTS, StackError, run_up
+    from services.core.server import check_exposure
 
     settings = Settings()
+    if args.insecure_public:
+        settings = settings.model_copy(update={"insecure_public": True})
+        os.environ["EDITLOOP_INSECURE_PUBLIC"] = "true"  # the children read it
+    check_exposure(args.host, settings.auth, settings.tls_cert is not None, settings.insecure_public)
     parts = tuple(x.strip() for x in args.only.split(",") if x.strip()) or ALL_PARTS
     unknown = [x for x in parts if x not in ALL_PARTS]
     if unknown:
@@ -118,7 +128,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.kind == "reward" and not args.reward_kind:
         raise ValueError("`--kind` is required with `serve reward` (aesthetic, alignment or coherence)")
-    run_service(args.kind, Settings(), args.model, args.port, args.host, args.metrics_port, args.grace,
+    settings = Settings()
+    if args.insecure_public:
+        settings = settings.model_copy(update={"insecure_public": True})
+    run_service(args.kind, settings, args.model, args.port, args.host, args.metrics_port, args.grace,
                 args.reward_kind, max_batch=args.max_batch, max_delay=args.max_delay_ms / 1000,
                 max_queue=args.max_queue)
     return 0

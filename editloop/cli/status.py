@@ -26,11 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_status)
 
 
-def _grpc_health(address: str, timeout: float = 2.0) -> str:
+def _grpc_health(address: str, settings: Settings, timeout: float = 2.0) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as ch:
+    from services.core.channels import open_channel
+
+    with open_channel(address, settings) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
@@ -38,12 +40,13 @@ def _grpc_health(address: str, timeout: float = 2.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
-def _reward_info(address: str, timeout: float = 2.0) -> str | None:
+def _reward_info(address: str, settings: Settings, timeout: float = 2.0) -> str | None:
     import grpc
 
+    from services.core.channels import open_channel
     from services.gen.editloop.v1 import reward_pb2, reward_pb2_grpc
 
-    with grpc.insecure_channel(address) as ch:
+    with open_channel(address, settings) as ch:
         try:
             info = reward_pb2_grpc.RewardStub(ch).ModelInfo(reward_pb2.ModelInfoRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -60,11 +63,11 @@ def _http_health(address: str) -> str:
         return "unreachable"
 
 
-def part_health(name: str, row: dict[str, Any]) -> str:
+def part_health(name: str, row: dict[str, Any], settings: Settings) -> str:
     if row.get("state") in ("failed", "stopped", "restarting"):
         return row["state"]
     if name in ("generator", "editor") or name.startswith("reward-"):
-        return _grpc_health(row["address"])
+        return _grpc_health(row["address"], settings)
     if name in ("annotation-web", "label-studio"):
         return _http_health(row["address"])
     return "running" if row.get("pid") else "not running"
@@ -77,7 +80,7 @@ def parts_status(settings: Settings) -> dict[str, Any]:
     stack = read_stack(settings)
     if stack is None:
         return {"running": False, "parts": {}}
-    parts = {name: {**row, "health": part_health(name, row)} for name, row in stack["parts"].items()}
+    parts = {name: {**row, "health": part_health(name, row, settings)} for name, row in stack["parts"].items()}
     if "label-studio" not in parts:
         installed = executable(settings.label_studio_venv.resolve()).is_file()
         parts["label-studio"] = {"state": "off", "health": "not started with this stack"
@@ -85,7 +88,7 @@ def parts_status(settings: Settings) -> dict[str, Any]:
     return {"running": True, "pid": stack["pid"], "log": stack.get("log"), "parts": parts}
 
 
-def models_status(session, parts: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+def models_status(session, parts: dict[str, Any], settings: Settings) -> dict[str, Any]:  # noqa: ANN001
     from sqlalchemy import select
 
     from editloop.db import ModelVersion
@@ -100,7 +103,7 @@ def models_status(session, parts: dict[str, Any]) -> dict[str, Any]:  # noqa: AN
             "versions": len(rows)}
         part = parts.get(f"reward-{kind}")
         if part and part.get("health") == "SERVING":
-            entry["served"] = _reward_info(part["address"])
+            entry["served"] = _reward_info(part["address"], settings)
         out[kind] = entry
     return out
 
@@ -172,7 +175,7 @@ def collect(settings: Settings, per_kind: int = 3) -> dict[str, Any]:
 
     report: dict[str, Any] = {"state_dir": str(settings.state_dir.resolve()), "stack": parts_status(settings)}
     with open_sessions(settings)() as session:
-        report["models"] = models_status(session, report["stack"]["parts"])
+        report["models"] = models_status(session, report["stack"]["parts"], settings)
         for label, version in served_records(settings, report["stack"]["parts"]).items():
             report["models"].setdefault(label, {"promoted": None, "candidates": [], "versions": 0})["served"] = version
         report["labels"] = labels_status(session)

@@ -1,6 +1,7 @@
 """Database: SQLAlchemy 2 typed models, Alembic migrations, session factory."""
 
 from editloop.db.models import (
+    ApiToken,
     Base,
     CandidateItem,
     CandidateSet,
@@ -21,7 +22,7 @@ from editloop.db.models import (
 from editloop.db.session import make_engine, make_sessionmaker, upgrade
 
 __all__ = [
-    "Base", "CandidateItem", "CandidateSet", "Comparison", "ComparisonPair", "Generation", "GenerationImage",
-    "GoldAnswer", "ImageRecord", "LabelEvent", "LabelTask", "LoopState", "ModelVersion",
+    "ApiToken", "Base", "CandidateItem", "CandidateSet", "Comparison", "ComparisonPair", "Generation",
+    "GenerationImage", "GoldAnswer", "ImageRecord", "LabelEvent", "LabelTask", "LoopState", "ModelVersion",
     "Preference", "Prompt", "TrainingRun", "make_engine", "make_sessionmaker", "upgrade",
 ]

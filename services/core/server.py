@@ -14,22 +14,33 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.core.channels import channel_options
 from services.core.decoding import register as tolerant_register
 
 log = logging.getLogger("editloop.services")
 
 
-def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
-    limit = max_message_mb * 1024 * 1024
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+LOOPBACK = ("127.0.0.1", "::1", "localhost", "[::1]")
+
+
+def check_exposure(host: str, auth: str, tls: bool, insecure_public: bool) -> None:
+    """Refuse to listen beyond loopback with no authentication unless told explicitly (--insecure-public)."""
+    if host in LOOPBACK or host.startswith("127.") or auth == "required" or insecure_public:
+        return
+    raise ValueError(f"`--host` {host[:64]!r} is not a loopback address and EDITLOOP_AUTH is {auth!r}: anyone who can "
+                     f"reach the port could call every RPC. Set EDITLOOP_AUTH=required (and tokens: `editloop auth "
+                     f"create-token`){'' if tls else ', ideally with TLS (EDITLOOP_TLS_CERT / EDITLOOP_TLS_KEY)'}, "
+                     f"or pass --insecure-public (EDITLOOP_INSECURE_PUBLIC=true) to do it anyway")
 
 
 async def create_server(
     register: Sequence[tuple[Callable, object, str]], port: int = 0, host: str = "127.0.0.1",
-    max_message_mb: int = 32,
+    max_message_mb: int = 32, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    """Build and start a server; `register` holds (add_XServicer_to_server, servicer, full name)."""
-    server = grpc.aio.server(options=channel_options(max_message_mb))
+    """Build and start a server; `register` holds (add_XServicer_to_server, servicer, full name). With
+    `credentials` the port speaks TLS (mTLS when they require client certificates)."""
+    server = grpc.aio.server(options=channel_options(max_message_mb), interceptors=list(interceptors))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
@@ -37,7 +48,8 @@ async def create_server(
         tolerant_register(add, servicer, server)  # undecodable bytes: INVALID_ARGUMENT, not UNKNOWN
         names.append(name)
     enable_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     await server.start()
