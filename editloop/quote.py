@@ -6,5 +6,9 @@ QUOTED = 60  # characters of a refused text quoted back in an error
 
 
 def quoted(text: str, limit: int = QUOTED) -> str:
-    """`text`'s repr, cut to `limit` characters with the full length said."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+    """`text`'s repr, cut to `limit` characters with the full length said (and the repr itself to 2 x `limit`:
+    escapes of unprintable characters are up to ten characters each)."""
+    shown = repr(text[:limit])
+    if len(shown) > 2 * limit:
+        shown = shown[:2 * limit] + "..."
+    return shown if len(text) <= limit and not shown.endswith("...") else f"{shown}... ({len(text)} characters)"

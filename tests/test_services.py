@@ -132,6 +132,10 @@ def test_bytes_that_do_not_parse_are_invalid_argument_and_counted(settings, tiny
         (dict(scheduler="plms"), grpc.StatusCode.INVALID_ARGUMENT, "`params.scheduler` must be one of"),
         (dict(guidance=-1), grpc.StatusCode.INVALID_ARGUMENT, "`params.guidance` must be in"),
         (dict(model=common_pb2.ModelRef(name="sdxl")), grpc.StatusCode.NOT_FOUND, "'sdxl' is not served"),
+        (dict(model=common_pb2.ModelRef(version="\U0010fffd" * 900)), grpc.StatusCode.NOT_FOUND,
+         "... (900 characters) is not served"),  # quoted as a short prefix, escapes included
+        (dict(prompt="red " * 100), grpc.StatusCode.INVALID_ARGUMENT,
+         "`prompt` is 102 tokens; the text encoder takes 40 (start and end included), and would cut the rest"),
         (dict(prompt="x" * 40 * 1024 * 1024), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
     ],
 )
@@ -145,7 +149,8 @@ def test_generator_bad_input_gets_a_clear_status_and_the_server_keeps_serving(se
         return err.value, ok
 
     err, ok = run(with_service("generator", settings, tiny_models, body))
-    assert err.code() == code and text in err.details()
+    assert err.code() == code and text in err.details(), err.details()
+    assert len(err.details()) < 400
     assert len(ok.images) == 1
 
 
@@ -329,6 +334,7 @@ def jpeg(arr: np.ndarray) -> bytes:
         (dict(mask=mask_to_png(np.zeros((64, 64), np.uint8))), "`mask` covers nothing"),
         (dict(mask=mask_to_png(np.ones((64, 64), np.uint8))), "`mask` covers the whole image"),
         (dict(prompt=""), "`prompt` is empty"),
+        (dict(prompt="a red circle " * 20), "`prompt` is 62 tokens; the text encoder takes 40"),
     ],
 )
 def test_editor_bad_input(settings, tiny_models, kwargs, text):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from editloop.models.zoo import SCHEDULERS
+from editloop.quote import quoted
 from services.core.errors import InvalidArgument
 
 MAX_STEPS = 200
@@ -53,7 +54,7 @@ def resolve_sampling(steps: int, guidance: float, seed: int, scheduler: str, def
         raise InvalidArgument(f"`params.guidance` must be in (0, {MAX_GUIDANCE}], got {guidance}")
     scheduler = scheduler or defaults.scheduler
     if scheduler not in SCHEDULERS:
-        raise InvalidArgument(f"`params.scheduler` must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+        raise InvalidArgument(f"`params.scheduler` must be one of {list(SCHEDULERS)}, got {quoted(scheduler)}")
     if not 0 <= seed < 2**63:
         raise InvalidArgument(f"`params.seed` must be in 0..2^63-1, got {seed}")
     return Sampling(steps, float(guidance), seed, scheduler)
@@ -66,9 +67,18 @@ def check_count(n: int, field: str = "num_images") -> int:
     return n
 
 
-def check_prompt(prompt: str, field: str = "prompt", required: bool = True) -> str:
+def check_prompt(prompt: str, field: str = "prompt", required: bool = True, tokenizer=None) -> str:  # noqa: ANN001
+    """The stripped prompt; refused when empty (if required), over MAX_PROMPT characters, or over the text
+    encoder's length in `tokenizer`'s tokens (the encoder would silently cut it)."""
     if required and not prompt.strip():
         raise InvalidArgument(f"`{field}` is empty; describe the image to generate")
     if len(prompt) > MAX_PROMPT:
         raise InvalidArgument(f"`{field}` is {len(prompt)} characters; the limit is {MAX_PROMPT}")
-    return prompt.strip()
+    prompt = prompt.strip()
+    if tokenizer is not None and prompt:
+        limit = tokenizer.model_max_length
+        n = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
+        if n > limit:
+            raise InvalidArgument(f"`{field}` is {n} tokens; the text encoder takes {limit} (start and end "
+                                  f"included), and would cut the rest")
+    return prompt

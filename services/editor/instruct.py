@@ -11,6 +11,7 @@ import numpy as np
 from editloop.models.instruct import load_instruct_editor
 from editloop.models.instruct_sampling import MAX_GUIDANCE, STARTS, edit_images
 from editloop.models.model_dir import model_version
+from editloop.quote import quoted
 from editloop.world.instructions import check_instruction
 from services.core.batching import split_per_job
 from services.core.errors import InvalidArgument
@@ -53,7 +54,7 @@ class InstructCore:
         """(Sampling, image guidance) with defaults filled in; both scales must lie in [0, MAX_GUIDANCE]."""
         if scheduler and scheduler != "ddim":
             raise InvalidArgument(f"`params.scheduler` must be 'ddim' (or empty) for instruction editing, "
-                                  f"got {scheduler!r}")
+                                  f"got {quoted(scheduler)}")
         s = resolve_sampling(steps, guidance, seed, "ddim", self.defaults)
         if s.guidance > MAX_GUIDANCE:
             raise InvalidArgument(f"`params.guidance` must be in (0, {MAX_GUIDANCE}] for instruction editing, "
@@ -70,7 +71,7 @@ class InstructCore:
             return self.start
         if start not in STARTS:
             raise InvalidArgument(f"`start` must be one of {list(STARTS)} (or empty: the editor's default "
-                                  f"{self.start!r}), got {start!r}")
+                                  f"{self.start!r}), got {quoted(start)}")
         return start
 
     @staticmethod

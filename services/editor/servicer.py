@@ -36,16 +36,15 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
     def _job(self, request: editor_pb2.InpaintRequest, prompt_required: bool) -> InpaintJob:
         core: EditorCore = self.editors.core
         check_model_ref(request.model.name, request.model.version, core.name, core.version)
+        p = request.params  # the cheap checks first, then the images
+        prompt = check_prompt(request.prompt, required=prompt_required, tokenizer=core.pipe.tokenizer)
+        num_images = check_count(request.num_images)
+        sampling = resolve_sampling(p.steps, p.guidance, p.seed, p.scheduler, core.defaults)
         image = decode_image(request.image.png, "image")
         core.check_image(image)
         mask = decode_mask(request.mask.png, "mask", image)
         core.check_mask(mask)
-        p = request.params
-        return InpaintJob(
-            image=image, mask=mask, prompt=check_prompt(request.prompt, required=prompt_required),
-            num_images=check_count(request.num_images),
-            sampling=resolve_sampling(p.steps, p.guidance, p.seed, p.scheduler, core.defaults),
-        )
+        return InpaintJob(image=image, mask=mask, prompt=prompt, num_images=num_images, sampling=sampling)
 
     async def _edit(self, kind: str, request: editor_pb2.InpaintRequest, prompt_required: bool):
         job = await asyncio.to_thread(self._job, request, prompt_required)  # decoding off the event loop

@@ -44,9 +44,11 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return self.holder.core  # hot-reloaded: read it once per use
 
     def _item(self, msg: reward_pb2.ScoreItem, field: str) -> ScoreItem:
+        core = self.core
+        prompt = check_prompt(msg.prompt, f"{field}.prompt", required=core.text_conditioned,  # cheap: first
+                              tokenizer=core.tokenizer if core.text_conditioned else None)
         image = decode_image(msg.image.png, f"{field}.image")
-        self._check_size(self.core, image, f"{field}.image")
-        prompt = check_prompt(msg.prompt, f"{field}.prompt", required=self.core.text_conditioned)
+        self._check_size(core, image, f"{field}.image")
         source = decode_image(msg.source.png, f"{field}.source") if msg.source.png else None
         if source is not None and source.shape != image.shape:
             raise InvalidArgument(f"`{field}.source` must be the size of `{field}.image`, "
