@@ -326,7 +326,8 @@ def health(address: str) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
 
 
-def run(work: Path, n: int, seed: int, names: list[str], timeout: float = 60) -> dict:
+def run(work: Path, n: int, seed: int, names: list[str], timeout: float = 60,
+        done: Callable[[dict], None] | None = None) -> dict:
     import os
 
     from tqdm import tqdm
@@ -352,6 +353,8 @@ def run(work: Path, n: int, seed: int, names: list[str], timeout: float = 60) ->
         text = log.read_text()
         result["log_tracebacks"] = text.count("Traceback")
         out[name] = result
+        if done is not None:
+            done(out)
         print(f"{name}: {result['codes']} leaks {result['leak_count']} tracebacks {result['log_tracebacks']} "
               f"valid after {result['valid_after']} health {result['health_after']} peak RSS "
               f"{result['rss_peak_mib']} MiB (start {result['rss_start_mib']})", flush=True)
@@ -367,10 +370,13 @@ def main() -> None:
     p.add_argument("--services", nargs="+", default=list(SERVICES), choices=list(SERVICES))
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    result = {"requests_per_service": args.requests, "seed": args.seed,
-              "services": run(args.work, args.requests, args.seed, args.services)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+
+    def write(services: dict) -> None:  # after each service: a long run keeps what it measured
+        args.out.write_text(json.dumps({"requests_per_service": args.requests, "seed": args.seed,
+                                        "services": services}, indent=1))
+
+    run(args.work, args.requests, args.seed, args.services, done=write)
 
 
 if __name__ == "__main__":
