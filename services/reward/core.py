@@ -24,6 +24,9 @@ class ScoreItem:
     mask: np.ndarray | None = None  # HxW {0, 1}
 
 
+CHUNK_PIXELS = 131_072  # pixels per forward pass: 32 items of 64x64, 2 of 256x256 (~150 MiB for coherence)
+
+
 class RewardCore:
     def __init__(self, model_path: Path, kind: str | None = None, device: str | None = None) -> None:
         self.path = Path(model_path)
@@ -41,8 +44,23 @@ class RewardCore:
             return None
         return int(self.model.config.image_size)
 
-    @torch.inference_mode()
     def score(self, items: list[ScoreItem]) -> np.ndarray:
+        """Scores of `items`, in forward passes of at most CHUNK_PIXELS pixels (at least one item each): the
+        memory a request adds stays bounded however many pixels it holds (the coherence model keeps full-size
+        activations)."""
+        chunks, current, pixels = [], [], 0
+        for item in items:
+            n = item.image.shape[0] * item.image.shape[1]
+            if current and pixels + n > CHUNK_PIXELS:
+                chunks.append(current)
+                current, pixels = [], 0
+            current.append(item)
+            pixels += n
+        chunks.append(current)
+        return np.concatenate([self._score(c) for c in chunks])
+
+    @torch.inference_mode()
+    def _score(self, items: list[ScoreItem]) -> np.ndarray:
         images = to_tensor([i.image for i in items]).to(self.device)
         if not self.text_conditioned:
             return self.model.summary(self.model(images)).float().cpu().numpy()
