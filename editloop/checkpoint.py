@@ -9,15 +9,25 @@ from typing import Any
 import torch
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file, fsync, then rename: a crash never leaves a half checkpoint."""
+def save_checkpoint(path: Path, state: Any) -> None:  # noqa: ANN401
+    """Write to a temporary file, fsync, then rename: a crash never leaves a half checkpoint, and a failed write
+    (a full disk: ENOSPC) removes its temporary file and leaves the previous checkpoint as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except RuntimeError as exc:  # torch's zip writer hides a failed write ("unexpected pos"): say the real cause
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc.__context__, OSError):
+            raise exc.__context__ from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+from editloop.checkpoint import save_checkpoint  # noqa: F401 (the trainers import it from here)
 
 if TYPE_CHECKING:  # the trainers import this module for save_checkpoint alone, on machines without the database
     from sqlalchemy.orm import Session, sessionmaker
@@ -39,8 +38,3 @@ def throttled(progress: Callable[[int, int, dict[str, float]], None] | None, eve
     return report
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save through a temporary file and a rename: a crash mid-write never leaves a torn checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)

@@ -108,7 +108,7 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
             state["history"].append({"step": step, "loss": float(loss.detach()), "eval": score})
             if score > state["best_score"]:
                 state.update(best_score=score, best_step=step, bad_evals=0)
-                torch.save(model.state_dict(), best_path)
+                save_checkpoint(best_path, model.state_dict())
             else:
                 state["bad_evals"] += 1
             if progress is not None:
