@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from feedback_quality import compare, measure  # noqa: E402
 
-from editloop.db import ModelVersion, Preference, TrainingRun, as_utc, make_engine, make_sessionmaker  # noqa: E402
+from editloop.db import ModelVersion, Preference, TrainingRun, make_engine, make_sessionmaker  # noqa: E402
+from editloop.db.models import as_utc  # noqa: E402
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.settings import Settings  # noqa: E402
 from editloop.store import open_store  # noqa: E402

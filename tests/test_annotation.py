@@ -374,3 +374,101 @@ def test_a_feedback_candidate_reviewed_by_people_is_promoted_only_if_they_prefer
     assert "`--alpha` must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["models", "review", "aesthetic", "aesthetic-test"]) == 2  # a version nobody reviewed
     assert "aesthetic aesthetic-test has no review pairs" in capsys.readouterr().err
+
+
+class FlakyProxy:
+    """A TCP proxy in front of Label Studio that goes down (drops every connection and refuses new ones) once it
+    has forwarded `down_after` bytes from Label Studio, and comes back when told."""
+
+    def __init__(self, upstream_port: int, down_after: int) -> None:
+        import socket
+        import threading
+
+        self.upstream, self.down_after, self.forwarded = upstream_port, down_after, 0
+        self.down = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, counted: bool) -> None:  # noqa: ANN001
+        try:
+            while not self.down.is_set() and (data := src.recv(65536)):
+                if counted:
+                    self.forwarded += len(data)
+                    if self.forwarded > self.down_after:  # Label Studio "dies" mid-response
+                        self.go_down()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def go_down(self) -> None:
+        self.down.set()
+        for s in self.sockets:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def come_back(self) -> None:
+        self.down.clear()
+        self.down_after = float("inf")
+
+
+def test_label_studio_down_in_the_middle_of_a_sync_loses_and_doubles_nothing(env):
+    """Label Studio goes away while a sync pages through its tasks: the sync stops with one line naming Label
+    Studio and the cause, records nothing (a half-read project would look like deleted annotations), and the
+    next sync, with Label Studio back, applies every label exactly once."""
+    render_candidate_sets(env.sessions, env.store, 12, n_images=3, seed=5)
+    pushed = push_candidate_sets(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store),
+                                 env.target(overlap=1, webhook=False))
+    project_ids = list(pushed.projects.values())
+    labeller = join(env.info.url, SimulatedAnnotator(f"flaky-{env.settings.annotation_project_prefix}", 0.5))
+    label_project(env.info.url, [labeller], project_ids[0], limit=6)
+    cmd = [sys.executable, "-m", "editloop.cli.main", "annotation", "sync"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0  # 6 applied
+    label_project(env.info.url, [labeller], project_ids[0])  # the other 6 wait in Label Studio
+    upstream = int(env.info.url.rsplit(":", 1)[1])
+    proxy = FlakyProxy(upstream, down_after=2000)  # a few KB into the task list
+    info = LabelStudioInfo(**{**env.info.__dict__, "url": f"http://127.0.0.1:{proxy.port}"})
+    info.save(info_path(env.settings))
+    try:
+        down = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
+        assert "Label Studio" in down.stderr and "did not answer" in down.stderr, down.stderr
+        with env.sessions() as s:  # the 6 synced labels are untouched, none retired, none added
+            rows = s.scalars(select(Preference)).all()
+            assert len(rows) == 6 and all(r.status == "valid" for r in rows)
+        proxy.come_back()
+        back = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert back.returncode == 0, back.stderr
+        assert "applied 6" in back.stdout
+        assert_database_matches_label_studio(env, project_ids, [])
+    finally:
+        env.info.save(info_path(env.settings))
+        proxy.go_down()
+        proxy.listener.close()
