@@ -1,14 +1,26 @@
-"""Faults (issue 33, item 6): the disk under a training run fills up while it writes a checkpoint.
+"""Faults (issue 33, item 6), each through the real part that fails.
 
-A real small filesystem (tmpfs of 20 MiB, mounted for the test) holds the run directories and the blob store; the
-database lives elsewhere. A reward run fills it at its second checkpoint: the run fails with the cause in its row,
-the failed write leaves no temporary file and the previous checkpoint intact, and once there is room again the same
-run resumes from that checkpoint and registers exactly one version.
+The database restarted under a running service: a private PostgreSQL cluster (initdb, pg_ctl) is stopped and
+started again while the generator records its results; the requests in between answer UNAVAILABLE naming the
+database and record nothing, the service stays up, and once it is back recording works again.
+
+The disk under a training run fills up while it writes a checkpoint: a real small filesystem (tmpfs of 20 MiB,
+mounted for the test) holds the run directories and the blob store; the database lives elsewhere. A reward run
+fills it at its second checkpoint: the run fails with the cause in its row, the failed write leaves no temporary
+file and the previous checkpoint intact, and once there is room again the same run resumes from that checkpoint
+and registers exactly one version.
 """
 
+import asyncio
+import glob
+import os
+import shutil
 import subprocess
+import tempfile
 import uuid
+from pathlib import Path
 
+import grpc
 import pytest
 import torch
 from sqlalchemy import select
@@ -17,6 +29,89 @@ from editloop.db import ModelVersion, TrainingRun
 from editloop.settings import Settings
 from editloop.state import open_state
 from trainers.reward.run import RewardTrainConfig, train_reward
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own (trust auth, loopback, a free port), run as the postgres user."""
+
+    def __init__(self) -> None:
+        from conftest import free_port
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if os.geteuid() != 0 or not bins or shutil.which("runuser") is None:
+            pytest.skip("needs root, runuser and Debian's PostgreSQL binaries to run a private cluster")
+        self.bin = Path(bins[-1])
+        self.dir = Path(tempfile.mkdtemp(prefix="editloop-pg-", dir="/tmp"))  # reachable by the postgres user
+        shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        self._as_postgres(self.bin / "initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *cmd) -> None:  # noqa: ANN002
+        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True,
+                       timeout=120)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.dir / "data", "-o", opts, "-l", self.dir / "log", "-w",
+                          "start")
+
+    def stop(self) -> None:
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def private_postgres():
+    pg = PrivatePostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(pg.bin / "pg_ctl"), "-D", str(pg.dir / "data"),
+                        "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(pg.dir, ignore_errors=True)
+
+
+def test_postgres_restarted_under_a_running_service(tmp_path, tiny_models, private_postgres):
+    from sqlalchemy import func
+
+    from editloop.db import Generation
+    from services.app import start_service
+    from services.gen.editloop.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+
+    settings = Settings(state_dir=tmp_path / "state", database_url=private_postgres.url)
+
+    def request(record: bool):
+        return generator_pb2.GenerateRequest(prompt="a small red circle at the center on a white background",
+                                             record=record, params=common_pb2.SamplingParams(steps=2, seed=1))
+
+    async def go():
+        running = await start_service("generator", settings, tiny_models / "t2i")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                stub = generator_pb2_grpc.GeneratorStub(ch)
+                first = await stub.Generate(request(True))
+                await asyncio.to_thread(private_postgres.stop)
+                with pytest.raises(grpc.aio.AioRpcError) as down:
+                    await stub.Generate(request(True))
+                unrecorded = await stub.Generate(request(False))  # the service itself stays up
+                await asyncio.to_thread(private_postgres.start)
+                again = await stub.Generate(request(True))
+                return first, down.value, unrecorded, again
+        finally:
+            await running.stop(0)
+
+    first, down, unrecorded, again = asyncio.run(go())
+    assert down.code() == grpc.StatusCode.UNAVAILABLE
+    assert down.details().startswith("the database cannot be reached to record the result (OperationalError); "
+                                     "nothing was recorded"), down.details()
+    assert "postgres" not in down.details()  # no address or credentials of the database
+    assert len(unrecorded.images) == 1 and first.generation_id and again.generation_id
+    sessions, _ = open_state(settings)
+    with sessions() as s:
+        ids = set(s.scalars(select(Generation.id)))
+        assert ids == {first.generation_id, again.generation_id}  # nothing half-recorded in between
+        assert s.scalar(select(func.count()).select_from(Generation)) == 2
 
 
 @pytest.fixture
