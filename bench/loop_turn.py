@@ -155,6 +155,10 @@ def timeline(snap: dict, labelled: list[dict], served_at: float | None) -> dict:
             "last_label_to_served_s": round(served_at - last_label, 1)}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state", type=Path, default=ROOT / ".editloop/bench/loop_turn")
@@ -170,6 +174,7 @@ def main() -> None:
            "EDITLOOP_LABEL_STUDIO_VENV": str(ROOT / ".venv-label-studio"),
            "EDITLOOP_ANNOTATION_PROJECT_PREFIX": "turn"}
     log = args.state.parent / "loop_turn-up.log"
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped bench stops its platform too (the finally below)
     t0 = time.time()
     proc = up(env, log)
     result: dict = {"env": LOOP_ENV, "panel": {"taste": "reversed", "temperatures": TEMPERATURES}}

@@ -154,3 +154,61 @@ def test_a_full_disk_mid_run_fails_it_by_name_keeps_the_last_checkpoint_and_the_
         assert s.get(TrainingRun, run_id).status == "succeeded"
         versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "alignment")).all()
         assert [v.version for v in versions] == [f"alignment-{run_id[:12]}"]
+
+
+def test_the_broker_restarted_mid_round_loses_and_doubles_nothing(tmp_path):
+    """RabbitMQ (the machine's) stops and starts while a real worker trains a reward run it took from it: the
+    worker reconnects, the run ends succeeded with exactly one registered version, and nothing runs twice into
+    a second version (acks_late redelivery meets an idempotent run)."""
+    import time
+
+    from conftest import start_worker, stop_worker
+
+    from editloop.cli.train import enqueue_reward_run
+
+    if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
+        pytest.skip("needs root and rabbitmqctl to restart the machine's RabbitMQ")
+    vhost = f"editloop-test-{uuid.uuid4().hex[:8]}"  # queues of its own: no other test's message, none left over
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run([*ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=120)
+    subprocess.run([*ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True, timeout=120)
+    settings = Settings(state_dir=tmp_path / "state", database_url=f"sqlite:///{tmp_path / 'editloop.db'}",
+                        broker_url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+                        result_backend="redis://127.0.0.1:6379/7")
+    env = {**os.environ, "EDITLOOP_STATE_DIR": str(settings.state_dir), "EDITLOOP_DATABASE_URL": settings.database_url,
+           "EDITLOOP_BROKER_URL": settings.broker_url, "EDITLOOP_RESULT_BACKEND": settings.result_backend,
+           "EDITLOOP_DEVICE": "cpu"}
+    sessions, _ = open_state(settings)
+    worker = start_worker("gpu", "broker-restart", env)
+    try:
+        config = {"steps": 150, "eval_every": 50, "batch_size": 16, "alignment_train": 300, "alignment_eval": 100,
+                  "auto_promote": False}
+        run_id = enqueue_reward_run(settings, "alignment", config, "test: broker restart")
+
+        def run_row():
+            with sessions() as s:
+                return s.get(TrainingRun, run_id)
+
+        deadline = time.monotonic() + 300
+        while (row := run_row()).status != "running" or row.progress < 0.1:
+            assert time.monotonic() < deadline and row.status != "failed", (row.status, row.error)
+            time.sleep(0.5)
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+        time.sleep(3)
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+        deadline = time.monotonic() + 600
+        while (row := run_row()).status != "succeeded":
+            assert time.monotonic() < deadline and row.status != "failed", (row.status, row.error)
+            assert worker.poll() is None, "the worker died with the broker"
+            time.sleep(1)
+        assert row.outputs["metrics"]["steps_done"] == 150
+        time.sleep(5)  # a redelivered message, if any, runs now: it must find the run done
+        with sessions() as s:
+            versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "alignment")).all()
+            assert [v.version for v in versions] == [f"alignment-{run_id[:12]}"]
+            assert s.get(TrainingRun, run_id).status == "succeeded"
+    finally:
+        subprocess.run([*ctl, "start_app"], capture_output=True, timeout=120)
+        stop_worker(worker)
+        subprocess.run([*ctl, "delete_vhost", vhost], capture_output=True, timeout=120)
