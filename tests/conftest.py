@@ -128,3 +128,18 @@ def start_worker(queues: str, name: str, env: dict | None = None) -> subprocess.
         [sys.executable, "-m", "celery", "-A", "trainers.celery_app", "worker", "-Q", queues, "--pool", "solo",
          "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def purge(app) -> None:  # noqa: ANN001
+    """Empty the app's queues on the shared broker (nothing left over from other tests); a connection the broker
+    resets under a loaded machine is tried again."""
+    import time
+
+    for attempt in range(4):
+        try:
+            app.control.purge()
+            return
+        except OSError:
+            if attempt == 3:
+                raise
+            time.sleep(2)

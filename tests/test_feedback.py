@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from conftest import start_worker, worker_state
+from conftest import purge, start_worker, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun
@@ -474,7 +474,7 @@ def test_a_chain_survives_a_killed_worker_and_ends_in_one_version_per_stage(tmp_
     env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
     promote_rewards(sessions, store, reward_dirs, ("aesthetic", "alignment"))
     app = make_celery(settings)
-    app.control.purge()
+    purge(app)
 
     first = start_worker("gpu", "fb", env)
     config = {"steps": 6, "batch_size": 2, "checkpoint_every": 1, "adversarial": None, "eval": {"examples": 3}}

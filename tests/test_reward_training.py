@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import start_worker, worker_state
+from conftest import purge, start_worker, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun, make_engine, make_sessionmaker, upgrade
@@ -223,7 +223,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_resumes_into_one_versio
     env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
     labelled((settings, sessions, store), n_sets=40, seed=4)
     app = make_celery(settings)
-    app.control.purge()  # nothing left over from other tests on the shared broker
+    purge(app)
 
     first = start_worker("gpu", "kill", env)
     run_id = enqueue_reward_run(settings, "aesthetic", {"steps": 160, "batch_size": 16, "eval_every": 20,
