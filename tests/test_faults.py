@@ -182,7 +182,7 @@ def test_the_broker_restarted_mid_round_loses_and_doubles_nothing(tmp_path):
     sessions, _ = open_state(settings)
     worker = start_worker("gpu", "broker-restart", env)
     try:
-        config = {"steps": 150, "eval_every": 50, "batch_size": 16, "alignment_train": 300, "alignment_eval": 100,
+        config = {"steps": 80, "eval_every": 40, "batch_size": 16, "alignment_train": 300, "alignment_eval": 100,
                   "auto_promote": False}
         run_id = enqueue_reward_run(settings, "alignment", config, "test: broker restart")
 
@@ -202,7 +202,7 @@ def test_the_broker_restarted_mid_round_loses_and_doubles_nothing(tmp_path):
             assert time.monotonic() < deadline and row.status != "failed", (row.status, row.error)
             assert worker.poll() is None, "the worker died with the broker"
             time.sleep(1)
-        assert row.outputs["metrics"]["steps_done"] == 150
+        assert row.outputs["metrics"]["steps_done"] == 80
         time.sleep(5)  # a redelivered message, if any, runs now: it must find the run done
         with sessions() as s:
             versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "alignment")).all()
