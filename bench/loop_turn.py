@@ -78,14 +78,24 @@ def ready(state: Path, proc: subprocess.Popen, log: Path, timeout: float = 1200)
     raise SystemExit(f"not ready in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
+_PANEL: dict = {}  # the joined labellers and when: their access tokens are short-lived, so rejoined every 4 min
+
+
+def panel_labellers(url: str) -> list:
+    from editloop.cli.annotation import simulated_labellers
+
+    if time.monotonic() - _PANEL.get("at", float("-inf")) > 240:
+        _PANEL.update(at=time.monotonic(), labellers=simulated_labellers(url, TEMPERATURES, 0, True))
+    return _PANEL["labellers"]
+
+
 def label_open_tasks(url: str, token: str, prefix: str) -> int:
-    """The panel labels every open task of editloop's projects (fresh access tokens each pass); labels made."""
+    """The panel labels every open task of editloop's projects; labels made."""
     from label_studio_sdk import LabelStudio
 
     from annotation.simulate import label_project
-    from editloop.cli.annotation import simulated_labellers
 
-    labellers = simulated_labellers(url, TEMPERATURES, 0, True)
+    labellers = panel_labellers(url)
     made = 0
     for project in LabelStudio(base_url=url, api_key=token).projects.list():
         if project.title.startswith(prefix):
