@@ -60,6 +60,11 @@ async def code_of(call) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
+def sync_kind(port: int, settings: Settings) -> str:
+    with open_channel(f"127.0.0.1:{port}", settings) as ch:
+        return reward_pb2_grpc.RewardStub(ch).ModelInfo(reward_pb2.ModelInfoRequest(), timeout=30).kind
+
+
 def refused(code: str) -> float:
     return metrics.REQUESTS.labels("editloop.v1.Reward", "ModelInfo", code)._value.get()
 
@@ -95,6 +100,7 @@ def test_tokens_scopes_revocation_and_the_open_health_check(db_url, tmp_path, re
                         "(or 'admin')")
         assert (await info(port, as_["scorer"])).kind == "aesthetic"
         assert (await info(port, as_["root"])).kind == "aesthetic"
+        assert await asyncio.to_thread(sync_kind, port, as_["scorer"]) == "aesthetic"  # the CLI's sync channel
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:  # health stays open, without a token
             health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
             assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -222,12 +228,8 @@ def test_tls_and_mutual_tls(tmp_path, reward_dir, pki):
 
     assert serve(mtls, reward_dir, mutual) == (grpc.StatusCode.UNAVAILABLE, "aesthetic")
 
-    def sync_call(port):  # the CLI's channel (sync) with the same settings
-        with open_channel(f"127.0.0.1:{port}", with_cert) as ch:
-            return reward_pb2_grpc.RewardStub(ch).ModelInfo(reward_pb2.ModelInfoRequest(), timeout=30).kind
-
-    async def cli_channel(port):
-        return await asyncio.to_thread(sync_call, port)
+    async def cli_channel(port):  # the CLI's channel (sync) with the same settings
+        return await asyncio.to_thread(sync_kind, port, with_cert)
 
     assert serve(mtls, reward_dir, cli_channel) == "aesthetic"
 
