@@ -177,13 +177,12 @@ def request_classes() -> dict[str, type]:
 
 def valid_request(service: str, method: str) -> bytes:
     """A request the service answers OK (the seed of the byte mutations, and the check afterwards)."""
-    from editloop.world import cell_mask, render, sample_scene
-    from editloop.world.io import mask_to_png, to_png
+    from editloop.world import render
+    from editloop.world.io import to_png
+    from services.editor.probe import world_inputs
     from services.gen.editloop.v1 import common_pb2, editor_pb2, generator_pb2, reward_pb2
 
-    scene = sample_scene(np.random.default_rng(0), 2)
-    image = common_pb2.Image(png=to_png(render(scene)))
-    mask = common_pb2.Mask(png=mask_to_png(cell_mask(scene.objects[0].position)))
+    scene, image, mask = world_inputs()
     params = common_pb2.SamplingParams(steps=2, seed=1)
     item = reward_pb2.ScoreItem(image=image, prompt=scene.caption, source=image, mask=mask)
     if service == "generator":

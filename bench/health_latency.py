@@ -61,14 +61,13 @@ def summary(ms: list[float]) -> dict:
 
 def requests(service: str) -> dict:
     """(method, heaviest request, ordinary request) per RPC measured on `service`."""
-    from editloop.world import cell_mask, render, sample_scene
-    from editloop.world.io import mask_to_png, to_png
+    from editloop.world import render
+    from editloop.world.io import to_png
+    from services.editor.probe import world_inputs
     from services.gen.editloop.v1 import common_pb2, editor_pb2, generator_pb2, reward_pb2
     from trainers.align.evaluate import held_out_edits
 
-    scene = sample_scene(np.random.default_rng(0), 2)
-    image = common_pb2.Image(png=to_png(render(scene)))
-    mask = common_pb2.Mask(png=mask_to_png(cell_mask(scene.objects[0].position)))
+    scene, image, mask = world_inputs()
     heavy = common_pb2.SamplingParams(steps=200, seed=1)
     if service == "generator":
         return {"Generate": (generator_pb2.GenerateRequest(prompt=scene.caption, num_images=16, params=heavy),
