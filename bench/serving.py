@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -31,8 +32,8 @@ from editloop.settings import Settings
 from editloop.world import cell_mask, render, sample_scene
 from editloop.world.io import mask_to_png, to_png
 from services.app import start_service
+from services.core.channels import channel_options
 from services.core.sampling import Sampling
-from services.core.server import channel_options
 from services.editor.core import EditorCore, InpaintJob
 from services.gen.editloop.v1 import (
     common_pb2,
@@ -47,6 +48,7 @@ from services.generator.core import GenerateJob, GeneratorCore
 from services.reward.core import RewardCore, ScoreItem
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PIN: dict[str, set[int] | None] = {"client": None}  # --pin: the reward load generator's own core
 PROMPT = "a large red circle at the top left and a small blue square at the center on a white background"
 
 
@@ -110,11 +112,17 @@ def grpc_reward_in_subprocess(port: int, concurrency: int, total: int) -> dict[s
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    with ctx.Pool(1, initializer=_pin_client, initargs=(PIN["client"],)) as pool:
         return pool.apply(_reward_client, (port, concurrency, total))
 
 
+def _pin_client(cores: set[int] | None) -> None:
+    PIN["client"] = cores
+
+
 def _reward_client(port: int, concurrency: int, total: int) -> dict[str, float]:
+    if PIN["client"] is not None:
+        os.sched_setaffinity(0, PIN["client"])
     return asyncio.run(grpc_reward(port, concurrency, total))
 
 
@@ -171,8 +179,19 @@ def direct_inpaint_latency(core: EditorCore, image: np.ndarray, mask: np.ndarray
 
 async def main_async(args: argparse.Namespace) -> dict:
     settings = Settings(state_dir=Path("/tmp/editloop-bench-serving"))
-    report: dict = {"steps": args.steps, "torch_threads": torch.get_num_threads(), "device": "cpu"}
-    # 0. reward scoring throughput
+    report: dict = {"steps": args.steps, "torch_threads": torch.get_num_threads(), "device": "cpu",
+                    "pinned": args.pin}
+    if "reward" in args.parts:
+        await reward_part(args, settings, report)
+    if "generate" in args.parts:
+        await generate_part(args, settings, report)
+    if "inpaint" in args.parts:
+        await inpaint_part(args, settings, report)
+    return report
+
+
+async def reward_part(args: argparse.Namespace, settings: Settings, report: dict) -> None:
+    """0. reward scoring throughput"""
     reward_dir = Path("/tmp/editloop-bench-reward")
     save_reward(tiny_reward("aesthetic"), "aesthetic", reward_dir, extra={"trained": False})
     rcore = RewardCore(reward_dir, "aesthetic", device="cpu")
@@ -188,7 +207,10 @@ async def main_async(args: argparse.Namespace) -> dict:
     finally:
         await running.stop(0)
     report["reward_grpc_over_best_inprocess_at_32"] = report["reward_grpc"][32]["items_per_s"] / max(r_inproc.values())
-    # 1. generation throughput
+
+
+async def generate_part(args: argparse.Namespace, settings: Settings, report: dict) -> None:
+    """1. generation throughput"""
     core = GeneratorCore(args.model_dir / "t2i", device="cpu")
     inproc = inprocess_throughput(core, args.steps, [1, 8, 32], args.total)
     best = max(inproc.values())
@@ -200,8 +222,10 @@ async def main_async(args: argparse.Namespace) -> dict:
     finally:
         await running.stop(0)
     report["grpc_over_best_inprocess_at_32"] = report["grpc"][32]["images_per_s"] / best
-    del core
-    # 2. inpaint latency
+
+
+async def inpaint_part(args: argparse.Namespace, settings: Settings, report: dict) -> None:
+    """2. inpaint latency"""
     scene = sample_scene(np.random.default_rng(0), 2)
     image, mask = render(scene), cell_mask(scene.objects[0].position)
     editor = EditorCore(args.model_dir / "inpaint", device="cpu")
@@ -212,7 +236,6 @@ async def main_async(args: argparse.Namespace) -> dict:
     finally:
         await running.stop(0)
     report["inpaint_latency_ms"] = {"direct": 1000 * direct, "grpc": 1000 * via, "ratio": via / direct}
-    return report
 
 
 def main() -> None:
@@ -222,10 +245,20 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=64, help="images per throughput measurement")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--reward-total", type=int, default=1024, help="items per reward measurement")
+    parser.add_argument("--parts", default="reward,generate,inpaint", help="which measurements, comma-separated")
+    parser.add_argument("--pin", action="store_true",
+                        help="server and in-process model on core 0 with one torch thread, the reward load "
+                             "generator on core 1: as if the clients ran on another machine")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
+    args.parts = set(args.parts.split(","))
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+        torch.set_num_threads(1)
+        PIN["client"] = {1}
     report = asyncio.run(main_async(args))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

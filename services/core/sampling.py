@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,18 +69,34 @@ def check_count(n: int, field: str = "num_images") -> int:
     return n
 
 
-def check_prompt(prompt: str, field: str = "prompt", required: bool = True, tokenizer=None) -> str:  # noqa: ANN001
+class TokenCounter:
+    """Counts a prompt's tokens with its own copy of the model's tokenizer, one call at a time.
+
+    A fast tokenizer keeps truncation and padding as state on one Rust object: a count on a request thread
+    (truncation off) racing the batch worker's padded call (truncation on) left batches the tokenizer could not
+    pad ("Unable to create tensor ..."), so the counter never touches the tokenizer the model's batches use."""
+
+    def __init__(self, tokenizer) -> None:  # noqa: ANN001 - any transformers tokenizer
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+        self.limit = int(tokenizer.model_max_length)
+
+    def __call__(self, text: str) -> int:
+        with self._lock:
+            return len(self._tokenizer(text, truncation=False, verbose=False).input_ids)
+
+
+def check_prompt(prompt: str, field: str = "prompt", required: bool = True, tokens: TokenCounter | None = None) -> str:
     """The stripped prompt; refused when empty (if required), over MAX_PROMPT characters, or over the text
-    encoder's length in `tokenizer`'s tokens (the encoder would silently cut it)."""
+    encoder's length in `tokens` (the encoder would silently cut the rest)."""
     if required and not prompt.strip():
         raise InvalidArgument(f"`{field}` is empty; describe the image to generate")
     if len(prompt) > MAX_PROMPT:
         raise InvalidArgument(f"`{field}` is {len(prompt)} characters; the limit is {MAX_PROMPT}")
     prompt = prompt.strip()
-    if tokenizer is not None and prompt:
-        limit = tokenizer.model_max_length
-        n = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
-        if n > limit:
-            raise InvalidArgument(f"`{field}` is {n} tokens; the text encoder takes {limit} (start and end "
+    if tokens is not None and prompt:
+        n = tokens(prompt)
+        if n > tokens.limit:
+            raise InvalidArgument(f"`{field}` is {n} tokens; the text encoder takes {tokens.limit} (start and end "
                                   f"included), and would cut the rest")
     return prompt

@@ -14,7 +14,7 @@ from editloop.models.pipeline_io import inpaint_inputs, pipeline_to_uint8
 from editloop.models.zoo import load_pipeline, set_scheduler
 from services.core.batching import split_per_job
 from services.core.errors import InvalidArgument
-from services.core.sampling import ModelDefaults, Sampling
+from services.core.sampling import ModelDefaults, Sampling, TokenCounter
 from services.generator.core import generators, step_callback
 
 
@@ -31,6 +31,7 @@ class EditorCore:
     def __init__(self, model_path: Path, device: str | None = None, name: str = "base-inpaint") -> None:
         self.path = Path(model_path)
         self.pipe = load_pipeline(self.path, "inpaint", device=device)
+        self.tokens = TokenCounter(self.pipe.tokenizer)  # prompt checks on request threads
         self.name = name
         self.version = model_version(self.path)
         self.defaults = ModelDefaults.from_dir(self.path)

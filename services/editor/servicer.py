@@ -37,7 +37,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
         core: EditorCore = self.editors.core
         check_model_ref(request.model.name, request.model.version, core.name, core.version)
         p = request.params  # the cheap checks first, then the images
-        prompt = check_prompt(request.prompt, required=prompt_required, tokenizer=core.pipe.tokenizer)
+        prompt = check_prompt(request.prompt, required=prompt_required, tokens=core.tokens)
         num_images = check_count(request.num_images)
         sampling = resolve_sampling(p.steps, p.guidance, p.seed, p.scheduler, core.defaults)
         image = decode_image(request.image.png, "image")

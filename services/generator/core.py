@@ -13,7 +13,7 @@ from editloop.models.model_dir import model_version
 from editloop.models.pipeline_io import per_image_generators, pipeline_to_uint8
 from editloop.models.zoo import load_pipeline, set_scheduler
 from services.core.batching import split_per_job
-from services.core.sampling import ModelDefaults, Sampling
+from services.core.sampling import ModelDefaults, Sampling, TokenCounter
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class GeneratorCore:
     def __init__(self, model_path: Path, device: str | None = None, name: str = "base-t2i") -> None:
         self.path = Path(model_path)
         self.pipe = load_pipeline(self.path, "t2i", device=device)
+        self.tokens = TokenCounter(self.pipe.tokenizer)  # prompt checks on request threads
         self.name = name
         self.version = model_version(self.path)
         self.defaults = ModelDefaults.from_dir(self.path)

@@ -29,7 +29,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         p = request.params
         check_model_ref(request.model.name, request.model.version, self.core.name, self.core.version)
         return GenerateJob(
-            prompt=check_prompt(request.prompt, tokenizer=self.core.pipe.tokenizer),
+            prompt=check_prompt(request.prompt, tokens=self.core.tokens),
             num_images=check_count(request.num_images),
             sampling=resolve_sampling(p.steps, p.guidance, p.seed, p.scheduler, self.core.defaults),
         )

@@ -14,6 +14,7 @@ from editloop.models.model_dir import model_version
 from editloop.models.reward import load_reward
 from editloop.models.zoo import pick_device
 from services.core.batching import split_per_job
+from services.core.sampling import TokenCounter
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class RewardCore:
         self.name = self.kind
         self.version = model_version(self.path)
         self.text_conditioned = self.kind != "coherence"
+        self.tokens = TokenCounter(self.tokenizer) if self.text_conditioned else None  # prompt checks, any thread
 
     def input_side(self) -> int | None:
         """The one image side this model takes (a preference reward's own stem has position embeddings for its

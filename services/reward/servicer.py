@@ -46,7 +46,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
     def _item(self, msg: reward_pb2.ScoreItem, field: str) -> ScoreItem:
         core = self.core
         prompt = check_prompt(msg.prompt, f"{field}.prompt", required=core.text_conditioned,  # cheap: first
-                              tokenizer=core.tokenizer if core.text_conditioned else None)
+                              tokens=core.tokens)
         image = decode_image(msg.image.png, f"{field}.image")
         self._check_size(core, image, f"{field}.image")
         source = decode_image(msg.source.png, f"{field}.source") if msg.source.png else None
