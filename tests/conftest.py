@@ -1,7 +1,9 @@
 import os
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +112,17 @@ def worker_state(tmp_path, rabbitmq: bool = False):
     url = settings.resolved_database_url()
     upgrade(url)
     return env, settings, make_sessionmaker(make_engine(url)), LocalBlobStore(settings.resolved_blob_dir())
+
+
+def wait_for_checkpoint(runs_dir: Path, pattern: str, timeout: float = 600) -> Path:
+    """The first file matching runs_dir/<run>/`pattern` once a worker has written it (AssertionError at `timeout`)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(runs_dir.glob(f"*/{pattern}")) if runs_dir.is_dir() else []
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no worker wrote {runs_dir}/*/{pattern} within {timeout:.0f}s")
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -3,13 +3,12 @@
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import start_worker, worker_state
+from conftest import start_worker, wait_for_checkpoint, worker_state
 from sqlalchemy import select
 
 from editloop.cli.main import build_parser
@@ -449,14 +448,7 @@ def test_editloop_train_align_runs_two_rounds_on_a_real_worker_through_a_killed_
             "--min-pairs", "0", "--eval-per-kind", "1", "--candidates", "2", "--later-max-outside-l1", "1.0",
             "--later-pairs", "best-or-weak", "--wait"]
     cli = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    checkpoint = None
-    while time.time() < deadline and checkpoint is None:
-        runs_dir = settings.state_dir / "runs"
-        found = list(runs_dir.glob("*/editor.pt")) if runs_dir.is_dir() else []
-        checkpoint = found[0] if found else None
-        time.sleep(0.2)
-    assert checkpoint is not None, "round 1 never checkpointed"
+    checkpoint = wait_for_checkpoint(settings.state_dir / "runs", "editor.pt")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     killed_at = torch.load(checkpoint, weights_only=False)["step"]

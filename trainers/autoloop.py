@@ -68,9 +68,9 @@ def policy(settings: Settings) -> LoopPolicy:
     """The policy from settings; ValueError naming the setting and the valid values."""
     weights = parse_reward_weights(settings.loop_rewards, "EDITLOOP_LOOP_REWARDS")
     stages = [x.strip() for x in settings.loop_stages.split(",") if x.strip()]
-    if not stages or stages != list(STAGES[:len(stages)]):
+    if not stages or (stages != list(STAGES[:len(stages)]) and stages != ["dpo"]):
         raise ValueError(f"`EDITLOOP_LOOP_STAGES` must be a prefix of {','.join(STAGES)} (e.g. pefl or "
-                         f"pefl,adversarial), got {settings.loop_stages!r}")
+                         f"pefl,adversarial), or dpo (Diffusion-DPO from the labels), got {settings.loop_stages!r}")
     for name in ("loop_feedback_steps", "loop_batch_size", "loop_eval_examples"):
         if getattr(settings, name) < 1:
             raise ValueError(f"`EDITLOOP_{name.upper()}` must be >= 1, got {getattr(settings, name)}")

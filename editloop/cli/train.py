@@ -1,5 +1,6 @@
 """`editloop train reward --kind K [--wait]`: enqueue a reward-model training run on the gpu queue.
 `editloop train pefl|adversarial|progressive [--wait]`: enqueue a feedback chain (ByteEdit) on the gpu queue.
+`editloop train dpo [--wait]`: enqueue a Diffusion-DPO run (from the best/worst labels on edit sets) on the gpu queue.
 `editloop train align --rounds N [--wait]`: enqueue SeedEdit alignment rounds as a chain on the gpu queue."""
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f.add_argument("--no-promote", action="store_true", help="register candidates but do not promote them")
         f.add_argument("--wait", action="store_true", help="wait for the chain and print each stage's result")
         f.set_defaults(func=_train_feedback, stage=stage)
+    d = tsub.add_parser("dpo", help="Diffusion-DPO for the inpainting editor, straight from the best/worst labels on "
+                                    "edit sets (no reward model in the loss; the same gate as a feedback stage)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 200)")
+    d.add_argument("--batch-size", type=int, default=None, help="preference pairs per step (default 8)")
+    d.add_argument("--beta", type=float, default=None, help="DPO's beta (default 5000, the paper's for SD 1.5)")
+    d.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-5)")
+    d.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (default: full)")
+    d.add_argument("--eval-examples", type=int, default=None, help="held-out examples of the gate")
+    d.add_argument("--rewards", default=None, metavar="KIND=W,...",
+                   help="the promoted rewards the gate scores with (default aesthetic=1,alignment=1)")
+    d.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
+    d.add_argument("--wait", action="store_true", help="wait for the run and print its result")
+    d.set_defaults(func=_train_dpo)
     a = tsub.add_parser("align", help="SeedEdit alignment rounds: weak-generator pairs, filters, the editor "
                                       "regenerating pairs round after round")
     a.add_argument("--rounds", type=int, default=2, help="rounds in the chain (default 2)")
@@ -224,6 +238,28 @@ def _train_feedback(args: argparse.Namespace) -> int:
         if wait_for_run(settings, run_id, stage) != 0:
             return 1
     return 0
+
+
+def dpo_config(args: argparse.Namespace) -> dict:
+    """The DPO run's config from the flags, checked as the worker checks it (ValueError naming the field)."""
+    config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                       ("dpo_beta", args.beta), ("lr", args.lr), ("lora_rank", args.lora_rank))
+                    if v is not None}
+    if args.rewards is not None:
+        from trainers.feedback.loop import parse_reward_weights
+
+        config["reward_weights"] = parse_reward_weights(args.rewards, "--rewards")
+    evaluation = {"auto_promote": not args.no_promote,
+                  **({"examples": args.eval_examples} if args.eval_examples is not None else {})}
+    check_feedback_config(["dpo"], config, evaluation)
+    return {**config, "eval": evaluation}
+
+
+def _train_dpo(args: argparse.Namespace) -> int:
+    settings = Settings()
+    (run_id,) = enqueue_feedback_chain(settings, ["dpo"], dpo_config(args), "by hand: editloop train dpo")
+    print(f"queued dpo run {run_id}")
+    return wait_for_run(settings, run_id, "dpo") if args.wait else 0
 
 
 def align_config(args: argparse.Namespace) -> dict:

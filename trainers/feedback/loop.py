@@ -30,7 +30,8 @@ from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
 from trainers.feedback.selection import Selection, save_snapshot, select_snapshot
 from trainers.runs import save_checkpoint, throttled
 
-STAGES = ("pefl", "adversarial", "progressive")
+STAGES = ("pefl", "adversarial", "progressive")  # ByteEdit's chain, in order
+METHODS = (*STAGES, "dpo")  # what a feedback-lifecycle run may train: a stage, or Diffusion-DPO (dpo.py)
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -68,10 +69,12 @@ class FeedbackConfig:
     snapshot_every: int = 0  # > 0: keep the EMA weights every this many steps for checkpoint selection
     # > 0: DPOK's KL trust region to the start model (pefl.py): kl_weight * the drift of the noise prediction
     kl_weight: float = 0.0
+    # Diffusion-DPO's beta (dpo.py; stage "dpo" only): how far from the reference the preferences may pull
+    dpo_beta: float = 5000.0
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"`stage` must be one of {list(STAGES)}, got {self.stage!r}")
+        if self.stage not in METHODS:
+            raise ValueError(f"`stage` must be one of {list(METHODS)}, got {self.stage!r}")
         check_tasks(self.tasks)
         check_task_scale(self.task_reward_scale)
         check_reward_weights(self.reward_weights)
@@ -81,10 +84,14 @@ class FeedbackConfig:
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.lora_rank < 0:
+            raise ValueError(f"`lora_rank` must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
         if self.snapshot_every < 0:
             raise ValueError(f"`snapshot_every` must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
             raise ValueError(f"`kl_weight` must be a finite number >= 0 (0: no KL term), got {self.kl_weight}")
+        if not (math.isfinite(self.dpo_beta) and self.dpo_beta > 0):
+            raise ValueError(f"`dpo_beta` must be a finite number > 0, got {self.dpo_beta}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}")
 
@@ -210,17 +217,21 @@ def _autocast(device: torch.device):  # noqa: ANN202
 
 def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,  # noqa: ANN001
                    progress: Callable[[int, int, dict[str, float]], None] | None = None,
-                   select: Callable[[int], float] | None = None) -> FeedbackState:
+                   select: Callable[[int], float] | None = None,
+                   step: Callable[..., dict[str, float]] | None = None) -> FeedbackState:
     """Fine-tune `pipe.unet` in place (it ends holding the EMA weights); resumes from run_dir/checkpoint.pt.
     With `cfg.timestep_spacing`, `pipe.scheduler` switches to that spacing first (and is saved with it).
     With `cfg.snapshot_every` and `select` (a validation score of the weights loaded now, higher is better),
-    it ends holding the best-scored snapshot instead of the last EMA weights (selection.py)."""
+    it ends holding the best-scored snapshot instead of the last EMA weights (selection.py). A `step`
+    (pipe, cfg, step index, params, optimiser, frozen start UNet) -> record replaces the PeFL step (Diffusion-DPO's,
+    dpo.py); the frozen start UNet is then always kept."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.pt"
     if cfg.timestep_spacing is not None:  # trained, evaluated and saved with this spacing
         set_timestep_spacing(pipe, cfg.timestep_spacing)
     unet, device = pipe.unet, pipe.unet.device
-    anchor = start_anchor(unet) if cfg.kl_weight > 0 else None  # the start weights, before any checkpoint loads
+    # the start weights, before any checkpoint loads: the KL term's anchor, or a DPO step's reference
+    anchor = start_anchor(unet) if cfg.kl_weight > 0 or step is not None else None
     params = make_trainable(pipe, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ema = Ema(params, cfg.ema_decay)
@@ -247,7 +258,8 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
                disable=None)
     while state.step < cfg.steps:
         t0 = time.perf_counter()
-        record = _one_step(pipe, rewards, cfg, state.step, params, opt, disc, d_opt, anchor)
+        record = (step(pipe, cfg, state.step, params, opt, anchor) if step is not None
+                  else _one_step(pipe, rewards, cfg, state.step, params, opt, disc, d_opt, anchor))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         record["seconds"] = time.perf_counter() - t0

@@ -22,6 +22,9 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Pat
 
     keys = [k for k in ("loss", "reference", "g_adv", "d_loss") if any(k in h for h in history)]
     rewards = [k for k in history[0] if k.startswith("reward_")] if history else []
+    title_right = "mean reward R(c, x0) on training batches"
+    if not rewards and history and "implicit_accuracy" in history[0]:  # DPO: no reward in the loss
+        rewards, title_right = ["implicit_accuracy"], "DPO implicit accuracy (the winner's error fell more)"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for key in keys:
         values = [h[key] for h in history if key in h]
@@ -29,7 +32,7 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Pat
     axes[0].set_title("losses (moving average of 10)")
     for key in rewards:
         axes[1].plot(smooth([h[key] for h in history]), label=key)
-    axes[1].set_title("mean reward R(c, x0) on training batches")
+    axes[1].set_title(title_right, fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

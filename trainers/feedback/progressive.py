@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainers.feedback.adversarial import AdversarialConfig
-from trainers.feedback.loop import STAGES, FeedbackConfig
+from trainers.feedback.loop import METHODS, FeedbackConfig
 from trainers.feedback.pefl import PeflSchedule
 
 PHASE_1 = PeflSchedule(20, 15, 10)
@@ -22,12 +22,12 @@ PHASE_2 = PeflSchedule(8, 6, 3)
 
 def stage_config(stage: str, **overrides: Any) -> FeedbackConfig:
     """The preset of `stage` with `overrides` (plain values, e.g. steps=50) applied."""
-    if stage not in STAGES:
-        raise ValueError(f"`stage` must be one of {list(STAGES)}, got {stage!r}")
+    if stage not in METHODS:
+        raise ValueError(f"`stage` must be one of {list(METHODS)}, got {stage!r}")
     preset: dict[str, Any] = {"stage": stage, "schedule": PHASE_2 if stage == "progressive" else PHASE_1}
     if stage == "progressive":  # 8 steps from t = 999, not t = 876 (bench/step_spacing.py, BENCHMARKS.md)
         preset["timestep_spacing"] = "trailing"
-    if stage != "pefl":
+    if stage in ("adversarial", "progressive"):
         preset["adversarial"] = AdversarialConfig()
     data = FeedbackConfig(**preset).to_dict()
     for key, value in overrides.items():

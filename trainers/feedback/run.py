@@ -1,4 +1,5 @@
-"""One feedback stage run, end to end, as the Celery task calls it:
+"""One feedback stage run (a ByteEdit stage, or Diffusion-DPO from the labels: dpo.py), end to end, as the Celery
+task calls it:
 
 start model (the previous stage's version, else the promoted editor, else the base inpainting model)
 -> reward models (the promoted versions) -> held-out evaluation of the start model -> training
@@ -54,6 +55,7 @@ from editloop.registry import (
 )
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
+from trainers.feedback.dpo import dpo_data, dpo_step
 from trainers.feedback.evaluate import evaluate_samples, sample
 from trainers.feedback.examples import feedback_examples
 from trainers.feedback.loop import FeedbackConfig, FeedbackState, train_feedback
@@ -61,6 +63,7 @@ from trainers.feedback.plots import plot_history
 from trainers.feedback.progressive import needs_coherence, stage_config
 from trainers.feedback.review import check_review, net_preference, side_by_side
 from trainers.feedback.rewards import RewardModels, load_rewards
+from trainers.reward.data import ImageCache
 from trainers.runs import update_run
 
 EDITOR_KIND = "editor"
@@ -201,6 +204,7 @@ def run_feedback_stage(stage: str, run_id: str, sessions: sessionmaker[Session],
 
 def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
          cfg: FeedbackConfig, evaluation: EvalConfig, parent_version: str | None) -> dict[str, Any]:
+    dpo = dpo_data(sessions, store, run_id) if cfg.stage == "dpo" else None  # too few labels: stop before sampling
     start_dir, start_version, start_id = start_model(sessions, store, settings, parent_version)
     kinds = sorted(cfg.reward_weights) + (["coherence"] if needs_coherence(cfg) else [])
     rewards = promoted_rewards(sessions, store, settings, kinds)
@@ -237,7 +241,8 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
             return net_preference(side_by_side(got.images, served_val.images, validation).verdicts)
         return evaluate_samples(got, validation, rewards)["feedback_score"]
 
-    state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None)
+    state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None,
+                           step=dpo_step(dpo, ImageCache(store)) if dpo is not None else None)
     candidate = sample(pipe, held_out, evaluation.seed, cfg.schedule.steps, cfg.guidance)
     metrics = evaluate_samples(candidate, held_out, rewards)
     review = side_by_side(candidate.images, reference.images, held_out) if evaluation.review == "panel" else None
@@ -250,7 +255,8 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     if evaluation.review == "people":  # the gate refuses it until `editloop models review` has the verdicts
         guards.append(f"{AWAITING} ({len(held_out)} pairs against {served_version}: `editloop annotation push`, "
                       f"then `editloop models review editor {version}`)")
-    lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions}
+    lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions,
+               **({"labels": dpo.label_ids, "pairs": len(dpo.pairs)} if dpo is not None else {})}
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(pipe, Path(tmp), version, cfg, {"lineage": lineage})
         key = store_model_dir(store, Path(tmp))

@@ -57,7 +57,7 @@ def pairs_from_answer(items: list[str], best: str, worst: str) -> list[tuple[str
     return sorted(out)
 
 
-def _pairs_by_label(session: Session, store: BlobStore, prefs: list[Preference]) -> Iterator[tuple[Preference,
+def pairs_by_label(session: Session, store: BlobStore, prefs: list[Preference]) -> Iterator[tuple[Preference,
                                                                                               list[Pair] | None]]:
     """(label, its pairs) for each label, pairs None when an image it needs is gone from the store.
 
@@ -85,7 +85,7 @@ def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 
     """Every valid preference as win/lose pairs, split by candidate set. Raises NotEnoughLabels."""
     prefs = list(session.scalars(select(Preference).where(Preference.status == "valid").order_by(Preference.id)))
     result = PairSet([], [], [], {"missing image": 0})
-    for p, pairs in _pairs_by_label(session, store, prefs):
+    for p, pairs in pairs_by_label(session, store, prefs):
         if pairs is None:
             result.skipped["missing image"] += 1
             continue
@@ -105,7 +105,7 @@ def newest_pairs(session: Session, store: BlobStore, n_labels: int) -> list[Pair
     """The pairs of the newest `n_labels` valid labels (for drift checks), images that still exist only."""
     prefs = list(session.scalars(select(Preference).where(Preference.status == "valid")
                                  .order_by(Preference.id.desc()).limit(n_labels)))
-    return [pair for _, pairs in _pairs_by_label(session, store, prefs) if pairs for pair in pairs]
+    return [pair for _, pairs in pairs_by_label(session, store, prefs) if pairs for pair in pairs]
 
 
 class ImageCache:
