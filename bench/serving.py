@@ -9,7 +9,7 @@
 1. Text-to-image throughput (images/s) through the generator service at client concurrency 1, 8
    and 32 (dynamic batching on), against the pipeline called in-process at its best batch size.
 2. Inpaint latency (one image) through the editor service against a direct pipeline call with
-   the same arguments: median of repeated calls, ratio gRPC / direct.
+   the same arguments, alternated call by call: medians, and the median of each pair's ratio gRPC / direct.
 Results: bench/results/serving.json; figures are ratios taken in one run on one machine.
 """
 
@@ -151,30 +151,29 @@ async def grpc_reward(port: int, concurrency: int, total: int) -> dict[str, floa
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
 
-async def grpc_inpaint_latency(port: int, image: np.ndarray, mask: np.ndarray, steps: int, reps: int) -> float:
+async def interleaved_inpaint(core: EditorCore, port: int, image: np.ndarray, mask: np.ndarray, steps: int,
+                              reps: int) -> dict[str, float]:
+    """Direct and gRPC calls with the same arguments, alternated rep by rep (the machine's speed drifts by tens of
+    percent within a minute; alternating keeps that drift out of the ratio): medians, and the median ratio of each
+    rep's pair."""
+    job = InpaintJob(image, mask, PROMPT, 1, Sampling(steps, 4.0, 0, "ddim"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(32)) as ch:
         stub = editor_pb2_grpc.EditorStub(ch)
         req = editor_pb2.InpaintRequest(image=common_pb2.Image(png=to_png(image)),
                                         mask=common_pb2.Mask(png=mask_to_png(mask)), prompt=PROMPT,
-                                        params=common_pb2.SamplingParams(steps=steps, seed=0))
+                                        params=common_pb2.SamplingParams(steps=steps, seed=0, scheduler="ddim"))
         await stub.Inpaint(req)
-        times = []
+        core.run([job], lambda *_: None)
+        direct, via = [], []
         for _ in range(reps):
             t = time.perf_counter()
+            core.run([job], lambda *_: None)
+            direct.append(time.perf_counter() - t)
+            t = time.perf_counter()
             await stub.Inpaint(req)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def direct_inpaint_latency(core: EditorCore, image: np.ndarray, mask: np.ndarray, steps: int, reps: int) -> float:
-    job = InpaintJob(image, mask, PROMPT, 1, Sampling(steps, 4.0, 0, "ddim"))
-    core.run([job], lambda *_: None)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        core.run([job], lambda *_: None)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+            via.append(time.perf_counter() - t)
+    return {"direct": 1000 * statistics.median(direct), "grpc": 1000 * statistics.median(via),
+            "ratio": statistics.median([v / d for v, d in zip(via, direct)])}
 
 
 async def main_async(args: argparse.Namespace) -> dict:
@@ -229,13 +228,14 @@ async def inpaint_part(args: argparse.Namespace, settings: Settings, report: dic
     scene = sample_scene(np.random.default_rng(0), 2)
     image, mask = render(scene), cell_mask(scene.objects[0].position)
     editor = EditorCore(args.model_dir / "inpaint", device="cpu")
-    direct = direct_inpaint_latency(editor, image, mask, args.steps, args.reps)
-    running = await start_service("editor", settings, args.model_dir / "inpaint", record=False)
+    running = await start_service("editor", settings, args.model_dir / "inpaint", record=False,
+                                  max_delay=args.inpaint_max_delay)
     try:
-        via = await grpc_inpaint_latency(running.port, image, mask, args.steps, args.reps)
+        report["inpaint_max_delay_s"] = args.inpaint_max_delay
+        report["inpaint_latency_ms"] = await interleaved_inpaint(editor, running.port, image, mask, args.steps,
+                                                                 args.reps)
     finally:
         await running.stop(0)
-    report["inpaint_latency_ms"] = {"direct": 1000 * direct, "grpc": 1000 * via, "ratio": via / direct}
 
 
 def main() -> None:
@@ -250,6 +250,8 @@ def main() -> None:
                         help="server and in-process model on core 0 with one torch thread, the reward load "
                              "generator on core 1: as if the clients ran on another machine")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--inpaint-max-delay", type=float, default=0.005,
+                        help="the editor's batching window in seconds (the service's default: 0.005)")
     args = parser.parse_args()
     args.parts = set(args.parts.split(","))
     if args.pin:
