@@ -43,6 +43,26 @@ def test_a_burst_of_labels_starts_one_run_and_every_start_has_its_reason(db_url,
         assert run.inputs["trigger"] == "burst: new labels: 60 >= 20" and run.id == sent[0]
 
 
+def test_a_version_the_gate_refused_is_not_retrained_at_once_on_the_same_labels(db_url, tmp_path):
+    """The loop's first reward at 104 labels was refused by the floor; counting every label again (nothing was
+    promoted) restarted training on nearly the same labels each check (bench/loop_turn.py): a refused version's
+    labels are not new."""
+    from editloop.db import Preference
+    from editloop.registry import register_candidate
+
+    settings, sessions, store = setup(db_url, tmp_path, retrain_label_threshold=20, retrain_debounce_s=0)
+    label(sessions, store, 30)
+    with sessions.begin() as s:
+        seen = max(s.scalars(select(Preference.id)))
+        register_candidate(s, "aesthetic", "aesthetic", "refused-1", "sha256:x", {"eval_score": 0.5},
+                           {"lineage": {"max_label_id": seen}}, None)
+    quiet = check_triggers(sessions, settings, lambda *a: None)
+    assert not quiet.start and quiet.reason == "no trigger: 0 new labels"
+    label(sessions, store, 25, seed=1)
+    again = check_triggers(sessions, settings, lambda *a: None)
+    assert again.start and again.reason == "new labels: 25 >= 20"
+
+
 def test_drift_on_the_newest_labels_starts_a_run(db_url, tmp_path):
     settings, sessions, store = setup(db_url, tmp_path, retrain_label_threshold=1000, drift_window=30,
                                       drift_min_accuracy=0.6)

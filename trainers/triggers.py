@@ -5,8 +5,9 @@ and enqueues in one transaction under a lock, so a burst of labels (or two check
 one run, not fifty:
 - debounce: no new run while one of the kind is queued or running, or started less than
   `retrain_debounce_s` ago;
-- new labels: valid labels newer than the promoted version's lineage >= `retrain_label_threshold`
-  (with nothing promoted yet, all valid labels count);
+- new labels: valid labels newer than the promoted version's lineage, and than the newest trained version's (a
+  refused one too: it is not retrained at once on the same labels) >= `retrain_label_threshold` (with no version
+  yet, all valid labels count);
 - drift: the promoted model's pairwise accuracy on the newest `drift_window` labels' pairs below
   `drift_min_accuracy` (checked only when at least `drift_window` labels arrived since it trained).
 Every started run carries its reason in `training_runs.inputs["trigger"]`.
@@ -22,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import Preference, TrainingRun, as_utc
+from editloop.db.models import ModelVersion, Preference, TrainingRun, as_utc
 from editloop.registry import promoted
 from editloop.settings import Settings
 
@@ -53,8 +54,13 @@ def _busy(session: Session, settings: Settings, now: datetime) -> str | None:
 
 
 def new_label_count(session: Session) -> int:
+    """Valid labels newer than every label the promoted version, or the newest version trained since (promoted or
+    refused), learnt from: a version the gate refused does not make the loop retrain at once on the same labels."""
     current = promoted(session, KIND)
-    since = (current.config.get("lineage") or {}).get("max_label_id", 0) if current else 0
+    newest = session.scalars(select(ModelVersion).where(ModelVersion.kind == KIND)
+                             .order_by(ModelVersion.id.desc()).limit(1)).first()
+    seen = [((v.config or {}).get("lineage") or {}).get("max_label_id", 0) for v in (current, newest) if v]
+    since = max(seen, default=0)
     return session.scalar(select(func.count()).select_from(Preference).where(
         Preference.status == "valid", Preference.id > since)) or 0
 
