@@ -1,6 +1,6 @@
 """Full turns of the loop, from the committed base, with a simulated panel of the reversed taste (issue 32).
 
-    .venv/bin/python bench/loop_turn.py --out bench/results/loop_turn.json      # ~45 minutes on this machine
+    .venv/bin/python bench/loop_turn.py --out bench/results/loop_turn.json      # ~2 hours on this machine, alone
 
 `editloop up --port 0` on a fresh state (embedded broker, SQLite, local blobs, Label Studio) serving the committed
 base models; the loop's policy is set by the EDITLOOP_* values in LOOP_ENV (written into the result) and nothing is
@@ -173,7 +173,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state", type=Path, default=ROOT / ".editloop/bench/loop_turn")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/loop_turn.json")
-    p.add_argument("--budget-s", type=float, default=3600, help="give up when the editor has not moved by then")
+    p.add_argument("--budget-s", type=float, default=7200, help="give up when the editor has not moved by then")
     p.add_argument("--eval", type=int, default=96, help="held-out edits judged before/after")
     p.add_argument("--eval-seed", type=int, default=960_000)
     args = p.parse_args()
