@@ -217,6 +217,13 @@ def main() -> None:
                        "timeline": timeline(snap, labelled, served_at)})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
+    except KeyboardInterrupt:  # stopped by hand: keep what the records say so far
+        if "sessions" in locals():
+            result.update(interrupted_at_s=round(time.time() - t0, 1), snapshot=snapshot(sessions),
+                          label_batches=[{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled])
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1, default=str))
+        raise
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
