@@ -134,10 +134,12 @@ def dpo_loss(errors: torch.Tensor, reference_errors: torch.Tensor, beta: float) 
 def dpo_step(data: DpoData, cache: ImageCache) -> Callable[..., dict[str, float]]:
     """A training step for trainers.feedback.loop.train_feedback: (pipe, cfg, step, params, opt, anchor) -> record,
     `anchor` being the frozen reference UNet."""
-    sched_cache: dict[int, DDPMScheduler] = {}
+    made: list[DDPMScheduler] = []  # the training noise schedule, built once from the pipeline's
 
     def step_fn(pipe, cfg, step: int, params, opt, anchor) -> dict[str, Any]:  # noqa: ANN001
-        sched = sched_cache.setdefault(0, DDPMScheduler.from_config(pipe.scheduler.config))
+        if not made:
+            made.append(DDPMScheduler.from_config(pipe.scheduler.config))
+        sched = made[0]
         rng = step_rng(cfg.seed, "dpo", step)
         chosen = [data.pairs[int(i)] for i in rng.integers(len(data.pairs), size=cfg.batch_size)]
         generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
