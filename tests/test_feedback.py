@@ -77,7 +77,8 @@ def test_schedules_and_presets_follow_the_paper():
     with pytest.raises(ValueError, match=r"1 <= T2 < T1 <= T, got \(T, T1, T2\) = \(8, 3, 6\)"):
         PeflSchedule(8, 3, 6)
     with pytest.raises(ValueError, match="`stage` must be one of"):
-        FeedbackConfig(stage="dpo")
+        FeedbackConfig(stage="kto")
+    assert stage_config("dpo").adversarial is None  # Diffusion-DPO runs in the same lifecycle, without a critic
     with pytest.raises(ValueError, match="unknown feedback config field 'stepz'"):
         stage_config("pefl", stepz=3)
     with pytest.raises(ValueError, match=r"`tasks` must be a non-empty subset"):
