@@ -146,8 +146,6 @@ def start_worker(queues: str, name: str, env: dict | None = None) -> subprocess.
 def purge(app) -> None:  # noqa: ANN001
     """Empty the app's queues on the shared broker (nothing left over from other tests); a connection the broker
     resets under a loaded machine is tried again."""
-    import time
-
     for attempt in range(4):
         try:
             app.control.purge()
@@ -156,3 +154,15 @@ def purge(app) -> None:  # noqa: ANN001
             if attempt == 3:
                 raise
             time.sleep(2)
+
+
+def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment", "coherence")) -> None:  # noqa: ANN001
+    """Register the test's untrained reward models (reward_dirs/<kind>, version "<kind>-test") and promote them:
+    what feedback and DPO runs are gated with."""
+    from editloop.registry import promote, register_candidate, store_model_dir
+
+    for kind in kinds:
+        with sessions.begin() as s:
+            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
+                               {"eval_score": 0.5}, {}, None)
+            promote(s, kind, f"{kind}-test")

@@ -9,13 +9,12 @@ import uuid
 
 import pytest
 import torch
-from conftest import purge, start_worker, stop_worker, wait_for_checkpoint, worker_state
+from conftest import promote_rewards, purge, start_worker, stop_worker, wait_for_checkpoint, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun
 from editloop.labels.simulated import LabelPlan, render_candidate_sets, simulate_labels
 from editloop.models.reward import save_reward, tiny_reward
-from editloop.registry import promote, register_candidate, store_model_dir
 from editloop.world.annotators import SimulatedAnnotator
 from trainers.feedback.dpo import dpo_data, dpo_loss
 from trainers.feedback.run import run_feedback_stage
@@ -36,11 +35,7 @@ def labelled_world(tmp_path, reward_dirs, edit_sets: int, t2i_sets: int = 0, rab
     """A migrated state with promoted (untrained) gate rewards and simulated labels: `edit_sets` inpainting sets and
     `t2i_sets` text-to-image sets (which DPO for the editor must not read), one answer each."""
     env, settings, sessions, store = worker_state(tmp_path, rabbitmq=rabbitmq)
-    for kind in ("aesthetic", "alignment"):
-        with sessions.begin() as s:
-            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
-                               {"eval_score": 0.5}, {}, None)
-            promote(s, kind, f"{kind}-test")
+    promote_rewards(sessions, store, reward_dirs, ("aesthetic", "alignment"))
     ids = render_candidate_sets(sessions, store, edit_sets, 3, seed=1, kind="inpaint")
     ids += render_candidate_sets(sessions, store, t2i_sets, 3, seed=2, kind="t2i") if t2i_sets else []
     simulate_labels(sessions, store, ids, LabelPlan([SimulatedAnnotator("sharp", 0.25, seed=3)]))

@@ -10,14 +10,14 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from conftest import purge, start_worker, worker_state
+from conftest import promote_rewards, purge, start_worker, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun
 from editloop.models.base import base_model_dir, load_base
 from editloop.models.reward import CoherenceReward, save_reward, tiny_reward
 from editloop.models.zoo import load_pipeline, set_timestep_spacing
-from editloop.registry import PromotionRefused, promote, promoted, register_candidate, store_model_dir
+from editloop.registry import PromotionRefused, promote, promoted
 from editloop.settings import Settings
 from services.core.sampling import ModelDefaults
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_loss, discriminator_step
@@ -49,15 +49,6 @@ def pipe():
 
 def rewards_of(reward_dirs, kinds=("aesthetic", "alignment", "coherence")):
     return load_rewards({k: reward_dirs / k for k in kinds})
-
-
-def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment", "coherence")):
-    """Register the test's untrained reward models and promote them (what feedback runs learn from)."""
-    for kind in kinds:
-        with sessions.begin() as s:
-            register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
-                               {"eval_score": 0.5}, {}, None)
-            promote(s, kind, f"{kind}-test")
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from editloop.db.models import CandidateSet, Preference, TrainingRun
 from editloop.models.data import step_rng, to_tensor
 from editloop.store.base import BlobStore
 from trainers.feedback.loop import Diverged
-from trainers.feedback.pefl import encode_prompts
+from trainers.feedback.pefl import encode_prompts, inpaint_conditioning
 from trainers.reward.data import ImageCache, NotEnoughLabels, Pair, pairs_by_label
 
 MIN_LABELS = 20  # best/worst answers on edit sets a DPO run needs
@@ -101,9 +101,9 @@ def encode_pairs(pipe, pairs: list[Pair], cache: ImageCache) -> PairLatents:  # 
     masks = torch.from_numpy(np.stack([cache.mask(p.mask) for p in pairs]).astype(np.float32))[:, None]
     masks = masks.to(device, dtype)
     sources = to_tensor([cache.image(p.source) for p in pairs]).to(device, dtype)
-    masked = pipe.vae.encode(sources * (masks < 0.5)).latent_dist.mode() * scale
+    masked, mask_latents = inpaint_conditioning(pipe, sources, masks, win.shape[-2:])
     embeddings = encode_prompts(pipe, [p.prompt for p in pairs])[len(pairs):]
-    return PairLatents(win, lose, F.interpolate(masks, size=win.shape[-2:]), masked, embeddings)
+    return PairLatents(win, lose, mask_latents, masked, embeddings)
 
 
 def denoising_errors(unet, sched: DDPMScheduler, batch: PairLatents, t: torch.Tensor,  # noqa: ANN001

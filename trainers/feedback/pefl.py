@@ -75,6 +75,15 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:  # noqa: ANN001
 
 
 @torch.no_grad()
+def inpaint_conditioning(pipe, source: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]  # noqa: ANN001
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inpainting UNet's extra inputs: (masked-source latents, the mask at latent size `size`), the source's
+    masked pixels zeroed as diffusers does."""
+    masked = pipe.vae.encode(source * (mask < 0.5)).latent_dist.mode() * pipe.vae.config.scaling_factor
+    return masked, F.interpolate(mask, size=size)
+
+
+@torch.no_grad()
 def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:  # noqa: ANN001
     masks = np.stack([e.mask for e in examples])
     check_masks(masks)
@@ -84,8 +93,7 @@ def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:  # noqa: ANN001
     reference = torch.from_numpy(np.stack([e.reference for e in examples]).astype(np.float32))[:, None]
     scale = pipe.vae.config.scaling_factor
     source_latents = pipe.vae.encode(source).latent_dist.mode() * scale
-    masked_latents = pipe.vae.encode(source * (mask < 0.5)).latent_dist.mode() * scale
-    mask_latents = F.interpolate(mask, size=source_latents.shape[-2:])
+    masked_latents, mask_latents = inpaint_conditioning(pipe, source, mask, source_latents.shape[-2:])
     return EditBatch(source, mask, reference.to(device, dtype), source_latents, masked_latents, mask_latents,
                      [e.prompt for e in examples], encode_prompts(pipe, [e.prompt for e in examples]))
 
