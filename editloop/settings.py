@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # the automatic loop (trainers/autoloop.py): a newly promoted reward version starts a feedback round
     loop_enabled: bool = True  # false: the loop never starts anything (the demo drives its own round)
     loop_rewards: str = "aesthetic=1,alignment=1"  # the rewards a round learns from, with their weights
-    loop_stages: str = "pefl"  # the round's chain: pefl, pefl,adversarial, pefl,adversarial,progressive, or dpo
+    loop_stages: str = "pefl"  # the round's chain: pefl, pefl,adversarial, pefl,adversarial,progressive, dpo or grpo
     loop_feedback_steps: int = 200  # steps per stage
     loop_kl_weight: float = 100.0  # the measured recipe (BENCHMARKS.md, KL trust region)
     loop_feedback_lr: float = 2e-5  # the stages' learning rate (trainers/feedback/loop.py's default)

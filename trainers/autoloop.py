@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from editloop.db.models import LoopState, ModelVersion, TrainingRun, as_utc
 from editloop.registry import floor_failure
 from editloop.settings import Settings
-from trainers.feedback.loop import STAGES, parse_reward_weights
+from trainers.feedback.loop import PREFERENCE_REWARDS, STAGES, parse_reward_weights
 
 LOOP = "feedback"
 _PG_LOOP_LOCK = 0x6C6F_6F70  # "loop"
@@ -68,9 +68,10 @@ def policy(settings: Settings) -> LoopPolicy:
     """The policy from settings; ValueError naming the setting and the valid values."""
     weights = parse_reward_weights(settings.loop_rewards, "EDITLOOP_LOOP_REWARDS")
     stages = [x.strip() for x in settings.loop_stages.split(",") if x.strip()]
-    if not stages or (stages != list(STAGES[:len(stages)]) and stages != ["dpo"]):
+    if not stages or (stages != list(STAGES[:len(stages)]) and stages not in (["dpo"], ["grpo"])):
         raise ValueError(f"`EDITLOOP_LOOP_STAGES` must be a prefix of {','.join(STAGES)} (e.g. pefl or "
-                         f"pefl,adversarial), or dpo (Diffusion-DPO from the labels), got {settings.loop_stages!r}")
+                         f"pefl,adversarial), dpo (Diffusion-DPO from the labels) or grpo (online GRPO scored by the "
+                         f"reward services), got {settings.loop_stages!r}")
     for name in ("loop_feedback_steps", "loop_batch_size", "loop_eval_examples"):
         if getattr(settings, name) < 1:
             raise ValueError(f"`EDITLOOP_{name.upper()}` must be >= 1, got {getattr(settings, name)}")
@@ -80,6 +81,8 @@ def policy(settings: Settings) -> LoopPolicy:
               "lr": settings.loop_feedback_lr,
               "reward_weights": weights, "kl_weight": settings.loop_kl_weight,
               "eval": {"examples": settings.loop_eval_examples, "success_tolerance": settings.loop_success_tolerance}}
+    if stages == ["grpo"]:  # the preference rewards it is not weighted on are its held-out guards
+        config["grpo"] = {"guard": [k for k in PREFERENCE_REWARDS if k not in weights]}
     if not 0 <= settings.loop_success_tolerance <= 1:
         raise ValueError(f"`EDITLOOP_LOOP_SUCCESS_TOLERANCE` must be in [0, 1], got {settings.loop_success_tolerance}")
     if not 0 < settings.loop_floor_alpha <= 1:

@@ -1,6 +1,7 @@
 """`editloop train reward --kind K [--wait]`: enqueue a reward-model training run on the gpu queue.
 `editloop train pefl|adversarial|progressive [--wait]`: enqueue a feedback chain (ByteEdit) on the gpu queue.
 `editloop train dpo [--wait]`: enqueue a Diffusion-DPO run (from the best/worst labels on edit sets) on the gpu queue.
+`editloop train grpo [--wait]`: enqueue an online GRPO run (samples scored by the reward services) on the gpu queue.
 `editloop train align --rounds N [--wait]`: enqueue SeedEdit alignment rounds as a chain on the gpu queue."""
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
     d.add_argument("--wait", action="store_true", help="wait for the run and print its result")
     d.set_defaults(func=_train_dpo)
+    add_grpo_parser(tsub)
     a = tsub.add_parser("align", help="SeedEdit alignment rounds: weak-generator pairs, filters, the editor "
                                       "regenerating pairs round after round")
     a.add_argument("--rounds", type=int, default=2, help="rounds in the chain (default 2)")
@@ -260,6 +262,91 @@ def _train_dpo(args: argparse.Namespace) -> int:
     (run_id,) = enqueue_feedback_chain(settings, ["dpo"], dpo_config(args), "by hand: editloop train dpo")
     print(f"queued dpo run {run_id}")
     return wait_for_run(settings, run_id, "dpo") if args.wait else 0
+
+
+def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:
+    g = tsub.add_parser("grpo", help="online GRPO for the inpainting editor: groups of its own samples per edit, "
+                                     "scored by the reward services over gRPC (or in-process), the same gate")
+    g.add_argument("--steps", type=int, default=None, help="training steps (default 200)")
+    g.add_argument("--batch-size", type=int, default=None, help="samples per step, a multiple of --group (default 8)")
+    g.add_argument("--group", type=int, default=None, help="samples per edit (default 4)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-5)")
+    g.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (default: full)")
+    g.add_argument("--kl-weight", type=float, default=None, help="KL to the start model (default 0.04)")
+    g.add_argument("--clip", type=float, default=None, help="PPO clip range of the ratio (default 1e-4)")
+    g.add_argument("--eta", type=float, default=None, help="DDIM eta of the sampling policy, (0, 1] (default 1)")
+    g.add_argument("--train-fraction", type=float, default=None,
+                   help="share of the sampling steps trained per batch (default 0.5)")
+    g.add_argument("--rewards", default=None, metavar="KIND=W,...",
+                   help="rewards and weights (default aesthetic=1,coherence=0.5); a kind left out weighs 0, so "
+                        "aesthetic=1 alone turns the coherence (preservation) reward off")
+    g.add_argument("--guard", default=None, metavar="KIND,...",
+                   help="held-out rewards, never trained on; the gate refuses a candidate they fall on (default "
+                        "alignment; 'none' for no guard)")
+    g.add_argument("--scorer", choices=["auto", "services", "in-process"], default=None,
+                   help="score through the reward services (gRPC), in-process, or auto: the services when the stack "
+                        "runs them (default)")
+    g.add_argument("--reward-address", action="append", default=[], metavar="KIND=HOST:PORT",
+                   help="a reward service's address (repeatable; default: the running stack's)")
+    g.add_argument("--reward-timeout", type=float, default=None, help="seconds per reward request (default 30)")
+    g.add_argument("--eval-examples", type=int, default=None, help="held-out examples of the gate")
+    g.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
+    g.add_argument("--wait", action="store_true", help="wait for the run and print its result")
+    g.set_defaults(func=_train_grpo)
+
+
+def grpo_config(args: argparse.Namespace) -> dict:
+    """The GRPO run's config from the flags, checked as the worker checks it (ValueError naming the field)."""
+    config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                       ("lora_rank", args.lora_rank)) if v is not None}
+    grpo: dict = {k: v for k, v in (("group", args.group), ("kl_weight", args.kl_weight), ("clip", args.clip),
+                                     ("eta", args.eta), ("train_fraction", args.train_fraction),
+                                     ("scorer", args.scorer), ("timeout", args.reward_timeout)) if v is not None}
+    if args.rewards is not None:
+        config["reward_weights"], grpo["coherence_weight"] = split_coherence(args.rewards)
+    if args.guard is not None:
+        grpo["guard"] = [] if args.guard.strip() == "none" else [k.strip() for k in args.guard.split(",") if k.strip()]
+    if args.reward_address:
+        grpo["addresses"] = parse_addresses(args.reward_address)
+    config["grpo"] = grpo
+    evaluation = {"auto_promote": not args.no_promote,
+                  **({"examples": args.eval_examples} if args.eval_examples is not None else {})}
+    check_feedback_config(["grpo"], config, evaluation)
+    return {**config, "eval": evaluation}
+
+
+def split_coherence(text: str) -> tuple[dict[str, float], float]:
+    """--rewards for GRPO: the preference rewards' weights (checked as a stage's), and coherence's weight (0 if not
+    named)."""
+    from trainers.feedback.loop import parse_reward_weights
+
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    rest = [x for x in items if x.partition("=")[0].strip() != "coherence"]
+    coherence = 0.0
+    for item in items:
+        if item.partition("=")[0].strip() == "coherence":
+            try:
+                coherence = float(item.partition("=")[2])
+            except ValueError:
+                raise ValueError(f"`--rewards` must be KIND=WEIGHT[,KIND=WEIGHT], got {item!r}") from None
+    return parse_reward_weights(",".join(rest), "--rewards"), coherence
+
+
+def parse_addresses(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        kind, sep, address = item.partition("=")
+        if not sep:
+            raise ValueError(f"--reward-address must be KIND=HOST:PORT, got {item!r}")
+        out[kind.strip()] = address.strip()
+    return out
+
+
+def _train_grpo(args: argparse.Namespace) -> int:
+    settings = Settings()
+    (run_id,) = enqueue_feedback_chain(settings, ["grpo"], grpo_config(args), "by hand: editloop train grpo")
+    print(f"queued grpo run {run_id}")
+    return wait_for_run(settings, run_id, "grpo") if args.wait else 0
 
 
 def align_config(args: argparse.Namespace) -> dict:

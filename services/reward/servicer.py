@@ -84,8 +84,16 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             if it.image.shape != shape:
                 raise InvalidArgument(f"`items[{i}].image` is {it.image.shape[1]}x{it.image.shape[0]}; "
                                       f"every item of a request must match items[0] ({shape[1]}x{shape[0]})")
+        pinned = request.model.version
+        self._check_pinned(pinned, self.core.version)  # cheap: before any model work
         scores, version = await self.batcher.submit(items, shape, len(items))
+        self._check_pinned(pinned, version)  # a reload may have come between the check and the batch
         return reward_pb2.ScoreResponse(scores=[float(s) for s in scores], model=self._ref(self.core, version))
+
+    def _check_pinned(self, pinned: str, served: str) -> None:
+        if pinned and pinned != served:
+            raise FailedPrecondition(f"`model.version` pins {self.core.kind} version {pinned!r}; this server "
+                                     f"scores with {served!r}")
 
     @unary(SERVICE)
     async def ScoreMap(self, request, context: grpc.aio.ServicerContext):  # noqa: N802

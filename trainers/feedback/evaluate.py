@@ -18,6 +18,7 @@ from editloop.labels.stats import GSB
 from editloop.models.data import edit_context, to_tensor
 from editloop.models.evaluate import inpaint
 from editloop.world.annotators import SimulatedAnnotator, utility
+from editloop.world.metrics import masked_l1
 from trainers.feedback.examples import FeedbackExample, success_rate
 from trainers.feedback.rewards import RewardModels, preference_scores
 
@@ -66,10 +67,25 @@ def feedback_score(reward_means: dict[str, float]) -> float:
 
 
 def evaluate_samples(samples: Samples, examples: list[FeedbackExample], rewards: RewardModels) -> dict[str, float]:
+    """The gate's numbers: the preference rewards' means and their mean (feedback_score), judged success, L1 outside
+    the mask (0..1; preservation), and with a coherence reward loaded its mean real-probability."""
     means = mean_rewards(rewards, samples.images, examples)
-    return {"feedback_score": feedback_score(means), **{f"reward_{k}": v for k, v in means.items()},
-            "success": success_rate(samples.images, examples), "steps": samples.steps,
-            "seconds_per_image": samples.seconds / len(examples)}
+    out = {"feedback_score": feedback_score(means), **{f"reward_{k}": v for k, v in means.items()},
+           "success": success_rate(samples.images, examples), "steps": samples.steps,
+           "seconds_per_image": samples.seconds / len(examples),
+           "l1_outside": float(np.mean([masked_l1(i, e.source, e.mask) for i, e in zip(samples.images, examples)]))}
+    if rewards.coherence is not None:
+        out["coherence"] = coherence_mean(rewards, samples.images)
+    return out
+
+
+@torch.no_grad()
+def coherence_mean(rewards: RewardModels, images: np.ndarray, batch: int = 64) -> float:
+    """The coherence reward's mean real-probability over `images` (what its service's Score answers, averaged)."""
+    model = rewards.coherence
+    device = next(model.parameters()).device
+    got = [model.summary(model(to_tensor(list(images[i:i + batch])).to(device))) for i in range(0, len(images), batch)]
+    return float(torch.cat(got).mean())
 
 
 def utilities(images: np.ndarray, examples: list[FeedbackExample], weights: dict[str, float]) -> np.ndarray:

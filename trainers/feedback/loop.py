@@ -25,13 +25,14 @@ from editloop.models.data import edit_context, step_rng, to_tensor
 from editloop.models.zoo import set_timestep_spacing
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
+from trainers.feedback.grpo import GrpoConfig, check_grpo
 from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
 from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
 from trainers.feedback.selection import Selection, save_snapshot, select_snapshot
 from trainers.runs import save_checkpoint, throttled
 
 STAGES = ("pefl", "adversarial", "progressive")  # ByteEdit's chain, in order
-METHODS = (*STAGES, "dpo")  # what a feedback-lifecycle run may train: a stage, or Diffusion-DPO (dpo.py)
+METHODS = (*STAGES, "dpo", "grpo")  # a feedback-lifecycle run trains a stage, Diffusion-DPO (dpo.py) or GRPO (grpo.py)
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -71,6 +72,7 @@ class FeedbackConfig:
     kl_weight: float = 0.0
     # Diffusion-DPO's beta (dpo.py; stage "dpo" only): how far from the reference the preferences may pull
     dpo_beta: float = 5000.0
+    grpo: GrpoConfig | None = None  # online GRPO's settings (grpo.py; stage "grpo" only)
 
     def __post_init__(self) -> None:
         if self.stage not in METHODS:
@@ -92,6 +94,8 @@ class FeedbackConfig:
             raise ValueError(f"`kl_weight` must be a finite number >= 0 (0: no KL term), got {self.kl_weight}")
         if not (math.isfinite(self.dpo_beta) and self.dpo_beta > 0):
             raise ValueError(f"`dpo_beta` must be a finite number > 0, got {self.dpo_beta}")
+        if self.stage == "grpo":
+            check_grpo(self)
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}")
 
@@ -104,6 +108,8 @@ class FeedbackConfig:
         data["schedule"] = PeflSchedule(**data.get("schedule", {}))
         if data.get("adversarial") is not None:
             data["adversarial"] = AdversarialConfig(**data["adversarial"])
+        if data.get("grpo") is not None:
+            data["grpo"] = GrpoConfig.from_dict(data["grpo"])
         if "tasks" in data:
             data["tasks"] = tuple(data["tasks"])
         return cls(**data)

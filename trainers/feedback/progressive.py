@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainers.feedback.adversarial import AdversarialConfig
+from trainers.feedback.grpo import GrpoConfig
 from trainers.feedback.loop import METHODS, FeedbackConfig
 from trainers.feedback.pefl import PeflSchedule
 
@@ -29,13 +30,26 @@ def stage_config(stage: str, **overrides: Any) -> FeedbackConfig:
         preset["timestep_spacing"] = "trailing"
     if stage in ("adversarial", "progressive"):
         preset["adversarial"] = AdversarialConfig()
+    if stage == "grpo":  # trained on the aesthetic reward (and coherence); alignment held out as the guard
+        preset.update(grpo=GrpoConfig(), reward_weights={"aesthetic": 1.0})
     data = FeedbackConfig(**preset).to_dict()
     for key, value in overrides.items():
         if key not in data:
             raise ValueError(f"unknown feedback config field {key!r}; known: {sorted(data)}")
+        if key == "grpo" and isinstance(value, dict) and data[key] is not None:
+            unknown = sorted(set(value) - set(data[key]))
+            if unknown:
+                raise ValueError(f"unknown grpo config field {unknown[0]!r}; known: {sorted(data[key])}")
+            value = {**data[key], **value}  # the preset's, with these fields replaced
         data[key] = value
     return FeedbackConfig.from_dict(data)
 
 
 def needs_coherence(cfg: FeedbackConfig) -> bool:
-    return cfg.adversarial is not None
+    return cfg.adversarial is not None or (cfg.grpo is not None and cfg.grpo.coherence_weight > 0)
+
+
+def reward_kinds(cfg: FeedbackConfig) -> list[str]:
+    """The promoted rewards a run of `cfg` loads: the weighted ones, GRPO's guards, and coherence when it needs it."""
+    kinds = sorted(set(cfg.reward_weights) | set(cfg.grpo.guard if cfg.grpo is not None else ()))
+    return kinds + (["coherence"] if needs_coherence(cfg) else [])

@@ -58,10 +58,12 @@ from editloop.store.base import BlobStore
 from trainers.feedback.dpo import dpo_data, dpo_step
 from trainers.feedback.evaluate import evaluate_samples, sample
 from trainers.feedback.examples import feedback_examples
+from trainers.feedback.grpo import grpo_step, hacking_guard
 from trainers.feedback.loop import FeedbackConfig, FeedbackState, train_feedback
 from trainers.feedback.plots import plot_history
-from trainers.feedback.progressive import needs_coherence, stage_config
+from trainers.feedback.progressive import reward_kinds, stage_config
 from trainers.feedback.review import check_review, net_preference, side_by_side
+from trainers.feedback.reward_client import ClientPolicy, make_scorer
 from trainers.feedback.rewards import RewardModels, load_rewards
 from trainers.reward.data import ImageCache
 from trainers.runs import update_run
@@ -206,8 +208,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
          cfg: FeedbackConfig, evaluation: EvalConfig, parent_version: str | None) -> dict[str, Any]:
     dpo = dpo_data(sessions, store, run_id) if cfg.stage == "dpo" else None  # too few labels: stop before sampling
     start_dir, start_version, start_id = start_model(sessions, store, settings, parent_version)
-    kinds = sorted(cfg.reward_weights) + (["coherence"] if needs_coherence(cfg) else [])
-    rewards = promoted_rewards(sessions, store, settings, kinds)
+    rewards = promoted_rewards(sessions, store, settings, reward_kinds(cfg))
     pipe = load_pipeline(start_dir, "inpaint", device=settings.device, dtype="fp32")
     rewards.to(pipe.unet.device)
     held_out = feedback_examples(evaluation.examples, evaluation.seed, cfg.tasks)
@@ -241,8 +242,14 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
             return net_preference(side_by_side(got.images, served_val.images, validation).verdicts)
         return evaluate_samples(got, validation, rewards)["feedback_score"]
 
-    state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None,
-                           step=dpo_step(dpo, ImageCache(store)) if dpo is not None else None)
+    scorer = grpo_scorer(cfg, rewards, settings)
+    try:
+        step = dpo_step(dpo, ImageCache(store)) if dpo is not None else grpo_step(scorer) if scorer else None
+        state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None,
+                               step=step)
+    finally:
+        if scorer is not None:
+            scorer.close()
     candidate = sample(pipe, held_out, evaluation.seed, cfg.schedule.steps, cfg.guidance)
     metrics = evaluate_samples(candidate, held_out, rewards)
     review = side_by_side(candidate.images, reference.images, held_out) if evaluation.review == "panel" else None
@@ -252,11 +259,13 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     margin = evaluation.review_margin if accelerated(metrics, reference_metrics) else None
     guards = promotion_guards(metrics, reference_metrics, evaluation.success_tolerance, review=review, margin=margin)
     guards += base_floor_guard(metrics, base_metrics, evaluation.success_tolerance)
+    guards += hacking_guard(metrics, reference_metrics, cfg.grpo) if cfg.grpo is not None else []
     if evaluation.review == "people":  # the gate refuses it until `editloop models review` has the verdicts
         guards.append(f"{AWAITING} ({len(held_out)} pairs against {served_version}: `editloop annotation push`, "
                       f"then `editloop models review editor {version}`)")
     lineage = {"run_id": run_id, "stage": stage, "start_version": start_version, "rewards": rewards.versions,
-               **({"labels": dpo.label_ids, "pairs": len(dpo.pairs)} if dpo is not None else {})}
+               **({"labels": dpo.label_ids, "pairs": len(dpo.pairs)} if dpo is not None else {}),
+               **({"scorer": scorer.describe()} if scorer is not None else {})}
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(pipe, Path(tmp), version, cfg, {"lineage": lineage})
         key = store_model_dir(store, Path(tmp))
@@ -290,6 +299,16 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
         run = s.get(TrainingRun, run_id)
         run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
     return outputs
+
+
+def grpo_scorer(cfg: FeedbackConfig, rewards: RewardModels, settings: Settings):  # noqa: ANN201
+    """What scores a GRPO run's samples (reward_client.py), pinned to the promoted versions the gate loaded; None
+    for other methods."""
+    if cfg.grpo is None:
+        return None
+    grpo = cfg.grpo
+    return make_scorer(grpo.scorer, rewards, grpo.reward_kinds(cfg.reward_weights), settings, grpo.addresses or None,
+                       ClientPolicy(grpo.timeout, grpo.retries))
 
 
 def review_metrics(review: Review | None, state: FeedbackState, margin: float | None = None) -> dict[str, Any]:

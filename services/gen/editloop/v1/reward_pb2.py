@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from services.gen.editloop.v1 import common_pb2 as editloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64itloop/v1/reward.proto\x12\x0b\x65\x64itloop.v1\x1a\x18\x65\x64itloop/v1/common.proto\"\x83\x01\n\tScoreItem\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\"\n\x06source\x18\x03 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x1f\n\x04mask\x18\x04 \x01(\x0b\x32\x11.editloop.v1.Mask\"5\n\x0cScoreRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.editloop.v1.ScoreItem\"E\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\"7\n\x0fScoreMapRequest\x12$\n\x04item\x18\x01 \x01(\x0b\x32\x16.editloop.v1.ScoreItem\"X\n\x10ScoreMapResponse\x12\x0f\n\x07map_png\x18\x01 \x01(\x0c\x12\r\n\x05score\x18\x02 \x01(\x02\x12$\n\x05model\x18\x03 \x01(\x0b\x32\x15.editloop.v1.ModelRef\"\x12\n\x10ModelInfoRequest\"\\\n\x11ModelInfoResponse\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t2\xdd\x01\n\x06Reward\x12>\n\x05Score\x12\x19.editloop.v1.ScoreRequest\x1a\x1a.editloop.v1.ScoreResponse\x12G\n\x08ScoreMap\x12\x1c.editloop.v1.ScoreMapRequest\x1a\x1d.editloop.v1.ScoreMapResponse\x12J\n\tModelInfo\x12\x1d.editloop.v1.ModelInfoRequest\x1a\x1e.editloop.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64itloop/v1/reward.proto\x12\x0b\x65\x64itloop.v1\x1a\x18\x65\x64itloop/v1/common.proto\"\x83\x01\n\tScoreItem\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\"\n\x06source\x18\x03 \x01(\x0b\x32\x12.editloop.v1.Image\x12\x1f\n\x04mask\x18\x04 \x01(\x0b\x32\x11.editloop.v1.Mask\"[\n\x0cScoreRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.editloop.v1.ScoreItem\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\"E\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\"7\n\x0fScoreMapRequest\x12$\n\x04item\x18\x01 \x01(\x0b\x32\x16.editloop.v1.ScoreItem\"X\n\x10ScoreMapResponse\x12\x0f\n\x07map_png\x18\x01 \x01(\x0c\x12\r\n\x05score\x18\x02 \x01(\x02\x12$\n\x05model\x18\x03 \x01(\x0b\x32\x15.editloop.v1.ModelRef\"\x12\n\x10ModelInfoRequest\"\\\n\x11ModelInfoResponse\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.editloop.v1.ModelRef\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t2\xdd\x01\n\x06Reward\x12>\n\x05Score\x12\x19.editloop.v1.ScoreRequest\x1a\x1a.editloop.v1.ScoreResponse\x12G\n\x08ScoreMap\x12\x1c.editloop.v1.ScoreMapRequest\x1a\x1d.editloop.v1.ScoreMapResponse\x12J\n\tModelInfo\x12\x1d.editloop.v1.ModelInfoRequest\x1a\x1e.editloop.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,17 +36,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREITEM']._serialized_start=68
   _globals['_SCOREITEM']._serialized_end=199
   _globals['_SCOREREQUEST']._serialized_start=201
-  _globals['_SCOREREQUEST']._serialized_end=254
-  _globals['_SCORERESPONSE']._serialized_start=256
-  _globals['_SCORERESPONSE']._serialized_end=325
-  _globals['_SCOREMAPREQUEST']._serialized_start=327
-  _globals['_SCOREMAPREQUEST']._serialized_end=382
-  _globals['_SCOREMAPRESPONSE']._serialized_start=384
-  _globals['_SCOREMAPRESPONSE']._serialized_end=472
-  _globals['_MODELINFOREQUEST']._serialized_start=474
-  _globals['_MODELINFOREQUEST']._serialized_end=492
-  _globals['_MODELINFORESPONSE']._serialized_start=494
-  _globals['_MODELINFORESPONSE']._serialized_end=586
-  _globals['_REWARD']._serialized_start=589
-  _globals['_REWARD']._serialized_end=810
+  _globals['_SCOREREQUEST']._serialized_end=292
+  _globals['_SCORERESPONSE']._serialized_start=294
+  _globals['_SCORERESPONSE']._serialized_end=363
+  _globals['_SCOREMAPREQUEST']._serialized_start=365
+  _globals['_SCOREMAPREQUEST']._serialized_end=420
+  _globals['_SCOREMAPRESPONSE']._serialized_start=422
+  _globals['_SCOREMAPRESPONSE']._serialized_end=510
+  _globals['_MODELINFOREQUEST']._serialized_start=512
+  _globals['_MODELINFOREQUEST']._serialized_end=530
+  _globals['_MODELINFORESPONSE']._serialized_start=532
+  _globals['_MODELINFORESPONSE']._serialized_end=624
+  _globals['_REWARD']._serialized_start=627
+  _globals['_REWARD']._serialized_end=848
 # @@protoc_insertion_point(module_scope)
