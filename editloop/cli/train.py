@@ -270,6 +270,7 @@ def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, default=None, help="training steps (default 200)")
     g.add_argument("--batch-size", type=int, default=None, help="samples per step, a multiple of --group (default 8)")
     g.add_argument("--group", type=int, default=None, help="samples per edit (default 4)")
+    g.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every K steps (default 25)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-5)")
     g.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (default: full)")
     g.add_argument("--kl-weight", type=float, default=None, help="KL to the start model (default 0.04)")
@@ -295,10 +296,11 @@ def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_train_grpo)
 
 
-def grpo_config(args: argparse.Namespace) -> dict:
+def grpo_config(args: argparse.Namespace, settings: Settings) -> dict:
     """The GRPO run's config from the flags, checked as the worker checks it (ValueError naming the field)."""
     config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                       ("lora_rank", args.lora_rank)) if v is not None}
+                                       ("lora_rank", args.lora_rank),
+                                       ("checkpoint_every", args.checkpoint_every)) if v is not None}
     grpo: dict = {k: v for k, v in (("group", args.group), ("kl_weight", args.kl_weight), ("clip", args.clip),
                                      ("eta", args.eta), ("train_fraction", args.train_fraction),
                                      ("scorer", args.scorer), ("timeout", args.reward_timeout)) if v is not None}
@@ -312,6 +314,11 @@ def grpo_config(args: argparse.Namespace) -> dict:
     evaluation = {"auto_promote": not args.no_promote,
                   **({"examples": args.eval_examples} if args.eval_examples is not None else {})}
     check_feedback_config(["grpo"], config, evaluation)
+    from trainers.feedback.progressive import stage_config
+    from trainers.feedback.reward_client import resolve_addresses
+
+    full = stage_config("grpo", **config)  # scorer "services" with no address known: refused before queueing
+    resolve_addresses(full.grpo.scorer, full.grpo.reward_kinds(full.reward_weights), settings, full.grpo.addresses)
     return {**config, "eval": evaluation}
 
 
@@ -344,7 +351,7 @@ def parse_addresses(items: list[str]) -> dict[str, str]:
 
 def _train_grpo(args: argparse.Namespace) -> int:
     settings = Settings()
-    (run_id,) = enqueue_feedback_chain(settings, ["grpo"], grpo_config(args), "by hand: editloop train grpo")
+    (run_id,) = enqueue_feedback_chain(settings, ["grpo"], grpo_config(args, settings), "by hand: editloop train grpo")
     print(f"queued grpo run {run_id}")
     return wait_for_run(settings, run_id, "grpo") if args.wait else 0
 

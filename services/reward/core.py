@@ -68,7 +68,9 @@ class RewardCore:
             return self.model.summary(self.model(images)).float().cpu().numpy()
         tok = self.tokenizer([i.prompt for i in items], padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length, return_tensors="pt").to(self.device)
-        source, mask = edit_context([i.source for i in items], [i.mask for i in items], *images.shape[-2:])
+        source, mask = None, None
+        if self.model.config.reads_source:  # a model trained without sources never sees one (as feedback learning)
+            source, mask = edit_context([i.source for i in items], [i.mask for i in items], *images.shape[-2:])
         if source is not None:
             source, mask = source.to(self.device), mask.to(self.device)
         return self.model(images, tok.input_ids, tok.attention_mask, source, mask).float().cpu().numpy()

@@ -202,18 +202,27 @@ def stack_addresses(settings: Settings, kinds: list[str]) -> dict[str, str] | No
     return found if all(found.values()) else None
 
 
+def resolve_addresses(how: str, kinds: list[str], settings: Settings, addresses: dict[str, str] | None = None
+                      ) -> dict[str, str] | None:
+    """The reward services a run of scorer `how` scores through (kind -> host:port), or None for in-process: the
+    given `addresses`, else the running stack's. "services" without either is refused (ValueError)."""
+    if how not in SCORERS:
+        raise ValueError(f"`scorer` must be one of {list(SCORERS)}, got {how!r}")
+    if how == "in-process":
+        return None
+    found = {k: addresses[k] for k in kinds} if addresses and set(kinds) <= set(addresses) else None
+    found = found or stack_addresses(settings, kinds)
+    if how == "services" and found is None:
+        raise ValueError(f"`scorer` is 'services' but no reward service address is known for every one of {kinds}: "
+                         f"run the stack (`editloop up`) or give each address (--reward-address KIND=HOST:PORT)")
+    return found
+
+
 def make_scorer(how: str, rewards: RewardModels, kinds: list[str], settings: Settings,
                 addresses: dict[str, str] | None = None, policy: ClientPolicy | None = None) -> Scorer:
     """`how`: "services" (the given `addresses`, else the running stack's; refused when neither names every kind),
     "in-process" (the loaded `rewards`), or "auto" (the services when they run, else in-process)."""
-    if how not in SCORERS:
-        raise ValueError(f"`scorer` must be one of {list(SCORERS)}, got {how!r}")
-    found = {k: addresses[k] for k in kinds} if addresses and set(kinds) <= set(addresses) else None
-    if found is None and how != "in-process":
-        found = stack_addresses(settings, kinds)
-    if how == "services" and found is None:
-        raise ValueError(f"`scorer` is 'services' but no reward service address is known for every one of {kinds}: "
-                         f"run the stack (`editloop up`) or give `addresses`")
-    if how == "in-process" or found is None:
+    found = resolve_addresses(how, kinds, settings, addresses)
+    if found is None:
         return LocalScorer(rewards)
     return ServiceScorer(found, rewards.versions, settings, policy)
