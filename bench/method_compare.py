@@ -1,0 +1,212 @@
+"""PeFL, Diffusion-DPO and online GRPO on the same labels, judged on the same held-out edits (issue 34).
+
+    .venv/bin/python bench/method_compare.py --out bench/results/method_compare.json \
+        --cache .editloop/bench/feedback_cache          # ~70 CPU-minutes per taste with a cold cache, alone
+
+Per taste (--tastes): the committed base inpainting model's own samples on training examples (--sets examples x 4
+candidates, 20 steps; generated once, kept in --cache), each set labelled best/worst by the taste's simulated panel
+(bench/feedback_quality.py's labelling, seed 21). From those labels:
+- an aesthetic reward (reads the source and mask), trained as bench/feedback_quality.py trains it; an alignment
+  reward on world captions and a coherence reward on the base's composites (taste-independent, trained once);
+- PeFL (phase 1, KL 100: the recipe `editloop train pefl` runs) against aesthetic + alignment;
+- Diffusion-DPO straight from the same labels' pairs (trainers/feedback/dpo.py), no reward in the loss;
+- GRPO (trainers/feedback/grpo.py) against the aesthetic reward and coherence (weight --coherence), alignment held
+  out as its guard, scored in-process (the numbers a reward service answers; tests/test_grpo.py checks they agree);
+- GRPO with the coherence reward off (what preservation costs).
+On --eval held-out examples (seeds apart from the labelled ones; a third each task), every model sampled at 20
+steps with the same seed: the panel's GSB superiority vs base (every annotator judges every pair), mean utility,
+world-judge success, erase preservation (the judge: the other objects kept), L1 outside the mask (0..1), the
+aesthetic reward's accuracy on the model's own samples against the base's (bench/reward_hacking.py's measure:
+does the reward still order what the model makes as the panel does?), the gate's verdict, and training CPU-minutes.
+Writes JSON, a markdown table (stdout) and a grid per taste (rows named in the JSON and the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from feedback_quality import (  # noqa: E402
+    GENERATED,
+    HELD_OUT,
+    cache_name,
+    compare,
+    generated_pairs,
+    generated_pool,
+    measure,
+    model_fingerprint,
+    train_aesthetic_reward,
+    train_alignment_reward,
+)
+from reward_hacking import agreement  # noqa: E402
+
+from editloop.cli.train import RECIPE_KL_WEIGHT  # noqa: E402
+from editloop.models.base import base_model_dir  # noqa: E402
+from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
+from editloop.models.zoo import load_pipeline  # noqa: E402
+from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights  # noqa: E402
+from editloop.world.edits import edit_preservation  # noqa: E402
+from editloop.world.io import save_grid_png  # noqa: E402
+from editloop.world.judge import judge  # noqa: E402
+from trainers.feedback.dpo import DpoData, dpo_step  # noqa: E402
+from trainers.feedback.evaluate import image_rewards  # noqa: E402
+from trainers.feedback.examples import feedback_examples  # noqa: E402
+from trainers.feedback.grpo import grpo_step, hacking_guard  # noqa: E402
+from trainers.feedback.loop import train_feedback  # noqa: E402
+from trainers.feedback.progressive import stage_config  # noqa: E402
+from trainers.feedback.reward_client import LocalScorer  # noqa: E402
+from trainers.feedback.rewards import load_rewards  # noqa: E402
+from trainers.feedback.run import EvalConfig, promotion_guards  # noqa: E402
+from trainers.reward.loop import LoopConfig  # noqa: E402
+
+TASTES = {"default": DEFAULT_WEIGHTS, "reversed": reversed_weights()}
+LABEL_SEED = 21  # feedback_quality's labelling seed of the base's generated pool: the aesthetic reward's labels
+
+
+def train_coherence_reward(cache: Path, n_train: int, steps: int) -> Path:
+    """The coherence reward on the base's composites (taste-independent; kept in `cache`)."""
+    from trainers.reward.coherence import coherence_examples, pixel_auc, train_coherence
+
+    base = base_model_dir("inpaint")
+    where = cache / cache_name("coherence", n=n_train, steps=steps, base=model_fingerprint(base))
+    if (where / "result.json").is_file():
+        return where
+    pipe = load_pipeline(base, "inpaint", device="cpu", dtype="fp32")
+    train, held_out = coherence_examples(pipe, n_train, 0), coherence_examples(pipe, max(32, n_train // 4), 10_000)
+    torch.manual_seed(0)
+    best, _ = train_coherence(tiny_reward("coherence", 0), train, held_out,
+                              LoopConfig(steps=steps, eval_every=max(50, steps // 4), patience=4,
+                                         checkpoint_every=10**9), Path(tempfile.mkdtemp()))
+    auc = pixel_auc(best, held_out)
+    save_reward(best, "coherence", where, version="bench-coherence")
+    (where / "result.json").write_text(json.dumps({"pixel_auc": auc, "n_train": n_train, "steps": steps}))
+    print(f"  coherence reward: held-out pixel AUC {auc:.3f}", flush=True)
+    return where
+
+
+def tune(method: str, rewards, steps: int, out: Path, step=None, **overrides) -> tuple[Path, float, list]:  # noqa: ANN001
+    """Fine-tune the base with `method` (a feedback-lifecycle stage); (model dir, training CPU-seconds, history)."""
+    pipe = load_pipeline(base_model_dir("inpaint"), "inpaint", device="cpu", dtype="fp32")
+    cfg = stage_config(method, steps=steps, **overrides)
+    t0 = time.process_time()
+    state = train_feedback(pipe, rewards, cfg, out / "run", step=step)
+    seconds = time.process_time() - t0
+    pipe.save_pretrained(out / "model", safe_serialization=True)
+    (out / "history.json").write_text(json.dumps(state.history))
+    return out / "model", seconds, state.history
+
+
+def erase_preservation(images: np.ndarray, examples) -> float:  # noqa: ANN001
+    """The judge's verdict on erase edits: every object the edit should keep is still there, unchanged."""
+    got = [edit_preservation(judge(img), ex.edit) for img, ex in zip(images, examples) if ex.task == "erase"]
+    return float(np.mean(got))
+
+
+def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, coherence: Path) -> dict:
+    weights = TASTES[name]
+    print(f"taste: {name}", flush=True)
+    base = base_model_dir("inpaint")
+    generated = {"train": generated_pool(base, args.sets, 4, GENERATED, 20, args.cache),
+                 "eval": generated_pool(base, max(args.sets // 5, 16), 4, GENERATED + 5000, 20, args.cache)}
+    reward_args = argparse.Namespace(label_pool="generated", labels=args.sets, reward_steps=args.reward_steps,
+                                     reward_reads_source=True, reward_cache=args.cache)
+    aesthetic = train_aesthetic_reward(root, weights, reward_args, name, generated)
+    rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment, "coherence": coherence})
+    pairs, images = generated_pairs(root / f"{name}-dpo", generated["train"], weights, LABEL_SEED, with_source=True)
+    grpo = {"scorer": "in-process", "coherence_weight": args.coherence, "train_fraction": args.grpo_fraction}
+    made = {}
+    made["pefl"] = tune("pefl", rewards, args.pefl_steps, root / f"{name}-pefl", kl_weight=RECIPE_KL_WEIGHT,
+                        reward_weights={"aesthetic": 1.0, "alignment": 1.0})
+    made["dpo"] = tune("dpo", rewards, args.dpo_steps, root / f"{name}-dpo", step=dpo_step(DpoData(pairs, []), images))
+    made["grpo"] = tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo", step=grpo_step(LocalScorer(rewards)),
+                        grpo=grpo, lr=args.grpo_lr)
+    made["grpo-no-coherence"] = tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo-nc",
+                                     step=grpo_step(LocalScorer(rewards)), grpo={**grpo, "coherence_weight": 0.0},
+                                     lr=args.grpo_lr)
+    for method, (_, seconds, _) in made.items():
+        print(f"  {method}: trained in {seconds / 60:.1f} CPU-minutes", flush=True)
+    examples = feedback_examples(args.eval, HELD_OUT)
+    tasks = [e.task for e in examples]
+    results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights)}
+    results.update({m: measure(path, 20, examples, HELD_OUT, rewards, weights) for m, (path, _, _) in made.items()})
+    base_scores = image_rewards(rewards, results["base"]["images"], examples)["aesthetic"]
+    rows = []
+    for method, got in results.items():
+        row = compare(method, got, results["base"], weights, tasks)
+        row["erase_preservation"] = erase_preservation(got["images"], examples)
+        scores = image_rewards(rewards, got["images"], examples)["aesthetic"]
+        row["reward_accuracy_vs_base"] = agreement(scores, base_scores, got["utility"], results["base"]["utility"])
+        if method != "base":
+            row["train_cpu_minutes"] = made[method][1] / 60
+            row["gate_refuses"] = promotion_guards(row, results["base"]["metrics"], EvalConfig().success_tolerance,
+                                                   "the base")
+            if method.startswith("grpo"):
+                cfg = stage_config("grpo", grpo=grpo)
+                row["gate_refuses"] += hacking_guard(row, results["base"]["metrics"], cfg.grpo, "the base")
+        rows.append(row)
+    grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:9]]]
+    grid += [list(r["images"][:9]) for r in results.values()]
+    grid_path = args.out.with_name(f"{args.out.stem}_grid_{name}.png")
+    save_grid_png(grid, grid_path)
+    return {"taste": name, "labels": args.sets, "pairs": len(pairs), "rows": rows,
+            "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "grid": str(grid_path),
+            "grid_rows": ["source (mask darkened)", *results],
+            "grid_columns": [f"{e.task}: {e.prompt}" for e in examples[:9]],
+            "histories": {m: h[-10:] for m, (_, _, h) in made.items()}}
+
+
+def table(result: dict) -> str:
+    lines = [f"taste {result['taste']} ({result['labels']} labels, {result['pairs']} pairs)",
+             "| model | GSB vs base | superiority | mean utility | success | erase preservation | L1 outside "
+             "| reward acc. on own samples | train CPU-min | gate |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        gate = "-" if r["model"] == "base" else ("; ".join(r["gate_refuses"]) or "would promote")
+        acc = r["reward_accuracy_vs_base"]["accuracy"]
+        lines.append(f"| {r['model']} | {'/'.join(map(str, r['gsb']))} | {r['superiority']:.3f} | "
+                     f"{r['mean_utility']:.3f} | {r['success']:.3f} | {r['erase_preservation']:.3f} | "
+                     f"{r['l1_outside']:.4f} | {acc:.3f} | {r.get('train_cpu_minutes', 0):.1f} | {gate} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/method_compare.json"))
+    parser.add_argument("--tastes", default="default,reversed")
+    parser.add_argument("--sets", type=int, default=320, help="labelled edit sets (one best/worst answer each)")
+    parser.add_argument("--reward-steps", type=int, default=400)
+    parser.add_argument("--alignment-steps", type=int, default=200)
+    parser.add_argument("--coherence-train", type=int, default=256, help="composites the coherence reward sees")
+    parser.add_argument("--coherence-steps", type=int, default=300)
+    parser.add_argument("--pefl-steps", type=int, default=60)
+    parser.add_argument("--dpo-steps", type=int, default=150)
+    parser.add_argument("--grpo-steps", type=int, default=30)
+    parser.add_argument("--grpo-lr", type=float, default=5e-5)
+    parser.add_argument("--grpo-fraction", type=float, default=0.25, help="GRPO's share of sampling steps trained")
+    parser.add_argument("--coherence", type=float, default=0.5, help="GRPO's coherence reward weight")
+    parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
+    parser.add_argument("--cache", type=Path, default=Path(".editloop/bench/feedback_cache"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    root = Path(tempfile.mkdtemp(prefix="method-compare-"))
+    alignment = train_alignment_reward(root, args.alignment_steps, args.cache)["path"]
+    coherence = train_coherence_reward(args.cache, args.coherence_train, args.coherence_steps)
+    out = {"args": {k: str(v) for k, v in vars(args).items()}, "tastes": {}}
+    for name in [t.strip() for t in args.tastes.split(",") if t.strip()]:
+        out["tastes"][name] = run_taste(name, args, root, alignment, coherence)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1, default=float))  # each taste as it finishes
+        print(table(out["tastes"][name]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
