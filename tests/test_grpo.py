@@ -36,6 +36,7 @@ from trainers.feedback.pefl import prepare
 from trainers.feedback.progressive import stage_config
 from trainers.feedback.reward_client import ClientPolicy, LocalScorer, RewardServiceError, ScoreBatch, ServiceScorer
 from trainers.feedback.rewards import load_rewards
+from trainers.feedback.run import run_feedback_stage
 
 KINDS = ("aesthetic", "alignment", "coherence")
 
@@ -113,7 +114,8 @@ def test_the_samplers_likelihood_is_what_the_loss_recomputes(tiny_models):
     pipe = load_pipeline(tiny_models / "inpaint", "inpaint", device="cpu", dtype="fp32")
     examples = [e for e in feedback_examples(2, 5) for _ in range(2)]
     cfg = stage_config("grpo", batch_size=4, grpo={"group": 2})
-    roll = rollout(pipe, prepare(pipe, examples), cfg.schedule.steps, cfg.guidance, 1.0, torch.Generator().manual_seed(0))
+    roll = rollout(pipe, prepare(pipe, examples), cfg.schedule.steps, cfg.guidance, 1.0,
+                   torch.Generator().manual_seed(0))
     assert roll.images.shape == (4, 64, 64, 3) and roll.log_probs.shape == (20, 4)
     assert torch.isfinite(roll.log_probs).all()
     anchor = copy.deepcopy(pipe.unet)
@@ -141,8 +143,8 @@ def test_the_services_score_as_in_process_pinned_to_the_promoted_versions(served
                                                  r"serves version 'aesthetic-test'; the run pins 'aesthetic-v2'"):
         ServiceScorer({"aesthetic": served.addresses["aesthetic"]}, {"aesthetic": "aesthetic-v2"},
                       Settings(state_dir=tmp_path))
-    from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
     from editloop.world.io import to_png
+    from services.gen.editloop.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
     with grpc.insecure_channel(served.addresses["alignment"]) as channel:  # a promotion mid-run: the pin refuses it
         with pytest.raises(grpc.RpcError) as err:
@@ -272,3 +274,19 @@ def test_editloop_train_grpo_scores_through_the_services_and_resumes_after_a_kil
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert all(0 < h["reward_aesthetic"] < 1 and 0 < h["guard_alignment"] < 1 for h in history)
     assert f"queued grpo run {run.id}" in stdout
+
+
+def test_a_run_whose_reward_service_is_down_fails_with_its_address_before_sampling(tmp_path, reward_dirs):
+    _, settings, sessions, store = worker_state(tmp_path)
+    promote_rewards(sessions, store, reward_dirs)
+    down = {kind: f"127.0.0.1:{free_port()}" for kind in KINDS}
+    run_id = uuid.uuid4().hex
+    with pytest.raises(RewardServiceError, match=rf"reward service aesthetic at {down['aesthetic']}: ModelInfo "
+                                                 r"failed with UNAVAILABLE"):
+        run_feedback_stage("grpo", run_id, sessions, store, settings,
+                           {"steps": 2, "batch_size": 4, "grpo": {"group": 2, "scorer": "services", "addresses": down,
+                                                                  "retries": 1}, "eval": {"examples": 3}})
+    with sessions() as s:
+        run = s.get(TrainingRun, run_id)
+    assert run.status == "failed" and f"at {down['aesthetic']}" in run.error
+    assert not (settings.state_dir / "runs" / run_id).exists()  # nothing sampled, nothing trained

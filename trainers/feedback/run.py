@@ -209,6 +209,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     dpo = dpo_data(sessions, store, run_id) if cfg.stage == "dpo" else None  # too few labels: stop before sampling
     start_dir, start_version, start_id = start_model(sessions, store, settings, parent_version)
     rewards = promoted_rewards(sessions, store, settings, reward_kinds(cfg))
+    scorer = grpo_scorer(cfg, rewards, settings)  # a reward service down or on another version: refused before sampling
     pipe = load_pipeline(start_dir, "inpaint", device=settings.device, dtype="fp32")
     rewards.to(pipe.unet.device)
     held_out = feedback_examples(evaluation.examples, evaluation.seed, cfg.tasks)
@@ -242,7 +243,6 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
             return net_preference(side_by_side(got.images, served_val.images, validation).verdicts)
         return evaluate_samples(got, validation, rewards)["feedback_score"]
 
-    scorer = grpo_scorer(cfg, rewards, settings)
     try:
         step = dpo_step(dpo, ImageCache(store)) if dpo is not None else grpo_step(scorer) if scorer else None
         state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None,
