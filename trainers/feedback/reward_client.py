@@ -98,7 +98,9 @@ class LocalScorer:
             device = next(model.parameters()).device
             return model.summary(model(images.to(device))).float().cpu().numpy()
         source, mask = edit_context(list(batch.sources), list(batch.masks), *batch.images.shape[1:3])
-        return preference_scores(self.rewards, kind, images, batch.prompts, source, mask).float().cpu().numpy()
+        device = next(self.rewards.preference[kind][0].parameters()).device
+        return preference_scores(self.rewards, kind, images.to(device), batch.prompts, source, mask
+                                 ).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"via": "in-process", "versions": self.versions}
