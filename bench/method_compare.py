@@ -69,6 +69,7 @@ from trainers.feedback.run import EvalConfig, promotion_guards  # noqa: E402
 from trainers.reward.loop import LoopConfig  # noqa: E402
 
 TASTES = {"default": DEFAULT_WEIGHTS, "reversed": reversed_weights()}
+METHODS = ("pefl", "dpo", "grpo", "grpo-no-coherence")
 LABEL_SEED = 21  # feedback_quality's labelling seed of the base's generated pool: the aesthetic reward's labels
 
 
@@ -123,15 +124,18 @@ def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, 
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment, "coherence": coherence})
     pairs, images = generated_pairs(root / f"{name}-dpo", generated["train"], weights, LABEL_SEED, with_source=True)
     grpo = {"scorer": "in-process", "coherence_weight": args.coherence, "train_fraction": args.grpo_fraction}
-    made = {}
-    made["pefl"] = tune("pefl", rewards, args.pefl_steps, root / f"{name}-pefl", kl_weight=RECIPE_KL_WEIGHT,
-                        reward_weights={"aesthetic": 1.0, "alignment": 1.0})
-    made["dpo"] = tune("dpo", rewards, args.dpo_steps, root / f"{name}-dpo", step=dpo_step(DpoData(pairs, []), images))
-    made["grpo"] = tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo", step=grpo_step(LocalScorer(rewards)),
-                        grpo=grpo, lr=args.grpo_lr)
-    made["grpo-no-coherence"] = tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo-nc",
-                                     step=grpo_step(LocalScorer(rewards)), grpo={**grpo, "coherence_weight": 0.0},
-                                     lr=args.grpo_lr)
+    runs = {
+        "pefl": lambda: tune("pefl", rewards, args.pefl_steps, root / f"{name}-pefl", kl_weight=RECIPE_KL_WEIGHT,
+                             reward_weights={"aesthetic": 1.0, "alignment": 1.0}),
+        "dpo": lambda: tune("dpo", rewards, args.dpo_steps, root / f"{name}-dpo",
+                            step=dpo_step(DpoData(pairs, []), images)),
+        "grpo": lambda: tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo",
+                             step=grpo_step(LocalScorer(rewards)), grpo=grpo, lr=args.grpo_lr),
+        "grpo-no-coherence": lambda: tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo-nc",
+                                          step=grpo_step(LocalScorer(rewards)),
+                                          grpo={**grpo, "coherence_weight": 0.0}, lr=args.grpo_lr),
+    }
+    made = {method: runs[method]() for method in args.methods}
     for method, (_, seconds, _) in made.items():
         print(f"  {method}: trained in {seconds / 60:.1f} CPU-minutes", flush=True)
     examples = feedback_examples(args.eval, HELD_OUT)
@@ -195,7 +199,12 @@ def main() -> None:
     parser.add_argument("--coherence", type=float, default=0.5, help="GRPO's coherence reward weight")
     parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
     parser.add_argument("--cache", type=Path, default=Path(".editloop/bench/feedback_cache"))
+    parser.add_argument("--methods", default=",".join(METHODS), help="which to train and judge against the base")
     args = parser.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown[0]!r}; methods: {', '.join(METHODS)}")
     torch.set_num_threads(2)
     root = Path(tempfile.mkdtemp(prefix="method-compare-"))
     alignment = train_alignment_reward(root, args.alignment_steps, args.cache)["path"]

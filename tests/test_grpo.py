@@ -26,11 +26,11 @@ from trainers.feedback.examples import feedback_examples
 from trainers.feedback.grpo import (
     GrpoConfig,
     clipped_objective,
-    combined_reward,
     group_advantages,
     hacking_guard,
     policy_loss,
     rollout,
+    weighted_advantages,
 )
 from trainers.feedback.pefl import prepare
 from trainers.feedback.progressive import stage_config
@@ -93,9 +93,12 @@ def test_advantages_are_relative_to_each_group_and_skip_dropped_samples():
     assert np.allclose(adv[:3], (first - first.mean()) / (first.std() + 1e-4)) and adv[3] == 0
     assert np.all(adv[4:] == 0)  # one scored sample in its group: nothing to compare it with
     assert np.all(group_advantages(np.array([7.0, 7.0]), 2) == 0)  # a tie teaches nothing
-    both = combined_reward({"aesthetic": np.array([0.0, np.nan]), "coherence": np.array([0.25, 0.5])},
-                           {"aesthetic": 1.0, "coherence": 0.5, "alignment": 0.0})
-    assert both[0] == pytest.approx(0.5 + 0.125) and np.isnan(both[1])
+    scores = {"aesthetic": np.array([-30.0, 10.0, 40.0, np.nan]), "coherence": np.array([0.5, 0.6, 0.4, 0.9]),
+              "alignment": np.array([9.0, 9.0, 9.0, 9.0])}
+    both = weighted_advantages(scores, {"aesthetic": 1.0, "coherence": 0.5, "alignment": 0.0}, group=4)
+    scored = np.array([0, 1, 2])  # the fourth sample lost its aesthetic score: no advantage, and not in the group's
+    expected = group_advantages(scores["aesthetic"][scored], 3) + 0.5 * group_advantages(scores["coherence"][scored], 3)
+    assert np.allclose(both[:3], expected) and both[3] == 0  # each reward standardised in the group, then weighted
 
 
 def test_the_clipped_objective_stops_pushing_once_the_ratio_leaves_the_clip_range():

@@ -8,10 +8,11 @@ do it for text-to-image:
 
 1. `batch_size / group` edits drawn from (seed, "grpo", step) alone (a resumed run replays nothing), each sampled
    `group` times with the guided sampler, recording every x_t, x_{t-1} and log p_old(x_{t-1} | x_t).
-2. Each sample's reward r = sum_k w_k v_k: v = sigmoid(R) of each weighted preference reward, and the coherence
-   reward's mean real-probability (with `coherence_weight`: an edit that breaks what lies outside the mask reads as
-   generated there). Advantages relative to the group: A = (r - mean_group) / (std_group + 1e-4); a sample whose
-   score was dropped (a reward request past its deadline) gets none.
+2. Each sample scored by every weighted reward: a preference reward's score R, and the coherence reward's mean
+   real-probability (with `coherence_weight`: an edit that breaks what lies outside the mask reads as generated
+   there). Each reward's advantage relative to the group, (R - mean_group) / (std_group + 1e-4), then weighted and
+   summed (rewards of different scales count as their weights say); a sample whose score was dropped (a reward
+   request past its deadline) gets none.
 3. On a `train_fraction` of the sampling steps (the same for the whole batch, drawn from the step's stream): the
    clipped policy-gradient loss max(-A ratio, -A clip(ratio, 1 - c, 1 + c)) with ratio = p_theta / p_old, plus
    `kl_weight` * KL(p_theta || p_ref) against the frozen start UNet, which for two Gaussians of one variance is
@@ -175,17 +176,17 @@ def rollout(pipe, batch: EditBatch, steps: int, guidance: float, eta: float,  # 
     return Rollout(batch, latents, nexts, torch.stack(log_probs), stds, list(sched.timesteps), images)
 
 
-def combined_reward(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """r = sum_k w_k v_k: sigmoid of a preference reward's score, the coherence score as it is (a probability).
-    NaN where any weighted score is missing."""
-    total = None
-    for kind, weight in weights.items():
-        if weight <= 0:
-            continue
-        raw = scores[kind]
-        value = raw if kind == "coherence" else 1 / (1 + np.exp(-raw))
-        total = weight * value if total is None else total + weight * value
-    return total
+def weighted_advantages(scores: dict[str, np.ndarray], weights: dict[str, float], group: int) -> np.ndarray:
+    """A = sum_k w_k * (each reward's own group-relative advantage) over the rewards weighted > 0: each reward is
+    standardised within the group before the weights apply, so a Bradley-Terry score in the tens and a coherence
+    probability count as their weights say (a sigmoid of a trained reward's score saturates at 0 or 1 and leaves a
+    group nothing to compare). 0 for a sample any weighted reward lost."""
+    kinds = [k for k, w in weights.items() if w > 0]
+    scored = np.all([np.isfinite(scores[k]) for k in kinds], axis=0)
+    total = np.zeros(len(scored), dtype=np.float64)
+    for kind in kinds:
+        total += weights[kind] * group_advantages(np.where(scored, scores[kind], np.nan), group)
+    return np.where(scored, total, 0.0)
 
 
 def group_advantages(rewards: np.ndarray, group: int, eps: float = 1e-4) -> np.ndarray:
@@ -257,11 +258,11 @@ def grpo_step(scorer: Scorer) -> Callable[..., dict[str, float]]:
         roll = rollout(pipe, prepare(pipe, examples), cfg.schedule.steps, cfg.guidance, grpo.eta, generator)
         weights = {**cfg.reward_weights, "coherence": grpo.coherence_weight}
         scores = score_rollout(scorer, grpo.reward_kinds(cfg.reward_weights), roll, examples)
-        rewards = combined_reward(scores, weights)
-        if not np.isfinite(rewards).any():
-            raise AllScoresDropped(f"every one of the {len(rewards)} samples of step {step + 1} lost its reward "
+        scored = np.all([np.isfinite(scores[k]) for k, w in weights.items() if w > 0], axis=0)
+        if not scored.any():
+            raise AllScoresDropped(f"every one of the {len(scored)} samples of step {step + 1} lost its reward "
                                    f"(requests past their deadline after every retry)")
-        advantages = torch.tensor(group_advantages(rewards, grpo.group), dtype=torch.float32,
+        advantages = torch.tensor(weighted_advantages(scores, weights, grpo.group), dtype=torch.float32,
                                   device=pipe.unet.device)
         chosen_steps = trained_steps(rng, len(roll.timesteps), grpo.train_fraction)
         pipe.unet.train()
@@ -279,11 +280,10 @@ def grpo_step(scorer: Scorer) -> Callable[..., dict[str, float]]:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
         record = {k: float(np.mean(v)) for k, v in parts.items()}
-        record.update(grad_norm=float(grad_norm), reward=float(np.nanmean(rewards)),
-                      dropped=int((~np.isfinite(rewards)).sum()))
-        for kind, values in scores.items():
-            value = values if kind == "coherence" else 1 / (1 + np.exp(-values))
-            record[f"{'guard' if kind in grpo.guard else 'reward'}_{kind}"] = float(np.nanmean(value))
+        record.update(grad_norm=float(grad_norm), dropped=int((~scored).sum()),
+                      advantage_spread=float(advantages.abs().mean()))
+        for kind, values in scores.items():  # raw means: a preference reward's score, coherence's probability
+            record[f"{'guard' if kind in grpo.guard else 'reward'}_{kind}"] = float(np.nanmean(values))
         return record
 
     return step_fn
