@@ -93,7 +93,7 @@ def test_a_bad_policy_is_named_and_the_cli_pauses_and_shows_the_loop(tmp_path, m
         policy(Settings(loop_rewards="aesthetic=1,beauty=2"))
     with pytest.raises(ValueError, match="`EDITLOOP_LOOP_STAGES` must be a prefix of pefl,adversarial,progressive"):
         policy(Settings(loop_stages="adversarial"))
-    with pytest.raises(ValueError, match="or dpo .*got 'dpo,pefl'"):
+    with pytest.raises(ValueError, match=r"dpo \(Diffusion-DPO from the labels\) or grpo .*got 'dpo,pefl'"):
         policy(Settings(loop_stages="dpo,pefl"))
     assert policy(Settings(loop_stages="dpo")).stages == ["dpo"]  # a DPO run per round, from the labels
     monkeypatch.setenv("EDITLOOP_STATE_DIR", str(tmp_path / "state"))
