@@ -232,6 +232,7 @@ def test_the_loop_starts_a_grpo_round_with_the_unweighted_rewards_as_guards(tmp_
     assert run.kind == "feedback-grpo" and run.inputs["trigger"] == "loop (test): aesthetic reward a1 promoted"
     cfg = stage_config("grpo", **{k: v for k, v in run.inputs["config"].items() if k != "eval"})
     assert cfg.grpo.guard == ("alignment",) and cfg.reward_weights == {"aesthetic": 1.0}  # what the worker will run
+    assert cfg.kl_weight == 0 and cfg.grpo.kl_weight == 0.04  # PeFL's trust region is not GRPO's KL term
 
 
 def test_editloop_train_grpo_scores_through_the_services_and_resumes_after_a_kill(tmp_path, reward_dirs, served):

@@ -81,8 +81,8 @@ def policy(settings: Settings) -> LoopPolicy:
               "lr": settings.loop_feedback_lr,
               "reward_weights": weights, "kl_weight": settings.loop_kl_weight,
               "eval": {"examples": settings.loop_eval_examples, "success_tolerance": settings.loop_success_tolerance}}
-    if stages == ["grpo"]:  # the preference rewards it is not weighted on are its held-out guards
-        config["grpo"] = {"guard": [k for k in PREFERENCE_REWARDS if k not in weights]}
+    if stages == ["grpo"]:  # the preference rewards it is not weighted on are its held-out guards; its KL is its own
+        config.update(grpo={"guard": [k for k in PREFERENCE_REWARDS if k not in weights]}, kl_weight=0.0)
     if not 0 <= settings.loop_success_tolerance <= 1:
         raise ValueError(f"`EDITLOOP_LOOP_SUCCESS_TOLERANCE` must be in [0, 1], got {settings.loop_success_tolerance}")
     if not 0 < settings.loop_floor_alpha <= 1:
