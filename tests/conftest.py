@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -166,3 +167,29 @@ def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment
             register_candidate(s, kind, kind, f"{kind}-test", store_model_dir(store, reward_dirs / kind),
                                {"eval_score": 0.5}, {}, None)
             promote(s, kind, f"{kind}-test")
+
+
+def run_killed_once(env: dict, settings, queue: str, name: str, command: list[str]  # noqa: ANN001
+                    ) -> tuple[int, str, str, int, Path]:
+    """Run the CLI `command` (a `train ... --wait`) against a real worker on `queue`; SIGKILL that worker once the
+    run has written its first checkpoint, start another, and wait for the command. Returns (exit status, stdout,
+    stderr, the checkpoint's step when the worker was killed, the checkpoint's path); no worker outlives the call."""
+    import torch
+
+    first = start_worker(queue, name, env)
+    cli = subprocess.Popen([sys.executable, "-m", "editloop.cli.main", *command], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        checkpoint = wait_for_checkpoint(settings.state_dir / "runs", "checkpoint.pt")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        killed_at = torch.load(checkpoint, weights_only=False)["step"]
+        second = start_worker(queue, name, env)
+        stdout, stderr = cli.communicate(timeout=1200)
+    finally:
+        cli.kill()
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                stop_worker(worker)
+    return cli.returncode, stdout, stderr, killed_at, checkpoint

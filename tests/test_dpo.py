@@ -2,14 +2,13 @@
 feedback stages (gate, one version, resume after SIGKILL) and the CLI on a real worker."""
 
 import math
-import signal
 import subprocess
 import sys
 import uuid
 
 import pytest
 import torch
-from conftest import promote_rewards, purge, start_worker, stop_worker, wait_for_checkpoint, worker_state
+from conftest import promote_rewards, purge, run_killed_once, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun
@@ -104,24 +103,9 @@ def test_editloop_train_dpo_resumes_after_a_killed_worker_into_one_version(tmp_p
 
     env, settings, sessions, store = labelled_world(tmp_path, reward_dirs, edit_sets=24, rabbitmq=True)
     purge(make_celery(settings))
-    first = start_worker("gpu", "dpo", env)
-    cli = subprocess.Popen([sys.executable, "-m", "editloop.cli.main", "train", "dpo", "--steps", "30",
-                            "--batch-size", "2", "--eval-examples", "3", "--wait"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = None
-    try:
-        checkpoint = wait_for_checkpoint(settings.state_dir / "runs", "checkpoint.pt")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-        killed_at = torch.load(checkpoint, weights_only=False)["step"]
-        second = start_worker("gpu", "dpo", env)
-        stdout, stderr = cli.communicate(timeout=1200)
-    finally:
-        cli.kill()
-        for worker in (first, second):
-            if worker is not None and worker.poll() is None:
-                stop_worker(worker)
-    assert cli.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    code, stdout, stderr, killed_at, _ = run_killed_once(env, settings, "gpu", "dpo", [
+        "train", "dpo", "--steps", "30", "--batch-size", "2", "--eval-examples", "3", "--wait"])
+    assert code == 0, stdout[-2000:] + stderr[-2000:]
     assert killed_at < 30  # checkpoints every 25 steps: killed at 25
     with sessions() as s:
         (run,) = s.scalars(select(TrainingRun)).all()

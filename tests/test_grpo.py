@@ -5,7 +5,6 @@ SIGKILLed and resumed into one version."""
 
 import asyncio
 import copy
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, promote_rewards, purge, start_worker, stop_worker, wait_for_checkpoint, worker_state
+from conftest import free_port, promote_rewards, purge, run_killed_once, worker_state
 from sqlalchemy import select
 
 from editloop.db import ModelVersion, TrainingRun, make_engine, make_sessionmaker, upgrade
@@ -243,26 +242,11 @@ def test_editloop_train_grpo_scores_through_the_services_and_resumes_after_a_kil
     env, settings, sessions, store = worker_state(tmp_path, rabbitmq=True)
     promote_rewards(sessions, store, reward_dirs)
     purge(make_celery(settings))
-    first = start_worker("gpu", "grpo", env)
     addresses = [f"--reward-address={k}={a}" for k, a in served.addresses.items()]
-    cli = subprocess.Popen([sys.executable, "-m", "editloop.cli.main", "train", "grpo", "--steps", "4",
-                            "--checkpoint-every", "2", "--batch-size", "2", "--group", "2", "--train-fraction", "0.2",
-                            "--scorer", "services", *addresses, "--eval-examples", "3", "--wait"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = None
-    try:
-        checkpoint = wait_for_checkpoint(settings.state_dir / "runs", "checkpoint.pt")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-        killed_at = torch.load(checkpoint, weights_only=False)["step"]
-        second = start_worker("gpu", "grpo", env)
-        stdout, stderr = cli.communicate(timeout=1200)
-    finally:
-        cli.kill()
-        for worker in (first, second):
-            if worker is not None and worker.poll() is None:
-                stop_worker(worker)
-    assert cli.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    code, stdout, stderr, killed_at, checkpoint = run_killed_once(env, settings, "gpu", "grpo", [
+        "train", "grpo", "--steps", "4", "--checkpoint-every", "2", "--batch-size", "2", "--group", "2",
+        "--train-fraction", "0.2", "--scorer", "services", *addresses, "--eval-examples", "3", "--wait"])
+    assert code == 0, stdout[-2000:] + stderr[-2000:]
     assert killed_at < 4
     with sessions() as s:
         (run,) = s.scalars(select(TrainingRun)).all()
