@@ -132,6 +132,7 @@ class Rollout:
     stds: list[torch.Tensor]  # sigma_t per step (a scalar tensor)
     timesteps: list[torch.Tensor]
     images: np.ndarray  # N,H,W,3 uint8
+    sched: Any  # the DDIM schedule it was sampled with (the loss recomputes its steps on it)
 
 
 def ddim_step(sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor,  # noqa: ANN001
@@ -173,7 +174,7 @@ def rollout(pipe, batch: EditBatch, steps: int, guidance: float, eta: float,  # 
         stds.append(std)
         x = nxt
     images = to_uint8(decode(pipe, x))
-    return Rollout(batch, latents, nexts, torch.stack(log_probs), stds, list(sched.timesteps), images)
+    return Rollout(batch, latents, nexts, torch.stack(log_probs), stds, list(sched.timesteps), images, sched)
 
 
 def weighted_advantages(scores: dict[str, np.ndarray], weights: dict[str, float], group: int) -> np.ndarray:
@@ -221,8 +222,7 @@ def trained_steps(rng: np.random.Generator, steps: int, fraction: float) -> list
 def policy_loss(pipe, anchor, roll: Rollout, index: int, advantages: torch.Tensor, cfg,  # noqa: ANN001
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss at sampling step `index` of the rollout: clipped objective + kl_weight * KL to the anchor."""
-    grpo = cfg.grpo
-    sched = ddim(pipe, cfg.schedule.steps)
+    grpo, sched = cfg.grpo, roll.sched
     x, t, std = roll.latents[index], roll.timesteps[index], roll.stds[index]
     mean, _ = ddim_step(sched, guided_prediction(pipe.unet, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
     log_prob = gaussian_log_prob(roll.next_latents[index], mean, std)
