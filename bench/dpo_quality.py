@@ -32,19 +32,14 @@ from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
 from editloop.models.zoo import load_pipeline  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights  # noqa: E402
-from editloop.world.metrics import masked_l1  # noqa: E402
 from trainers.feedback.dpo import DpoData, dpo_step  # noqa: E402
+from trainers.feedback.evaluate import outside_l1  # noqa: E402
 from trainers.feedback.examples import feedback_examples  # noqa: E402
 from trainers.feedback.loop import train_feedback  # noqa: E402
 from trainers.feedback.progressive import stage_config  # noqa: E402
 from trainers.feedback.rewards import load_rewards  # noqa: E402
 
 TASTES = {"default": DEFAULT_WEIGHTS, "reversed": reversed_weights()}
-
-
-def outside_l1(images: np.ndarray, examples) -> float:  # noqa: ANN001
-    """Mean over examples of masked_l1: |edit - source| on 0..1 outside each example's mask (what it should keep)."""
-    return float(np.mean([masked_l1(image, ex.source, ex.mask) for image, ex in zip(images, examples)]))
 
 
 def run_taste(name: str, args: argparse.Namespace, root: Path, rewards) -> dict:  # noqa: ANN001

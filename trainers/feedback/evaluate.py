@@ -73,10 +73,15 @@ def evaluate_samples(samples: Samples, examples: list[FeedbackExample], rewards:
     out = {"feedback_score": feedback_score(means), **{f"reward_{k}": v for k, v in means.items()},
            "success": success_rate(samples.images, examples), "steps": samples.steps,
            "seconds_per_image": samples.seconds / len(examples),
-           "l1_outside": float(np.mean([masked_l1(i, e.source, e.mask) for i, e in zip(samples.images, examples)]))}
+           "l1_outside": outside_l1(samples.images, examples)}
     if rewards.coherence is not None:
         out["coherence"] = coherence_mean(rewards, samples.images)
     return out
+
+
+def outside_l1(images: np.ndarray, examples: list[FeedbackExample]) -> float:
+    """Mean over examples of masked_l1: |edit - source| on 0..1 outside each example's mask (what it should keep)."""
+    return float(np.mean([masked_l1(image, ex.source, ex.mask) for image, ex in zip(images, examples)]))
 
 
 @torch.no_grad()
