@@ -16,7 +16,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from annotation.configs import ProjectSpec
-from annotation.server import LabelStudioInfo, info_path
+from annotation.server import LabelStudioInfo, label_studio_info
 from editloop.settings import Settings
 
 log = logging.getLogger("editloop.annotation")
@@ -51,7 +51,7 @@ def connect(url: str, token: str, timeout: float = 60) -> LabelStudio:
 
 def connect_from_state(settings: Settings) -> tuple[LabelStudio, LabelStudioInfo]:
     """The Label Studio that `editloop annotation up` started (its URL and token are in the state dir)."""
-    info = LabelStudioInfo.load(info_path(settings))
+    info = label_studio_info(settings)
     return connect(info.url, info.token), info
 
 

@@ -61,6 +61,20 @@ def info_path(settings: Settings) -> Path:
     return settings.state_dir / "label-studio.json"
 
 
+def label_studio_info(settings: Settings) -> LabelStudioInfo:
+    """How to reach Label Studio: the external one the settings name (EDITLOOP_LABEL_STUDIO_URL and _TOKEN), else
+    the one this state dir's `editloop up` / `annotation up` started."""
+    if not settings.label_studio_url:
+        return LabelStudioInfo.load(info_path(settings))
+    token = settings.label_studio_token.get_secret_value()
+    if not token:
+        raise LabelStudioError("EDITLOOP_LABEL_STUDIO_URL is set but EDITLOOP_LABEL_STUDIO_TOKEN is empty: give the "
+                               "personal access token of a Label Studio user (Account & Settings -> Personal Access "
+                               "Token)")
+    return LabelStudioInfo(url=settings.label_studio_url.rstrip("/"), token=token, pid=0, data_dir="",
+                           admin_email="", admin_password="")
+
+
 def executable(venv: Path) -> Path:
     return venv / "bin" / "label-studio"
 

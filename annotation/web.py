@@ -12,6 +12,7 @@ pending and the next `editloop annotation sync` (or the reconciler) applies them
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import json
 import logging
@@ -157,17 +158,20 @@ def make_server(settings: Settings, port: int | None = None, host: str = "127.0.
                      *open_state(settings))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m annotation.web [--host H] [--port P]`: serve until SIGTERM (started by `editloop up` or
-    `editloop annotation up`)."""
-    import argparse
-    import signal
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m annotation.web", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None,
                         help="port (default EDITLOOP_ANNOTATION_WEB_PORT); 0 = any free port")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m annotation.web [--host H] [--port P]`: serve until SIGTERM (started by `editloop up` or
+    `editloop annotation up`)."""
+    import signal
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     server = make_server(Settings(), args.port, args.host)

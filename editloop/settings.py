@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     reload_interval_s: float = 5.0  # reward and editor services poll the registry for a newly promoted version
     label_studio_venv: Path = Path(".venv-label-studio")  # Label Studio's own virtualenv (made on first use)
     label_studio_port: int = 8080
+    # an external Label Studio (compose, Kubernetes): its URL and a personal access token; unset, the clients use the
+    # one `editloop up` / `editloop annotation up` started (<state_dir>/label-studio.json)
+    label_studio_url: str = ""
+    label_studio_token: SecretStr = Field(default=SecretStr(""), repr=False)
     label_studio_start_timeout_s: float = 900.0  # at most this long for Label Studio to answer /health
     label_studio_stall_s: float = 180.0  # ...and give up sooner when it writes nothing and answers nothing this long
     # `editloop up`: every part's port (0 = any free port, chosen at start and kept across restarts)
@@ -67,6 +71,10 @@ class Settings(BaseSettings):
     aesthetic_port: int = 50053
     alignment_port: int = 50054
     coherence_port: int = 50055
+    # the services on other hosts (compose, Kubernetes): "PART=HOST:PORT,..." with PART generator, editor,
+    # reward-aesthetic, reward-alignment, reward-coherence; the clients and the trainers' scorers use them when no
+    # stack runs on this state dir
+    service_addresses: str = ""
     metrics_port: int = 0  # first Prometheus port of the services (the next ones follow); 0 = any free ports
     restart_backoff_max_s: float = 30.0  # a dying child is restarted after 1, 2, 4, ... s, at most this
     run_heartbeat_s: float = 30.0  # a running training run's worker touches its row this often

@@ -154,10 +154,10 @@ def label_studio_down(settings: Settings) -> str | None:
     """Why the sets could not be pushed now (Label Studio not started, or not answering), else None."""
     import requests
 
-    from annotation.server import LabelStudioError, LabelStudioInfo, info_path
+    from annotation.server import LabelStudioError, label_studio_info
 
     try:
-        url = LabelStudioInfo.load(info_path(settings)).url
+        url = label_studio_info(settings).url
     except LabelStudioError as exc:
         return str(exc)
     try:

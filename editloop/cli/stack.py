@@ -69,12 +69,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def configured_addresses(settings: Settings) -> dict[str, str]:
+    """EDITLOOP_SERVICE_ADDRESSES as {part: host:port}; ValueError naming the entry that is not PART=HOST:PORT."""
+    out: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in settings.service_addresses.split(","))):
+        part, _, address = item.partition("=")
+        host, _, port = address.rpartition(":")
+        if part not in SERVICES or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"EDITLOOP_SERVICE_ADDRESSES entry {item[:80]!r} must be PART=HOST:PORT with PART one of "
+                             f"{', '.join(SERVICES)} and PORT in 1..65535")
+        out[part] = address
+    return out
+
+
 def service_address(settings: Settings, part: str) -> str:
-    """The running stack's address of `part` (e.g. "generator", "reward-aesthetic"), else its configured port."""
+    """The running stack's address of `part` (e.g. "generator", "reward-aesthetic"), else EDITLOOP_SERVICE_ADDRESSES',
+    else its configured port on loopback."""
     stack = read_stack(settings)
     if stack and stack["parts"].get(part, {}).get("address"):
         return stack["parts"][part]["address"]
-    return f"127.0.0.1:{getattr(settings, _PORT_SETTING[part])}"
+    return configured_addresses(settings).get(part) or f"127.0.0.1:{getattr(settings, _PORT_SETTING[part])}"
 
 
 def stack_settings(settings: Settings) -> Settings:

@@ -24,6 +24,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--runs", type=int, default=3, help="last runs shown per kind (default 3)")
     p.set_defaults(func=_status)
+    p = sub.add_parser("health", help="exit 0 when the gRPC service at ADDRESS answers SERVING (container and "
+                                      "Kubernetes health checks)")
+    p.add_argument("address", help="host:port of a generator, editor or reward service")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    p.set_defaults(func=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    state = _grpc_health(args.address, Settings(), args.timeout)
+    print(state)
+    return 0 if state == "SERVING" else 1
 
 
 def _grpc_health(address: str, settings: Settings, timeout: float = 2.0) -> str:

@@ -195,12 +195,17 @@ class ServiceScorer:
 
 
 def stack_addresses(settings: Settings, kinds: list[str]) -> dict[str, str] | None:
-    """The running stack's reward services of `kinds`, or None when it does not run one of them."""
-    from editloop.cli.stack import read_stack
+    """The running stack's reward services of `kinds`, else those EDITLOOP_SERVICE_ADDRESSES names (services on other
+    hosts), or None when neither has every one of them."""
+    from editloop.cli.stack import configured_addresses, read_stack
 
     stack = read_stack(settings)
     parts = (stack or {}).get("parts", {})
     found = {k: parts.get(f"reward-{k}", {}).get("address") for k in kinds}
+    if all(found.values()):
+        return found
+    configured = configured_addresses(settings)
+    found = {k: configured.get(f"reward-{k}") for k in kinds}
     return found if all(found.values()) else None
 
 
