@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     service_addresses: str = ""
     metrics_port: int = 0  # first Prometheus port of the services (the next ones follow); 0 = any free ports
     restart_backoff_max_s: float = 30.0  # a dying child is restarted after 1, 2, 4, ... s, at most this
+    # processes per training job: >1 launches it with torchrun on the worker's node (one per GPU; gloo on CPU),
+    # data-parallel with one checkpoint and one model version (trainers/distributed.py); reward runs so far
+    train_procs: int = Field(default=1, ge=1, le=64)
     run_heartbeat_s: float = 30.0  # a running training run's worker touches its row this often
     run_stale_s: float = 300.0  # no heartbeat this long: the run's worker is gone (re-queued or failed)
     run_lost_s: float = 1800.0  # queued this long with its queue empty and no worker busy on it: message lost

@@ -1,5 +1,8 @@
 """One training loop for every reward model: AdamW, periodic held-out evaluation, early stopping,
-checkpoints (model, optimizer, step, best score, RNG) and resume from the newest checkpoint."""
+checkpoints (model, optimizer, step, best score, RNG) and resume from the newest checkpoint.
+
+Inside a distributed job (trainers/distributed.py) each process trains on its share of every global batch with
+gradients averaged (DDP); rank 0 alone evaluates, checkpoints and reports progress."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainers.distributed import broadcast, data_parallel_loss, is_main, mean_over_ranks
 from trainers.runs import save_checkpoint, throttled
 
 T = TypeVar("T")
@@ -89,10 +93,12 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
         for _ in range(state["step"]):
             next(batches)
     stopped = False
-    progress = throttled(progress)
+    main = is_main()
+    progress = throttled(progress) if main else None
+    step_loss = data_parallel_loss(model, loss_fn)
     while state["step"] < cfg.steps:
         model.train()
-        loss = loss_fn(model, next(batches))
+        loss = step_loss(next(batches))
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, state["step"])
         opt.zero_grad(set_to_none=True)
@@ -103,12 +109,15 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
         step = state["step"]
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
-            with torch.no_grad():
-                score = float(eval_fn(model))
-            state["history"].append({"step": step, "loss": float(loss.detach()), "eval": score})
+            if main:
+                with torch.no_grad():
+                    score = float(eval_fn(model))
+            score = broadcast(score if main else None)
+            state["history"].append({"step": step, "loss": mean_over_ranks(float(loss.detach())), "eval": score})
             if score > state["best_score"]:
                 state.update(best_score=score, best_step=step, bad_evals=0)
-                save_checkpoint(best_path, model.state_dict())
+                if main:
+                    save_checkpoint(best_path, model.state_dict())
             else:
                 state["bad_evals"] += 1
             if progress is not None:
@@ -117,14 +126,15 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
                 stopped = True
         elif progress is not None:
             progress(step, cfg.steps, {"step": step, "loss": float(loss.detach())})
-        if step % cfg.checkpoint_every == 0 or stopped or step == cfg.steps:
+        if main and (step % cfg.checkpoint_every == 0 or stopped or step == cfg.steps):
             save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
                                    "rng": torch.get_rng_state()})
         if stopped:
             break
     best = copy.deepcopy(model)
-    if best_path.is_file():
+    if main and best_path.is_file():
         best.load_state_dict(torch.load(best_path, weights_only=True))
-    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    if main:
+        (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
     return best.eval(), LoopResult(state["best_score"], state["best_step"], state["step"], stopped,
                                    state["history"])

@@ -170,6 +170,38 @@ def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_
                            progress)
 
 
+def run_progress(sessions: sessionmaker[Session], run_id: str):  # noqa: ANN201
+    """The training loop's progress callback: the run row's progress, last step and last evaluation."""
+    last_eval: dict = {}
+
+    def progress(step: int, total: int, last: dict) -> None:
+        if "eval" in last:
+            last_eval.update(last)
+        update_run(sessions, run_id, progress=step / total, outputs={"last": last, "last_eval": dict(last_eval)})
+
+    return progress
+
+
+def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings: Settings,  # noqa: ANN202
+                       parent_info: tuple | None, model, run_dir: Path):  # noqa: ANN001
+    """`_train` as a data-parallel job of EDITLOOP_TRAIN_PROCS processes (trainers/reward/job.py); the best model
+    and the loop's result come back through the run directory."""
+    import copy
+
+    import torch
+
+    from trainers.distributed import launch
+    from trainers.reward.loop import LoopResult
+
+    args = [kind, run_id, json.dumps(asdict(cfg)), parent_info[2] if parent_info else ""]
+    launch("trainers.reward.job", args, settings.train_procs, settings, run_dir / "job.log")
+    best = copy.deepcopy(model)
+    best_path = run_dir / "best.pt"
+    if best_path.is_file():
+        best.load_state_dict(torch.load(best_path, weights_only=True))
+    return best.eval(), LoopResult(**json.loads((run_dir / "result.json").read_text()))
+
+
 def loads(store: BlobStore, cache: Path, kind: str):  # noqa: ANN201
     """A check for `promote`: the version's checkpoint unpacks and loads as a `kind` reward model."""
     def check(row) -> None:  # noqa: ANN001
@@ -204,15 +236,11 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             _, parent_model, parent_tok = load_reward(parent_dir, kind)
             parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
 
-        last_eval: dict = {}
-
-        def progress(step: int, total: int, last: dict) -> None:
-            if "eval" in last:
-                last_eval.update(last)
-            update_run(sessions, run_id, progress=step / total, outputs={"last": last, "last_eval": dict(last_eval)})
-
         run_dir = settings.state_dir / "runs" / run_id
-        best, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
+        if settings.train_procs > 1:
+            best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir)
+        else:
+            best, result = _train(kind, model, tokenizer, data, cfg, run_dir, run_progress(sessions, run_id))
         score, metrics = _evaluate(kind, best, tokenizer, data)
         version = f"{kind}-{run_id[:12]}"
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,47 @@
+"""One process of a data-parallel reward training job (`python -m trainers.reward.job KIND RUN_ID CONFIG PARENT_KEY`,
+started by torchrun from trainers/reward/run.py when EDITLOOP_TRAIN_PROCS > 1).
+
+Every process rebuilds the run's data and starting model exactly as the worker did (same labels, same seeds, the
+parent's weights already in the model cache), then trains its share of each batch; rank 0 reports progress on the
+run row and leaves best.pt and result.json in the run directory for the worker, which registers the one version.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import torch.distributed as dist
+
+from editloop.db import make_engine, make_sessionmaker
+from editloop.registry import fetch_model_dir
+from editloop.settings import Settings
+from editloop.store.base import open_store
+from trainers.distributed import init_from_env, is_main, world, write_result
+from trainers.reward.run import RewardTrainConfig, _data, _start_model, _train, run_progress
+
+
+def main(argv: list[str]) -> None:
+    kind, run_id, config, parent_key = argv
+    settings = Settings()
+    init_from_env(settings.device)
+    rank, size = world()
+    print(f"editloop-rank {rank + 1}/{size}: {kind} run {run_id}", flush=True)
+    cfg = RewardTrainConfig(**json.loads(config))
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+    store = open_store(settings)
+    data = _data(kind, sessions, store, settings, cfg)
+    parent_dir = fetch_model_dir(store, parent_key, settings.state_dir / "models") if parent_key else None
+    model, tokenizer = _start_model(kind, parent_dir, cfg)
+    run_dir = settings.state_dir / "runs" / run_id
+    progress = run_progress(sessions, run_id) if is_main() else None
+    _, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
+    if is_main():
+        write_result(run_dir / "result.json", asdict(result))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
