@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import start_worker, stop_worker, worker_state
 from sqlalchemy import select
+from test_reward_training import labelled
 
 from editloop.db.models import ModelVersion, TrainingRun
-from tests.conftest import start_worker, stop_worker, worker_state
-from tests.test_reward_training import labelled
 from trainers.distributed import settings_env, shard
 from trainers.reward.run import RewardTrainConfig, _start_model, train_reward
 

@@ -160,10 +160,13 @@ def test_score_and_serve_reward_from_the_command_line(reward_dirs, tmp_path, cap
         save_png(render(scene), tmp_path / "a.png")
         assert main(["score", str(tmp_path / "a.png"), "--prompt", scene.caption, "--address", address]) == 0
         assert main(["score", str(tmp_path / "a.png"), "--address", address]) == 2
+        assert main(["health", address]) == 0  # the containers' and pods' health check
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    assert main(["health", address, "--timeout", "1"]) == 1
     out, err = capsys.readouterr()
+    assert "SERVING" in out and "unreachable (UNAVAILABLE)" in out
     assert "scored by alignment" in out and "INVALID_ARGUMENT: `items[0].prompt` is empty" in err
     assert main(["serve", "reward"]) == 2
 
