@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     # data-parallel with one checkpoint and one model version (trainers/distributed.py); reward runs so far
     train_procs: int = Field(default=1, ge=1, le=64)
     run_heartbeat_s: float = 30.0  # a running training run's worker touches its row this often
+    run_mirror_s: float = 30.0  # a running run's checkpoint files are copied to the blob store this often
     run_stale_s: float = 300.0  # no heartbeat this long: the run's worker is gone (re-queued or failed)
     run_lost_s: float = 1800.0  # queued this long with its queue empty and no worker busy on it: message lost
     run_max_requeues: int = 2  # re-queues of a run whose worker died, before it is failed

@@ -163,11 +163,15 @@ def cancel_rest_of_chain(sessions: sessionmaker[Session], run_id: str) -> None:
 
 @contextmanager
 def beating(run_id: str) -> Iterator[None]:
-    """The run's heartbeat while its task runs (trainers.reaper finds runs whose worker stopped beating)."""
+    """The run's heartbeat while its task runs (trainers.reaper finds runs whose worker stopped beating), and its
+    directory mirrored into the blob store (restored first when another host had started it)."""
     from trainers.reaper import heartbeat
+    from trainers.run_mirror import mirrored
 
-    settings, sessions, _ = worker_context()
-    with heartbeat(sessions, run_id, settings.run_heartbeat_s):
+    settings, sessions, store = worker_context()
+    run_dir = settings.state_dir / "runs" / run_id
+    with heartbeat(sessions, run_id, settings.run_heartbeat_s), \
+            mirrored(sessions, store, run_id, run_dir, settings.run_mirror_s):
         yield
 
 

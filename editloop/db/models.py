@@ -291,3 +291,15 @@ class ApiToken(Base):
     scopes: Mapped[str] = mapped_column(String(128))  # comma-separated: generate, edit, score, admin
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RunFile(Base):
+    """A file of a training run's directory (checkpoints, best weights, history) mirrored into the blob store, so a
+    run whose host is gone resumes on another from its last checkpoint (trainers/run_mirror.py)."""
+
+    __tablename__ = "run_files"
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(80))  # the blob's content address
+    size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
