@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     run_mirror_s: float = 30.0  # a running run's checkpoint files are copied to the blob store this often
     run_stale_s: float = 300.0  # no heartbeat this long: the run's worker is gone (re-queued or failed)
     run_lost_s: float = 1800.0  # queued this long with its queue empty and no worker busy on it: message lost
+    run_reap_interval_s: float = 60.0  # Celery beat: how often hung runs are looked for
     run_max_requeues: int = 2  # re-queues of a run whose worker died, before it is failed
     # the automatic loop (trainers/autoloop.py): a newly promoted reward version starts a feedback round
     loop_enabled: bool = True  # false: the loop never starts anything (the demo drives its own round)

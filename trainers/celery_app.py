@@ -34,7 +34,7 @@ def make_celery(settings: Settings) -> Celery:
             # webhook events whose enqueue was lost are applied within a minute anyway
             "apply-pending-label-events": {"task": "editloop.cpu.apply_label_events", "schedule": 60.0},
             # runs whose worker died for good or whose message was lost: re-queued from the checkpoint, or failed
-            "reap-hung-runs": {"task": "editloop.cpu.reap_runs", "schedule": 60.0},
+            "reap-hung-runs": {"task": "editloop.cpu.reap_runs", "schedule": settings.run_reap_interval_s},
             # the automatic loop: a newly promoted reward starts a feedback round (unless paused)
             "check-the-loop": {"task": "editloop.cpu.check_loop", "schedule": settings.loop_interval_s},
         },
