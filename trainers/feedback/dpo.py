@@ -31,7 +31,7 @@ from editloop.db.models import CandidateSet, Preference, TrainingRun
 from editloop.models.data import step_rng, to_tensor
 from editloop.store.base import BlobStore
 from trainers.feedback.loop import Diverged
-from trainers.feedback.pefl import encode_prompts, inpaint_conditioning
+from trainers.feedback.pefl import autocast, encode_prompts, inpaint_conditioning
 from trainers.reward.data import ImageCache, NotEnoughLabels, Pair, pairs_by_label
 
 MIN_LABELS = 20  # best/worst answers on edit sets a DPO run needs
@@ -115,7 +115,8 @@ def denoising_errors(unet, sched: DDPMScheduler, batch: PairLatents, t: torch.Te
     noisy = sched.add_noise(x0, eps, ts)
     target = eps if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, eps, ts)
     inputs = torch.cat([noisy, torch.cat([batch.mask_latents] * 2), torch.cat([batch.masked_latents] * 2)], dim=1)
-    pred = unet(inputs, ts, encoder_hidden_states=torch.cat([batch.embeddings] * 2)).sample
+    with autocast(inputs.device):
+        pred = unet(inputs, ts, encoder_hidden_states=torch.cat([batch.embeddings] * 2)).sample
     return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
 

@@ -38,7 +38,7 @@ import torch
 from editloop.models.data import step_rng, to_uint8
 from editloop.models.zoo import predicted_x0
 from trainers.feedback.examples import make_example, upscale
-from trainers.feedback.pefl import EditBatch, ddim, decode, guided_prediction, prepare
+from trainers.feedback.pefl import EditBatch, autocast, ddim, decode, guided_prediction, prepare
 from trainers.feedback.reward_client import SCORERS, ClientPolicy, ScoreBatch, Scorer
 from trainers.feedback.rewards import PREFERENCE_KINDS
 
@@ -150,6 +150,13 @@ def ddim_step(sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor,  # noq
     return mean, std
 
 
+def predict(unet, x: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:  # noqa: ANN001
+    """The guided model output at (x, t), under bf16 autocast on CUDA, back in fp32 for the sampler's and the
+    likelihood's arithmetic (a bf16 log-ratio would not resolve PPO's clip range)."""
+    with autocast(x.device):
+        return guided_prediction(unet, x, t, batch, guidance).float()
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, std^2 I) per example, averaged over its elements (DDPO's convention)."""
     return (-((x.float() - mean.float()) ** 2) / (2 * std.float() ** 2) - std.float().log() - LOG_SQRT_2PI
@@ -165,7 +172,7 @@ def rollout(pipe, batch: EditBatch, steps: int, guidance: float, eta: float,  # 
     x = x * sched.init_noise_sigma
     latents, nexts, log_probs, stds = [], [], [], []
     for t in sched.timesteps:
-        mean, std = ddim_step(sched, guided_prediction(pipe.unet, x, t, batch, guidance), t, x, eta)
+        mean, std = ddim_step(sched, predict(pipe.unet, x, t, batch, guidance), t, x, eta)
         noise = torch.randn(x.shape, generator=generator).to(x)
         nxt = mean + std * noise
         latents.append(x)
@@ -224,11 +231,11 @@ def policy_loss(pipe, anchor, roll: Rollout, index: int, advantages: torch.Tenso
     """The loss at sampling step `index` of the rollout: clipped objective + kl_weight * KL to the anchor."""
     grpo, sched = cfg.grpo, roll.sched
     x, t, std = roll.latents[index], roll.timesteps[index], roll.stds[index]
-    mean, _ = ddim_step(sched, guided_prediction(pipe.unet, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
+    mean, _ = ddim_step(sched, predict(pipe.unet, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
     log_prob = gaussian_log_prob(roll.next_latents[index], mean, std)
     objective, clipped = clipped_objective(log_prob, roll.log_probs[index], advantages, grpo.clip)
     with torch.no_grad():
-        ref_mean, _ = ddim_step(sched, guided_prediction(anchor, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
+        ref_mean, _ = ddim_step(sched, predict(anchor, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
     kl = ((mean.float() - ref_mean.float()) ** 2).mean(dim=(1, 2, 3)) / (2 * std.float() ** 2)
     loss = objective + grpo.kl_weight * kl.mean()
     return loss, {"kl": float(kl.mean().detach()), "clipped": float(clipped)}

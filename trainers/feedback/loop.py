@@ -26,7 +26,7 @@ from editloop.models.zoo import set_timestep_spacing
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
 from trainers.feedback.grpo import GrpoConfig, check_grpo
-from trainers.feedback.pefl import PeflSchedule, decode, predict_x0, prepare, reference_loss
+from trainers.feedback.pefl import PeflSchedule, autocast, decode, predict_x0, prepare, reference_loss
 from trainers.feedback.rewards import RewardModels, calibrate, reward_losses
 from trainers.feedback.selection import Selection, save_snapshot, select_snapshot
 from trainers.runs import save_checkpoint, throttled
@@ -214,13 +214,6 @@ class FeedbackState:
     selection: Selection | None = None  # the snapshot chosen on validation, when snapshots were kept
 
 
-def _autocast(device: torch.device):  # noqa: ANN202
-    """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,  # noqa: ANN001
                    progress: Callable[[int, int, dict[str, float]], None] | None = None,
                    select: Callable[[int], float] | None = None,
@@ -321,7 +314,7 @@ def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, param
     generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
     batch = prepare(pipe, examples)
     pipe.unet.train()
-    with _autocast(pipe.unet.device):
+    with autocast(pipe.unet.device):
         x0, steps_left, drift = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance, anchor=anchor)
         images = decode(pipe, x0)
         loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts,

@@ -30,6 +30,14 @@ from editloop.models.zoo import predicted_x0
 from trainers.feedback.examples import FeedbackExample
 
 
+def autocast(device: torch.device):  # noqa: ANN201
+    """bf16 autocast on CUDA (every feedback method's UNet passes: PeFL, DPO, GRPO); a no-op context on CPU (fp32).
+    Losses and log-likelihoods are computed from the outputs cast back to fp32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 @dataclass(frozen=True)
 class PeflSchedule:
     steps: int = 20  # T: the sampling steps the model is trained for
