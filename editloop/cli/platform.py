@@ -80,6 +80,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_init_reward)
+    m = msub.add_parser("init-sd15", help="write an UNTRAINED model of Stable Diffusion 1.5's architecture (random "
+                                          "weights, diffusers format) to run the full-size code paths")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--t2i", action="store_true", help="a text-to-image UNet (4 input channels) instead of inpainting")
+    m.set_defaults(func=_init_sd15)
+
+
+def _init_sd15(args: argparse.Namespace) -> int:
+    from editloop.models.sd15 import init_sd15
+
+    out = init_sd15(args.out, args.seed, inpainting=not args.t2i)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote an untrained SD 1.5-architecture {'text-to-image' if args.t2i else 'inpainting'} model to {out} "
+          f"({size / 2**30:.1f} GiB)")
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:
