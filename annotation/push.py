@@ -178,7 +178,7 @@ def push_pairs(ls: LabelStudio, sessions: sessionmaker[Session], store: BlobStor
     return report
 
 
-def push_to_label_studio(settings, sessions: sessionmaker[Session], store: BlobStore,  # noqa: ANN001
+def push_to_label_studio(settings, sessions: sessionmaker[Session], store: BlobStore,
                          ids: list[int] | None, overlap: int, batch_size: int = 50) -> PushReport:
     """Push candidate sets to the Label Studio this state dir runs (<state_dir>/label-studio.json), with the
     annotation endpoint's webhook and signed links: what `editloop annotation push` and the loop both do."""

@@ -52,7 +52,7 @@ class Enqueuer:
                 self._app.conf.broker_connection_retry_on_startup = True
             self._app.send_task(APPLY_TASK, queue="cpu")
             return True
-        except Exception as exc:  # noqa: BLE001 - the events are stored; a later sync applies them
+        except Exception as exc:
             log.warning("could not enqueue %s (%s); events stay pending until the next sync", APPLY_TASK, exc)
             return False
 
@@ -87,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         url = urlparse(self.path)
         if url.path == "/health":
             return self._reply(HTTPStatus.OK, "ok")
@@ -104,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(HTTPStatus.NOT_FOUND, f"no blob {key}")
         return self._reply(HTTPStatus.OK, data, "image/png")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if urlparse(self.path).path != "/webhook":
             return self._reply(HTTPStatus.NOT_FOUND, "not found")
         token = self.headers.get("X-Editloop-Token", "")

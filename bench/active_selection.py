@@ -33,15 +33,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reward_quality import Recipe, _Merged, pool_pairs, utility_accuracy  # noqa: E402
+from reward_quality import Recipe, _Merged, pool_pairs, utility_accuracy
 
-from editloop.db.models import CandidateSet  # noqa: E402
-from editloop.models.reward import tiny_reward  # noqa: E402
-from editloop.models.tokenizer import build_tokenizer  # noqa: E402
-from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights  # noqa: E402
-from trainers.feedback.rewards import RewardModels  # noqa: E402
-from trainers.label_selection import set_priorities  # noqa: E402
-from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
+from editloop.db.models import CandidateSet
+from editloop.models.reward import tiny_reward
+from editloop.models.tokenizer import build_tokenizer
+from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights
+from trainers.feedback.rewards import RewardModels
+from trainers.label_selection import set_priorities
+from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic
 
 
 def set_images(root: Path, n: int, seed: int, weights: dict[str, float]) -> dict[int, tuple[str, list[str]]]:
@@ -55,7 +55,7 @@ def set_images(root: Path, n: int, seed: int, weights: dict[str, float]) -> dict
                 for cs in rows}
 
 
-def train(pairs: list, val_pairs: list, images, recipe: Recipe, n_labels: int):  # noqa: ANN001, ANN201
+def train(pairs: list, val_pairs: list, images, recipe: Recipe, n_labels: int):
     torch.manual_seed(0)
     model = tiny_reward("aesthetic", 0, recipe.stem)
     best, result = train_aesthetic(model, build_tokenizer(), pairs, val_pairs, images, recipe.loop(n_labels),
@@ -63,7 +63,7 @@ def train(pairs: list, val_pairs: list, images, recipe: Recipe, n_labels: int): 
     return best, result
 
 
-def choose_next(method: str, model, pool: dict, chosen: list[int], cache, batch: int, candidates: int,  # noqa: ANN001
+def choose_next(method: str, model, pool: dict, chosen: list[int], cache, batch: int, candidates: int,
                 rng: np.random.Generator) -> list[int]:
     left = [i for i in sorted(pool) if i not in set(chosen)]
     if method == "random":

@@ -26,23 +26,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from feedback_quality import GENERATED, HELD_OUT, compare, generated_pairs, generated_pool, measure  # noqa: E402
+from feedback_quality import GENERATED, HELD_OUT, compare, generated_pairs, generated_pool, measure
 
-from editloop.models.base import base_model_dir  # noqa: E402
-from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
-from editloop.models.zoo import load_pipeline  # noqa: E402
-from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights  # noqa: E402
-from trainers.feedback.dpo import DpoData, dpo_step  # noqa: E402
-from trainers.feedback.evaluate import outside_l1  # noqa: E402
-from trainers.feedback.examples import feedback_examples  # noqa: E402
-from trainers.feedback.loop import train_feedback  # noqa: E402
-from trainers.feedback.progressive import stage_config  # noqa: E402
-from trainers.feedback.rewards import load_rewards  # noqa: E402
+from editloop.models.base import base_model_dir
+from editloop.models.reward import save_reward, tiny_reward
+from editloop.models.zoo import load_pipeline
+from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights
+from trainers.feedback.dpo import DpoData, dpo_step
+from trainers.feedback.evaluate import outside_l1
+from trainers.feedback.examples import feedback_examples
+from trainers.feedback.loop import train_feedback
+from trainers.feedback.progressive import stage_config
+from trainers.feedback.rewards import load_rewards
 
 TASTES = {"default": DEFAULT_WEIGHTS, "reversed": reversed_weights()}
 
 
-def run_taste(name: str, args: argparse.Namespace, root: Path, rewards) -> dict:  # noqa: ANN001
+def run_taste(name: str, args: argparse.Namespace, root: Path, rewards) -> dict:
     weights = TASTES[name]
     base = base_model_dir("inpaint")
     pool = generated_pool(base, args.sets, 4, GENERATED, 20, args.cache)

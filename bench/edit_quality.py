@@ -45,7 +45,7 @@ from trainers.align.round_config import LATER_PAIRS, METHODS, RoundConfig
 from trainers.align.select import kept_round_pairs
 
 
-def weak_generator_row(edits: list, device: str) -> dict:  # noqa: ANN001
+def weak_generator_row(edits: list, device: str) -> dict:
     """The round-1 pair generator as an editor: inpainting the true edit region from the target caption."""
     pipe = load_base("inpaint", device=device, dtype="fp32")
     sources = np.stack([render(e.source) for e in edits])

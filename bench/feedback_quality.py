@@ -35,19 +35,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reward_hacking import agreement  # noqa: E402
-from reward_quality import _Merged, pool_pairs, utility_accuracy  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from reward_hacking import agreement
+from reward_quality import _Merged, pool_pairs, utility_accuracy
+from tqdm import tqdm
 
-from editloop.cli.train import parse_task_scales  # noqa: E402
-from editloop.labels.simulated import image_candidate_sets  # noqa: E402
-from editloop.models.base import base_model_dir  # noqa: E402
-from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
-from editloop.models.tokenizer import build_tokenizer  # noqa: E402
-from editloop.models.zoo import load_pipeline, set_timestep_spacing  # noqa: E402
-from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights  # noqa: E402
-from editloop.world.io import save_grid_png  # noqa: E402
-from trainers.feedback.evaluate import (  # noqa: E402
+from editloop.cli.train import parse_task_scales
+from editloop.labels.simulated import image_candidate_sets
+from editloop.models.base import base_model_dir
+from editloop.models.reward import save_reward, tiny_reward
+from editloop.models.tokenizer import build_tokenizer
+from editloop.models.zoo import load_pipeline, set_timestep_spacing
+from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights
+from editloop.world.io import save_grid_png
+from trainers.feedback.evaluate import (
     evaluate_samples,
     image_rewards,
     panel_gsb,
@@ -55,14 +55,14 @@ from trainers.feedback.evaluate import (  # noqa: E402
     utilities,
     utility_by_task,
 )
-from trainers.feedback.examples import feedback_examples  # noqa: E402
-from trainers.feedback.loop import train_feedback  # noqa: E402
-from trainers.feedback.progressive import stage_config  # noqa: E402
-from trainers.feedback.rewards import load_rewards  # noqa: E402
-from trainers.feedback.run import EvalConfig, promotion_guards  # noqa: E402
-from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
-from trainers.reward.data import ImageCache  # noqa: E402
-from trainers.reward.loop import LoopConfig  # noqa: E402
+from trainers.feedback.examples import feedback_examples
+from trainers.feedback.loop import train_feedback
+from trainers.feedback.progressive import stage_config
+from trainers.feedback.rewards import load_rewards
+from trainers.feedback.run import EvalConfig, promotion_guards
+from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic
+from trainers.reward.data import ImageCache
+from trainers.reward.loop import LoopConfig
 
 HELD_OUT = 930_000
 GENERATED = 610_000  # seeds of the examples whose generated samples the panel labels (apart from HELD_OUT)
@@ -213,7 +213,7 @@ def train_alignment_reward(root: Path, steps: int, cache: Path | None = None) ->
     return {"path": where, "heldout_accuracy": acc}
 
 
-def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrides) -> tuple[Path, float]:  # noqa: ANN001
+def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrides) -> tuple[Path, float]:
     pipe = load_pipeline(start, "inpaint", device="cpu", dtype="fp32")
     cfg = stage_config(stage, steps=steps, **overrides)
     t0 = time.time()
@@ -223,7 +223,7 @@ def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrid
     return out / "model", time.time() - t0
 
 
-def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spacing: str | None = None) -> dict:  # noqa: ANN001
+def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spacing: str | None = None) -> dict:
     pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
     if spacing is not None:  # the same weights sampled at other timesteps
         set_timestep_spacing(pipe, spacing)
@@ -264,7 +264,7 @@ def onpolicy_round(root: Path, tag: str, weights: dict[str, float], args: argpar
 
 def onpolicy_rounds(root: Path, tag: str, weights: dict[str, float], args: argparse.Namespace, alignment: dict,
                     generated: dict[str, GeneratedPool], pefl_model: Path, base: Path, extra: dict,
-                    results: dict, rewards, examples, seed: int) -> dict:  # noqa: ANN001
+                    results: dict, rewards, examples, seed: int) -> dict:
     """`--onpolicy-rounds` rounds; each round's PeFL model joins `results`, and every reward (the first, then
     each round's) is scored on the pairs every PeFL model creates against the base (same example, same seed)."""
     report, models, all_rewards = {}, ["pefl"], {"first": rewards}

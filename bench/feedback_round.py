@@ -83,7 +83,7 @@ def run_round(env: dict, steps: int, batch: int, eval_examples: int, extra: list
     return done, time.time() - t0
 
 
-def judged(model: Path, steps: int, examples, seed: int) -> dict:  # noqa: ANN001
+def judged(model: Path, steps: int, examples, seed: int) -> dict:
     pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
     t0 = time.perf_counter()
     images = sample(pipe, examples, seed, steps).images

@@ -123,7 +123,7 @@ def field_value(f: FieldDescriptor, depth: int) -> st.SearchStrategy:
     raise TypeError(f"no strategy for field {f.full_name} of type {f.type}")
 
 
-def message_strategy(descriptor, depth: int = 0) -> st.SearchStrategy[dict]:  # noqa: ANN001
+def message_strategy(descriptor, depth: int = 0) -> st.SearchStrategy[dict]:
     """Dicts of field values for `descriptor` (any subset of fields; repeated ones as lists)."""
     optional = {}
     for f in descriptor.fields:
@@ -136,7 +136,7 @@ def message_strategy(descriptor, depth: int = 0) -> st.SearchStrategy[dict]:  # 
     return st.fixed_dictionaries({}, optional=optional)
 
 
-def fill(msg, values: dict):  # noqa: ANN001, ANN201
+def fill(msg, values: dict):
     """`msg` with message_strategy's dict written into it (present sub-messages set even when empty)."""
     for name, value in values.items():
         f = msg.DESCRIPTOR.fields_by_name[name]

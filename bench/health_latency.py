@@ -93,7 +93,7 @@ SERVICE_NAMES = {"generator": "editloop.v1.Generator", "editor": "editloop.v1.Ed
                  "reward-aesthetic": "editloop.v1.Reward", "reward-coherence": "editloop.v1.Reward"}
 
 
-def call(channel: grpc.Channel, service: str, method: str, request, timeout: float) -> str:  # noqa: ANN001
+def call(channel: grpc.Channel, service: str, method: str, request, timeout: float) -> str:
     fn = channel.unary_unary(f"/{SERVICE_NAMES[service]}/{method}", request_serializer=lambda m: m.SerializeToString())
     try:
         fn(request, timeout=timeout)
@@ -102,7 +102,7 @@ def call(channel: grpc.Channel, service: str, method: str, request, timeout: flo
     return "OK"
 
 
-def phase(address: str, work) -> list[float]:  # noqa: ANN001
+def phase(address: str, work) -> list[float]:
     stop, ms = threading.Event(), []
     t = threading.Thread(target=probe, args=(address, stop, ms), daemon=True)
     t.start()
@@ -114,7 +114,7 @@ def phase(address: str, work) -> list[float]:  # noqa: ANN001
     return ms
 
 
-def heaviest_phase(ch: grpc.Channel, service: str, method: str, request, address: str, pid: int,  # noqa: ANN001
+def heaviest_phase(ch: grpc.Channel, service: str, method: str, request, address: str, pid: int,
                    window: float) -> dict:
     codes: list[str] = []
     with PeakRss(pid) as rss:
@@ -122,7 +122,7 @@ def heaviest_phase(ch: grpc.Channel, service: str, method: str, request, address
     return {**summary(ms), "status": codes[0], "added_rss_mib": round((rss.peak - rss.start_rss) / 2**20, 1)}
 
 
-def saturated_phase(ch: grpc.Channel, service: str, method: str, request, address: str,  # noqa: ANN001
+def saturated_phase(ch: grpc.Channel, service: str, method: str, request, address: str,
                     window: float) -> dict:
     deadline = time.monotonic() + window
     done: list[str] = []

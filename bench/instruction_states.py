@@ -40,7 +40,7 @@ SWAPS = (
 )
 
 
-def relative_distances(tokenizer, text_encoder: CLIPTextModel, firsts: list[str],  # noqa: ANN001
+def relative_distances(tokenizer, text_encoder: CLIPTextModel, firsts: list[str],
                        seconds: list[str]) -> tuple[float, float]:
     """Mean relative distance of the states of sentence pairs: over the whole padded sequence, and at the
     first token where the two differ (the swapped word itself)."""

@@ -103,7 +103,7 @@ def label_open_tasks(url: str, token: str, prefix: str) -> int:
     return made
 
 
-def snapshot(sessions) -> dict:  # noqa: ANN001
+def snapshot(sessions) -> dict:
     with sessions() as s:
         runs = s.scalars(select(TrainingRun).order_by(TrainingRun.created_at)).all()
         out = [{"id": r.id[:12], "kind": r.kind, "status": r.status, "trigger": (r.inputs or {}).get("trigger"),
@@ -123,7 +123,7 @@ def _brief(kind: str, outputs: dict) -> dict:
     return {k: v for k, v in outputs.items() if k in keep}
 
 
-def judge(settings: Settings, sessions, examples: int, seed: int) -> dict:  # noqa: ANN001
+def judge(settings: Settings, sessions, examples: int, seed: int) -> dict:
     """Base vs the served editor on fresh held-out edits, by the promoted reward and by the world."""
     from services.editor.reload import resolve_editor
     from trainers.feedback.run import promoted_rewards

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from feedback_quality import (  # noqa: E402
+from feedback_quality import (
     GENERATED,
     HELD_OUT,
     cache_name,
@@ -47,26 +47,26 @@ from feedback_quality import (  # noqa: E402
     train_aesthetic_reward,
     train_alignment_reward,
 )
-from reward_hacking import agreement  # noqa: E402
+from reward_hacking import agreement
 
-from editloop.cli.train import RECIPE_KL_WEIGHT  # noqa: E402
-from editloop.models.base import base_model_dir  # noqa: E402
-from editloop.models.reward import save_reward, tiny_reward  # noqa: E402
-from editloop.models.zoo import load_pipeline  # noqa: E402
-from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights  # noqa: E402
-from editloop.world.edits import edit_preservation  # noqa: E402
-from editloop.world.io import save_grid_png  # noqa: E402
-from editloop.world.judge import judge  # noqa: E402
-from trainers.feedback.dpo import DpoData, dpo_step  # noqa: E402
-from trainers.feedback.evaluate import image_rewards  # noqa: E402
-from trainers.feedback.examples import feedback_examples  # noqa: E402
-from trainers.feedback.grpo import grpo_step, hacking_guard  # noqa: E402
-from trainers.feedback.loop import train_feedback  # noqa: E402
-from trainers.feedback.progressive import stage_config  # noqa: E402
-from trainers.feedback.reward_client import LocalScorer  # noqa: E402
-from trainers.feedback.rewards import load_rewards  # noqa: E402
-from trainers.feedback.run import EvalConfig, promotion_guards  # noqa: E402
-from trainers.reward.loop import LoopConfig  # noqa: E402
+from editloop.cli.train import RECIPE_KL_WEIGHT
+from editloop.models.base import base_model_dir
+from editloop.models.reward import save_reward, tiny_reward
+from editloop.models.zoo import load_pipeline
+from editloop.world.annotators import DEFAULT_WEIGHTS, reversed_weights
+from editloop.world.edits import edit_preservation
+from editloop.world.io import save_grid_png
+from editloop.world.judge import judge
+from trainers.feedback.dpo import DpoData, dpo_step
+from trainers.feedback.evaluate import image_rewards
+from trainers.feedback.examples import feedback_examples
+from trainers.feedback.grpo import grpo_step, hacking_guard
+from trainers.feedback.loop import train_feedback
+from trainers.feedback.progressive import stage_config
+from trainers.feedback.reward_client import LocalScorer
+from trainers.feedback.rewards import load_rewards
+from trainers.feedback.run import EvalConfig, promotion_guards
+from trainers.reward.loop import LoopConfig
 
 TASTES = {"default": DEFAULT_WEIGHTS, "reversed": reversed_weights()}
 METHODS = ("pefl", "dpo", "grpo", "grpo-no-coherence")
@@ -94,7 +94,7 @@ def train_coherence_reward(cache: Path, n_train: int, steps: int) -> Path:
     return where
 
 
-def tune(method: str, rewards, steps: int, out: Path, step=None, **overrides) -> tuple[Path, float, list]:  # noqa: ANN001
+def tune(method: str, rewards, steps: int, out: Path, step=None, **overrides) -> tuple[Path, float, list]:
     """Fine-tune the base with `method` (a feedback-lifecycle stage); (model dir, training CPU-seconds, history)."""
     pipe = load_pipeline(base_model_dir("inpaint"), "inpaint", device="cpu", dtype="fp32")
     cfg = stage_config(method, steps=steps, **overrides)
@@ -106,7 +106,7 @@ def tune(method: str, rewards, steps: int, out: Path, step=None, **overrides) ->
     return out / "model", seconds, state.history
 
 
-def erase_preservation(images: np.ndarray, examples) -> float:  # noqa: ANN001
+def erase_preservation(images: np.ndarray, examples) -> float:
     """The judge's verdict on erase edits: every object the edit should keep is still there, unchanged."""
     got = [edit_preservation(judge(img), ex.edit) for img, ex in zip(images, examples) if ex.task == "erase"]
     return float(np.mean(got))

@@ -30,14 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from editloop.models.base import base_model_dir  # noqa: E402
-from editloop.models.zoo import load_pipeline  # noqa: E402
-from editloop.world.annotators import DEFAULT_WEIGHTS, FEATURES, features  # noqa: E402
-from trainers.feedback.evaluate import SAME_MARGIN, image_rewards, sample  # noqa: E402
-from trainers.feedback.examples import FeedbackExample, feedback_examples  # noqa: E402
-from trainers.feedback.loop import train_feedback  # noqa: E402
-from trainers.feedback.progressive import stage_config  # noqa: E402
-from trainers.feedback.rewards import load_rewards  # noqa: E402
+from editloop.models.base import base_model_dir
+from editloop.models.zoo import load_pipeline
+from editloop.world.annotators import DEFAULT_WEIGHTS, FEATURES, features
+from trainers.feedback.evaluate import SAME_MARGIN, image_rewards, sample
+from trainers.feedback.examples import FeedbackExample, feedback_examples
+from trainers.feedback.loop import train_feedback
+from trainers.feedback.progressive import stage_config
+from trainers.feedback.rewards import load_rewards
 
 
 def feature_matrix(images: np.ndarray, examples: list[FeedbackExample]) -> np.ndarray:

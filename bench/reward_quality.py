@@ -39,7 +39,7 @@ from trainers.reward.data import ImageCache, preference_pairs
 from trainers.reward.loop import LoopConfig
 
 
-def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float],  # noqa: ANN201
+def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float],
                   make_sets: Callable[[sessionmaker, LocalBlobStore], list[int]] | None = None):
     """A labelled pool; kept under `root` (with --work) and reused when a finished one is there. Its candidate sets
     are `n_labels` sets of world renders unless `make_sets(sessions, store)` writes others."""
@@ -59,14 +59,14 @@ def labelled_pool(root: Path, n_labels: int, seed: int, weights: dict[str, float
     return sessions, store
 
 
-def all_pairs(sessions, store):  # noqa: ANN001, ANN201
+def all_pairs(sessions, store):
     """Every labelled pair of a pool (the pool is either all training or all held-out data)."""
     with sessions() as s:
         split = preference_pairs(s, store, eval_fraction=0.5, min_labels=1)
     return split.train + split.eval
 
 
-def utility_accuracy(pairs, cache: ImageCache, weights: dict[str, float]) -> float:  # noqa: ANN001
+def utility_accuracy(pairs, cache: ImageCache, weights: dict[str, float]) -> float:
     memo: dict[tuple[str, str], float] = {}
 
     def u(key: str, prompt: str) -> float:

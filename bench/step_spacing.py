@@ -37,7 +37,7 @@ from trainers.feedback.pefl import ddim
 SPACINGS = ("leading", "trailing")
 
 
-def first_timesteps(pipe, steps: int) -> list[int]:  # noqa: ANN001
+def first_timesteps(pipe, steps: int) -> list[int]:
     return [int(t) for t in ddim(pipe, steps).timesteps]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 
-def save_checkpoint(path: Path, state: Any) -> None:  # noqa: ANN401
+def save_checkpoint(path: Path, state: Any) -> None:
     """Write to a temporary file, fsync, then rename: a crash never leaves a half checkpoint, and a failed write
     (a full disk: ENOSPC) removes its temporary file and leaves the previous checkpoint as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def token_auth(settings: Settings) -> TokenAuth:
 
     sessions = open_sessions(settings)
 
-    def find(token: str):  # noqa: ANN202
+    def find(token: str):
         with sessions() as s:
             return lookup(s, token)
 
@@ -59,7 +59,7 @@ def make_recorder(settings: Settings) -> Recorder:
     return Recorder(*open_state(settings))
 
 
-def register_served_model(recorder: Recorder, kind: str, core) -> None:  # noqa: ANN001
+def register_served_model(recorder: Recorder, kind: str, core) -> None:
     """Put the served model in the registry (promoted if its kind has no promoted version yet)."""
     from sqlalchemy import select
 
@@ -168,7 +168,7 @@ async def start_service(kind: str, settings: Settings, model: Path | None = None
     return running
 
 
-def _served_recorder(settings: Settings, kind: str, reward_kind: str | None, core, watchers: list):  # noqa: ANN001, ANN202
+def _served_recorder(settings: Settings, kind: str, reward_kind: str | None, core, watchers: list):
     """A callable that writes <state_dir>/served/<part>.json: every model the service serves now, by label."""
     from services.core.reload import write_served
 

@@ -82,7 +82,7 @@ class Browser:
     def close(self) -> None:
         try:
             self.ws.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         self.proc.terminate()
         try:

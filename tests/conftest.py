@@ -144,7 +144,7 @@ def start_worker(queues: str, name: str, env: dict | None = None) -> subprocess.
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def purge(app) -> None:  # noqa: ANN001
+def purge(app) -> None:
     """Empty the app's queues on the shared broker (nothing left over from other tests); a connection the broker
     resets under a loaded machine is tried again."""
     for attempt in range(4):
@@ -157,7 +157,7 @@ def purge(app) -> None:  # noqa: ANN001
             time.sleep(2)
 
 
-def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment", "coherence")) -> None:  # noqa: ANN001
+def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment", "coherence")) -> None:
     """Register the test's untrained reward models (reward_dirs/<kind>, version "<kind>-test") and promote them:
     what feedback and DPO runs are gated with."""
     from editloop.registry import promote, register_candidate, store_model_dir
@@ -169,7 +169,7 @@ def promote_rewards(sessions, store, reward_dirs, kinds=("aesthetic", "alignment
             promote(s, kind, f"{kind}-test")
 
 
-def run_killed_once(env: dict, settings, queue: str, name: str, command: list[str]  # noqa: ANN001
+def run_killed_once(env: dict, settings, queue: str, name: str, command: list[str]
                     ) -> tuple[int, str, str, int, Path]:
     """Run the CLI `command` (a `train ... --wait`) against a real worker on `queue`; SIGKILL that worker once the
     run has written its first checkpoint, start another, and wait for the command. Returns (exit status, stdout,

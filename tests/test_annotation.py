@@ -408,7 +408,7 @@ class FlakyProxy:
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    def _pump(self, src, dst, counted: bool) -> None:  # noqa: ANN001
+    def _pump(self, src, dst, counted: bool) -> None:
         try:
             while not self.down.is_set() and (data := src.recv(65536)):
                 if counted:

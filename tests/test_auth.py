@@ -158,7 +158,7 @@ def _key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _cert(subject: str, key, issuer_name: str, issuer_key, ca: bool, sans=()):  # noqa: ANN001
+def _cert(subject: str, key, issuer_name: str, issuer_key, ca: bool, sans=()):
     import ipaddress
 
     from cryptography import x509
@@ -179,7 +179,7 @@ def _cert(subject: str, key, issuer_name: str, issuer_key, ca: bool, sans=()):  
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _write(path: Path, cert, key=None) -> tuple[Path, Path | None]:  # noqa: ANN001
+def _write(path: Path, cert, key=None) -> tuple[Path, Path | None]:
     from cryptography.hazmat.primitives import serialization
 
     path.mkdir(parents=True, exist_ok=True)

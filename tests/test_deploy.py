@@ -75,7 +75,7 @@ def check_celery(cmd: list[str]) -> None:
         assert solo, "one task per GPU process: a solo pool (prefork and CUDA do not mix)"
 
 
-def _flower_command():  # noqa: ANN202
+def _flower_command():
     from flower.command import flower
 
     return flower

@@ -47,7 +47,7 @@ class PrivatePostgres:
         self._as_postgres(self.bin / "initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _as_postgres(self, *cmd) -> None:  # noqa: ANN002
+    def _as_postgres(self, *cmd) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True,
                        timeout=120)
 

@@ -23,7 +23,7 @@ KINDS = ("aesthetic", "alignment", "coherence")
 
 
 @pytest.fixture(scope="module")
-def sd15_dir(tmp_path_factory):  # noqa: ANN201
+def sd15_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sd15") / "model"
     assert main(["models", "init-sd15", "--out", str(out)]) == 0
     yield out
@@ -31,14 +31,14 @@ def sd15_dir(tmp_path_factory):  # noqa: ANN201
 
 
 @pytest.fixture(scope="module")
-def rewards(tmp_path_factory):  # noqa: ANN201
+def rewards(tmp_path_factory):
     root = tmp_path_factory.mktemp("rewards")
     for kind in KINDS:
         save_reward(tiny_reward(kind, seed=1), kind, root / kind, version=f"{kind}-test")
     return load_rewards({k: root / k for k in KINDS}, {k: f"{k}-test" for k in KINDS})
 
 
-def lora_delta(pipe, before: dict[str, torch.Tensor]) -> float:  # noqa: ANN001
+def lora_delta(pipe, before: dict[str, torch.Tensor]) -> float:
     """The largest change of an attention projection's weight (where LoRA was fused)."""
     after = pipe.unet.state_dict()
     return max(float((after[k] - before[k]).abs().max()) for k in before if "attn1.to_q.weight" in k)

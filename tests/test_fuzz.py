@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from fuzz_services import SERVICES, run  # noqa: E402
+from fuzz_services import SERVICES, run
 
 EXPECTED_AFTER = {("reward-aesthetic", "ScoreMap"): "FAILED_PRECONDITION"}  # maps are the coherence model's
 

@@ -36,7 +36,7 @@ LOOP_ENV = {
 }
 
 
-def wait_for(what: str, check, timeout: float, proc, log: Path, every: float = 2.0):  # noqa: ANN001, ANN201
+def wait_for(what: str, check, timeout: float, proc, log: Path, every: float = 2.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]

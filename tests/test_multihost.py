@@ -74,7 +74,7 @@ def probe_service(address: str, stop: threading.Event, failures: list[str], answ
             stop.wait(0.2)
 
 
-def busy_host(states: dict[str, Path], sessions, timeout: float = 600) -> tuple[str, str]:  # noqa: ANN001
+def busy_host(states: dict[str, Path], sessions, timeout: float = 600) -> tuple[str, str]:
     """(host, run id) once a worker's checkpoint of the run is mirrored into the store."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -188,14 +188,14 @@ def test_prompt_counts_on_request_threads_never_disturb_the_batch_workers_tokeni
             k += 1
             try:
                 check_prompt(scored[k % len(scored)].prompt, tokens=core.tokens)
-            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            except Exception as exc:
                 errors.append(exc)
 
     def score() -> None:
         while time.monotonic() < stop:
             try:
                 core.score(scored)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 errors.append(exc)
 
     threads = [threading.Thread(target=count) for _ in range(3)] + [threading.Thread(target=score)]

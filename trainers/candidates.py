@@ -92,12 +92,12 @@ def candidate_model(spec: CandidateSpec, session: Session, store: BlobStore, set
 
 
 @lru_cache(maxsize=2)
-def cached_pipeline(path: str, kind: str, device: str | None):  # noqa: ANN201
+def cached_pipeline(path: str, kind: str, device: str | None):
     """One pipeline per worker process, loaded on first use."""
     return load_pipeline(Path(path), kind, device=device)
 
 
-def generate_images(pipe, spec: CandidateSpec, store: BlobStore, steps: int) -> tuple[list[np.ndarray],  # noqa: ANN001
+def generate_images(pipe, spec: CandidateSpec, store: BlobStore, steps: int) -> tuple[list[np.ndarray],
                                                                                    bytes | None, bytes | None]:
     set_scheduler(pipe, spec.scheduler)
     gens = per_image_generators(spec.seed + i for i in range(spec.n))

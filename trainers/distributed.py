@@ -80,7 +80,7 @@ class LossModule(nn.Module):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
 
-    def forward(self, batch: Any) -> torch.Tensor:  # noqa: ANN401
+    def forward(self, batch: Any) -> torch.Tensor:
         return self.loss_fn(self.model, batch)
 
 

@@ -167,7 +167,7 @@ def label_studio_down(settings: Settings) -> str | None:
     return None
 
 
-def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001
+def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, settings: Settings,
                     progress: Callable[[int, int], None], push: Callable[[list[int], int], dict]) -> dict:
     """Make the pool, choose, push; the run row records every step (outputs: made, chosen with their
     priorities, pushed)."""
@@ -207,7 +207,7 @@ def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, setting
         raise
 
 
-def gold_sets(sessions: sessionmaker[Session], store, run_id: str, pol: LabelSetsPolicy, seed: int) -> list[int]:  # noqa: ANN001
+def gold_sets(sessions: sessionmaker[Session], store, run_id: str, pol: LabelSetsPolicy, seed: int) -> list[int]:
     """The batch's gold sets: made once (a redelivered task finds them on its run row), scenes apart per batch."""
     from editloop.labels.gold import GOLD_SEED, make_gold_sets
     from trainers.edit_sets import LABEL_SEED
@@ -222,7 +222,7 @@ def gold_sets(sessions: sessionmaker[Session], store, run_id: str, pol: LabelSet
     return made
 
 
-def choose(ids: list[int], pol: LabelSetsPolicy, sessions: sessionmaker[Session], store, settings: Settings,  # noqa: ANN001
+def choose(ids: list[int], pol: LabelSetsPolicy, sessions: sessionmaker[Session], store, settings: Settings,
            seed: int) -> tuple[list[int], dict[int, dict]]:
     """The candidate sets to push, and each made set's priorities (active selection) or {} (random)."""
     import numpy as np
@@ -252,7 +252,7 @@ def choose(ids: list[int], pol: LabelSetsPolicy, sessions: sessionmaker[Session]
     return [ids[i] for i in picked], dict(zip(ids, priorities))
 
 
-def aesthetic_reward(sessions: sessionmaker[Session], store, settings: Settings):  # noqa: ANN001, ANN201
+def aesthetic_reward(sessions: sessionmaker[Session], store, settings: Settings):
     """The promoted aesthetic reward (RewardModels), or None when none is promoted (diversity alone ranks)."""
     from editloop.registry import promoted
     from trainers.feedback.run import promoted_rewards

@@ -47,7 +47,7 @@ def ranks01(values: Sequence[float]) -> np.ndarray:
 
 
 @torch.no_grad()
-def reward_scores(rewards, images: np.ndarray, prompt: str, source: np.ndarray | None = None,  # noqa: ANN001
+def reward_scores(rewards, images: np.ndarray, prompt: str, source: np.ndarray | None = None,
                   mask: np.ndarray | None = None) -> np.ndarray:
     """The aesthetic reward's scores of one set's images (N,H,W,3 uint8) under its prompt (and the edit's source
     and mask, for a reward trained with them)."""
@@ -60,7 +60,7 @@ def reward_scores(rewards, images: np.ndarray, prompt: str, source: np.ndarray |
                              ).flatten().float().numpy()
 
 
-def set_priorities(sets: Sequence[np.ndarray], prompts: Sequence[str], rewards=None,  # noqa: ANN001
+def set_priorities(sets: Sequence[np.ndarray], prompts: Sequence[str], rewards=None,
                    contexts: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None
                    ) -> list[dict[str, float]]:
     """Per set: uncertainty (None without a reward), diversity and the priority (mean of their ranks)."""

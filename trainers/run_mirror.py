@@ -134,7 +134,7 @@ def mirrored(sessions: sessionmaker[Session], store: BlobStore, run_id: str, run
         with lock:
             try:
                 push(sessions, store, run_id, run_dir)
-            except Exception as exc:  # noqa: BLE001 - a store or database hiccup: the next push tries again
+            except Exception as exc:
                 log.warning("run %s: mirroring its checkpoints failed (%s); retrying in %.0fs", run_id,
                             type(exc).__name__, interval)
 

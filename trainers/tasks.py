@@ -35,7 +35,7 @@ def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @shared_task(name="editloop.gpu.generate_candidate_sets", bind=True, acks_late=True)
-def generate_candidate_sets(self, specs: list[dict[str, Any]]) -> list[int]:  # noqa: ANN001
+def generate_candidate_sets(self, specs: list[dict[str, Any]]) -> list[int]:
     """Many candidate sets in one task (one model load, one message): each set is committed as it is made, so a
     redelivered task skips the sets already made (by idempotency key); reports PROGRESS {done, total}."""
     settings, sessions, store = worker_context()
@@ -99,7 +99,7 @@ def check_loop_task(source: str = "schedule") -> dict[str, Any]:
 
 
 @shared_task(name="editloop.gpu.make_label_sets", bind=True, acks_late=True)
-def make_label_sets_task(self, run_id: str) -> dict[str, Any]:  # noqa: ANN001
+def make_label_sets_task(self, run_id: str) -> dict[str, Any]:
     """Make a batch's pool of candidate sets from its editor, choose the sets to label and push them to Label
     Studio (trainers.label_rounds); reports PROGRESS {done, total} while making."""
     from annotation.push import push_to_label_studio

@@ -101,7 +101,7 @@ def check_triggers(sessions: sessionmaker[Session], settings: Settings, enqueue:
     return Decision(decision.kind, True, decision.reason, run_id)
 
 
-def drift_check(store, settings: Settings) -> Callable[[Session], float | None]:  # noqa: ANN001
+def drift_check(store, settings: Settings) -> Callable[[Session], float | None]:
     """The promoted aesthetic model's pairwise accuracy on the newest `drift_window` labels."""
 
     def accuracy(session: Session) -> float | None:

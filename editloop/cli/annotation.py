@@ -87,7 +87,7 @@ def _settings() -> Settings:
     return stack_settings(Settings())
 
 
-def _context(settings: Settings):  # noqa: ANN202
+def _context(settings: Settings):
     from editloop.state import open_state
 
     return open_state(settings)
@@ -230,7 +230,7 @@ def _stats(args: argparse.Namespace) -> int:
 
         ls, _ = connect_from_state(settings)
         names = {f"ls:{u.id}": u.email for u in ls.users.list()}
-    except Exception:  # noqa: BLE001 - names are a nicety; ids are printed when Label Studio is down
+    except Exception:
         pass
     with sessions() as session:
         print(format_stats(label_stats(session), names))

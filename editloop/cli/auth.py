@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_revoke)
 
 
-def _sessions():  # noqa: ANN202
+def _sessions():
     from editloop.state import open_sessions
 
     return open_sessions(Settings())

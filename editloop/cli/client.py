@@ -19,14 +19,14 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", action="store_true", help="store and record the results")
 
 
-def _params(args: argparse.Namespace):  # noqa: ANN202
+def _params(args: argparse.Namespace):
     from services.gen.editloop.v1 import common_pb2
 
     return common_pb2.SamplingParams(steps=args.steps, guidance=args.guidance, seed=args.seed,
                                      scheduler=args.scheduler)
 
 
-def _write(images, out: Path, stem: str) -> list[Path]:  # noqa: ANN001
+def _write(images, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(images):

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_demo)
 
 
-def _finished(sessions, run_id: str, label: str) -> dict:  # noqa: ANN001
+def _finished(sessions, run_id: str, label: str) -> dict:
     """Follow a run with a progress bar; its outputs when it succeeded, else RuntimeError with its error."""
     from editloop.cli.progress import follow_run
 
@@ -79,7 +79,7 @@ def resolve_profile(args: argparse.Namespace) -> dict:
     return sizes
 
 
-def train_rewards(settings, steps: int, sizes: dict) -> dict:  # noqa: ANN001
+def train_rewards(settings, steps: int, sizes: dict) -> dict:
     """Step 6: reward runs through the queue, then score through a reward service on the promoted version."""
     import asyncio
 
@@ -132,7 +132,7 @@ def train_rewards(settings, steps: int, sizes: dict) -> dict:  # noqa: ANN001
     return out
 
 
-def feedback_round(settings, steps: int, out: Path, eval_examples: int = 12) -> dict:  # noqa: ANN001
+def feedback_round(settings, steps: int, out: Path, eval_examples: int = 12) -> dict:
     """Step 7: a PeFL run through the queue, then before/after samples of held-out edits."""
     from editloop.cli.train import enqueue_feedback_chain
     from editloop.models.zoo import load_pipeline
@@ -174,7 +174,7 @@ def feedback_round(settings, steps: int, out: Path, eval_examples: int = 12) -> 
             "eval_score": m["eval_score"], "parent_eval_score": m["parent_eval_score"], "rewards": sorted(weights)}
 
 
-def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:  # noqa: ANN001
+def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:
     """Push, let simulated annotators label through the API, sync, and return the statistics."""
     from annotation import server
     from annotation.client import connect
@@ -216,7 +216,7 @@ def label_in_label_studio(settings, set_ids: list[int], keep: bool) -> dict:  # 
             server.stop_label_studio(settings)
 
 
-def candidate_sets(settings, scenes, args) -> list[dict]:  # noqa: ANN001
+def candidate_sets(settings, scenes, args) -> list[dict]:
     """Enqueue one candidate set per scene; wait for the worker; read the images back."""
     from sqlalchemy import select
 

@@ -34,7 +34,7 @@ def _switch(paused: bool, reason: str) -> int:
     return 0
 
 
-def loop_report(settings: Settings, session) -> dict:  # noqa: ANN001
+def loop_report(settings: Settings, session) -> dict:
     from trainers.autoloop import decide, loop_state, policy
 
     pol = policy(settings)
@@ -48,7 +48,7 @@ def loop_report(settings: Settings, session) -> dict:  # noqa: ANN001
             "label_sets": label_sets_report(settings, session), "align": align_report(settings, session)}
 
 
-def align_report(settings: Settings, session) -> dict:  # noqa: ANN001
+def align_report(settings: Settings, session) -> dict:
     """The SeedEdit leg: its policy and what it would decide now (trainers/align_loop.py)."""
     from trainers.align_loop import align_policy, decide_align
 
@@ -59,7 +59,7 @@ def align_report(settings: Settings, session) -> dict:  # noqa: ANN001
             "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)"}
 
 
-def label_sets_report(settings: Settings, session) -> dict:  # noqa: ANN001
+def label_sets_report(settings: Settings, session) -> dict:
     """The label-sets leg: its policy and what it would decide now (trainers/label_rounds.py)."""
     from dataclasses import asdict
 

@@ -185,14 +185,14 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_context():  # noqa: ANN202
+def _registry_context():
     from editloop.state import open_state
 
     settings = Settings()
     return settings, *open_state(settings)
 
 
-def _load_check(settings: Settings, store, kind: str):  # noqa: ANN001, ANN202
+def _load_check(settings: Settings, store, kind: str):
     from editloop.models.reward import REWARD_KINDS, load_reward
     from editloop.registry import fetch_model_dir
 

@@ -15,7 +15,7 @@ def _interval() -> float:
     return 0.5 if sys.stderr.isatty() else 30.0
 
 
-def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:  # noqa: ANN001
+def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:
     """Show run `run_id`'s progress as a bar until it ends; returns {status, outputs, error}. TimeoutError after
     `timeout` seconds (the run goes on)."""
     from tqdm import tqdm
@@ -41,7 +41,7 @@ def follow_run(sessions, run_id: str, label: str, timeout: float = 7200, poll: f
             time.sleep(poll)
 
 
-def follow_task(result, label: str, total: int, timeout: float = 3600, poll: float = 0.5) -> Any:  # noqa: ANN001, ANN401
+def follow_task(result, label: str, total: int, timeout: float = 3600, poll: float = 0.5) -> Any:
     """Show a Celery task's PROGRESS meta ({"done", "total"}) as a bar until it ends; returns its result."""
     from tqdm import tqdm
 

@@ -99,7 +99,7 @@ def parts_status(settings: Settings) -> dict[str, Any]:
     return {"running": True, "pid": stack["pid"], "log": stack.get("log"), "parts": parts}
 
 
-def models_status(session, parts: dict[str, Any], settings: Settings) -> dict[str, Any]:  # noqa: ANN001
+def models_status(session, parts: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from sqlalchemy import select
 
     from editloop.db import ModelVersion
@@ -139,11 +139,11 @@ def queues_status(settings: Settings) -> dict[str, Any]:
 
     try:
         return {queue: queue_depth(settings.resolved_broker_url(), queue) for queue in QUEUES}
-    except Exception as exc:  # noqa: BLE001 - the broker is down: say so
+    except Exception as exc:
         return {"error": f"broker unreachable: {type(exc).__name__}"}
 
 
-def labels_status(session) -> dict[str, Any]:  # noqa: ANN001
+def labels_status(session) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from editloop.db.models import LabelEvent
@@ -155,7 +155,7 @@ def labels_status(session) -> dict[str, Any]:  # noqa: ANN001
             "agreement_best": stats.agreement_best, "alpha_best": stats.alpha_best}
 
 
-def runs_status(session, per_kind: int) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001
+def runs_status(session, per_kind: int) -> dict[str, list[dict[str, Any]]]:
     from sqlalchemy import select
 
     from editloop.db import TrainingRun
@@ -174,7 +174,7 @@ def runs_status(session, per_kind: int) -> dict[str, list[dict[str, Any]]]:  # n
     return out
 
 
-def triggers_status(session, settings: Settings) -> dict[str, Any]:  # noqa: ANN001
+def triggers_status(session, settings: Settings) -> dict[str, Any]:
     from trainers.triggers import decide
 
     decision = decide(session, settings, datetime.now(UTC))

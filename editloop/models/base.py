@@ -34,7 +34,7 @@ def base_fingerprint() -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
 
 
-def load_base(kind: str, device: str | None = None, dtype: str | None = None):  # noqa: ANN201
+def load_base(kind: str, device: str | None = None, dtype: str | None = None):
     return load_pipeline(base_model_dir(kind), kind, device=device, dtype=dtype)
 
 

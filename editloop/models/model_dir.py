@@ -23,6 +23,6 @@ def model_version(path: Path) -> str:
     return "d" + h.hexdigest()[:12]
 
 
-def public_config(config) -> dict:  # noqa: ANN001
+def public_config(config) -> dict:
     """The model's resolved config without diffusers' private bookkeeping (paths, versions)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}

@@ -25,19 +25,19 @@ def inpaint_inputs(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor,
     return image_t, mask_t
 
 
-def token_ids(tokenizer, texts: list[str], device: torch.device | str) -> torch.Tensor:  # noqa: ANN001
+def token_ids(tokenizer, texts: list[str], device: torch.device | str) -> torch.Tensor:
     """(N, L) token ids, padded to the tokenizer's length, as the text encoders are trained and read (no
     attention mask)."""
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids.to(device)
 
 
-def text_states(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+def text_states(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
     """(N, L, D) text states of `token_ids`; with gradients, for training the text encoder."""
     return text_encoder(token_ids(tokenizer, texts, text_encoder.device))[0]
 
 
 @torch.no_grad()
-def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
     """text_states without gradients (sampling, frozen encoders)."""
     return text_states(tokenizer, text_encoder, texts)

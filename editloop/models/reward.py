@@ -115,7 +115,7 @@ class PreferenceReward(ModelMixin, ConfigMixin):
         return self.patch(torch.cat([images, source, mask], dim=1)).flatten(2).transpose(1, 2) + self.pos
 
     @classmethod
-    def from_clip(cls, path, dim: int = 256, depth: int = 2, heads: int = 4) -> PreferenceReward:  # noqa: ANN001
+    def from_clip(cls, path, dim: int = 256, depth: int = 2, heads: int = 4) -> PreferenceReward:
         """A preference reward on a real CLIP backbone (a transformers CLIPModel directory, offline): its
         towers' weights are copied in; the fusion blocks and the head start fresh."""
         from pathlib import Path
@@ -192,7 +192,7 @@ def tiny_reward(kind: str, seed: int = 0, stem: str | None = None) -> Preference
 
 
 def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, version: str | None = None,
-                extra: dict | None = None, tokenizer=None) -> None:  # noqa: ANN001
+                extra: dict | None = None, tokenizer=None) -> None:
     """A reward model directory: model/, tokenizer/ (text-conditioned kinds; the world's tokenizer unless
     `tokenizer` is given, e.g. a real CLIP's), editloop.json."""
     import json
@@ -213,7 +213,7 @@ def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, vers
     (path / "editloop.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_reward(path, kind: str | None = None):  # noqa: ANN001, ANN201
+def load_reward(path, kind: str | None = None):
     """Load (kind, model, tokenizer or None) from a reward directory; refuse the wrong kind."""
     import json
     from pathlib import Path

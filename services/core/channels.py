@@ -39,16 +39,16 @@ class _Token(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
         return _Details(d.method, d.timeout, _with_token(d.metadata, self.token), d.credentials,
                         getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
 
-    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+    def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)
 
-    def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+    def intercept_unary_stream(self, continuation, details, request):
         return continuation(self._details(details), request)
 
-    def intercept_stream_unary(self, continuation, details, requests):  # noqa: ANN001, ANN201
+    def intercept_stream_unary(self, continuation, details, requests):
         return continuation(self._details(details), requests)
 
-    def intercept_stream_stream(self, continuation, details, requests):  # noqa: ANN001, ANN201
+    def intercept_stream_stream(self, continuation, details, requests):
         return continuation(self._details(details), requests)
 
 
@@ -58,10 +58,10 @@ class _AioToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
     def __init__(self, token: str) -> None:
         self.token = token
 
-    async def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+    async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(details._replace(metadata=_with_token(details.metadata, self.token)), request)
 
-    async def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+    async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(details._replace(metadata=_with_token(details.metadata, self.token)), request)
 
 

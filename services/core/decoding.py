@@ -31,7 +31,7 @@ class Undecodable:
 def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     name = getattr(getattr(parse, "__self__", None), "__name__", "request")
 
-    def deserialize(data: bytes) -> Any:  # noqa: ANN401
+    def deserialize(data: bytes) -> Any:
         try:
             return parse(data)
         except (DecodeError, ValueError, UnicodeDecodeError):
@@ -46,7 +46,7 @@ class _Tolerant:
     def __init__(self, server: grpc.aio.Server) -> None:
         self.server = server
 
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:  # noqa: ANN401
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass  # the same handlers arrive through add_registered_method_handlers, wrapped there
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:

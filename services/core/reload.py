@@ -49,7 +49,7 @@ class RegistryWatcher:
         version = found[0]
         try:
             core = self.load(*found)
-        except Exception as exc:  # noqa: BLE001 - keep serving the loaded version
+        except Exception as exc:
             log.error("promoted %s version %s does not load (%s); still serving %s", self.label, version, exc,
                       getattr(self.holder.core, "version", None))
             return False
@@ -65,7 +65,7 @@ class RegistryWatcher:
             await asyncio.sleep(self.interval)
             try:
                 await asyncio.to_thread(self.check_once)
-            except Exception:  # noqa: BLE001 - a database hiccup must not stop the watcher
+            except Exception:
                 log.exception("registry check failed (%s)", self.label)
 
     def start(self) -> None:

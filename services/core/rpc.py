@@ -28,7 +28,7 @@ async def observed(service: str, method: str, context: grpc.aio.ServicerContext)
     except asyncio.CancelledError:
         code = grpc.StatusCode.CANCELLED
         raise
-    except Exception as exc:  # noqa: BLE001 - mapped to a status
+    except Exception as exc:
         code, message = status_for(exc)
         await context.abort(code, message)
     finally:
@@ -36,7 +36,7 @@ async def observed(service: str, method: str, context: grpc.aio.ServicerContext)
         metrics.LATENCY.labels(service, method).observe(time.perf_counter() - start)
 
 
-def parsed(request: Any) -> Any:  # noqa: ANN401
+def parsed(request: Any) -> Any:
     """The request, or InvalidArgument when its bytes did not parse (services.core.decoding)."""
     if isinstance(request, Undecodable):
         raise InvalidArgument(request.error())

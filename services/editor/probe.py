@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 
-def world_inputs(seed: int = 0):  # noqa: ANN201
+def world_inputs(seed: int = 0):
     """(scene, Image, Mask): a two-object world scene rendered as a request's image, and a mask over its first
     object (the inputs of a small valid Inpaint, Erase or Score request)."""
     from editloop.world import cell_mask, render, sample_scene

@@ -43,7 +43,7 @@ def load_instruct(settings: Settings, version: str, name: str, path: Path) -> In
     return InstructCore(path, device=settings.device, name=name, version=version)
 
 
-def editor_watchers(editors, instructs, settings: Settings, sessions: sessionmaker[Session],  # noqa: ANN001
+def editor_watchers(editors, instructs, settings: Settings, sessions: sessionmaker[Session],
                     store: BlobStore, watch_editor: bool) -> list[RegistryWatcher]:
     """Watchers swapping newly promoted versions into the holders (the inpainting one only when the server
     was not started on an explicit model directory)."""

@@ -55,15 +55,15 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
                                     source_png=request.image.png, mask_png=request.mask.png)
 
     @unary(SERVICE)
-    async def Inpaint(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Inpaint(self, request, context: grpc.aio.ServicerContext):
         return await self._edit("inpaint", request, prompt_required=True)
 
     @unary(SERVICE)
-    async def Outpaint(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Outpaint(self, request, context: grpc.aio.ServicerContext):
         return await self._edit("outpaint", request, prompt_required=True)
 
     @unary(SERVICE)
-    async def Erase(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Erase(self, request, context: grpc.aio.ServicerContext):
         return await self._edit("erase", request, prompt_required=False)
 
     def _edit_job(self, request: editor_pb2.EditRequest) -> EditJob:
@@ -81,7 +81,7 @@ class EditorServicer(editor_pb2_grpc.EditorServicer):
                        core.resolve_start(request.start))
 
     @unary(SERVICE)
-    async def Edit(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Edit(self, request, context: grpc.aio.ServicerContext):
         job = await asyncio.to_thread(self._edit_job, request)  # decoding and grammar matching off the event loop
         images, name, version = await self.instruct_batcher.submit(job, job.batch_key, job.num_images)
         response = await result_message(editor_pb2.EditResponse, images, name, version, job.sampling,

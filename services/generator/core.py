@@ -23,8 +23,8 @@ class GenerateJob:
     sampling: Sampling
 
 
-def step_callback(on_step: Callable[[int, int], None], total: int):  # noqa: ANN201
-    def callback(pipe, step: int, timestep, kwargs):  # noqa: ANN001, ANN202
+def step_callback(on_step: Callable[[int, int], None], total: int):
+    def callback(pipe, step: int, timestep, kwargs):
         on_step(step + 1, total)  # raises Cancelled when every client of the batch has gone
         return kwargs
 

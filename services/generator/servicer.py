@@ -40,13 +40,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                                     prompt=job.prompt)
 
     @unary(SERVICE)
-    async def Generate(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Generate(self, request, context: grpc.aio.ServicerContext):
         job = self._job(request)
         images = await self.batcher.submit(job, job.sampling.batch_key, job.num_images)
         return await self._respond(job, images, request.record)
 
     @stream(SERVICE)
-    async def GenerateStream(self, request, context: grpc.aio.ServicerContext) -> AsyncIterator:  # noqa: N802
+    async def GenerateStream(self, request, context: grpc.aio.ServicerContext) -> AsyncIterator:
         job = self._job(request)
         progress: asyncio.Queue = asyncio.Queue()
         task = asyncio.ensure_future(self.batcher.submit(job, job.sampling.batch_key, job.num_images, progress))

@@ -28,7 +28,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         self.batcher = batcher
         self.max_side, self.max_request_pixels = max_side, max_request_pixels
 
-    def _check_size(self, core: RewardCore, image, field: str) -> None:  # noqa: ANN001
+    def _check_size(self, core: RewardCore, image, field: str) -> None:
         """What this model can take, before any model work: its own side, or at most `max_side`."""
         h, w = image.shape[:2]
         side = core.input_side()
@@ -59,7 +59,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
                                   "the source")
         return ScoreItem(image, prompt, source, mask)
 
-    def _items(self, messages) -> list[ScoreItem]:  # noqa: ANN001
+    def _items(self, messages) -> list[ScoreItem]:
         items, pixels = [], 0
         for i, m in enumerate(messages):
             items.append(self._item(m, f"items[{i}]"))
@@ -75,7 +75,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return common_pb2.ModelRef(name=core.name, version=version or core.version)
 
     @unary(SERVICE)
-    async def Score(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Score(self, request, context: grpc.aio.ServicerContext):
         if not 1 <= len(request.items) <= MAX_ITEMS:
             raise InvalidArgument(f"`items` must hold 1..{MAX_ITEMS} items, got {len(request.items)}")
         items = await asyncio.to_thread(self._items, request.items)  # decoding off the event loop
@@ -96,7 +96,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
                                      f"scores with {served!r}")
 
     @unary(SERVICE)
-    async def ScoreMap(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def ScoreMap(self, request, context: grpc.aio.ServicerContext):
         core = self.core
         if core.kind != "coherence":
             raise FailedPrecondition(
@@ -107,13 +107,13 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return reward_pb2.ScoreMapResponse(map_png=encode_gray(pixel_map), score=score, model=self._ref(core))
 
     @unary(SERVICE)
-    async def ModelInfo(self, request, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def ModelInfo(self, request, context: grpc.aio.ServicerContext):
         core = self.core
         return reward_pb2.ModelInfoResponse(kind=core.kind, model=self._ref(core),
                                             config_json=json.dumps(public_config(core.model.config)))
 
 
-def encode_gray(pixel_map) -> bytes:  # noqa: ANN001
+def encode_gray(pixel_map) -> bytes:
     from io import BytesIO
 
     from PIL import Image

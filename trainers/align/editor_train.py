@@ -59,7 +59,7 @@ class EditorTrainConfig:
         return asdict(self)
 
 
-def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # noqa: ANN001 - a StableDiffusionPipeline
+def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:
     """The editor's noise schedule: its base's (None) or a built-in one by name (editloop.models.configs). An editor
     inherits its base's schedule with "leading" timesteps: its `start="input"` noises the input to the first
     timestep, which trailing spacing puts at t = 999, where almost nothing of the input is left (the committed
@@ -70,13 +70,13 @@ def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # noqa: ANN0
     return DDIMScheduler(**SCHEDULES[schedule])
 
 
-def own_text_encoder(pipe) -> CLIPTextModel:  # noqa: ANN001 - a diffusers pipeline
+def own_text_encoder(pipe) -> CLIPTextModel:
     """A copy of the pipeline's text encoder (fp32) for a new editor: an editor may train it
     (`train_text_encoder`), and the pipeline (the weak generator of the pairs) must not change with it."""
     return copy.deepcopy(pipe.text_encoder).float()
 
 
-def editor_from_t2i(pipe, arch: str, schedule: str | None = None) -> InstructEditor:  # noqa: ANN001
+def editor_from_t2i(pipe, arch: str, schedule: str | None = None) -> InstructEditor:
     """A new editor initialised from the text-to-image model (a StableDiffusionPipeline): the causal editor
     reuses its UNet as is; the concat baseline inflates conv_in to 8 channels with the new ones zero (as
     InstructPix2Pix does). `schedule` ("zero-snr-v") trains the editor on another schedule than its base's:
@@ -107,7 +107,7 @@ def concat_conv_from_inpaint(unet: UNet2DConditionModel) -> UNet2DConditionModel
     return concat
 
 
-def editor_from_inpaint(pipe, schedule: str | None = None) -> InstructEditor:  # noqa: ANN001
+def editor_from_inpaint(pipe, schedule: str | None = None) -> InstructEditor:
     """A new concat editor initialised from the inpainting model (a StableDiffusionInpaintPipeline): at step 0 it
     is the inpainting model told to keep the whole input, so it starts out copying its input and training
     teaches it what to change (a deviation from InstructPix2Pix, which starts from the text-to-image model with
@@ -168,7 +168,7 @@ def condition_flags(rng: np.random.Generator, n: int, cfg: EditorTrainConfig) ->
     return ~(no_text | both), ~(no_image | both)
 
 
-def editor_loss(editor: InstructEditor, scheduler, src_lat: torch.Tensor, tgt_lat: torch.Tensor,  # noqa: ANN001
+def editor_loss(editor: InstructEditor, scheduler, src_lat: torch.Tensor, tgt_lat: torch.Tensor,
                 text: torch.Tensor, empty: torch.Tensor, sees: torch.Tensor, gen: torch.Generator,
                 gamma: float) -> torch.Tensor:
     """Min-SNR-weighted MSE to the schedule's target (epsilon or velocity) on the target latents; for the

@@ -50,7 +50,7 @@ class AlignmentScorer:
 
     name = "alignment"
 
-    def __init__(self, rewards, batch: int = 256) -> None:  # noqa: ANN001 - trainers.feedback.rewards.RewardModels
+    def __init__(self, rewards, batch: int = 256) -> None:
         self.rewards = rewards
         self.batch = batch
 

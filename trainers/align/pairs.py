@@ -101,7 +101,7 @@ def latent_region(masks: np.ndarray, latent_size: int, dilate: int = 1) -> torch
 
 
 @torch.no_grad()
-def weak_pairs_batch(pipe, edits: list[Edit], seeds: list[int], steps: int = 12, guidance: float = 4.0,  # noqa: ANN001
+def weak_pairs_batch(pipe, edits: list[Edit], seeds: list[int], steps: int = 12, guidance: float = 4.0,
                      blend_until: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Source and target images from the text-to-image model: the two captions share the initial noise,
     and for the first `blend_until` of the steps the target's latents outside the (dilated) edit region
@@ -136,7 +136,7 @@ def _pairs_from(edits: list[Edit], sources: np.ndarray, targets: np.ndarray, ori
                  [origin] * len(edits))
 
 
-def weak_pairs(pipe, edits: list[Edit], seed: int, steps: int = 12, guidance: float = 4.0,  # noqa: ANN001
+def weak_pairs(pipe, edits: list[Edit], seed: int, steps: int = 12, guidance: float = 4.0,
                blend_until: float = 1.0, batch: int = 32, desc: str = "weak pairs") -> Pairs:
     """Pairs for `edits` from the text-to-image model (the weak generator), in batches with a progress bar."""
     srcs, tgts = [], []
@@ -149,7 +149,7 @@ def weak_pairs(pipe, edits: list[Edit], seed: int, steps: int = 12, guidance: fl
 
 
 @torch.no_grad()
-def generated_sources(pipe, edits: list[Edit], seed: int, steps: int = 12, guidance: float = 4.0,  # noqa: ANN001
+def generated_sources(pipe, edits: list[Edit], seed: int, steps: int = 12, guidance: float = 4.0,
                       batch: int = 32) -> np.ndarray:
     """Source images from the text-to-image model (the editor's inputs in later rounds)."""
     out = []
@@ -196,7 +196,7 @@ def rendered_sources(edits: list[Edit], seed: int) -> np.ndarray:
     return np.stack(out)
 
 
-def inpaint_pairs(pipe, edits: list[Edit], sources: np.ndarray, seed: int, steps: int = 12,  # noqa: ANN001
+def inpaint_pairs(pipe, edits: list[Edit], sources: np.ndarray, seed: int, steps: int = 12,
                   guidance: float = 4.0, batch: int = 32, desc: str = "inpaint pairs") -> Pairs:
     """Targets by the inpainting model (initialised from the text-to-image model): the edit region of each
     source regenerated from the target caption, the rest kept (UltraEdit's region-based pairs)."""

@@ -27,7 +27,7 @@ METHODS = ("inpaint", "blend")
 LATER_PAIRS = ("editor", "editor-best", "best-or-weak", "weak")  # what rounds after the first keep: select.py
 
 
-def from_settings(kind: type, what: str, data: dict[str, Any]) -> Any:  # noqa: ANN401
+def from_settings(kind: type, what: str, data: dict[str, Any]) -> Any:
     """Dataclass `kind` from settings dict `data`; an unknown key gets a ValueError naming it (`what` settings)
     rather than the constructor's TypeError."""
     unknown = set(data) - set(kind.__dataclass_fields__)

@@ -181,7 +181,7 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
     return outputs
 
 
-def loads_instruct(store: BlobStore, cache: Path):  # noqa: ANN201
+def loads_instruct(store: BlobStore, cache: Path):
     """A check for `promote`: the version unpacks and loads as an instruction editor."""
     from editloop.registry import fetch_model_dir
 

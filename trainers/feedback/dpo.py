@@ -89,7 +89,7 @@ class PairLatents:
 
 
 @torch.no_grad()
-def encode_pairs(pipe, pairs: list[Pair], cache: ImageCache) -> PairLatents:  # noqa: ANN001
+def encode_pairs(pipe, pairs: list[Pair], cache: ImageCache) -> PairLatents:
     device, dtype = pipe.unet.device, pipe.unet.dtype
     scale = pipe.vae.config.scaling_factor
 
@@ -106,7 +106,7 @@ def encode_pairs(pipe, pairs: list[Pair], cache: ImageCache) -> PairLatents:  # 
     return PairLatents(win, lose, mask_latents, masked, embeddings)
 
 
-def denoising_errors(unet, sched: DDPMScheduler, batch: PairLatents, t: torch.Tensor,  # noqa: ANN001
+def denoising_errors(unet, sched: DDPMScheduler, batch: PairLatents, t: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
     """Per-example squared error of `unet`'s prediction on the win images then the lose images (2N,), both noised
     with `noise` at `t`."""
@@ -137,7 +137,7 @@ def dpo_step(data: DpoData, cache: ImageCache) -> Callable[..., dict[str, float]
     `anchor` being the frozen reference UNet."""
     made: list[DDPMScheduler] = []  # the training noise schedule, built once from the pipeline's
 
-    def step_fn(pipe, cfg, step: int, params, opt, anchor) -> dict[str, Any]:  # noqa: ANN001
+    def step_fn(pipe, cfg, step: int, params, opt, anchor) -> dict[str, Any]:
         if not made:
             made.append(DDPMScheduler.from_config(pipe.scheduler.config))
         sched = made[0]

@@ -32,7 +32,7 @@ class Samples:
     seconds: float
 
 
-def sample(pipe, examples: list[FeedbackExample], seed: int, steps: int, guidance: float = 4.0,  # noqa: ANN001
+def sample(pipe, examples: list[FeedbackExample], seed: int, steps: int, guidance: float = 4.0,
            batch: int = 32) -> Samples:
     t0 = time.perf_counter()
     images = inpaint(pipe, np.stack([e.source for e in examples]), np.stack([e.mask for e in examples]),

@@ -108,7 +108,7 @@ class GrpoConfig:
         return kinds + [k for k in self.guard if k not in kinds]
 
 
-def check_grpo(cfg: Any) -> None:  # noqa: ANN401 - a FeedbackConfig (loop.py imports this module)
+def check_grpo(cfg: Any) -> None:
     """What a GRPO run needs of the FeedbackConfig around it."""
     if cfg.grpo is None:
         raise ValueError("stage 'grpo' needs a `grpo` config")
@@ -135,7 +135,7 @@ class Rollout:
     sched: Any  # the DDIM schedule it was sampled with (the loss recomputes its steps on it)
 
 
-def ddim_step(sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor,  # noqa: ANN001
+def ddim_step(sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
               eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of DDIM's step from x_t with the model output `out` (epsilon or v), as diffusers' DDIMScheduler
     computes it (Song et al., 2021, eq. 12)."""
@@ -150,7 +150,7 @@ def ddim_step(sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor,  # noq
     return mean, std
 
 
-def predict(unet, x: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:  # noqa: ANN001
+def predict(unet, x: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:
     """The guided model output at (x, t), under bf16 autocast on CUDA, back in fp32 for the sampler's and the
     likelihood's arithmetic (a bf16 log-ratio would not resolve PPO's clip range)."""
     with autocast(x.device):
@@ -164,7 +164,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 @torch.no_grad()
-def rollout(pipe, batch: EditBatch, steps: int, guidance: float, eta: float,  # noqa: ANN001
+def rollout(pipe, batch: EditBatch, steps: int, guidance: float, eta: float,
             generator: torch.Generator) -> Rollout:
     """Sample `batch` with the stochastic guided sampler, keeping what the loss needs."""
     sched = ddim(pipe, steps)
@@ -226,7 +226,7 @@ def trained_steps(rng: np.random.Generator, steps: int, fraction: float) -> list
     return sorted(int(i) for i in rng.choice(steps, size=k, replace=False))
 
 
-def policy_loss(pipe, anchor, roll: Rollout, index: int, advantages: torch.Tensor, cfg,  # noqa: ANN001
+def policy_loss(pipe, anchor, roll: Rollout, index: int, advantages: torch.Tensor, cfg,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss at sampling step `index` of the rollout: clipped objective + kl_weight * KL to the anchor."""
     grpo, sched = cfg.grpo, roll.sched
@@ -251,7 +251,7 @@ def grpo_step(scorer: Scorer) -> Callable[..., dict[str, float]]:
     """A training step for trainers.feedback.loop.train_feedback: (pipe, cfg, step, params, opt, anchor) -> record,
     `anchor` being the frozen start UNet (the KL's reference)."""
 
-    def step_fn(pipe, cfg, step: int, params, opt, anchor) -> dict[str, Any]:  # noqa: ANN001
+    def step_fn(pipe, cfg, step: int, params, opt, anchor) -> dict[str, Any]:
         from trainers.feedback.loop import Diverged
 
         grpo = cfg.grpo

@@ -165,7 +165,7 @@ def task_scales(cfg: FeedbackConfig, tasks: list[str]) -> torch.Tensor | None:
     return torch.tensor([float(cfg.task_reward_scale.get(t, 1.0)) for t in tasks])
 
 
-def make_trainable(pipe, cfg: FeedbackConfig) -> list[torch.nn.Parameter]:  # noqa: ANN001
+def make_trainable(pipe, cfg: FeedbackConfig) -> list[torch.nn.Parameter]:
     """Freeze the VAE and text encoder; the UNet (or its LoRA adapters) trains. Returns what trains."""
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
@@ -214,7 +214,7 @@ class FeedbackState:
     selection: Selection | None = None  # the snapshot chosen on validation, when snapshots were kept
 
 
-def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,  # noqa: ANN001
+def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Path,
                    progress: Callable[[int, int, dict[str, float]], None] | None = None,
                    select: Callable[[int], float] | None = None,
                    step: Callable[..., dict[str, float]] | None = None) -> FeedbackState:
@@ -306,8 +306,8 @@ def start_anchor(unet: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(unet).requires_grad_(False).eval()
 
 
-def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt,  # noqa: ANN001
-              anchor=None) -> dict[str, float]:  # noqa: ANN001
+def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt,
+              anchor=None) -> dict[str, float]:
     rng = step_rng(cfg.seed, cfg.stage, step)
     examples = [upscale(make_example(rng, cfg.tasks[(step * cfg.batch_size + i) % len(cfg.tasks)]), cfg.resolution)
                 for i in range(cfg.batch_size)]

@@ -30,7 +30,7 @@ from editloop.models.zoo import predicted_x0
 from trainers.feedback.examples import FeedbackExample
 
 
-def autocast(device: torch.device):  # noqa: ANN201
+def autocast(device: torch.device):
     """bf16 autocast on CUDA (every feedback method's UNet passes: PeFL, DPO, GRPO); a no-op context on CPU (fp32).
     Losses and log-likelihoods are computed from the outputs cast back to fp32."""
     if device.type == "cuda":
@@ -75,7 +75,7 @@ def check_masks(masks: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:  # noqa: ANN001
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """(2N, L, D) text states: the empty prompt (classifier-free guidance) then the prompts, read as the
     pipelines and pretraining read them (padded, no attention mask), so PeFL trains the UNet on the states it
     is sampled with."""
@@ -83,7 +83,7 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:  # noqa: ANN001
 
 
 @torch.no_grad()
-def inpaint_conditioning(pipe, source: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]  # noqa: ANN001
+def inpaint_conditioning(pipe, source: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inpainting UNet's extra inputs: (masked-source latents, the mask at latent size `size`), the source's
     masked pixels zeroed as diffusers does."""
@@ -92,7 +92,7 @@ def inpaint_conditioning(pipe, source: torch.Tensor, mask: torch.Tensor, size: t
 
 
 @torch.no_grad()
-def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:  # noqa: ANN001
+def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:
     masks = np.stack([e.mask for e in examples])
     check_masks(masks)
     device, dtype = pipe.unet.device, pipe.unet.dtype
@@ -106,7 +106,7 @@ def prepare(pipe, examples: list[FeedbackExample]) -> EditBatch:  # noqa: ANN001
                      [e.prompt for e in examples], encode_prompts(pipe, [e.prompt for e in examples]))
 
 
-def guided_prediction(unet, latents: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:  # noqa: ANN001
+def guided_prediction(unet, latents: torch.Tensor, t: torch.Tensor, batch: EditBatch, guidance: float) -> torch.Tensor:
     """Classifier-free guided output (epsilon or v) of the 9-channel inpainting UNet, one forward for both halves."""
     x = torch.cat([latents] * 2)
     inputs = torch.cat([x, torch.cat([batch.mask_latents] * 2), torch.cat([batch.masked_latents] * 2)], dim=1)
@@ -115,7 +115,7 @@ def guided_prediction(unet, latents: torch.Tensor, t: torch.Tensor, batch: EditB
     return uncond + guidance * (cond - uncond)
 
 
-def ddim(pipe, steps: int) -> DDIMScheduler:  # noqa: ANN001
+def ddim(pipe, steps: int) -> DDIMScheduler:
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.unet.device)
     return sched
@@ -127,8 +127,8 @@ class PeflForward(NamedTuple):
     drift: torch.Tensor | None  # per example: mean squared (prediction - the anchor's); None without an anchor
 
 
-def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.Generator,  # noqa: ANN001
-               guidance: float = 4.0, steps_left: int | None = None, anchor=None) -> PeflForward:  # noqa: ANN001
+def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.Generator,
+               guidance: float = 4.0, steps_left: int | None = None, anchor=None) -> PeflForward:
     """The PeFL forward: x0 latents with gradients through the last UNet call, t' (steps left), and with an
     `anchor` UNet (the frozen start model) the drift of the last prediction from the anchor's."""
     sched = ddim(pipe, schedule.steps)
@@ -152,12 +152,12 @@ def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.
     return PeflForward(predicted_x0(sched, z, t, out), steps_left, drift)
 
 
-def decode(pipe, latents: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> pixels in [-1, 1], differentiable (the VAE's weights stay frozen)."""
     return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
 
 
-def vae_features(vae, images: torch.Tensor) -> list[torch.Tensor]:  # noqa: ANN001
+def vae_features(vae, images: torch.Tensor) -> list[torch.Tensor]:
     """Activations of the frozen VAE encoder's down blocks: the perceptual space of the regulariser
     (LPIPS needs downloaded weights; this encoder was trained here on the same world)."""
     h = vae.encoder.conv_in(images)
@@ -168,7 +168,7 @@ def vae_features(vae, images: torch.Tensor) -> list[torch.Tensor]:  # noqa: ANN0
     return feats
 
 
-def reference_loss(vae, x0: torch.Tensor, batch: EditBatch, perceptual_weight: float = 1.0) -> torch.Tensor:  # noqa: ANN001
+def reference_loss(vae, x0: torch.Tensor, batch: EditBatch, perceptual_weight: float = 1.0) -> torch.Tensor:
     """Per-example L1 + perceptual distance to the source over the reference region."""
     region = batch.reference
     l1 = ((x0 - batch.source).abs() * region).sum(dim=(1, 2, 3)) / (3 * region.sum(dim=(1, 2, 3)).clamp(min=1))

@@ -128,7 +128,7 @@ class ServiceScorer:
         for kind in self.addresses:
             self._check_served(kind)
 
-    def _call(self, kind: str, method: str, request: Any) -> Any:  # noqa: ANN401
+    def _call(self, kind: str, method: str, request: Any) -> Any:
         """One RPC with deadline and retries; RewardServiceError past the budget (DEADLINE_EXCEEDED re-raised as
         grpc.RpcError for the caller to drop the samples)."""
         for attempt in range(self.policy.retries + 1):

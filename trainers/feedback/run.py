@@ -122,7 +122,7 @@ def default_steps(path: Path) -> int:
     return ModelDefaults.from_dir(path).steps
 
 
-def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: dict[str, Any]) -> None:  # noqa: ANN001
+def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: dict[str, Any]) -> None:
     pipe.save_pretrained(dest, safe_serialization=True)
     meta = {"kind": EDITOR_KIND, "version": version, "default_steps": cfg.schedule.steps,
             "default_guidance": cfg.guidance, "default_scheduler": "ddim", "stage": cfg.stage, **extra}
@@ -301,7 +301,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     return outputs
 
 
-def grpo_scorer(cfg: FeedbackConfig, rewards: RewardModels, settings: Settings):  # noqa: ANN201
+def grpo_scorer(cfg: FeedbackConfig, rewards: RewardModels, settings: Settings):
     """What scores a GRPO run's samples (reward_client.py), pinned to the promoted versions the gate loaded; None
     for other methods."""
     if cfg.grpo is None:
@@ -322,9 +322,9 @@ def review_metrics(review: Review | None, state: FeedbackState, margin: float | 
     return out
 
 
-def loads_editor(store: BlobStore, cache: Path):  # noqa: ANN201
+def loads_editor(store: BlobStore, cache: Path):
     """A check for `promote`: the version unpacks and loads as an inpainting pipeline."""
-    def check(row) -> None:  # noqa: ANN001
+    def check(row) -> None:
         load_pipeline(fetch_model_dir(store, row.checkpoint_key, cache), "inpaint", device="cpu", dtype="fp32")
 
     return check

@@ -106,7 +106,7 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, negative_e
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(img)].T, target)) / 2
 
 
-def retrieval_accuracy(images: nn.Module, texts: nn.Module, tokenizer, seed: int, n: int,  # noqa: ANN001
+def retrieval_accuracy(images: nn.Module, texts: nn.Module, tokenizer, seed: int, n: int,
                        device: torch.device) -> dict[str, float]:
     """On held-out scenes: how often an image's embedding is closer to its caption than to the same caption
     with one object moved (position) or an attribute re-bound (binding); chance is 0.5 for each."""

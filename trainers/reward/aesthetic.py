@@ -66,7 +66,7 @@ def calibration_error(model: PreferenceReward, tokenizer: PreTrainedTokenizerFas
 
 def train_aesthetic(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[Pair],
                     held_out: list[Pair], cache: ImageCache, cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
-                    progress=None, mirror: bool = False) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
+                    progress=None, mirror: bool = False) -> tuple[PreferenceReward, LoopResult]:
     """Bradley-Terry on `train`, the best checkpoint by pairwise accuracy on `held_out`; `mirror`: see
     trainers.reward.data.mirror_half. A model trained on any pair with a source image records `reads_source`
     (feedback learning then scores each edit with its source and mask)."""

@@ -113,7 +113,7 @@ def accuracy_by_attribute(model: PreferenceReward, tokenizer: PreTrainedTokenize
 
 def train_alignment(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, train: list[AlignmentExample],
                     held_out: list[AlignmentExample], cfg: LoopConfig, run_dir: Path, batch_size: int = 64,
-                    progress=None) -> tuple[PreferenceReward, LoopResult]:  # noqa: ANN001
+                    progress=None) -> tuple[PreferenceReward, LoopResult]:
     def loss_fn(m: PreferenceReward, batch: list[AlignmentExample]) -> torch.Tensor:
         return -F.logsigmoid(_margin(m, tokenizer, batch)).mean()
 

@@ -37,7 +37,7 @@ def random_box(rng: np.random.Generator, size: int = 64) -> np.ndarray:
     return mask
 
 
-def coherence_examples(pipe, n: int, seed: int, steps: int = 20, batch: int = 32) -> list[CoherenceExample]:  # noqa: ANN001
+def coherence_examples(pipe, n: int, seed: int, steps: int = 20, batch: int = 32) -> list[CoherenceExample]:
     """`n` composites from the inpainting pipeline `pipe` (object cells and random boxes, half each)."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
@@ -101,7 +101,7 @@ def example_wins(model: CoherenceReward, examples: list[CoherenceExample], batch
 
 def train_coherence(model: CoherenceReward, train: list[CoherenceExample], held_out: list[CoherenceExample],
                     cfg: LoopConfig, run_dir: Path, batch_size: int = 32,
-                    progress=None) -> tuple[CoherenceReward, LoopResult]:  # noqa: ANN001
+                    progress=None) -> tuple[CoherenceReward, LoopResult]:
     def loss_fn(m: CoherenceReward, batch: list[CoherenceExample]) -> torch.Tensor:
         images, real = _tensors(batch)
         # generated pixels are a minority: weight them so both classes count equally

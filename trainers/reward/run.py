@@ -63,7 +63,7 @@ class RewardTrainConfig:
                           warmup=self.warmup)
 
 
-def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  # noqa: ANN202
+def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):
     from editloop.models.tokenizer import build_tokenizer
 
     if parent_dir is not None and cfg.warm_start:
@@ -81,7 +81,7 @@ def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):  #
     return tiny_reward(kind, cfg.seed).train(), (None if kind == "coherence" else build_tokenizer())
 
 
-def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:  # noqa: ANN001
+def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:
     """(the score the gate compares, every held-out metric)."""
     if kind == "aesthetic":
         from trainers.reward.aesthetic import calibration_error, pairwise_accuracy
@@ -100,7 +100,7 @@ def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str,
     return value, {"pixel_auc": value}
 
 
-def chance_floor(kind: str, accuracy: float, data: dict, model=None) -> dict[str, Any]:  # noqa: ANN001
+def chance_floor(kind: str, accuracy: float, data: dict, model=None) -> dict[str, Any]:
     """How surely the held-out score beats chance: a one-sided exact sign test over independent units, the
     held-out candidate sets for the aesthetic reward (its pairs share labels, so sets are the units; a set counts
     as right in the proportion of its pairs, rounded over all sets), the held-out examples for the alignment
@@ -153,7 +153,7 @@ def _data(kind: str, sessions: sessionmaker[Session], store: BlobStore, settings
                         "train_examples": cfg.coherence_train, "seed": cfg.seed}}
 
 
-def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_dir: Path, progress):  # noqa: ANN001, ANN202
+def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_dir: Path, progress):
     if kind == "aesthetic":
         from trainers.reward.aesthetic import train_aesthetic
 
@@ -170,7 +170,7 @@ def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_
                            progress)
 
 
-def run_progress(sessions: sessionmaker[Session], run_id: str):  # noqa: ANN201
+def run_progress(sessions: sessionmaker[Session], run_id: str):
     """The training loop's progress callback: the run row's progress, last step and last evaluation."""
     last_eval: dict = {}
 
@@ -182,8 +182,8 @@ def run_progress(sessions: sessionmaker[Session], run_id: str):  # noqa: ANN201
     return progress
 
 
-def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings: Settings,  # noqa: ANN202
-                       parent_info: tuple | None, model, run_dir: Path):  # noqa: ANN001
+def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings: Settings,
+                       parent_info: tuple | None, model, run_dir: Path):
     """`_train` as a data-parallel job of EDITLOOP_TRAIN_PROCS processes (trainers/reward/job.py); the best model
     and the loop's result come back through the run directory."""
     import copy
@@ -202,9 +202,9 @@ def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings:
     return best.eval(), LoopResult(**json.loads((run_dir / "result.json").read_text()))
 
 
-def loads(store: BlobStore, cache: Path, kind: str):  # noqa: ANN201
+def loads(store: BlobStore, cache: Path, kind: str):
     """A check for `promote`: the version's checkpoint unpacks and loads as a `kind` reward model."""
-    def check(row) -> None:  # noqa: ANN001
+    def check(row) -> None:
         load_reward(fetch_model_dir(store, row.checkpoint_key, cache), kind)
 
     return check
