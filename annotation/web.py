@@ -52,7 +52,7 @@ class Enqueuer:
                 self._app.conf.broker_connection_retry_on_startup = True
             self._app.send_task(APPLY_TASK, queue="cpu")
             return True
-        except Exception as exc:
+        except Exception as exc:  # the events are stored; a later sync applies them
             log.warning("could not enqueue %s (%s); events stay pending until the next sync", APPLY_TASK, exc)
             return False
 
@@ -87,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # http.server's name
         url = urlparse(self.path)
         if url.path == "/health":
             return self._reply(HTTPStatus.OK, "ok")

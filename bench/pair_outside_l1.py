@@ -25,7 +25,7 @@ from trainers.align.round_config import METHODS, RoundConfig, round_pairs
 THRESHOLDS = (0.01, 0.015, 0.02, 0.03)
 
 
-def outside_l1_summary(pairs, keep: np.ndarray) -> dict:
+def outside_l1_summary(pairs, keep: np.ndarray) -> dict:  # trainers.align.pairs.Pairs
     _, out = region_l1(pairs.sources, pairs.targets, pairs.masks)
     kept = out[keep & np.isfinite(out)]
     return {"made": len(pairs), "kept": int(keep.sum()), "mean_all": float(np.nanmean(out)),

@@ -146,7 +146,7 @@ def promote(session: Session, kind: str, version: str, check: Callable[[ModelVer
     if check is not None:
         try:
             check(row)
-        except Exception as exc:
+        except Exception as exc:  # any failure to load refuses the promotion
             raise PromotionRefused(f"{kind} {version} not promoted: its checkpoint does not load ({exc})") from exc
     current = promoted(session, kind)
     if current is not None:

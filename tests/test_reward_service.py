@@ -188,7 +188,7 @@ def test_prompt_counts_on_request_threads_never_disturb_the_batch_workers_tokeni
             k += 1
             try:
                 check_prompt(scored[k % len(scored)].prompt, tokens=core.tokens)
-            except Exception as exc:
+            except Exception as exc:  # collected for the assertion
                 errors.append(exc)
 
     def score() -> None:

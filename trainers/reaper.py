@@ -41,7 +41,7 @@ def heartbeat(sessions: sessionmaker[Session], run_id: str, interval: float) -> 
                     run = s.get(TrainingRun, run_id)
                     if run is not None and run.status == "running":
                         run.updated_at = datetime.now(UTC)
-            except Exception:
+            except Exception:  # a missed beat is retried at the next one
                 pass
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)

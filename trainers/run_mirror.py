@@ -134,7 +134,7 @@ def mirrored(sessions: sessionmaker[Session], store: BlobStore, run_id: str, run
         with lock:
             try:
                 push(sessions, store, run_id, run_dir)
-            except Exception as exc:
+            except Exception as exc:  # a store or database hiccup: the next push tries again
                 log.warning("run %s: mirroring its checkpoints failed (%s); retrying in %.0fs", run_id,
                             type(exc).__name__, interval)
 

@@ -230,7 +230,7 @@ def _stats(args: argparse.Namespace) -> int:
 
         ls, _ = connect_from_state(settings)
         names = {f"ls:{u.id}": u.email for u in ls.users.list()}
-    except Exception:
+    except Exception:  # names are a nicety; ids are printed when Label Studio is down
         pass
     with sessions() as session:
         print(format_stats(label_stats(session), names))

@@ -139,7 +139,7 @@ def queues_status(settings: Settings) -> dict[str, Any]:
 
     try:
         return {queue: queue_depth(settings.resolved_broker_url(), queue) for queue in QUEUES}
-    except Exception as exc:
+    except Exception as exc:  # the broker is down: say so
         return {"error": f"broker unreachable: {type(exc).__name__}"}
 
 

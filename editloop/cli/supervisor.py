@@ -113,7 +113,7 @@ class Supervisor:
         if part.after_ready is not None:
             try:
                 part.after_ready(part)
-            except Exception as exc:
+            except Exception as exc:  # reported; the supervisor restarts the part
                 part.note = f"set-up after start failed: {exc}"
                 self.say("supervisor", f"{part.name}: {part.note}; stopping it for a restart")
                 _signal_group(proc, signal.SIGTERM)
@@ -140,7 +140,7 @@ class Supervisor:
                 if part.probe():
                     self._became_ready(part, proc)
                     return
-            except Exception:
+            except Exception:  # not up yet
                 pass
             time.sleep(1.0)
 
@@ -162,7 +162,7 @@ class Supervisor:
         while not self.stopping:
             try:
                 self.poll()
-            except Exception as exc:
+            except Exception as exc:  # the supervisor must outlive any one part's trouble
                 self.say("supervisor", f"supervision error: {exc}")
             time.sleep(0.25)
         self._terminate(self._grace)

@@ -53,7 +53,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
                            "`editloop auth create-token` makes one)")
         try:
             info = await self.cached(token)
-        except Exception as exc:
+        except Exception as exc:  # the token store is down: say so, no traceback
             return refusal(handler, service, method, grpc.StatusCode.UNAVAILABLE,
                            f"the token store cannot be reached ({type(exc).__name__}); try again")
         if info is None:

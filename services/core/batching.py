@@ -125,7 +125,7 @@ class DynamicBatcher:
 
             try:
                 results = await asyncio.to_thread(self.run, [i.payload for i in batch], on_step)
-            except BaseException as exc:
+            except BaseException as exc:  # every waiter must learn the outcome
                 for i in batch:
                     if not i.future.done():
                         i.future.set_exception(exc)

@@ -49,7 +49,7 @@ class RegistryWatcher:
         version = found[0]
         try:
             core = self.load(*found)
-        except Exception as exc:
+        except Exception as exc:  # keep serving the loaded version
             log.error("promoted %s version %s does not load (%s); still serving %s", self.label, version, exc,
                       getattr(self.holder.core, "version", None))
             return False
@@ -65,7 +65,7 @@ class RegistryWatcher:
             await asyncio.sleep(self.interval)
             try:
                 await asyncio.to_thread(self.check_once)
-            except Exception:
+            except Exception:  # a database hiccup must not stop the watcher
                 log.exception("registry check failed (%s)", self.label)
 
     def start(self) -> None:

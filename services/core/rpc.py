@@ -28,7 +28,7 @@ async def observed(service: str, method: str, context: grpc.aio.ServicerContext)
     except asyncio.CancelledError:
         code = grpc.StatusCode.CANCELLED
         raise
-    except Exception as exc:
+    except Exception as exc:  # mapped to a status
         code, message = status_for(exc)
         await context.abort(code, message)
     finally:

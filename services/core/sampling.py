@@ -76,7 +76,7 @@ class TokenCounter:
     (truncation off) racing the batch worker's padded call (truncation on) left batches the tokenizer could not
     pad ("Unable to create tensor ..."), so the counter never touches the tokenizer the model's batches use."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer) -> None:  # any transformers tokenizer
         self._tokenizer = copy.deepcopy(tokenizer)
         self._lock = threading.Lock()
         self.limit = int(tokenizer.model_max_length)

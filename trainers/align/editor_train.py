@@ -59,7 +59,7 @@ class EditorTrainConfig:
         return asdict(self)
 
 
-def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:
+def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:  # a StableDiffusionPipeline
     """The editor's noise schedule: its base's (None) or a built-in one by name (editloop.models.configs). An editor
     inherits its base's schedule with "leading" timesteps: its `start="input"` noises the input to the first
     timestep, which trailing spacing puts at t = 999, where almost nothing of the input is left (the committed
@@ -70,7 +70,7 @@ def editor_scheduler(pipe, schedule: str | None) -> DDIMScheduler:
     return DDIMScheduler(**SCHEDULES[schedule])
 
 
-def own_text_encoder(pipe) -> CLIPTextModel:
+def own_text_encoder(pipe) -> CLIPTextModel:  # a diffusers pipeline
     """A copy of the pipeline's text encoder (fp32) for a new editor: an editor may train it
     (`train_text_encoder`), and the pipeline (the weak generator of the pairs) must not change with it."""
     return copy.deepcopy(pipe.text_encoder).float()

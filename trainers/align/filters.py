@@ -50,7 +50,7 @@ class AlignmentScorer:
 
     name = "alignment"
 
-    def __init__(self, rewards, batch: int = 256) -> None:
+    def __init__(self, rewards, batch: int = 256) -> None:  # trainers.feedback.rewards.RewardModels
         self.rewards = rewards
         self.batch = batch
 

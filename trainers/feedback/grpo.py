@@ -108,7 +108,7 @@ class GrpoConfig:
         return kinds + [k for k in self.guard if k not in kinds]
 
 
-def check_grpo(cfg: Any) -> None:
+def check_grpo(cfg: Any) -> None:  # a FeedbackConfig (loop.py imports this module)
     """What a GRPO run needs of the FeedbackConfig around it."""
     if cfg.grpo is None:
         raise ValueError("stage 'grpo' needs a `grpo` config")
