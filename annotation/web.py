@@ -26,13 +26,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from annotation.links import link_secret, verify, webhook_token
+from editloop import queue
 from editloop.labels.events import BadPayload, events_from_webhook, record_events
 from editloop.quote import quoted
 from editloop.settings import Settings
 from editloop.store.base import BlobNotFound, BlobStore
 
 log = logging.getLogger("editloop.annotation.web")
-APPLY_TASK = "editloop.cpu.apply_label_events"
+APPLY_TASK = queue.APPLY_LABEL_EVENTS
 MAX_BODY = 8 * 1024 * 1024
 
 

@@ -144,3 +144,12 @@ def test_edit_sets_for_labelling_come_from_the_editor_version_asked_for(worker, 
     assert "no editor version 'nope'" in capsys.readouterr().err
     assert main(["annotation", "candidates", "--sets", "0"]) == 2
     assert "`sets` must be in 1..10000, got 0" in capsys.readouterr().err
+
+
+def test_every_task_the_worker_registers_is_in_the_queue_contract():
+    import trainers.tasks  # noqa: F401 - registers the tasks
+    from editloop import queue
+    from trainers.celery_app import app
+
+    assert {name for name in app.tasks if name.startswith("editloop.")} == set(queue.TASKS)
+    assert {queue.queue_of(t) for t in queue.TASKS} == {q.name for q in app.conf.task_queues}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from editloop import queue
 from editloop.settings import Settings, load_settings
 
 
@@ -29,14 +30,14 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         result_extended=True,
         beat_schedule={
-            "check-retraining-triggers": {"task": "editloop.cpu.check_triggers",
+            "check-retraining-triggers": {"task": queue.CHECK_TRIGGERS,
                                           "schedule": settings.trigger_interval_s},
             # webhook events whose enqueue was lost are applied within a minute anyway
-            "apply-pending-label-events": {"task": "editloop.cpu.apply_label_events", "schedule": 60.0},
+            "apply-pending-label-events": {"task": queue.APPLY_LABEL_EVENTS, "schedule": 60.0},
             # runs whose worker died for good or whose message was lost: re-queued from the checkpoint, or failed
-            "reap-hung-runs": {"task": "editloop.cpu.reap_runs", "schedule": settings.run_reap_interval_s},
+            "reap-hung-runs": {"task": queue.REAP_RUNS, "schedule": settings.run_reap_interval_s},
             # the automatic loop: a newly promoted reward starts a feedback round (unless paused)
-            "check-the-loop": {"task": "editloop.cpu.check_loop", "schedule": settings.loop_interval_s},
+            "check-the-loop": {"task": queue.CHECK_LOOP, "schedule": settings.loop_interval_s},
         },
     )
     return app

@@ -10,10 +10,11 @@ from typing import Any
 from celery import Celery, chain
 from sqlalchemy.orm import Session
 
+from editloop import queue
 from editloop.db.models import TrainingRun
 
-FEEDBACK_TASK = "editloop.gpu.feedback_stage"
-ALIGN_TASK = "editloop.gpu.align_round"
+FEEDBACK_TASK = queue.FEEDBACK_STAGE
+ALIGN_TASK = queue.ALIGN_ROUND
 
 
 def add_feedback_rows(session: Session, stages: list[str], config: dict[str, Any], reason: str) -> list[str]:

@@ -21,11 +21,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from editloop import queue
 from editloop.db.models import TrainingRun, as_utc
 from editloop.settings import Settings
 
-TASKS = {"reward-": "editloop.gpu.train_reward", "feedback-": "editloop.gpu.feedback_stage",
-         "align": "editloop.gpu.align_round", "label-sets": "editloop.gpu.make_label_sets"}
+TASKS = {"reward-": queue.TRAIN_REWARD, "feedback-": queue.FEEDBACK_STAGE,
+         "align": queue.ALIGN_ROUND, "label-sets": queue.MAKE_LABEL_SETS}
 
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
+from editloop import queue
 from editloop.settings import Settings, load_settings
 from editloop.state import open_state
 from editloop.store.base import BlobStore
@@ -24,7 +25,7 @@ def worker_context() -> tuple[Settings, sessionmaker[Session], BlobStore]:
     return settings, *open_state(settings)
 
 
-@shared_task(name="editloop.gpu.generate_candidates", acks_late=True)
+@shared_task(name=queue.GENERATE_CANDIDATES, acks_late=True)
 def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
     """Generate and record one candidate set; returns its id (the same id when re-run)."""
     settings, sessions, store = worker_context()
@@ -34,7 +35,7 @@ def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
     return {"candidate_set_id": set_id, "spec": asdict(cs)}
 
 
-@shared_task(name="editloop.gpu.generate_candidate_sets", bind=True, acks_late=True)
+@shared_task(name=queue.GENERATE_CANDIDATE_SETS, bind=True, acks_late=True)
 def generate_candidate_sets(self, specs: list[dict[str, Any]]) -> list[int]:
     """Many candidate sets in one task (one model load, one message): each set is committed as it is made, so a
     redelivered task skips the sets already made (by idempotency key); reports PROGRESS {done, total}."""
@@ -48,7 +49,7 @@ def generate_candidate_sets(self, specs: list[dict[str, Any]]) -> list[int]:
     return ids
 
 
-@shared_task(name="editloop.cpu.apply_label_events", acks_late=True)
+@shared_task(name=queue.APPLY_LABEL_EVENTS, acks_late=True)
 def apply_label_events() -> dict[str, Any]:
     """Apply the pending label events the webhook receiver recorded (idempotent: none pending, nothing done)."""
     from editloop.labels.apply import apply_pending
@@ -65,7 +66,7 @@ def _enqueue_reward(kind: str, run_id: str, config: dict[str, Any]) -> None:
     train_reward_task.apply_async(args=[kind, run_id, config], task_id=run_id)
 
 
-@shared_task(name="editloop.cpu.check_triggers", acks_late=True)
+@shared_task(name=queue.CHECK_TRIGGERS, acks_late=True)
 def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
     """Start a reward run if new labels or drift call for one (debounced); returns the decision."""
     from trainers.triggers import check_triggers, drift_check
@@ -75,7 +76,7 @@ def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
     return {"start": decision.start, "reason": decision.reason, "run_id": decision.run_id}
 
 
-@shared_task(name="editloop.cpu.check_loop", acks_late=True)
+@shared_task(name=queue.CHECK_LOOP, acks_late=True)
 def check_loop_task(source: str = "schedule") -> dict[str, Any]:
     """Start a feedback round if a reward the loop's policy names was promoted since the last one, a batch of
     candidate sets for Label Studio if the served editor has none yet, and SeedEdit alignment rounds if the
@@ -90,7 +91,7 @@ def check_loop_task(source: str = "schedule") -> dict[str, Any]:
     decision = check_loop(sessions, settings, add_feedback_rows,
                           lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), source)
     labels = check_label_sets(sessions, settings, lambda run_id: app.send_task(
-        "editloop.gpu.make_label_sets", args=[run_id], task_id=run_id), source)
+        queue.MAKE_LABEL_SETS, args=[run_id], task_id=run_id), source)
     align = check_align(sessions, settings, lambda ids, config, start: send_align_chain(app, ids, config, start),
                         source)
     return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids),
@@ -98,7 +99,7 @@ def check_loop_task(source: str = "schedule") -> dict[str, Any]:
             "align": {"start": align.start, "reason": align.reason, "run_ids": list(align.run_ids)}}
 
 
-@shared_task(name="editloop.gpu.make_label_sets", bind=True, acks_late=True)
+@shared_task(name=queue.MAKE_LABEL_SETS, bind=True, acks_late=True)
 def make_label_sets_task(self, run_id: str) -> dict[str, Any]:
     """Make a batch's pool of candidate sets from its editor, choose the sets to label and push them to Label
     Studio (trainers.label_rounds); reports PROGRESS {done, total} while making."""
@@ -120,7 +121,7 @@ def make_label_sets_task(self, run_id: str) -> dict[str, Any]:
         return make_label_sets(run_id, sessions, store, settings, progress, push)
 
 
-@shared_task(name="editloop.gpu.train_reward", acks_late=True)
+@shared_task(name=queue.TRAIN_REWARD, acks_late=True)
 def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume, after a lost worker) reward run `run_id`; registers and gates a candidate version."""
     from trainers.reward.run import RewardTrainConfig, train_reward
@@ -133,7 +134,7 @@ def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = No
     return {k: v for k, v in outputs.items() if k != "history"}
 
 
-@shared_task(name="editloop.gpu.feedback_stage", acks_late=True)
+@shared_task(name=queue.FEEDBACK_STAGE, acks_late=True)
 def feedback_stage_task(previous: dict[str, Any] | None, stage: str, run_id: str,
                         config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) one feedback stage; in a chain, `previous` is the stage before's result and its
@@ -175,7 +176,7 @@ def beating(run_id: str) -> Iterator[None]:
         yield
 
 
-@shared_task(name="editloop.cpu.reap_runs", acks_late=True)
+@shared_task(name=queue.REAP_RUNS, acks_late=True)
 def reap_runs_task() -> list[dict[str, str]]:
     """Re-queue (from the checkpoint) or fail runs whose worker died or whose message was lost."""
     from trainers.queues import queue_depth
@@ -193,7 +194,7 @@ def reap_runs_task() -> list[dict[str, str]]:
     return [asdict(r) for r in reap(sessions, settings, send, queue_empty)]
 
 
-@shared_task(name="editloop.gpu.align_round", acks_late=True)
+@shared_task(name=queue.ALIGN_ROUND, acks_late=True)
 def align_round_task(previous: dict[str, Any] | None, run_id: str, config: dict[str, Any] | None = None
                      ) -> dict[str, Any]:
     """Run (or resume) one SeedEdit alignment round; in a chain, `previous` is the round before's result and

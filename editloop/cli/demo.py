@@ -24,6 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from editloop import queue
+
 if TYPE_CHECKING:
     from editloop.settings import Settings
 
@@ -229,7 +231,7 @@ def candidate_sets(settings, scenes, args) -> list[dict]:
     app = make_celery(settings)
     specs = [dict(prompt=s.caption, n=args.candidates, steps=args.steps, seed=args.seed + i,
                   idempotency_key=f"demo-{args.seed}-{i}-{args.candidates}-{args.steps}") for i, s in enumerate(scenes)]
-    result = app.send_task("editloop.gpu.generate_candidate_sets", args=[specs])  # one task, one model load
+    result = app.send_task(queue.GENERATE_CANDIDATE_SETS, args=[specs])  # one task, one model load
     ids = follow_task(result, "   candidate sets", len(specs))
     store = open_store(settings)
     sets = []

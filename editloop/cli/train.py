@@ -10,6 +10,7 @@ import argparse
 import json
 import uuid
 
+from editloop import queue
 from editloop.settings import Settings
 
 
@@ -133,7 +134,7 @@ def enqueue_reward_run(settings: Settings, kind: str, config: dict, reason: str)
     with open_sessions(settings).begin() as s:
         s.add(TrainingRun(id=run_id, kind=f"reward-{kind}", status="queued",
                           inputs={"config": config, "trigger": reason}))
-    result = make_celery(settings).send_task("editloop.gpu.train_reward", args=[kind, run_id, config],
+    result = make_celery(settings).send_task(queue.TRAIN_REWARD, args=[kind, run_id, config],
                                              task_id=run_id)
     return result.id
 
