@@ -51,10 +51,16 @@ def add_version(sessions, store, kind, version, eval_score=None, parent_score=No
                            {}, None)
 
 
-def test_a_run_trains_registers_and_promotes_then_a_second_run_is_gated_against_it(world):
+def test_a_run_trains_registers_and_promotes_then_a_second_run_is_gated_against_it(world, caplog):
     settings, sessions, store = world
     labelled(world)
+    caplog.set_level("INFO", logger="editloop.runs")
+    caplog.set_level("INFO", logger="trainers.reward.run")
     first = train_reward("aesthetic", uuid.uuid4().hex, sessions, store, settings, TINY)
+    said = caplog.text  # the worker's log says what the run did: its data, its evaluations, its outcome
+    assert "training and" in said and "held-out examples, starting from scratch, 30 steps" in said
+    assert "step 15/30" in said and "eval " in said and "step 30/30" in said
+    assert f"registered {first['version']}" in said and "promoted" in said
     assert 0.0 <= first["metrics"]["pairwise_accuracy"] <= 1.0
     assert 0.0 <= first["metrics"]["calibration_error"] <= 0.5
     assert first["metrics"]["parent_eval_score"] is None

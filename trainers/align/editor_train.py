@@ -231,7 +231,7 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         ema.load_state_dict(saved["ema"])
         state = TrainState(saved["step"], saved["history"])
     progress = throttled(progress)
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {editor.arch} editor", unit="step")
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {editor.arch} editor", unit="step", disable=None)
     loss_ema = state.history[-1]["loss_ema"] if state.history else None
     while state.step < cfg.steps:
         t0 = time.perf_counter()

@@ -140,7 +140,7 @@ def weak_pairs(pipe, edits: list[Edit], seed: int, steps: int = 12, guidance: fl
                blend_until: float = 1.0, batch: int = 32, desc: str = "weak pairs") -> Pairs:
     """Pairs for `edits` from the text-to-image model (the weak generator), in batches with a progress bar."""
     srcs, tgts = [], []
-    for i in tqdm(range(0, len(edits), batch), desc=desc, unit="batch"):
+    for i in tqdm(range(0, len(edits), batch), desc=desc, unit="batch", disable=None):
         chunk = edits[i : i + batch]
         s, t = weak_pairs_batch(pipe, chunk, [seed + i + k for k in range(len(chunk))], steps, guidance, blend_until)
         srcs.append(s)
@@ -176,7 +176,7 @@ def editor_pairs(editor: InstructEditor, edits: list[Edit], sources: np.ndarray,
     candidate-major (`candidate_specs`)."""
     rows = [(i, c) for c in range(candidates) for i in range(len(edits))]
     outs = []
-    for b in tqdm(range(0, len(rows), batch), desc=desc, unit="batch"):
+    for b in tqdm(range(0, len(rows), batch), desc=desc, unit="batch", disable=None):
         chunk = rows[b : b + batch]
         outs.append(edit_images(editor, sources[[i for i, _ in chunk]], [edits[i].instruction for i, _ in chunk],
                                 [seed + 1000 * c + i for i, c in chunk], steps, text_guidance, image_guidance))
@@ -203,7 +203,7 @@ def inpaint_pairs(pipe, edits: list[Edit], sources: np.ndarray, seed: int, steps
     from editloop.models.evaluate import inpaint
 
     outs = []
-    for i in tqdm(range(0, len(edits), batch), desc=desc, unit="batch"):
+    for i in tqdm(range(0, len(edits), batch), desc=desc, unit="batch", disable=None):
         chunk = edits[i : i + batch]
         outs.append(inpaint(pipe, sources[i : i + len(chunk)], np.stack([e.mask for e in chunk]),
                             [e.target.caption for e in chunk], seed + i, steps, guidance, batch))

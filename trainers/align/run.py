@@ -15,6 +15,7 @@ version, never two; the pairs are regenerated identically on resume (seeded by r
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +42,9 @@ from trainers.align.filters import AlignmentScorer, JudgeScorer, Scorer
 from trainers.align.pairs import Pairs
 from trainers.align.round_config import RoundConfig
 from trainers.align.select import kept_round_pairs
-from trainers.runs import update_run
+from trainers.runs import logged, update_run
+
+log = logging.getLogger(__name__)
 
 KIND = "instruct"
 
@@ -145,9 +148,12 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
     if editor.arch != cfg.arch:
         raise ValueError(f"round {round_no} continues a {editor.arch} editor; `arch` {cfg.arch!r} does not match")
 
-    def progress(step: int, total: int, last: dict[str, float]) -> None:
+    def row_progress(step: int, total: int, last: dict[str, float]) -> None:
         update_run(sessions, run_id, progress=step / total, outputs={"last": last, "filter": counts})
 
+    log.info("run %s align round %d: %d training pairs (this round's survivors: %s), %d steps", run_id[:12],
+             round_no, len(train_pairs), counts, cfg.train.steps)
+    progress = logged(row_progress, run_id, f"align-{round_no}")
     state = train_editor(editor, train_pairs, cfg.train, settings.state_dir / "runs" / run_id, progress)
     edits = held_out_edits(cfg.eval_per_kind)
     metrics, _ = evaluate_editor(editor, edits)

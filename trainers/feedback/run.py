@@ -23,6 +23,7 @@ one version, never two.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -66,8 +67,9 @@ from trainers.feedback.review import check_review, net_preference, side_by_side
 from trainers.feedback.reward_client import ClientPolicy, make_scorer
 from trainers.feedback.rewards import RewardModels, load_rewards
 from trainers.reward.data import ImageCache
-from trainers.runs import update_run
+from trainers.runs import logged, update_run
 
+log = logging.getLogger(__name__)
 EDITOR_KIND = "editor"
 
 
@@ -232,8 +234,12 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
                                       evaluation.seed, cfg.guidance)
     run_dir = settings.state_dir / "runs" / run_id
 
-    def progress(step: int, total: int, last: dict[str, float]) -> None:
+    def row_progress(step: int, total: int, last: dict[str, float]) -> None:
         update_run(sessions, run_id, progress=step / total, outputs={"last": last})
+
+    progress = logged(row_progress, run_id, f"feedback-{stage}")
+    log.info("run %s feedback-%s: from %s, %d steps of %d, rewards %s, served %s (success %.3f)", run_id[:12], stage,
+             start_version, cfg.steps, cfg.batch_size, rewards.versions, served_version, reference_metrics["success"])
 
     def validation_score(step: int) -> float:
         """The snapshot loaded now, on the validation set: the reviewers' net preference over the served
@@ -298,6 +304,9 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
             outputs["refused"] = "; ".join(guards)
         run = s.get(TrainingRun, run_id)
         run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+    log.info("run %s feedback-%s: registered %s (success %.3f, served %.3f); %s", run_id[:12], stage, version,
+             metrics["success"], reference_metrics["success"],
+             "promoted" if outputs["promoted"] else f"not promoted: {outputs.get('refused', 'auto_promote off')}")
     return outputs
 
 

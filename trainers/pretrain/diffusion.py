@@ -139,7 +139,7 @@ def train_diffusion(cfg: PretrainConfig, stage: str, vae_dir: Path, init_dir: Pa
         step = state["step"]
 
     # 3. the loop
-    bar = tqdm(total=steps, initial=step, desc=stage, unit="step")
+    bar = tqdm(total=steps, initial=step, desc=stage, unit="step", disable=None)
     loss_ema = None
     while step < steps:
         rng = step_rng(cfg.seed, stage, step)

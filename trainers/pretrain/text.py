@@ -142,7 +142,7 @@ def train_text(cfg: PretrainConfig, out_dir: Path, ckpt_path: Path) -> dict[str,
         opt.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         step = state["step"]
-    bar = tqdm(total=cfg.text_steps, initial=step, desc="text", unit="step")
+    bar = tqdm(total=cfg.text_steps, initial=step, desc="text", unit="step", disable=None)
     loss_ema = None
     while step < cfg.text_steps:
         rng = step_rng(cfg.seed, "text", step)

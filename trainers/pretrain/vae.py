@@ -63,7 +63,7 @@ def train_vae(cfg: PretrainConfig, out_dir: Path, ckpt_path: Path) -> dict[str, 
         step, gate = state["step"], state.get("gate", 0.0)
 
     # 2. the loop
-    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", unit="step")
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", unit="step", disable=None)
     while step < cfg.vae_steps and not (cfg.vae_gate > 0 and gate >= cfg.vae_gate):
         batch = quality_mix_batch(step_rng(cfg.seed, "vae", step), cfg.vae_batch, clean_fraction=0.25)
         set_lr(opt, cfg.vae_lr, step, cfg.vae_steps, cfg.warmup)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ from editloop.registry import (
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.reward.loop import LoopConfig
-from trainers.runs import update_run
+from trainers.runs import logged, update_run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,10 +240,14 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
 
         run_dir = settings.state_dir / "runs" / run_id
+        log.info("run %s reward-%s: %d training and %d held-out examples, starting from %s, %d steps%s", run_id[:12],
+                 kind, len(data["train"]), len(data["eval"]), parent_info[1] if parent_info else "scratch", cfg.steps,
+                 f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
         if settings.train_procs > 1:
             best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir)
         else:
-            best, result = _train(kind, model, tokenizer, data, cfg, run_dir, run_progress(sessions, run_id))
+            best, result = _train(kind, model, tokenizer, data, cfg, run_dir,
+                                  logged(run_progress(sessions, run_id), run_id, f"reward-{kind}"))
         score, metrics = _evaluate(kind, best, tokenizer, data)
         version = f"{kind}-{run_id[:12]}"
         with tempfile.TemporaryDirectory() as tmp:
@@ -266,6 +273,10 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
                     outputs["promoted"], outputs["refused"] = False, str(exc)
             run = s.get(TrainingRun, run_id)
             run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+        log.info("run %s reward-%s: registered %s (held-out %.4f, parent %s); %s", run_id[:12], kind, version, score,
+                 "none" if parent_score is None else f"{parent_score:.4f}",
+                 "promoted" if outputs.get("promoted") else
+                 f"not promoted: {outputs.get('refused', 'auto_promote off')}")
         return outputs
     except Exception as exc:
         update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
