@@ -8,9 +8,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.editloop-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ infra/constraints.txt -nt "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet "torch==2.13.0"
-  .venv/bin/pip install --quiet -e ".[dev]"
+  # the versions the suite last passed with; a new dependency not in the file installs its newest release
+  .venv/bin/pip install --quiet -c infra/constraints.txt -e ".[dev]"
   touch "$stamp"
 fi
