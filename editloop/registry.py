@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from editloop.db.models import ModelVersion
+from editloop.models.card import has_card
 from editloop.store.base import BlobStore, check_key
 
 DEFAULT_TOLERANCE = 0.01
@@ -197,6 +198,6 @@ def instruct_model_dir(session: Session, store: BlobStore, default_dir: Path, ca
     row = find_version(session, "instruct", version) if version else promoted(session, "instruct")
     if row is not None:
         return "instruct", row.version, fetch_model_dir(store, row.checkpoint_key, cache_root), row.id
-    if (default_dir / "editloop.json").is_file():
+    if has_card(default_dir):
         return "default-instruct", model_version(default_dir), default_dir, None
     return None

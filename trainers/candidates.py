@@ -74,9 +74,9 @@ class CandidateModel:
 
 def candidate_model(spec: CandidateSpec, session: Session, store: BlobStore, settings: Settings) -> CandidateModel:
     """The generator for a t2i set; for an inpaint set the editor `spec.editor` names (see the module doc)."""
+    from editloop.models.card import SamplingDefaults
     from editloop.models.model_dir import model_version
     from editloop.registry import PromotionRefused, editor_model_dir
-    from services.core.sampling import ModelDefaults
 
     if spec.kind == "t2i":
         name, version, path = "base-t2i", model_version(settings.generator_model), settings.generator_model
@@ -88,7 +88,7 @@ def candidate_model(spec: CandidateSpec, session: Session, store: BlobStore, set
                                                       settings.state_dir / "models", spec.editor)
         except PromotionRefused as exc:
             raise ValueError(f"`editor` {spec.editor!r}: {exc}") from exc
-    return CandidateModel(name, version, path, ModelDefaults.from_dir(path).steps)
+    return CandidateModel(name, version, path, SamplingDefaults.from_dir(path).steps)
 
 
 @lru_cache(maxsize=2)

@@ -12,7 +12,6 @@ editloop.json (kind "instruct", the architecture, the version and the sampling d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
+from editloop.models.card import read_card, write_card
 from editloop.models.causal_attention import BranchState, install_causal_attention
 from editloop.models.coord_unet import load_unet
 from editloop.models.data import to_tensor
@@ -118,12 +118,11 @@ class InstructEditor:
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             getattr(self, name).save_pretrained(path / name)
         self.meta = {**DEFAULTS, **self.meta, **meta, "kind": KIND, "arch": self.arch}
-        (path / "editloop.json").write_text(json.dumps(self.meta, indent=2))
+        write_card(path, self.meta)
 
 
 def is_instruct_dir(path: Path) -> bool:
-    meta = Path(path) / "editloop.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("kind") == KIND
+    return read_card(Path(path)).get("kind") == KIND
 
 
 def load_instruct_editor(path: str | Path, device: str | None = None) -> InstructEditor:
@@ -132,7 +131,7 @@ def load_instruct_editor(path: str | Path, device: str | None = None) -> Instruc
     if not is_instruct_dir(path):
         raise ValueError(f"`model` {str(path)!r} is not an instruction editor (no editloop.json with kind "
                          f"{KIND!r}); train one with `editloop train align`")
-    meta = json.loads((path / "editloop.json").read_text())
+    meta = read_card(path)
     kw = {"local_files_only": True}
     editor = InstructEditor(
         arch=meta["arch"],

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
+
+from editloop.models.card import read_card
 
 
 def model_version(path: Path) -> str:
     """`version` from editloop.json if present, else a digest of the weight files' names and sizes."""
-    meta = path / "editloop.json"
-    if meta.is_file():
-        version = json.loads(meta.read_text()).get("version")
-        if version:
-            return str(version)
+    version = read_card(path).get("version")
+    if version:
+        return str(version)
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"):

@@ -24,6 +24,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
+from editloop.models.card import card_path, has_card, read_card, write_card
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation CLIP's image processor applies
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -195,7 +197,6 @@ def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, vers
                 extra: dict | None = None, tokenizer=None) -> None:
     """A reward model directory: model/, tokenizer/ (text-conditioned kinds; the world's tokenizer unless
     `tokenizer` is given, e.g. a real CLIP's), editloop.json."""
-    import json
     from pathlib import Path
 
     from editloop.models.tokenizer import build_tokenizer
@@ -210,23 +211,21 @@ def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, vers
     if kind != "coherence":
         (tokenizer or build_tokenizer()).save_pretrained(path / "tokenizer")
     meta = {"kind": kind, **({"version": version} if version else {}), **(extra or {})}
-    (path / "editloop.json").write_text(json.dumps(meta, indent=2))
+    write_card(path, meta)
 
 
 def load_reward(path, kind: str | None = None):
     """Load (kind, model, tokenizer or None) from a reward directory; refuse the wrong kind."""
-    import json
     from pathlib import Path
 
     from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
-    meta_path = path / "editloop.json"
-    if not meta_path.is_file():
+    if not has_card(path):
         raise FileNotFoundError(f"`model` {str(path)!r} is not a reward model directory (no editloop.json)")
-    found = json.loads(meta_path.read_text()).get("kind")
+    found = read_card(path).get("kind")
     if found not in REWARD_KINDS:
-        raise ValueError(f"{meta_path} names kind {found!r}; expected one of {list(REWARD_KINDS)}")
+        raise ValueError(f"{card_path(path)} names kind {found!r}; expected one of {list(REWARD_KINDS)}")
     if kind is not None and found != kind:
         raise ValueError(f"`model` {str(path)!r} is a {found} reward model, not {kind}")
     cls = CoherenceReward if found == "coherence" else PreferenceReward

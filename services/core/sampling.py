@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
+from editloop.models.card import SamplingDefaults
 from editloop.models.zoo import SCHEDULERS
 from editloop.quote import quoted
 from services.core.errors import InvalidArgument
@@ -30,21 +29,7 @@ class Sampling:
         return (self.steps, self.guidance, self.scheduler)
 
 
-@dataclass(frozen=True)
-class ModelDefaults:
-    steps: int = 20
-    guidance: float = 4.0
-    scheduler: str = "ddim"
-
-    @classmethod
-    def from_dir(cls, path: Path) -> ModelDefaults:
-        """`editloop.json` in a model directory may set default steps (an 8-step model says 8)."""
-        meta = path / "editloop.json"
-        if not meta.is_file():
-            return cls()
-        data = json.loads(meta.read_text())
-        return cls(int(data.get("default_steps", 20)), float(data.get("default_guidance", 4.0)),
-                   str(data.get("default_scheduler", "ddim")))
+ModelDefaults = SamplingDefaults  # the services' name for the card's sampling defaults
 
 
 def resolve_sampling(steps: int, guidance: float, seed: int, scheduler: str, defaults: ModelDefaults) -> Sampling:

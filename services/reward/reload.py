@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from editloop.models.card import has_card
 from editloop.registry import fetch_model_dir, promoted
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
@@ -49,7 +50,7 @@ def initial_model_dir(kind: str, cache: Path) -> tuple[str, Path]:
     from editloop.models.reward import save_reward, tiny_reward
 
     path = cache / f"initial-{kind}"
-    if not (path / "editloop.json").is_file():
+    if not has_card(path):
         tmp = cache / f".initial-{kind}.{id(path)}.tmp"
         save_reward(tiny_reward(kind, 0), kind, tmp, version=INITIAL_VERSION, extra={"trained": False})
         try:

@@ -22,7 +22,6 @@ one version, never two.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from editloop.labels.review import (
     review_guard,
     review_record,
 )
+from editloop.models.card import SamplingDefaults, write_card
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
     DEFAULT_TOLERANCE,
@@ -119,16 +119,14 @@ def promoted_rewards(sessions: sessionmaker[Session], store: BlobStore, settings
 
 
 def default_steps(path: Path) -> int:
-    from services.core.sampling import ModelDefaults
-
-    return ModelDefaults.from_dir(path).steps
+    return SamplingDefaults.from_dir(path).steps
 
 
 def write_model_dir(pipe, dest: Path, version: str, cfg: FeedbackConfig, extra: dict[str, Any]) -> None:
     pipe.save_pretrained(dest, safe_serialization=True)
     meta = {"kind": EDITOR_KIND, "version": version, "default_steps": cfg.schedule.steps,
             "default_guidance": cfg.guidance, "default_scheduler": "ddim", "stage": cfg.stage, **extra}
-    (dest / "editloop.json").write_text(json.dumps(meta, indent=2))
+    write_card(dest, meta)
 
 
 # a faster candidate's mean reward (sigmoid) may be this much below the reference's: the registry's own tolerance
