@@ -86,7 +86,7 @@ def test_a_two_process_job_from_the_queue_matches_the_single_process_run(tmp_pat
     assert RewardTrainConfig(**config) == SMALL
     run_dir = settings.state_dir / "runs" / ddp_id
     assert "editloop-rank 1/2" in (run_dir / "job.log").read_text(), "the job did not run 2 processes"
-    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "checkpoint.pt"]
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "checkpoint.pt", "job-data.pt"]  # one checkpoint
 
     one = torch.load(settings.state_dir / "runs" / one_id / "checkpoint.pt", weights_only=False)
     two = torch.load(run_dir / "checkpoint.pt", weights_only=False)

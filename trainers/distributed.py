@@ -132,11 +132,23 @@ def launch(module: str, args: list[str], procs: int, settings: Settings, log: Pa
     env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent)
     if done.returncode:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise DistributedJobError(f"the {procs}-process job `{module}` exited with {done.returncode}: "
                                   + " | ".join(line[:200] for line in tail))
+
+
+def _end_with_parent() -> None:
+    """In the job's launcher, before it runs: SIGTERM when the worker that started it dies (even by SIGKILL), so
+    torchrun stops its processes instead of training on beside the worker that takes the run over."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the job outlives a killed worker
+        pass
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """One process of a data-parallel reward training job (`python -m trainers.reward.job KIND RUN_ID CONFIG PARENT_KEY`,
 started by torchrun from trainers/reward/run.py when EDITLOOP_TRAIN_PROCS > 1).
 
-Every process rebuilds the run's data and starting model exactly as the worker did (same labels, same seeds, the
-parent's weights already in the model cache), then trains its share of each batch; rank 0 reports progress on the
+Every process reads the run's data as the worker built it (job-data.pt in the run directory: the same labels and
+examples) and rebuilds the starting model as the worker did (the same seed, the parent's weights already in the
+model cache), then trains its share of each batch; rank 0 reports progress on the
 run row and leaves best.pt and result.json in the run directory for the worker, which registers the one version.
 """
 
@@ -12,6 +13,7 @@ import json
 import sys
 from dataclasses import asdict
 
+import torch
 import torch.distributed as dist
 
 from editloop.db import make_engine, make_sessionmaker
@@ -19,7 +21,8 @@ from editloop.registry import fetch_model_dir
 from editloop.settings import Settings
 from editloop.store.base import open_store
 from trainers.distributed import init_from_env, is_main, world, write_result
-from trainers.reward.run import RewardTrainConfig, _data, _start_model, _train, run_progress
+from trainers.reward.data import ImageCache
+from trainers.reward.run import JOB_DATA, RewardTrainConfig, _start_model, _train, run_progress
 from trainers.runs import logged
 
 
@@ -32,7 +35,9 @@ def main(argv: list[str]) -> None:
     cfg = RewardTrainConfig(**json.loads(config))
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     store = open_store(settings)
-    data = _data(kind, sessions, store, settings, cfg)
+    data = torch.load(settings.state_dir / "runs" / run_id / JOB_DATA, weights_only=False)
+    if kind == "aesthetic":
+        data["cache"] = ImageCache(store)
     parent_dir = fetch_model_dir(store, parent_key, settings.state_dir / "models") if parent_key else None
     model, tokenizer = _start_model(kind, parent_dir, cfg)
     run_dir = settings.state_dir / "runs" / run_id

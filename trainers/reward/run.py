@@ -35,6 +35,7 @@ from trainers.reward.loop import LoopConfig
 from trainers.runs import logged, update_run
 
 log = logging.getLogger(__name__)
+JOB_DATA = "job-data.pt"  # a distributed run's data, as the worker built it, for the job's processes
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,10 @@ def run_progress(sessions: sessionmaker[Session], run_id: str):
 
 
 def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings: Settings,
-                       parent_info: tuple | None, model, run_dir: Path):
-    """`_train` as a data-parallel job of EDITLOOP_TRAIN_PROCS processes (trainers/reward/job.py); the best model
-    and the loop's result come back through the run directory."""
+                       parent_info: tuple | None, model, run_dir: Path, data: dict):
+    """`_train` as a data-parallel job of EDITLOOP_TRAIN_PROCS processes (trainers/reward/job.py): the processes
+    read this run's data from the run directory (the labels and examples it was built from, not a newer set), and
+    the best model and the loop's result come back through it."""
     import copy
 
     import torch
@@ -196,6 +198,8 @@ def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings:
     from trainers.distributed import launch
     from trainers.reward.loop import LoopResult
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in data.items() if k != "cache"}, run_dir / JOB_DATA)
     args = [kind, run_id, json.dumps(asdict(cfg)), parent_info[2] if parent_info else ""]
     launch("trainers.reward.job", args, settings.train_procs, settings, run_dir / "job.log")
     best = copy.deepcopy(model)
@@ -244,7 +248,7 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
                  kind, len(data["train"]), len(data["eval"]), parent_info[1] if parent_info else "scratch", cfg.steps,
                  f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
         if settings.train_procs > 1:
-            best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir)
+            best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir, data)
         else:
             best, result = _train(kind, model, tokenizer, data, cfg, run_dir,
                                   logged(run_progress(sessions, run_id), run_id, f"reward-{kind}"))
