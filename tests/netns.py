@@ -56,9 +56,9 @@ class Hosts:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         """Run `cmd` on host `name`, its output appended to `log`."""
-        out = open(log, "ab")  # closed with the process's pipe by the OS when it ends
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(name), *cmd], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(["ip", "netns", "exec", self.ns(name), *cmd], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name].append(proc)
         return proc
 
