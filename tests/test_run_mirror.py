@@ -60,3 +60,27 @@ def test_the_mirror_pushes_while_the_task_runs_and_when_it_fails(tmp_path, state
         rows = s.scalars(select(RunFile).where(RunFile.run_id == "run2")).all()
     assert [(r.name, r.size) for r in rows] == [("checkpoint.pt", 6)]
     assert store.get(rows[0].key) == b"step 2"
+
+
+def test_a_succeeded_run_forgets_its_snapshots_and_keeps_its_checkpoint(tmp_path, state):
+    from editloop.db.models import TrainingRun
+    from trainers.run_mirror import drop_snapshots
+
+    sessions, store = state
+    run_dir = tmp_path / "run3"
+    (run_dir / "snapshots").mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"step 60")
+    (run_dir / "snapshots" / "step-000030.pt").write_bytes(b"weights at 30")
+    (run_dir / "snapshots" / "step-000060.pt").write_bytes(b"weights at 60")
+    with sessions.begin() as s:
+        s.add(TrainingRun(id="run3", kind="feedback-pefl", status="running"))
+    push(sessions, store, "run3", run_dir)
+    assert drop_snapshots(sessions, store, "run3") == 0  # still running: a resume may need them
+    with sessions.begin() as s:
+        s.get(TrainingRun, "run3").status = "succeeded"
+    with sessions() as s:
+        snapshot_keys = [r.key for r in s.scalars(select(RunFile).where(RunFile.name.startswith("snapshots/")))]
+    assert drop_snapshots(sessions, store, "run3") == 2
+    with sessions() as s:
+        assert [r.name for r in s.scalars(select(RunFile).where(RunFile.run_id == "run3"))] == ["checkpoint.pt"]
+    assert not any(store.exists(k) for k in snapshot_keys)

@@ -119,6 +119,26 @@ def _delete_unreferenced(sessions: sessionmaker[Session], store: BlobStore, key:
         pass
 
 
+def drop_snapshots(sessions: sessionmaker[Session], store: BlobStore, run_id: str) -> int:
+    """Once the run has succeeded, forget its mirrored snapshot files (a full set of weights each, kept only so a
+    resumed run can still choose among them): their rows and blobs go. Returns how many; 0 for an unfinished run."""
+    from editloop.db.models import TrainingRun
+    from trainers.feedback.selection import SNAPSHOTS
+
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None or run.status != "succeeded":
+            return 0
+        rows = s.scalars(select(RunFile).where(RunFile.run_id == run_id,
+                                               RunFile.name.startswith(f"{SNAPSHOTS}/"))).all()
+        keys = [r.key for r in rows]
+        for row in rows:
+            s.delete(row)
+    for key in keys:
+        _delete_unreferenced(sessions, store, key)
+    return len(keys)
+
+
 @contextmanager
 def mirrored(sessions: sessionmaker[Session], store: BlobStore, run_id: str, run_dir: Path,
              interval: float) -> Iterator[list[str]]:

@@ -167,13 +167,14 @@ def beating(run_id: str) -> Iterator[None]:
     """The run's heartbeat while its task runs (trainers.reaper finds runs whose worker stopped beating), and its
     directory mirrored into the blob store (restored first when another host had started it)."""
     from trainers.reaper import heartbeat
-    from trainers.run_mirror import mirrored
+    from trainers.run_mirror import drop_snapshots, mirrored
 
     settings, sessions, store = worker_context()
     run_dir = settings.state_dir / "runs" / run_id
     with heartbeat(sessions, run_id, settings.run_heartbeat_s), \
             mirrored(sessions, store, run_id, run_dir, settings.run_mirror_s):
         yield
+    drop_snapshots(sessions, store, run_id)  # the run succeeded: its snapshots served their purpose
 
 
 @shared_task(name=queue.REAP_RUNS, acks_late=True)
