@@ -71,6 +71,15 @@ class LoopResult:
     history: list[dict[str, float]]
 
 
+def best_model(model: nn.Module, run_dir: Path) -> nn.Module:
+    """A copy of `model` holding the run's best weights (run_dir/best.pt, when an evaluation saved one)."""
+    best = copy.deepcopy(model)
+    best_path = run_dir / "best.pt"
+    if best_path.is_file():
+        best.load_state_dict(torch.load(best_path, weights_only=True))
+    return best.eval()
+
+
 def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
                eval_fn: Callable[[nn.Module], float], cfg: LoopConfig, run_dir: Path,
                progress: Callable[[int, int, dict[str, float]], None] | None = None) -> tuple[nn.Module, LoopResult]:
@@ -131,10 +140,8 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
                                    "rng": torch.get_rng_state()})
         if stopped:
             break
-    best = copy.deepcopy(model)
-    if main and best_path.is_file():
-        best.load_state_dict(torch.load(best_path, weights_only=True))
+    best = best_model(model, run_dir) if main else copy.deepcopy(model).eval()
     if main:
         (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-    return best.eval(), LoopResult(state["best_score"], state["best_step"], state["step"], stopped,
-                                   state["history"])
+    return best, LoopResult(state["best_score"], state["best_step"], state["step"], stopped,
+                              state["history"])

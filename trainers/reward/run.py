@@ -191,22 +191,16 @@ def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings:
     """`_train` as a data-parallel job of EDITLOOP_TRAIN_PROCS processes (trainers/reward/job.py): the processes
     read this run's data from the run directory (the labels and examples it was built from, not a newer set), and
     the best model and the loop's result come back through it."""
-    import copy
-
     import torch
 
     from trainers.distributed import launch
-    from trainers.reward.loop import LoopResult
+    from trainers.reward.loop import LoopResult, best_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v for k, v in data.items() if k != "cache"}, run_dir / JOB_DATA)
     args = [kind, run_id, json.dumps(asdict(cfg)), parent_info[2] if parent_info else ""]
     launch("trainers.reward.job", args, settings.train_procs, settings, run_dir / "job.log")
-    best = copy.deepcopy(model)
-    best_path = run_dir / "best.pt"
-    if best_path.is_file():
-        best.load_state_dict(torch.load(best_path, weights_only=True))
-    return best.eval(), LoopResult(**json.loads((run_dir / "result.json").read_text()))
+    return best_model(model, run_dir), LoopResult(**json.loads((run_dir / "result.json").read_text()))
 
 
 def loads(store: BlobStore, cache: Path, kind: str):
