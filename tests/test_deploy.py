@@ -32,6 +32,11 @@ SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "PASS")
 INTERPOLATED = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
 
 
+def option(cmd: list[str], name: str) -> str:
+    """The value given to `name` in an argv list."""
+    return cmd[cmd.index(name) + 1]
+
+
 # -- what a command may be -------------------------------------------------------------------------------------
 def check_command(cmd: list[str]) -> None:
     """Parse `cmd` with the CLI it runs; pytest fails naming the command when it does not."""
@@ -114,7 +119,7 @@ def test_compose_runs_every_part_after_the_migration(compose: dict) -> None:
         if svc.get("image", "").startswith("editloop") and name != "migrate":
             assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     for name in SERVICES:
-        port = services[name]["command"][services[name]["command"].index("--port") + 1]
+        port = option(services[name]["command"], "--port")
         assert services[name]["healthcheck"]["test"] == ["CMD", "editloop", "health", f"127.0.0.1:{port}"], name
 
 
@@ -139,7 +144,7 @@ def test_prometheus_scrapes_every_service(compose: dict) -> None:
     config = yaml.safe_load((INFRA / "compose" / "prometheus.yml").read_text())
     targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
     for name in SERVICES:
-        port = compose["services"][name]["command"][compose["services"][name]["command"].index("--metrics-port") + 1]
+        port = option(compose["services"][name]["command"], "--metrics-port")
         assert f"{name}:{port}" in targets, f"prometheus does not scrape {name}'s metrics"
     assert {"flower:5555", "rabbitmq:15692", "minio:9000"} <= targets
 
@@ -214,7 +219,7 @@ def test_manifests_deploy_every_part(manifests: list[dict]) -> None:
     hpas = by_kind(manifests, "HorizontalPodAutoscaler")
     for name in SERVICES:
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
-        port = int(container["command"][container["command"].index("--port") + 1])
+        port = int(option(container["command"], "--port"))
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == port, f"{name} {probe} is not on its gRPC health"
         assert services[name]["spec"]["ports"][0]["port"] == port
@@ -233,7 +238,7 @@ def test_manifests_deploy_every_part(manifests: list[dict]) -> None:
             assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
             assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     beat = deployments["beat"]["spec"]["template"]["spec"]["containers"][0]
-    pidfile = beat["command"][beat["command"].index("--pidfile") + 1]
+    pidfile = option(beat["command"], "--pidfile")
     assert beat["livenessProbe"]["exec"]["command"][2] == f"kill -0 $(cat {pidfile})"
     assert deployments["beat"]["spec"]["replicas"] == 1 and deployments["beat"]["spec"]["strategy"]["type"] == \
         "Recreate"
