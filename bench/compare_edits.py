@@ -1,5 +1,8 @@
 """Two editors judged on the same held-out edits, compared edit by edit (exact McNemar test; issue 7)
 
+For versions in the registry, `editloop eval compare A B` does this on stored evaluations; this script reads
+bench/edit_quality.py result files.
+
     .venv/bin/python bench/compare_edits.py bench/results/edit_quality_weak_long.json:1 \
         bench/results/edit_quality_weak_long.json:2
 
@@ -14,18 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from editloop.labels.stats import sign_test_p
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METRICS = ("success", "preservation")
-
-
-def mcnemar_exact(gained: int, lost: int) -> float:
-    """Exact two-sided McNemar p-value for `gained` and `lost` discordant edits (binomial, p = 1/2)."""
-    if gained < 0 or lost < 0:
-        raise ValueError(f"`gained` and `lost` must be counts, got {gained} and {lost}")
-    return min(1.0, 2 * sign_test_p(max(gained, lost), min(gained, lost)))  # the binomial is symmetric
+from trainers.evaluation.compare import compare_verdicts as compare
 
 
 def per_edit(spec: str) -> tuple[str, dict[str, list[int]]]:
@@ -45,19 +42,6 @@ def per_edit(spec: str) -> tuple[str, dict[str, list[int]]]:
     if arch not in row["archs"]:
         raise ValueError(f"arch must be one of {sorted(row['archs'])} in `{path}` round {round_no}, got {arch!r}")
     return f"{Path(path).stem}:{round_no}:{arch}", row["archs"][arch]["per_edit"]
-
-
-def compare(a: dict[str, list[int]], b: dict[str, list[int]]) -> dict[str, dict]:
-    """Per metric: edits right under A and under B, gained (B only), lost (A only) and McNemar's p."""
-    out = {}
-    for m in METRICS:
-        if len(a[m]) != len(b[m]):
-            raise ValueError(f"both sides must judge the same edits, got {len(a[m])} and {len(b[m])} {m} verdicts")
-        gained = sum(1 for x, y in zip(a[m], b[m]) if y and not x)
-        lost = sum(1 for x, y in zip(a[m], b[m]) if x and not y)
-        out[m] = {"a": sum(a[m]), "b": sum(b[m]), "n": len(a[m]), "gained": gained, "lost": lost,
-                  "p": mcnemar_exact(gained, lost)}
-    return out
 
 
 def main() -> None:

@@ -77,11 +77,13 @@ def test_demo_runs_end_to_end_on_tiny_models(stack_env, tmp_path, label_studio, 
     assert not fb["promoted"] or fb["eval_score"] > fb["parent_eval_score"]  # promoted only if better
     from PIL import Image
 
-    assert Image.open(tmp_path / "d" / "feedback.png").size == (6 * 64, 3 * 64)  # 6 edits: source, before, after
+    w, h = Image.open(tmp_path / "d" / "feedback.png").size  # 6 edits (columns): source, before, after, labelled
+    assert w > 6 * 64 and h > 3 * 64 and w > h
     left = [c for c in psutil.Process().children(recursive=True) if "annotation.web" in " ".join(c.cmdline())]
     assert not left  # the image/webhook endpoint it started is stopped
     assert all(len(cs["judged_correct"]) == 3 for cs in summary["candidate_sets"])
     assert (tmp_path / "d" / "candidates.png").is_file() and (tmp_path / "d" / "erase.png").is_file()
     edits = summary["instruction_edits"]
     assert edits["model"] == "default-instruct tiny-causal" and len(edits["edits"]) == 7  # one per edit kind
-    assert Image.open(tmp_path / "d" / "edit.png").size == (7 * 64, 2 * 64)
+    w, h = Image.open(tmp_path / "d" / "edit.png").size  # 7 columns (one per edit kind) x 2 rows, labelled
+    assert w > 7 * 64 and h > 2 * 64 and w > 2 * h

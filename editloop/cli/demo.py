@@ -170,7 +170,9 @@ def feedback_round(settings, steps: int, out: Path, eval_examples: int = 12) -> 
     rows = [[np.where(e.mask[..., None] > 0, e.source // 2, e.source) for e in examples]]
     for path in (before_dir, after_dir):
         rows.append(list(sample(load_pipeline(path, "inpaint", device=settings.device), examples, 7, 20).images))
-    save_grid_png(rows, out / "feedback.png")
+    save_grid_png(rows, out / "feedback.png", ["source (mask dimmed)", f"before: {before_version}",
+                                                f"after: {result['version']}"],
+                  [f"{e.task}: {e.prompt}" for e in examples], "held-out edits before and after PeFL (seed 7)")
     (out / "feedback_curves.png").write_bytes(store.get(result["curves_key"]))
     return {"run_id": run_id, "version": result["version"], "promoted": result["promoted"],
             "eval_score": m["eval_score"], "parent_eval_score": m["parent_eval_score"], "rewards": sorted(weights)}
@@ -267,7 +269,8 @@ def instruction_edits(address: str, settings: Settings, seed: int, out: Path) ->
     rows.append([from_png(r.images[0].png) for r in resps])
     for e, image in zip(edits, rows[1]):
         results.append({"instruction": e.instruction, "kind": e.kind, "success": edit_success(judge(image), e)})
-    save_grid_png(rows, out / "edit.png")
+    save_grid_png(rows, out / "edit.png", ["source", "edited"], [f"{e.kind}: {e.instruction}" for e in edits],
+                  f"instruction edits by {resps[0].model.name} {resps[0].model.version}")
     model = f"{resps[0].model.name} {resps[0].model.version}"
     print(f"4b. Editor.Edit ({model}): {sum(r['success'] for r in results)}/{len(results)} instruction edits judged "
           f"right: " + "; ".join(f"{r['instruction']!r} {'ok' if r['success'] else 'missed'}" for r in results))
@@ -318,7 +321,10 @@ def run_demo(args: argparse.Namespace) -> int:
             rows.append([render(scene), *cs["images"]])
             print(f"   set {cs['id']}: {scene.caption!r}: judged correct {sum(correct)}/{len(correct)}, "
                   f"best #{best}, worst #{worst}")
-        save_grid_png(rows, out / "candidates.png")
+        save_grid_png([list(r) for r in zip(*rows)], out / "candidates.png",
+                      ["caption's render", *[f"candidate {k}" for k in range(len(rows[0]) - 1)]],
+                      [f"set {cs['id']}: {scene.caption}" for scene, cs in zip(scenes, sets)],
+                      "candidate sets (one per column) from the generator")
         # 4. the services, as a gRPC client sees them
         with open_channel(addresses["generator"], settings) as ch:
             resp = generator_pb2_grpc.GeneratorStub(ch).Generate(generator_pb2.GenerateRequest(
@@ -327,7 +333,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary["generate"] = {"model": f"{resp.model.name} {resp.model.version}", "generation_id": resp.generation_id}
         print(f"3. Generator.Generate: 2 images by {resp.model.name} {resp.model.version}, "
               f"recorded as generation {resp.generation_id}")
-        erase_rows, successes = [], []
+        erase_rows, erase_captions, successes = [], [], []
         with open_channel(addresses["editor"], settings) as ch:
             stub = editor_pb2_grpc.EditorStub(ch)
             for i in range(4):
@@ -342,7 +348,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 overlay = source.copy()
                 overlay[cell_mask(edit.removed.position) > 0] //= 2
                 erase_rows.append([source, overlay, result])
-        save_grid_png(erase_rows, out / "erase.png")
+                erase_captions.append(f"erase the {edit.removed.color} {edit.removed.shape}")
+        save_grid_png([list(r) for r in zip(*erase_rows)], out / "erase.png",
+                      ["source", "object to erase (dimmed)", "Editor.Erase"], erase_captions,
+                      "erase: remove the dimmed object")
         summary["erase_success"] = successes
         print(f"4. Editor.Erase: {sum(successes)}/{len(successes)} objects judged gone")
         summary["instruction_edits"] = instruction_edits(addresses["editor"], settings, args.seed, out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from editloop.cli import annotation, auth, client, demo, loop, platform, status, train, world
+from editloop.cli import annotation, auth, client, demo, evals, loop, platform, status, train, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     loop.add_parser(sub)
     auth.add_parser(sub)
+    evals.add_parser(sub)
     return parser
 
 

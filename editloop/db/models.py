@@ -303,3 +303,21 @@ class RunFile(Base):
     key: Mapped[str] = mapped_column(String(80))  # the blob's content address
     size: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+class Evaluation(Base):
+    """One `editloop eval` of a version on a named suite (trainers/evaluation): its summary, its per-item verdicts
+    (what `eval compare` pairs up), the sampling config and a grid of its first outputs in the blob store."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(16))  # editor | instruct | reward | reward-drift
+    model_kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))  # None: a base model
+    suite: Mapped[str] = mapped_column(String(300))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    per_item: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    samples_key: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -81,10 +81,51 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     Path(path).write_bytes(to_png(image))
 
 
-def save_grid_png(rows: list[list[np.ndarray]], path: str | Path) -> None:
-    """Tile rows of equally sized uint8 images into one PNG (for sample grids)."""
-    tiled = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
-    Image.fromarray(tiled.astype(np.uint8), mode="RGB").save(path, format="PNG")
+def save_grid_png(rows: list[list[np.ndarray]], path: str | Path, row_labels: list[str] | None = None,
+                  captions: list[str] | None = None, title: str = "") -> None:
+    """Tile rows of equally sized uint8 images into one PNG (for sample grids). With `row_labels` (one per row) and
+    `captions` (one per column: the prompt or instruction each column's example was given) the grid is drawn with
+    them, so a reader can tell what each row is and what each example was asked."""
+    if row_labels is None and captions is None and not title:
+        tiled = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+        Image.fromarray(tiled.astype(np.uint8), mode="RGB").save(path, format="PNG")
+        return
+    labelled_grid(rows, path, row_labels or [""] * len(rows), captions or [""] * len(rows[0]), title)
+
+
+def labelled_grid(rows: list[list[np.ndarray]], path: str | Path, row_labels: list[str], captions: list[str],
+                  title: str = "") -> None:
+    """The grid drawn by matplotlib: each row named on its left, each column's caption (wrapped) above it."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    if len(row_labels) != n_rows or len(captions) != n_cols:
+        raise ValueError(f"a grid of {n_rows} rows x {n_cols} columns needs {n_rows} row labels and {n_cols} "
+                         f"captions, got {len(row_labels)} and {len(captions)}")
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.45 * n_cols + 0.9, 1.45 * n_rows + 0.9), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row):
+                ax.imshow(row[c], interpolation="nearest")
+            else:
+                ax.axis("off")
+            if r == 0:
+                ax.set_title(textwrap.fill(captions[c], 22), fontsize=6)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def load_png(path: str | Path) -> np.ndarray:
