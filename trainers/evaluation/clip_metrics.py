@@ -34,13 +34,19 @@ def image_embeddings(model, images: list[np.ndarray]) -> torch.Tensor:
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     x = (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
-    return F.normalize(model.get_image_features(pixel_values=x), dim=-1)
+    return F.normalize(_features(model.get_image_features(pixel_values=x)), dim=-1)
 
 
 @torch.no_grad()
 def text_embeddings(model, tokenizer, texts: list[str]) -> torch.Tensor:
     tok = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    return F.normalize(model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask), dim=-1)
+    return F.normalize(_features(model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)),
+                       dim=-1)
+
+
+def _features(out) -> torch.Tensor:
+    """The projected embedding: transformers 5 returns it as the output's pooler_output, 4.x as the tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def clip_metrics(path: Path, items: list[SuiteItem], outputs: np.ndarray) -> dict[str, list[float]]:
