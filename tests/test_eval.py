@@ -157,8 +157,12 @@ def eval_state(tmp_path, postgres_url, monkeypatch):
     ids = render_candidate_sets(sessions, store, 40, 3, seed=1, kind="inpaint")
     simulate_labels(sessions, store, ids, LabelPlan([SimulatedAnnotator("sharp", 0.25, seed=3)]))
     noisy = noisy_editor(settings.editor_model, tmp_path / "noisy", 0.3)
+    from editloop.models.model_dir import model_version
+
+    lineage = {"start_version": model_version(settings.editor_model), "note": "the base with noise on its UNet"}
     with sessions.begin() as s:
-        register_candidate(s, "editor", "editor", "noisy-1", store_model_dir(store, noisy), {}, {}, None)
+        register_candidate(s, "editor", "editor", "noisy-1", store_model_dir(store, noisy), {"eval_score": 0.5},
+                           {"lineage": lineage}, None)
     return settings, sessions, store
 
 
@@ -229,3 +233,64 @@ def test_eval_on_a_benchmark_folder_with_clip(eval_state, tmp_path, capsys):
     shutil.rmtree(clip)
     assert main(["eval", "instruct", "base", "--suite", str(suite), "--clip", str(clip)]) == 2
     assert "`--clip` must be a CLIP model directory" in capsys.readouterr().err
+
+
+IMAGES_LOADED = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+
+
+def open_page(path: Path, shot: Path) -> dict:
+    """The page in headless Chromium: its images (all, and those loaded), its text and a screenshot."""
+    from browser import Browser
+    from conftest import free_port
+
+    browser = Browser(free_port(), width=1200, height=2400)
+    try:
+        browser.open(path.resolve().as_uri())
+        browser.wait_for(f"document.images.length > 0 && ({IMAGES_LOADED}) === document.images.length", timeout=30)
+        page = {"images": browser.evaluate("document.images.length"), "loaded": browser.evaluate(IMAGES_LOADED),
+                "text": browser.evaluate("document.body.innerText"),
+                "srcs": browser.evaluate("Array.from(document.images).map(i => i.getAttribute('src'))")}
+        page["shot"] = browser.screenshot(shot)
+    finally:
+        browser.close()
+    return page
+
+
+def test_a_report_renders_in_chromium_with_curves_samples_gate_and_lineage(eval_state, tmp_path, capsys):
+    """A reward version trained here (its TensorBoard event files give the curves) and the editor version (its
+    before/after samples come from evaluations `--evaluate` runs) each get one static page; Chromium renders every
+    plot and image of both (the screenshots are kept in the test's folder)."""
+    import uuid
+
+    from trainers.reward.run import RewardTrainConfig, train_reward
+
+    settings, sessions, store = eval_state
+    run_id = uuid.uuid4().hex
+    out = train_reward("alignment", run_id, sessions, store, settings,
+                       RewardTrainConfig(steps=6, eval_every=3, batch_size=8, warmup=1, alignment_train=64,
+                                         alignment_eval=32))
+    board = settings.state_dir / "runs" / run_id / "tensorboard"
+    assert list(board.glob("events.out.tfevents.*"))  # the run wrote TensorBoard event files
+    from trainers.evaluation.report import board_scalars
+
+    series = board_scalars(settings.state_dir / "runs" / run_id)
+    assert [s for s, _ in series["reward-alignment/eval"]] == [3, 6]  # every evaluation, at its step
+
+    capsys.readouterr()
+    assert main(["report", out["version"], "--out", str(tmp_path / "reward-report")]) == 0
+    page = open_page(tmp_path / "reward-report" / "index.html", tmp_path / "reward-report.png")
+    assert page["images"] == page["loaded"] == 1 and page["srcs"] == ["curves.png"]
+    assert "The gate" in page["text"] and "chance floor" in page["text"] and "Lineage" in page["text"]
+    assert f"run {run_id}" in page["text"] and len(page["shot"]) > 20_000
+
+    assert main(["report", "noisy-1", "--evaluate", "--out", str(tmp_path / "editor-report")]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluating editor noisy-1" in printed and "evaluating editor base" in printed
+    page = open_page(tmp_path / "editor-report" / "index.html", tmp_path / "editor-report.png")
+    assert page["images"] == page["loaded"] == 2  # before (the base) and after (noisy-1), as evaluated
+    assert all(src.startswith("samples-") for src in page["srcs"])
+    text = page["text"]
+    assert "edit by edit against the parent" in text and "the base with noise on its UNet" in text
+    assert "passes the gate" in text or "refused by the gate" in text
+    assert main(["report", "nothing-of-that-name"]) == 2
+    assert "no version or run 'nothing-of-that-name'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editloop.checkpoint import save_checkpoint  # noqa: F401 (the trainers import it from here)
@@ -16,19 +17,53 @@ log = logging.getLogger("editloop.runs")
 LOG_EVERY_S = 30.0
 
 
+BOARD_DIR = "tensorboard"  # a run directory's TensorBoard event files (`tensorboard --logdir <state>/runs`)
+
+
+def numbers(record: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a progress record (not its step, not booleans)."""
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+class Board:
+    """TensorBoard event files of one run: every progress record's numbers as scalars under `what/`."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what, self.writer = path, what, None
+
+    def add(self, step: int, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.path), flush_secs=10)
+        for key, value in numbers(record).items():
+            self.writer.add_scalar(f"{self.what}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 def logged(progress: Callable[[int, int, dict[str, float]], None] | None, run_id: str, what: str,
-           every_s: float = LOG_EVERY_S) -> Callable[[int, int, dict[str, float]], None]:
+           every_s: float = LOG_EVERY_S, run_dir: Path | None = None) -> Callable[[int, int, dict[str, float]], None]:
     """`progress` that also logs the run's step at INFO (a worker's log says what its run does): every evaluation
-    record, the last step, and otherwise at most every `every_s` seconds."""
+    record, the last step, and otherwise at most every `every_s` seconds; with `run_dir`, every record's numbers
+    also go to TensorBoard event files in run_dir/tensorboard."""
     last_log = [time.monotonic()]
+    board = Board(run_dir / BOARD_DIR, what) if run_dir is not None else None
 
     def report(step: int, total: int, last: dict[str, float]) -> None:
         now = time.monotonic()
+        if board is not None:
+            board.add(step, last)
+            if step >= total:
+                board.close()
         if "eval" in last or step >= total or now - last_log[0] >= every_s:
             last_log[0] = now
-            numbers = " ".join(f"{k} {v:.4g}" for k, v in last.items()
-                               if k != "step" and isinstance(v, int | float) and not isinstance(v, bool))
-            log.info("run %s %s: step %d/%d %s", run_id[:12], what, step, total, numbers)
+            shown = " ".join(f"{k} {v:.4g}" for k, v in numbers(last).items())
+            log.info("run %s %s: step %d/%d %s", run_id[:12], what, step, total, shown)
         if progress is not None:
             progress(step, total, last)
 

@@ -6,6 +6,7 @@
     editloop eval reward VERSION|KIND
     editloop eval reward-drift VERSION|KIND [--editor VERSION|promoted|base] [--taste default|reversed]
     editloop eval compare A B [--suite SUITE] [--instruct]
+    editloop report VERSION|RUN [--out DIR] [--evaluate]
 """
 
 from __future__ import annotations
@@ -55,6 +56,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--instruct", action="store_true", help="`base` and `promoted` name instruction editors")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_compare)
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one static HTML page for a version or a run: the gate and its numbers, "
+                                      "training curves, before/after samples, GSB, lineage")
+    p.add_argument("name", help="a version in the registry, or a training run id (or a unique prefix, 6+ chars)")
+    p.add_argument("--out", type=Path, default=None, help="folder for index.html and its images "
+                                                          "(default <state_dir>/reports/NAME)")
+    p.add_argument("--evaluate", action="store_true", help="first evaluate the version (and an editor's parent) on "
+                                                           "the world suite where nothing is stored yet")
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainers.evaluation.report import make_report
+
+    settings, sessions, store = _state()
+    if args.evaluate:
+        _evaluate_for_report(settings, sessions, store, args.name)
+    path = make_report(sessions, store, settings, args.name, args.out)
+    print(f"report: {path.resolve()} (open it in a browser; no server needed)")
+    return 0
+
+
+def _evaluate_for_report(settings, sessions, store, name: str) -> None:
+    """Evaluate version `name` (and an editor's parent, or the base it started from) where nothing is stored."""
+    from editloop.db.models import ModelVersion
+    from trainers.evaluation.records import latest
+    from trainers.evaluation.run import evaluate_editor, evaluate_reward, resolve_editor, resolve_instruct
+
+    with sessions() as s:
+        row = s.query(ModelVersion).filter_by(version=name).first()
+        if row is None:
+            return
+        kind, version = row.kind, row.version
+        pairs = [(version, version)]  # (what to evaluate, the version name it is stored under)
+        if kind in ("editor", "instruct"):
+            parent = s.get(ModelVersion, row.parent_id).version if row.parent_id else "base"
+            resolve = resolve_editor if kind == "editor" else resolve_instruct
+            pairs.append((parent, resolve(s, store, settings, parent).version))
+        todo = [spec for spec, stored in pairs if latest(s, stored) is None]
+    for v in todo:
+        print(f"evaluating {kind} {v}" + (" on the world suite" if kind in ("editor", "instruct") else ""))
+        if kind in ("editor", "instruct"):
+            evaluate_editor(sessions, store, settings, kind, v)
+        else:
+            evaluate_reward(sessions, store, settings, v)
 
 
 def _state():

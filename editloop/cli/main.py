@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_parser(sub)
     auth.add_parser(sub)
     evals.add_parser(sub)
+    evals.add_report_parser(sub)
     return parser
 
 

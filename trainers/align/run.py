@@ -153,7 +153,7 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
 
     log.info("run %s align round %d: %d training pairs (this round's survivors: %s), %d steps", run_id[:12],
              round_no, len(train_pairs), counts, cfg.train.steps)
-    progress = logged(row_progress, run_id, f"align-{round_no}")
+    progress = logged(row_progress, run_id, f"align-{round_no}", run_dir=settings.state_dir / "runs" / run_id)
     state = train_editor(editor, train_pairs, cfg.train, settings.state_dir / "runs" / run_id, progress)
     edits = held_out_edits(cfg.eval_per_kind)
     metrics, _ = evaluate_editor(editor, edits)

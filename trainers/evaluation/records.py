@@ -44,7 +44,7 @@ def samples_grid(items: list, outputs: np.ndarray, label: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.png"
         save_grid_png([sources, list(outputs[:GRID_ITEMS])], path, ["source (edit region dimmed)", label],
-                      [it.instruction if it.task == "" else f"{it.task}: {it.instruction}" for it in part])
+                      [it.instruction if it.task == "" else f"{it.task}, prompt: {it.instruction}" for it in part])
         return path.read_bytes()
 
 

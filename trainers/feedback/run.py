@@ -235,7 +235,7 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     def row_progress(step: int, total: int, last: dict[str, float]) -> None:
         update_run(sessions, run_id, progress=step / total, outputs={"last": last})
 
-    progress = logged(row_progress, run_id, f"feedback-{stage}")
+    progress = logged(row_progress, run_id, f"feedback-{stage}", run_dir=run_dir)
     log.info("run %s feedback-%s: from %s, %d steps of %d, rewards %s, served %s (success %.3f)", run_id[:12], stage,
              start_version, cfg.steps, cfg.batch_size, rewards.versions, served_version, reference_metrics["success"])
 

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     parent_dir = fetch_model_dir(store, parent_key, settings.state_dir / "models") if parent_key else None
     model, tokenizer = _start_model(kind, parent_dir, cfg)
     run_dir = settings.state_dir / "runs" / run_id
-    progress = logged(run_progress(sessions, run_id), run_id, f"reward-{kind}") if is_main() else None
+    progress = logged(run_progress(sessions, run_id), run_id, f"reward-{kind}", run_dir=run_dir) if is_main() else None
     _, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
     if is_main():
         write_result(run_dir / "result.json", asdict(result))

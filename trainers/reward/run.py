@@ -245,7 +245,8 @@ def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store:
             best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir, data)
         else:
             best, result = _train(kind, model, tokenizer, data, cfg, run_dir,
-                                  logged(run_progress(sessions, run_id), run_id, f"reward-{kind}"))
+                                  logged(run_progress(sessions, run_id), run_id, f"reward-{kind}",
+                                         run_dir=run_dir))
         score, metrics = _evaluate(kind, best, tokenizer, data)
         version = f"{kind}-{run_id[:12]}"
         with tempfile.TemporaryDirectory() as tmp:
