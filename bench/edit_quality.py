@@ -259,7 +259,8 @@ def main() -> None:
         result["rounds"].append(row)
         pick = [i for k in EDIT_KINDS for i in [j for j, e in enumerate(held) if e.kind == k][:2]]
         grid = [[render(held[i].source) for i in pick]] + [[outputs[a][i] for i in pick] for a in archs]
-        save_grid_png(grid, args.out.with_name(f"{args.out.stem}_grid_round{round_no}.png"))
+        save_grid_png(grid, args.out.with_name(f"{args.out.stem}_grid_round{round_no}.png"), ["source", *archs],
+                      [f"{held[i].kind}: {held[i].instruction}" for i in pick], f"round {round_no}: held-out edits")
         args.out.write_text(json.dumps(result, indent=2, default=float))
         for arch, dest in (("causal", args.save_editor), ("concat", args.save_baseline)):
             if dest and arch in editors:  # after every round, so a run cut off keeps its last finished round

@@ -344,7 +344,8 @@ def taste(root: Path, tag: str, weights: dict[str, float], args: argparse.Namesp
     grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:8]]]
     grid += [list(r["images"][:8]) for r in results.values()]
     grid_path = args.out.with_name(f"{args.out.stem}_grid_{tag}.png")
-    save_grid_png(grid, grid_path)
+    save_grid_png(grid, grid_path, ["source (mask darkened)", *results],
+                  [f"{e.task}: {e.prompt}" for e in examples[:8]], f"held-out edits, {tag} taste")
     for row in rows:
         print(f"  {row['model']}: utility {row['mean_utility']:.3f} "
               f"({', '.join(f'{t} {u:.3f}' for t, u in row['utility_by_task'].items())}), GSB vs base {row['gsb']} "

@@ -160,7 +160,8 @@ def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, 
     grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:9]]]
     grid += [list(r["images"][:9]) for r in results.values()]
     grid_path = args.out.with_name(f"{args.out.stem}_grid_{name}.png")
-    save_grid_png(grid, grid_path)
+    save_grid_png(grid, grid_path, ["source (mask darkened)", *results],
+                  [f"{e.task}: {e.prompt}" for e in examples[:9]], f"held-out edits, {name} taste")
     return {"taste": name, "labels": args.sets, "pairs": len(pairs), "rows": rows,
             "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "grid": str(grid_path),
             "grid_rows": ["source (mask darkened)", *results],

@@ -113,7 +113,7 @@ def main() -> None:
                                  "torch_threads": torch.get_num_threads()}
     report["vae_clean_recon_caption_accuracy"] = vae_gate_accuracy(t2i.vae, n=200, seed=HELD_OUT)
     single, single_imgs, single_scenes = caption_accuracy(t2i, n, [1], HELD_OUT + 1, steps, g)
-    multi, multi_imgs, _ = caption_accuracy(t2i, n, [2, 3], HELD_OUT + 2, steps, g)
+    multi, multi_imgs, multi_scenes = caption_accuracy(t2i, n, [2, 3], HELD_OUT + 2, steps, g)
     report["t2i_single"] = vars(single)
     report["t2i_multi"] = vars(multi)
     report["t2i_layout_source"] = layout_source(t2i, max(n // 10, 4), HELD_OUT + 7, steps, g)
@@ -126,8 +126,10 @@ def main() -> None:
     report["t2i_samples_per_second_batch32"] = samples_per_second(t2i, 32, steps)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
-    clean = np.stack([render(s) for s in single_scenes[:8]])
-    save_grid_png([list(clean), list(single_imgs[:8]), list(multi_imgs[:8])], RESULTS / f"{args.name}_grid.png")
+    for tag, scenes, images in (("", single_scenes, single_imgs), ("_multi", multi_scenes, multi_imgs)):
+        save_grid_png([[render(s) for s in scenes[:8]], list(images[:8])], RESULTS / f"{args.name}_grid{tag}.png",
+                      ["caption's render", "text-to-image sample"], [s.caption for s in scenes[:8]],
+                      f"held-out captions with {'2-3 objects' if tag else 'one object'}")
     print(json.dumps(report, indent=2))
 
 
