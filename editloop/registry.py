@@ -176,6 +176,43 @@ def rollback(session: Session, kind: str, check: Callable[[ModelVersion], None] 
     return previous
 
 
+def _load_editor(path: Path, kind: str) -> None:
+    from editloop.models.zoo import load_pipeline
+
+    load_pipeline(path, "inpaint", device="cpu", dtype="fp32")
+
+
+def _load_instruct(path: Path, kind: str) -> None:
+    from editloop.models.instruct import load_instruct_editor
+
+    load_instruct_editor(path, device="cpu")
+
+
+def _load_reward(path: Path, kind: str) -> None:
+    from editloop.models.reward import load_reward
+
+    load_reward(path, kind)
+
+
+LOADERS: dict[str, Callable[[Path, str], None]] = {"editor": _load_editor, "instruct": _load_instruct}
+
+
+def load_check(kind: str, store: BlobStore, cache: Path) -> Callable[[ModelVersion], None] | None:
+    """A check for `promote`: a version's checkpoint unpacks and loads as a model of `kind` (an editor: an
+    inpainting pipeline; instruct: an instruction editor; a reward kind: that reward). None for kinds without a
+    loader (the base models, which are not promoted through the registry)."""
+    from editloop.models.reward_kinds import kind_names
+
+    loader = LOADERS.get(kind) or (_load_reward if kind in kind_names() else None)
+    if loader is None:
+        return None
+
+    def check(row: ModelVersion) -> None:
+        loader(fetch_model_dir(store, row.checkpoint_key, cache), kind)
+
+    return check
+
+
 def editor_model_dir(session: Session, store: BlobStore, base_dir: Path, cache_root: Path,
                      version: str | None = None) -> tuple[str, str, Path, int | None]:
     """(name, version, directory, registry id) of the editor to use: editor `version` if given, else the

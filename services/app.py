@@ -18,7 +18,6 @@ from services.core.server import check_exposure, create_server, serve_until_stop
 from services.core.tls import server_credentials
 
 log = logging.getLogger("editloop.services")
-KINDS = ("generator", "editor", "reward")
 
 
 @dataclass
@@ -78,91 +77,128 @@ def register_served_model(recorder: Recorder, kind: str, core) -> None:
                            config=public_config(core.pipe.unet.config), status="candidate" if promoted else "promoted"))
 
 
+@dataclass
+class Parts:
+    """What a service kind's builder makes: the model core, its batcher(s), the servicer and its registration."""
+
+    core: object
+    batcher: DynamicBatcher
+    servicer: object
+    add: object  # the generated add_<Service>Servicer_to_server
+    service: str  # the full service name (health and reflection)
+    watchers: list
+    more: tuple[DynamicBatcher, ...] = ()
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch: int
+    max_delay: float
+    max_queue: int
+
+    def batcher(self, name: str, run) -> DynamicBatcher:
+        return DynamicBatcher(name, run, self.max_batch, self.max_delay, self.max_queue)
+
+
+def reward_parts(settings: Settings, model: Path | None, batching: Batching, recorder, reward_kind: str | None
+                 ) -> Parts:
+    """A reward service: the promoted version of `reward_kind` (else its initial untrained one), hot-reloaded on
+    promotion; or the model at `model`, not watched."""
+    from services.gen.editloop.v1 import reward_pb2_grpc
+    from services.reward.core import RewardCore
+    from services.reward.reload import CoreHolder, reward_watcher, served_model_dir
+    from services.reward.servicer import SERVICE, RewardServicer
+
+    if model is not None:
+        core = RewardCore(model, reward_kind, device=settings.device)
+        holder = CoreHolder(core)
+        watchers = []
+    else:
+        sessions, store = open_state(settings)
+        version, path = served_model_dir(sessions, store, reward_kind, settings.state_dir / "models")
+        try:
+            core = RewardCore(path, reward_kind, device=settings.device)
+        except (OSError, ValueError) as exc:  # a promoted checkpoint that does not load: serve, never exit
+            log.error("promoted %s reward %s does not load (%s); serving the initial one", reward_kind, version, exc)
+            from services.reward.reload import initial_model_dir
+
+            version, path = initial_model_dir(reward_kind, settings.state_dir / "models")
+            core = RewardCore(path, reward_kind, device=settings.device)
+        core.version = version
+        holder = CoreHolder(core)
+        watchers = [reward_watcher(holder, reward_kind, settings, sessions, store, settings.reload_interval_s)]
+    batcher = batching.batcher(f"reward-{core.kind}", holder.run)
+    servicer = RewardServicer(holder, batcher, settings.reward_max_side, settings.reward_max_request_pixels)
+    return Parts(core, batcher, servicer, reward_pb2_grpc.add_RewardServicer_to_server, SERVICE, watchers)
+
+
+def generator_parts(settings: Settings, model: Path | None, batching: Batching, recorder, reward_kind: str | None
+                    ) -> Parts:
+    """The text-to-image generator at `model` (default: the base t2i model)."""
+    from services.gen.editloop.v1 import generator_pb2_grpc
+    from services.generator.core import GeneratorCore
+    from services.generator.servicer import SERVICE, GeneratorServicer
+
+    core = GeneratorCore(model or settings.generator_model, device=settings.device)
+    batcher = batching.batcher("generator", core.run)
+    return Parts(core, batcher, GeneratorServicer(core, batcher, recorder),
+                 generator_pb2_grpc.add_GeneratorServicer_to_server, SERVICE, [])
+
+
+def editor_parts(settings: Settings, model: Path | None, batching: Batching, recorder, reward_kind: str | None
+                 ) -> Parts:
+    """The editor: the promoted editor version (feedback rounds), else the base inpainting model (or `model`, not
+    watched), and the promoted instruction editor, else the committed default; both hot-reloaded."""
+    from services.core.reload import Holder
+    from services.editor.core import EditorCore
+    from services.editor.reload import editor_watchers, load_editor, load_instruct, resolve_editor, resolve_instruct
+    from services.editor.servicer import SERVICE, EditorServicer
+    from services.gen.editloop.v1 import editor_pb2_grpc
+
+    sessions, store = open_state(settings)
+    if model is None:
+        core = load_editor(settings, *resolve_editor(settings, sessions, store))
+    else:
+        core = EditorCore(model, device=settings.device)
+    found = resolve_instruct(settings, sessions, store)
+    if found is None:
+        log.warning("no instruction editor (none promoted, none at %s): Editor.Edit answers "
+                    "FAILED_PRECONDITION until one is promoted", settings.instruct_model)
+    editors, instructs = Holder(core), Holder(load_instruct(settings, *found) if found else None)
+    batcher = batching.batcher("editor", editors.run)
+    more = (batching.batcher("editor-instruct", instructs.run),)
+    servicer = EditorServicer(editors, batcher, recorder, instructs, more[0])
+    watchers = editor_watchers(editors, instructs, settings, sessions, store, watch_editor=model is None)
+    return Parts(core, batcher, servicer, editor_pb2_grpc.add_EditorServicer_to_server, SERVICE, watchers, more)
+
+
+BUILDERS = {"generator": generator_parts, "editor": editor_parts, "reward": reward_parts}  # a service kind each
+
+
 async def start_service(kind: str, settings: Settings, model: Path | None = None, port: int = 0,
                         host: str = "127.0.0.1", max_batch: int = 16, max_delay: float = 0.005,
                         max_queue: int = 256, record: bool = True, reward_kind: str | None = None) -> Running:
     """Load the model, start the batcher and the server; returns the bound port. Exposure (a public address without
     auth) and TLS files are checked first, before any model loads."""
+    if kind not in BUILDERS:
+        raise ValueError(f"`kind` must be one of {list(BUILDERS)}, got {kind!r}")
     check_exposure(host, settings.auth, settings.tls_cert is not None, settings.insecure_public)
     credentials = server_credentials(settings)
     interceptors = [token_auth(settings)] if settings.auth == "required" else []
     recorder = make_recorder(settings) if record and kind != "reward" else None
-    watcher = None
-    watchers: list = []
-    more: tuple[DynamicBatcher, ...] = ()
-    if kind == "reward":
-        from services.gen.editloop.v1 import reward_pb2_grpc
-        from services.reward.core import RewardCore
-        from services.reward.reload import CoreHolder, reward_watcher, served_model_dir
-        from services.reward.servicer import SERVICE, RewardServicer
-
-        if model is None:  # the promoted version (else the initial untrained one), hot-reloaded on promotion
-            sessions, store = open_state(settings)
-            version, path = served_model_dir(sessions, store, reward_kind, settings.state_dir / "models")
-            try:
-                core = RewardCore(path, reward_kind, device=settings.device)
-            except (OSError, ValueError) as exc:  # a promoted checkpoint that does not load: serve, never exit
-                log.error("promoted %s reward %s does not load (%s); serving the initial one", reward_kind,
-                          version, exc)
-                from services.reward.reload import initial_model_dir
-
-                version, path = initial_model_dir(reward_kind, settings.state_dir / "models")
-                core = RewardCore(path, reward_kind, device=settings.device)
-            core.version = version
-        else:
-            core = RewardCore(model, reward_kind, device=settings.device)
-        holder = CoreHolder(core)
-        if model is None:
-            watcher = reward_watcher(holder, reward_kind, settings, sessions, store, settings.reload_interval_s)
-        batcher = DynamicBatcher(f"reward-{core.kind}", holder.run, max_batch, max_delay, max_queue)
-        servicer = RewardServicer(holder, batcher, settings.reward_max_side, settings.reward_max_request_pixels)
-        add = reward_pb2_grpc.add_RewardServicer_to_server
-    elif kind == "generator":
-        from services.gen.editloop.v1 import generator_pb2_grpc
-        from services.generator.core import GeneratorCore
-        from services.generator.servicer import SERVICE, GeneratorServicer
-
-        core = GeneratorCore(model or settings.generator_model, device=settings.device)
-        batcher = DynamicBatcher("generator", core.run, max_batch, max_delay, max_queue)
-        servicer = GeneratorServicer(core, batcher, recorder)
-        add = generator_pb2_grpc.add_GeneratorServicer_to_server
-    elif kind == "editor":
-        from services.core.reload import Holder
-        from services.editor.core import EditorCore
-        from services.editor.reload import editor_watchers, load_editor, load_instruct, resolve_editor, resolve_instruct
-        from services.editor.servicer import SERVICE, EditorServicer
-        from services.gen.editloop.v1 import editor_pb2_grpc
-
-        sessions, store = open_state(settings)
-        if model is None:  # the promoted editor version (feedback rounds), else the base inpainting model
-            core = load_editor(settings, *resolve_editor(settings, sessions, store))
-        else:
-            core = EditorCore(model, device=settings.device)
-        found = resolve_instruct(settings, sessions, store)
-        if found is None:
-            log.warning("no instruction editor (none promoted, none at %s): Editor.Edit answers "
-                        "FAILED_PRECONDITION until one is promoted", settings.instruct_model)
-        editors, instructs = Holder(core), Holder(load_instruct(settings, *found) if found else None)
-        batcher = DynamicBatcher("editor", editors.run, max_batch, max_delay, max_queue)
-        more = (DynamicBatcher("editor-instruct", instructs.run, max_batch, max_delay, max_queue),)
-        servicer = EditorServicer(editors, batcher, recorder, instructs, more[0])
-        watchers = editor_watchers(editors, instructs, settings, sessions, store, watch_editor=model is None)
-        add = editor_pb2_grpc.add_EditorServicer_to_server
-    else:
-        raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
+    parts = BUILDERS[kind](settings, model, Batching(max_batch, max_delay, max_queue), recorder, reward_kind)
+    core = parts.core
     if recorder is not None:
         register_served_model(recorder, kind, core)
-    for b in (batcher, *more):
+    for b in (parts.batcher, *parts.more):
         b.start()
-    server, bound, health = await create_server([(add, servicer, SERVICE)], port, host, settings.max_message_mb,
-                                                interceptors, credentials)
+    server, bound, health = await create_server([(parts.add, parts.servicer, parts.service)], port, host,
+                                                settings.max_message_mb, interceptors, credentials)
     log.info("%s serving %s (%s) on %s:%d", kind, core.name, core.version, host, bound)
-    if watcher is not None:
-        watchers.append(watcher)
-    running = Running(server, bound, health, batcher, watchers=tuple(watchers), more_batchers=more)
-    record_served = _served_recorder(settings, kind, reward_kind, core, watchers)
+    running = Running(server, bound, health, parts.batcher, watchers=tuple(parts.watchers), more_batchers=parts.more)
+    record_served = _served_recorder(settings, kind, reward_kind, core, parts.watchers)
     record_served()
-    for w in watchers:
+    for w in parts.watchers:
         w.on_swap = record_served
         w.start()
     return running

@@ -96,3 +96,56 @@ def throttled(progress: Callable[[int, int, dict[str, float]], None] | None, eve
     return report
 
 
+
+
+def run_once(sessions: sessionmaker[Session], run_id: str, kind: str, inputs: dict[str, Any],
+             body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The lifecycle every training run shares: create run `run_id`'s row (status running) or resume it (a retried
+    or re-delivered task: the body resumes from the run directory's checkpoint), return a succeeded run's outputs
+    without running it again, and on any error record it (status failed, the error, when) and re-raise."""
+    from datetime import UTC, datetime
+
+    from editloop.db.models import TrainingRun
+
+    with sessions.begin() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            s.add(TrainingRun(id=run_id, kind=kind, status="running", inputs=inputs))
+        elif run.status == "succeeded":
+            return run.outputs
+        else:
+            run.status, run.error = "running", None
+    try:
+        return body()
+    except Exception as exc:
+        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+                   outputs={"failed_at": datetime.now(UTC).isoformat()})
+        raise
+
+
+def register_and_gate(session: Session, run_id: str, kind: str, version: str, checkpoint_key: str,
+                      metrics: dict[str, Any], config: dict[str, Any], parent_id: int | None,
+                      outputs: dict[str, Any], check: Callable | None, auto_promote: bool = True,
+                      between: Callable[[Session], None] | None = None, **gate: Any) -> dict[str, Any]:
+    """A finished run's end, in the caller's transaction: register the candidate version (idempotent), run
+    `between` (e.g. a people review's pairs), promote it through the registry's gate when `auto_promote` (`gate`:
+    tolerance, floor_alpha), and mark the run succeeded with `outputs` + promoted / refused + the version's id."""
+    from editloop.db.models import ModelVersion, TrainingRun
+    from editloop.registry import PromotionRefused, promote, register_candidate
+
+    parent = session.get(ModelVersion, parent_id) if parent_id is not None else None
+    row = register_candidate(session, kind, kind, version, checkpoint_key, metrics, config, parent)
+    if between is not None:
+        between(session)
+    outputs["promoted"] = False
+    if auto_promote:
+        try:
+            promote(session, kind, version, check, **gate)
+            outputs["promoted"] = True
+        except PromotionRefused as exc:
+            outputs["refused"] = str(exc)
+    elif metrics.get("guard_failures"):
+        outputs["refused"] = "; ".join(metrics["guard_failures"])
+    run = session.get(TrainingRun, run_id)
+    run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+    return outputs

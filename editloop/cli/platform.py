@@ -6,13 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
+from editloop.models.reward_kinds import kind_names
 from editloop.settings import Settings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run one gRPC service in this process")
     p.add_argument("kind", choices=["generator", "editor", "reward"])
-    p.add_argument("--kind", dest="reward_kind", choices=["aesthetic", "alignment", "coherence"], default=None,
+    p.add_argument("--kind", dest="reward_kind", choices=kind_names(), default=None,
                    help="which reward model (serve reward only)")
     p.add_argument("--model", type=Path, default=None, help="diffusers directory (default: the base model)")
     p.add_argument("--host", default="127.0.0.1")
@@ -76,7 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("kind")
     m.set_defaults(func=_models_rollback)
     m = msub.add_parser("init-reward", help="write an UNTRAINED tiny reward model (for tests and benchmarks)")
-    m.add_argument("--kind", required=True, choices=["aesthetic", "alignment", "coherence"])
+    m.add_argument("--kind", required=True, choices=kind_names())
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_init_reward)
@@ -193,21 +194,9 @@ def _registry_context():
 
 
 def _load_check(settings: Settings, store, kind: str):
-    from editloop.models.reward import REWARD_KINDS, load_reward
-    from editloop.registry import fetch_model_dir
+    from editloop.registry import load_check
 
-    if kind == "editor":  # feedback-learning versions: must load as an inpainting pipeline
-        from trainers.feedback.run import loads_editor
-
-        return loads_editor(store, settings.state_dir / "models")
-    if kind == "instruct":  # alignment-round versions: must load as an instruction editor
-        from trainers.align.run import loads_instruct
-
-        return loads_instruct(store, settings.state_dir / "models")
-    if kind not in REWARD_KINDS:
-        return None
-
-    return lambda row: load_reward(fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models"), kind)
+    return load_check(kind, store, settings.state_dir / "models")
 
 
 def _models_show(args: argparse.Namespace) -> int:

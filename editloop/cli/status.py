@@ -14,9 +14,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from editloop.models.reward_kinds import kind_names
 from editloop.settings import Settings
 
-MODEL_KINDS = ("t2i", "inpaint", "editor", "instruct", "aesthetic", "alignment", "coherence")
+MODEL_KINDS = ("t2i", "inpaint", "editor", "instruct", *kind_names())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

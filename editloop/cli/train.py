@@ -11,6 +11,7 @@ import json
 import uuid
 
 from editloop import queue
+from editloop.models.reward_kinds import kind_names
 from editloop.settings import Settings
 
 
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="enqueue training runs")
     tsub = p.add_subparsers(dest="train_command", required=True)
     r = tsub.add_parser("reward", help="train a reward model from the labels (a Celery task on the gpu queue)")
-    r.add_argument("--kind", required=True, choices=["aesthetic", "alignment", "coherence"])
+    r.add_argument("--kind", required=True, choices=kind_names())
     r.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
     r.add_argument("--train-size", type=int, default=None,
                    help="examples to build for training: alignment (default 4000 captions with hard negatives) and "

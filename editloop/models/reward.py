@@ -25,11 +25,10 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
 from editloop.models.card import card_path, has_card, read_card, write_card
+from editloop.models.reward_kinds import is_coherence, kind_names, reward_kind
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation CLIP's image processor applies
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-REWARD_KINDS = ("aesthetic", "alignment", "coherence")
 
 
 class FusionBlock(nn.Module):
@@ -175,22 +174,21 @@ class CoherenceReward(ModelMixin, ConfigMixin):
 
 # Measured (BENCHMARKS.md, bench/reward_quality.py): the conv stem is what lifts the aesthetic model to the
 # annotators' ceiling (pixel-level blur and noise), while its GroupNorm costs the alignment model the flat
-# background's colour (background accuracy 0.785 against 1.000 with the patch stem).
-DEFAULT_STEMS = {"aesthetic": "conv", "alignment": "patch"}
+# background's colour (background accuracy 0.785 against 1.000 with the patch stem). Each kind names its stem in
+# editloop/models/reward_kinds.py.
 
 
 def tiny_reward(kind: str, seed: int = 0, stem: str | None = None) -> PreferenceReward | CoherenceReward:
     """An untrained tiny reward model of `kind` (tests, serving benchmarks, start of training); `stem`
-    defaults to the one measured best for the kind (DEFAULT_STEMS)."""
+    defaults to the one measured best for the kind (its RewardKind.stem)."""
     from editloop.models.configs import TINY_TEXT
 
-    if kind not in REWARD_KINDS:
-        raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
+    spec = reward_kind(kind)
     torch.manual_seed(seed)
-    if kind == "coherence":
+    if spec.family == "coherence":
         return CoherenceReward()
     text = dict(TINY_TEXT, num_hidden_layers=2)
-    return PreferenceReward(text_config=text, stem=stem or DEFAULT_STEMS[kind])
+    return PreferenceReward(text_config=text, stem=stem or spec.stem)
 
 
 def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, version: str | None = None,
@@ -201,14 +199,12 @@ def save_reward(model: PreferenceReward | CoherenceReward, kind: str, path, vers
 
     from editloop.models.tokenizer import build_tokenizer
 
-    if kind not in REWARD_KINDS:
-        raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
-    expected = CoherenceReward if kind == "coherence" else PreferenceReward
+    expected = CoherenceReward if is_coherence(kind) else PreferenceReward
     if not isinstance(model, expected):
         raise ValueError(f"a {kind} reward must be a {expected.__name__}, got {type(model).__name__}")
     path = Path(path)
     model.save_pretrained(path / "model", safe_serialization=True)
-    if kind != "coherence":
+    if not is_coherence(kind):
         (tokenizer or build_tokenizer()).save_pretrained(path / "tokenizer")
     meta = {"kind": kind, **({"version": version} if version else {}), **(extra or {})}
     write_card(path, meta)
@@ -224,11 +220,11 @@ def load_reward(path, kind: str | None = None):
     if not has_card(path):
         raise FileNotFoundError(f"`model` {str(path)!r} is not a reward model directory (no editloop.json)")
     found = read_card(path).get("kind")
-    if found not in REWARD_KINDS:
-        raise ValueError(f"{card_path(path)} names kind {found!r}; expected one of {list(REWARD_KINDS)}")
+    if found not in kind_names():
+        raise ValueError(f"{card_path(path)} names kind {found!r}; expected one of {list(kind_names())}")
     if kind is not None and found != kind:
         raise ValueError(f"`model` {str(path)!r} is a {found} reward model, not {kind}")
-    cls = CoherenceReward if found == "coherence" else PreferenceReward
+    cls = CoherenceReward if is_coherence(found) else PreferenceReward
     model = cls.from_pretrained(path / "model").eval()
-    tokenizer = None if found == "coherence" else PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    tokenizer = None if is_coherence(found) else PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
     return found, model, tokenizer

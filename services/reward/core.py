@@ -12,6 +12,7 @@ import torch
 from editloop.models.data import edit_context, to_tensor
 from editloop.models.model_dir import model_version
 from editloop.models.reward import load_reward
+from editloop.models.reward_kinds import reward_kind
 from editloop.models.zoo import pick_device
 from services.core.batching import split_per_job
 from services.core.sampling import TokenCounter
@@ -36,13 +37,13 @@ class RewardCore:
         self.model.to(self.device)
         self.name = self.kind
         self.version = model_version(self.path)
-        self.text_conditioned = self.kind != "coherence"
+        self.text_conditioned = reward_kind(self.kind).text_conditioned
         self.tokens = TokenCounter(self.tokenizer) if self.text_conditioned else None  # prompt checks, any thread
 
     def input_side(self) -> int | None:
         """The one image side this model takes (a preference reward's own stem has position embeddings for its
         `image_size`), or None when any size works (coherence: fully convolutional; a CLIP backbone resizes)."""
-        if self.kind == "coherence" or getattr(self.model, "vision", None) is not None:
+        if not self.text_conditioned or getattr(self.model, "vision", None) is not None:
             return None
         return int(self.model.config.image_size)
 

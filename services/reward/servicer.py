@@ -98,7 +98,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
     @unary(SERVICE)
     async def ScoreMap(self, request, context: grpc.aio.ServicerContext):
         core = self.core
-        if core.kind != "coherence":
+        if core.text_conditioned:
             raise FailedPrecondition(
                 f"ScoreMap is served by the coherence model only; this server hosts {core.kind}"
             )

@@ -17,21 +17,17 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import ModelVersion, TrainingRun
 from editloop.models.base import base_fingerprint
 from editloop.models.instruct import InstructEditor, load_instruct_editor
 from editloop.registry import (
-    PromotionRefused,
     find_version,
     instruct_model_dir,
-    promote,
-    register_candidate,
+    load_check,
     store_model_dir,
 )
 from editloop.settings import Settings
@@ -42,7 +38,7 @@ from trainers.align.filters import AlignmentScorer, JudgeScorer, Scorer
 from trainers.align.pairs import Pairs
 from trainers.align.round_config import RoundConfig
 from trainers.align.select import kept_round_pairs
-from trainers.runs import logged, update_run
+from trainers.runs import logged, register_and_gate, run_once, update_run
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +82,8 @@ def run_align_round(run_id: str, sessions: sessionmaker[Session], store: BlobSto
                     config: dict[str, Any] | None = None, parent_version: str | None = None) -> dict[str, Any]:
     """Run (or resume) alignment round `run_id`; returns its outputs (also on the run row)."""
     cfg = RoundConfig.from_dict(config or {})
-    with sessions.begin() as s:
-        run = s.get(TrainingRun, run_id)
-        if run is None:
-            s.add(TrainingRun(id=run_id, kind="align", status="running",
-                              inputs={"config": cfg.to_dict(), "parent_version": parent_version}))
-        elif run.status == "succeeded":
-            return run.outputs
-        else:
-            run.status, run.error = "running", None
-    try:
-        return _run(run_id, sessions, store, settings, cfg, parent_version)
-    except Exception as exc:
-        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
-                   outputs={"failed_at": datetime.now(UTC).isoformat()})
-        raise
+    return run_once(sessions, run_id, "align", {"config": cfg.to_dict(), "parent_version": parent_version},
+                    lambda: _run(run_id, sessions, store, settings, cfg, parent_version))
 
 
 def _start(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
@@ -173,28 +156,10 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
                                "metrics": {k: v for k, v in all_metrics.items() if k not in ("filter", "reference")},
                                "pairs_key": pairs_key}
     with sessions.begin() as s:
-        parent_row = find_version(s, KIND, parent_version) if parent_version else None
-        row = register_candidate(s, KIND, KIND, version, key, all_metrics, meta, parent_row)
-        outputs["promoted"] = False
-        if cfg.auto_promote:
-            try:
-                promote(s, KIND, version, loads_instruct(store, settings.state_dir / "models"), tolerance=0.0)
-                outputs["promoted"] = True
-            except PromotionRefused as exc:
-                outputs["refused"] = str(exc)
-        run = s.get(TrainingRun, run_id)
-        run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+        parent_id = find_version(s, KIND, parent_version).id if parent_version else None
+        register_and_gate(s, run_id, KIND, version, key, all_metrics, meta, parent_id, outputs,
+                          load_check(KIND, store, settings.state_dir / "models"), cfg.auto_promote, tolerance=0.0)
     return outputs
-
-
-def loads_instruct(store: BlobStore, cache: Path):
-    """A check for `promote`: the version unpacks and loads as an instruction editor."""
-    from editloop.registry import fetch_model_dir
-
-    def check(row: ModelVersion) -> None:
-        load_instruct_editor(fetch_model_dir(store, row.checkpoint_key, cache), device="cpu")
-
-    return check
 
 
 def per_round_rows(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,12 +11,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.models.card import SamplingDefaults
+from editloop.models.reward_kinds import kind_names, preference_names
 from editloop.registry import editor_model_dir, fetch_model_dir, find_version, instruct_model_dir, promoted
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.evaluation.records import latest, samples_grid, save_evaluation
-
-REWARD_KINDS = ("aesthetic", "alignment", "coherence")
 
 
 @dataclass(frozen=True)
@@ -53,11 +52,12 @@ def resolve_instruct(session: Session, store: BlobStore, settings: Settings, spe
     return Subject("instruct", *got)
 
 
-def resolve_reward(session: Session, store: BlobStore, settings: Settings, spec: str, kinds=REWARD_KINDS
-                   ) -> Subject:
+def resolve_reward(session: Session, store: BlobStore, settings: Settings, spec: str,
+                   kinds: tuple[str, ...] | None = None) -> Subject:
     """A reward version by name, or `KIND` / `promoted:KIND` for the promoted version of a kind."""
+    kinds = kinds or kind_names()
     kind = spec.removeprefix("promoted:")
-    if kind in REWARD_KINDS:
+    if kind in kinds:
         row = promoted(session, kind)
         if row is None:
             raise ValueError(f"no promoted {kind} reward; name a version (see `editloop models show {kind}`)")
@@ -82,7 +82,7 @@ def promoted_reward_models(session: Session, store: BlobStore, settings: Setting
     from trainers.feedback.rewards import load_rewards
 
     paths, versions = {}, {}
-    for kind in REWARD_KINDS:
+    for kind in kind_names():
         row = promoted(session, kind)
         if row is not None:
             paths[kind] = fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
@@ -123,22 +123,14 @@ def evaluate_editor(sessions: sessionmaker[Session], store: BlobStore, settings:
 
 def evaluate_reward(sessions: sessionmaker[Session], store: BlobStore, settings: Settings, spec: str,
                     n: int | None = None) -> tuple[dict, Path]:
-    """A reward version on its kind's held-out data (rewards.py)."""
+    """A reward version on its kind's held-out data (its trainer's `held_out`, trainers/reward/kinds.py)."""
     from editloop.models.reward import load_reward
-    from trainers.evaluation import rewards as rw
+    from trainers.reward.kinds import kind_trainer
 
     with sessions() as s:
         subject = resolve_reward(s, store, settings, spec)
     kind, model, tokenizer = load_reward(subject.path, subject.kind)
-    model.eval()
-    if kind == "aesthetic":
-        metrics, suite = rw.labelled_accuracy(sessions, store, model, tokenizer), "labelled held-out pairs"
-        metrics["accuracy"] = metrics.get("labelled_accuracy")
-    elif kind == "alignment":
-        metrics, suite = rw.alignment_accuracy(model, tokenizer, n or 400), f"world-alignment-{rw.ALIGNMENT_SEED}"
-    else:
-        metrics = rw.coherence_auc(model, settings.editor_model, n or 32, 20)
-        suite = f"world-coherence-{rw.ALIGNMENT_SEED}"
+    suite, metrics = kind_trainer(kind).held_out(model.eval(), tokenizer, sessions, store, settings, n)
     return save_evaluation(sessions, store, settings.state_dir, subject="reward", model_kind=kind,
                            version=subject.version, model_version_id=subject.row_id, suite=suite,
                            config={"n": n}, result={"metrics": metrics})
@@ -153,7 +145,7 @@ def reward_drift(sessions: sessionmaker[Session], store: BlobStore, settings: Se
     from trainers.feedback.rewards import load_rewards
 
     with sessions() as s:
-        subject = resolve_reward(s, store, settings, spec, ("aesthetic", "alignment"))
+        subject = resolve_reward(s, store, settings, spec, preference_names())
         tuned = resolve_editor(s, store, settings, editor)
         base = resolve_editor(s, store, settings, "base")
     rewards = load_rewards({subject.kind: subject.path}, {subject.kind: subject.version})

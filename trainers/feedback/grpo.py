@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from editloop.models.data import step_rng, to_uint8
+from editloop.models.reward_kinds import kind_names, preference_names
 from editloop.models.zoo import predicted_x0
 from trainers.feedback.examples import make_example, upscale
 from trainers.feedback.pefl import EditBatch, autocast, ddim, decode, guided_prediction, prepare
 from trainers.feedback.reward_client import SCORERS, ClientPolicy, ScoreBatch, Scorer
-from trainers.feedback.rewards import PREFERENCE_KINDS
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -81,13 +81,13 @@ class GrpoConfig:
         if not 1 <= self.updates <= 16:
             raise ValueError(f"`grpo.updates` must be in 1..16, got {self.updates}")
         for kind in self.guard:
-            if kind not in PREFERENCE_KINDS:
-                raise ValueError(f"`grpo.guard` names unknown reward {kind!r}; guard rewards: {list(PREFERENCE_KINDS)} "
-                                 f"(coherence is always checked when it is weighted)")
+            if kind not in preference_names():
+                raise ValueError(f"`grpo.guard` names unknown reward {kind!r}; guard rewards: "
+                                 f"{list(preference_names())} (coherence is always checked when it is weighted)")
         if self.scorer not in SCORERS:
             raise ValueError(f"`grpo.scorer` must be one of {list(SCORERS)}, got {self.scorer!r}")
         for kind, address in self.addresses.items():
-            if kind not in (*PREFERENCE_KINDS, "coherence"):
+            if kind not in kind_names():
                 raise ValueError(f"`grpo.addresses` names unknown reward {kind!r}")
             host, sep, port = str(address).rpartition(":")
             if not (sep and host and port.isdigit() and 0 < int(port) < 65536):

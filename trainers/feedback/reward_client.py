@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from editloop.models.data import edit_context, to_tensor
+from editloop.models.reward_kinds import is_coherence
 from editloop.settings import Settings
 from trainers.feedback.rewards import RewardModels, preference_scores
 
@@ -91,7 +92,7 @@ class LocalScorer:
     @torch.no_grad()
     def score(self, kind: str, batch: ScoreBatch) -> np.ndarray:
         images = to_tensor(list(batch.images))
-        if kind == "coherence":
+        if is_coherence(kind):
             model = self.rewards.coherence
             if model is None:
                 raise ValueError("the coherence reward is weighted but not loaded")
@@ -172,7 +173,7 @@ class ServiceScorer:
         from editloop.world.io import mask_to_png, to_png
         from services.gen.editloop.v1 import common_pb2, reward_pb2
 
-        preference = kind != "coherence"
+        preference = not is_coherence(kind)
         items = [reward_pb2.ScoreItem(
             image=common_pb2.Image(png=to_png(batch.images[i])), prompt=batch.prompts[i] if preference else "",
             **({"source": common_pb2.Image(png=to_png(batch.sources[i])),

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from editloop.models.reward import CoherenceReward, PreferenceReward, load_reward
-
-PREFERENCE_KINDS = ("aesthetic", "alignment")
+from editloop.models.reward_kinds import is_coherence
 
 
 @dataclass
@@ -37,7 +36,7 @@ def load_rewards(paths: dict[str, Path], versions: dict[str, str] | None = None)
     for kind, path in paths.items():
         _, model, tokenizer = load_reward(path, kind)
         model.requires_grad_(False).eval()
-        if kind == "coherence":
+        if is_coherence(kind):
             out.coherence = model
         else:
             out.preference[kind] = (model, tokenizer)

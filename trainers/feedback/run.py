@@ -25,14 +25,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import ModelVersion, TrainingRun
 from editloop.labels.review import (
     AWAITING,
     NONINFERIORITY_MARGIN,
@@ -46,12 +44,10 @@ from editloop.models.card import SamplingDefaults, write_card
 from editloop.models.zoo import load_pipeline
 from editloop.registry import (
     DEFAULT_TOLERANCE,
-    PromotionRefused,
     editor_model_dir,
     fetch_model_dir,
-    promote,
+    load_check,
     promoted,
-    register_candidate,
     store_model_dir,
 )
 from editloop.settings import Settings
@@ -67,7 +63,7 @@ from trainers.feedback.review import check_review, net_preference, side_by_side
 from trainers.feedback.reward_client import ClientPolicy, make_scorer
 from trainers.feedback.rewards import RewardModels, load_rewards
 from trainers.reward.data import ImageCache
-from trainers.runs import logged, update_run
+from trainers.runs import logged, register_and_gate, run_once, update_run
 
 log = logging.getLogger(__name__)
 EDITOR_KIND = "editor"
@@ -186,22 +182,9 @@ def run_feedback_stage(stage: str, run_id: str, sessions: sessionmaker[Session],
     config = dict(config or {})
     evaluation = EvalConfig(**config.pop("eval", {}))
     cfg = stage_config(stage, **config)
-    with sessions.begin() as s:
-        run = s.get(TrainingRun, run_id)
-        if run is None:
-            s.add(TrainingRun(id=run_id, kind=f"feedback-{stage}", status="running",
-                              inputs={"config": cfg.to_dict(), "eval": asdict(evaluation),
-                                      "parent_version": parent_version}))
-        elif run.status == "succeeded":
-            return run.outputs
-        else:
-            run.status, run.error = "running", None
-    try:
-        return _run(stage, run_id, sessions, store, settings, cfg, evaluation, parent_version)
-    except Exception as exc:
-        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
-                outputs={"failed_at": datetime.now(UTC).isoformat()})
-        raise
+    inputs = {"config": cfg.to_dict(), "eval": asdict(evaluation), "parent_version": parent_version}
+    return run_once(sessions, run_id, f"feedback-{stage}", inputs,
+                    lambda: _run(stage, run_id, sessions, store, settings, cfg, evaluation, parent_version))
 
 
 def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
@@ -282,26 +265,19 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
     outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "metrics": all_metrics,
                                "curves_key": plot_key, "start_version": start_version}
     with sessions.begin() as s:
-        parent_row = s.get(ModelVersion, start_id) if start_id is not None else None
-        row = register_candidate(s, EDITOR_KIND, EDITOR_KIND, version, key, all_metrics,
-                                 {"lineage": lineage, "train": cfg.to_dict(), "eval": asdict(evaluation),
-                                  "curves_key": plot_key}, parent_row)
-        if evaluation.review == "people":
-            outputs["review_pairs"] = request_review(
-                s, store, version, served_version, candidate.images, reference.images, [e.prompt for e in held_out],
-                np.stack([e.source for e in held_out]), np.stack([e.mask for e in held_out]))
-        outputs["promoted"] = False
-        if evaluation.auto_promote:  # the registry's gate refuses a candidate with guard failures
-            try:
-                promote(s, EDITOR_KIND, version, loads_editor(store, settings.state_dir / "models"),
-                        tolerance=0.0 if margin is None else FASTER_SCORE_TOLERANCE)
-                outputs["promoted"] = True
-            except PromotionRefused as exc:
-                outputs["refused"] = str(exc)
-        elif guards:
-            outputs["refused"] = "; ".join(guards)
-        run = s.get(TrainingRun, run_id)
-        run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
+        def review_pairs(session: Session) -> None:  # people review: its pairs go out before the gate is asked
+            if evaluation.review == "people":
+                outputs["review_pairs"] = request_review(
+                    session, store, version, served_version, candidate.images, reference.images,
+                    [e.prompt for e in held_out], np.stack([e.source for e in held_out]),
+                    np.stack([e.mask for e in held_out]))
+
+        # the registry's gate refuses a candidate with guard failures
+        register_and_gate(s, run_id, EDITOR_KIND, version, key, all_metrics,
+                          {"lineage": lineage, "train": cfg.to_dict(), "eval": asdict(evaluation),
+                           "curves_key": plot_key}, start_id, outputs,
+                          load_check(EDITOR_KIND, store, settings.state_dir / "models"), evaluation.auto_promote,
+                          review_pairs, tolerance=0.0 if margin is None else FASTER_SCORE_TOLERANCE)
     log.info("run %s feedback-%s: registered %s (success %.3f, served %.3f); %s", run_id[:12], stage, version,
              metrics["success"], reference_metrics["success"],
              "promoted" if outputs["promoted"] else f"not promoted: {outputs.get('refused', 'auto_promote off')}")
@@ -327,11 +303,3 @@ def review_metrics(review: Review | None, state: FeedbackState, margin: float | 
         out["selected_step"] = state.selection.step
         out["selection_scores"] = {str(k): v for k, v in state.selection.scores.items()}
     return out
-
-
-def loads_editor(store: BlobStore, cache: Path):
-    """A check for `promote`: the version unpacks and loads as an inpainting pipeline."""
-    def check(row) -> None:
-        load_pipeline(fetch_model_dir(store, row.checkpoint_key, cache), "inpaint", device="cpu", dtype="fp32")
-
-    return check

@@ -79,3 +79,57 @@ def train_aesthetic(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast,
     batches = endless_batches(train, batch_size, cache, cfg.seed, mirror)
     return train_loop(model, batches, loss_fn, lambda m: pairwise_accuracy(m, tokenizer, held_out, cache), cfg,
                       run_dir, progress)
+
+
+# ---- the aesthetic kind's trainer (trainers/reward/kinds.py): the best/worst labels in the database ----
+
+def _data(sessions, store, settings, cfg) -> dict:
+    import hashlib
+    import json
+
+    from trainers.reward.data import preference_pairs
+
+    with sessions() as s:
+        pairs = preference_pairs(s, store, min_labels=cfg.min_labels)
+    return {"train": pairs.train, "eval": pairs.eval, "cache": ImageCache(store),
+            "lineage": {"labels": len(pairs.label_ids), "label_ids_sha256": hashlib.sha256(
+                json.dumps(pairs.label_ids).encode()).hexdigest(), "max_label_id": max(pairs.label_ids),
+                "train_pairs": len(pairs.train), "eval_pairs": len(pairs.eval), "skipped": pairs.skipped}}
+
+
+def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
+    return train_aesthetic(model, tokenizer, data["train"], data["eval"], data["cache"], cfg.loop(), run_dir,
+                           cfg.batch_size, progress, mirror=cfg.mirror)
+
+
+def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:
+    acc = pairwise_accuracy(model, tokenizer, data["eval"], data["cache"])
+    return acc, {"pairwise_accuracy": acc,
+                 "calibration_error": calibration_error(model, tokenizer, data["eval"], data["cache"])}
+
+
+def _floor(score: float, data: dict, model) -> tuple[int, int, str]:
+    """A set's pairs share one label, so held-out candidate sets are the independent units (a set counts as right
+    in the proportion of its pairs, rounded over all sets)."""
+    units = len({p.set_id for p in data["eval"]})
+    return (int(round(score * units)) if score == score else 0), units, "held-out candidate sets"
+
+
+def _held_out(model, tokenizer, sessions, store, settings, n: int | None) -> tuple[str, dict]:
+    from trainers.evaluation.rewards import labelled_accuracy
+
+    metrics = labelled_accuracy(sessions, store, model, tokenizer)
+    return "labelled held-out pairs", {**metrics, "accuracy": metrics.get("labelled_accuracy")}
+
+
+def _attach(data: dict, store) -> dict:
+    return {**data, "cache": ImageCache(store)}
+
+
+def _register() -> None:
+    from trainers.reward.kinds import KindTrainer, register_trainer
+
+    register_trainer(KindTrainer("aesthetic", _data, _train, _evaluate, _floor, _held_out, _attach))
+
+
+_register()

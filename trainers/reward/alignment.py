@@ -119,3 +119,44 @@ def train_alignment(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast,
 
     return train_loop(model, shuffled_batches(train, batch_size, cfg.seed), loss_fn,
                       lambda m: accuracy_by_attribute(m, tokenizer, held_out)["all"], cfg, run_dir, progress)
+
+
+# ---- the alignment kind's trainer (trainers/reward/kinds.py): generated world examples, no labels needed ----
+
+def _data(sessions, store, settings, cfg) -> dict:
+    fraction = cfg.alignment_instructions
+    return {"train": mixed_examples(cfg.alignment_train, cfg.seed, fraction),
+            "eval": mixed_examples(cfg.alignment_eval, 10_000 + cfg.seed, fraction),
+            "lineage": {"source": "world captions with one-attribute hard negatives, and edit instructions "
+                                  "against another instruction of the same kind",
+                        "train_examples": cfg.alignment_train, "instruction_fraction": fraction, "seed": cfg.seed}}
+
+
+def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
+    return train_alignment(model, tokenizer, data["train"], data["eval"], cfg.loop(), run_dir, cfg.batch_size,
+                           progress)
+
+
+def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:
+    by_attr = accuracy_by_attribute(model, tokenizer, data["eval"])
+    return by_attr["all"], {f"accuracy_{k}": v for k, v in by_attr.items()}
+
+
+def _floor(score: float, data: dict, model) -> tuple[int, int, str]:
+    units = len(data["eval"])
+    return (int(round(score * units)) if score == score else 0), units, "held-out examples"
+
+
+def _held_out(model, tokenizer, sessions, store, settings, n: int | None) -> tuple[str, dict]:
+    from trainers.evaluation.rewards import ALIGNMENT_SEED, alignment_accuracy
+
+    return f"world-alignment-{ALIGNMENT_SEED}", alignment_accuracy(model, tokenizer, n or 400)
+
+
+def _register() -> None:
+    from trainers.reward.kinds import KindTrainer, register_trainer
+
+    register_trainer(KindTrainer("alignment", _data, _train, _evaluate, _floor, _held_out))
+
+
+_register()

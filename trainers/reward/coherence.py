@@ -111,3 +111,45 @@ def train_coherence(model: CoherenceReward, train: list[CoherenceExample], held_
 
     batches = shuffled_batches(train, batch_size, cfg.seed)
     return train_loop(model, batches, loss_fn, lambda m: pixel_auc(m, held_out), cfg, run_dir, progress)
+
+
+# ---- the coherence kind's trainer (trainers/reward/kinds.py): composites inpainted by the served editor ----
+
+def _data(sessions, store, settings, cfg) -> dict:
+    from editloop.models.zoo import load_pipeline
+
+    pipe = load_pipeline(settings.editor_model, "inpaint", device=settings.device)
+    return {"train": coherence_examples(pipe, cfg.coherence_train, cfg.seed, cfg.coherence_steps),
+            "eval": coherence_examples(pipe, cfg.coherence_eval, 10_000 + cfg.seed, cfg.coherence_steps),
+            "lineage": {"source": f"inpainted composites by {settings.editor_model.name}",
+                        "train_examples": cfg.coherence_train, "seed": cfg.seed}}
+
+
+def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
+    return train_coherence(model, data["train"], data["eval"], cfg.loop(), run_dir, min(cfg.batch_size, 32),
+                           progress)
+
+
+def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:
+    value = pixel_auc(model, data["eval"])
+    return value, {"pixel_auc": value}
+
+
+def _floor(score: float, data: dict, model) -> tuple[int, int, str]:
+    wins, units = example_wins(model, data["eval"])
+    return wins, units, "held-out composites (pixel AUC above 0.5)"
+
+
+def _held_out(model, tokenizer, sessions, store, settings, n: int | None) -> tuple[str, dict]:
+    from trainers.evaluation.rewards import ALIGNMENT_SEED, coherence_auc
+
+    return f"world-coherence-{ALIGNMENT_SEED}", coherence_auc(model, settings.editor_model, n or 32, 20)
+
+
+def _register() -> None:
+    from trainers.reward.kinds import KindTrainer, register_trainer
+
+    register_trainer(KindTrainer("coherence", _data, _train, _evaluate, _floor, _held_out))
+
+
+_register()

@@ -21,7 +21,7 @@ from editloop.registry import fetch_model_dir
 from editloop.settings import Settings
 from editloop.store.base import open_store
 from trainers.distributed import init_from_env, is_main, world, write_result
-from trainers.reward.data import ImageCache
+from trainers.reward.kinds import kind_trainer
 from trainers.reward.run import JOB_DATA, RewardTrainConfig, _start_model, _train, run_progress
 from trainers.runs import logged
 
@@ -36,8 +36,9 @@ def main(argv: list[str]) -> None:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     store = open_store(settings)
     data = torch.load(settings.state_dir / "runs" / run_id / JOB_DATA, weights_only=False)
-    if kind == "aesthetic":
-        data["cache"] = ImageCache(store)
+    attach = kind_trainer(kind).attach
+    if attach is not None:  # what the worker could not pickle (the aesthetic kind's image cache)
+        data = attach(data, store)
     parent_dir = fetch_model_dir(store, parent_key, settings.state_dir / "models") if parent_key else None
     model, tokenizer = _start_model(kind, parent_dir, cfg)
     run_dir = settings.state_dir / "runs" / run_id

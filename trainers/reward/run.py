@@ -8,31 +8,28 @@ candidate's version is derived from the run id, so a re-run never registers a se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import ModelVersion, TrainingRun
-from editloop.models.reward import REWARD_KINDS, load_reward, save_reward, tiny_reward
+from editloop.models.reward import load_reward, save_reward, tiny_reward
+from editloop.models.reward_kinds import is_coherence
 from editloop.registry import (
-    PromotionRefused,
     fetch_model_dir,
-    promote,
+    load_check,
     promoted,
-    register_candidate,
     store_model_dir,
 )
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
+from trainers.reward.kinds import kind_trainer
 from trainers.reward.loop import LoopConfig
-from trainers.runs import logged, update_run
+from trainers.runs import logged, register_and_gate, run_once, update_run
 
 log = logging.getLogger(__name__)
 JOB_DATA = "job-data.pt"  # a distributed run's data, as the worker built it, for the job's processes
@@ -73,7 +70,7 @@ def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):
     if parent_dir is not None and cfg.warm_start:
         _, model, tokenizer = load_reward(parent_dir, kind)
         return model.train(), tokenizer
-    if cfg.backbone and kind != "coherence":
+    if cfg.backbone and not is_coherence(kind):
         import torch
         from transformers import AutoTokenizer
 
@@ -82,96 +79,33 @@ def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):
         torch.manual_seed(cfg.seed)
         model = PreferenceReward.from_clip(cfg.backbone)
         return model.train(), AutoTokenizer.from_pretrained(cfg.backbone, local_files_only=True)
-    return tiny_reward(kind, cfg.seed).train(), (None if kind == "coherence" else build_tokenizer())
+    return tiny_reward(kind, cfg.seed).train(), (None if is_coherence(kind) else build_tokenizer())
 
 
 def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:
-    """(the score the gate compares, every held-out metric)."""
-    if kind == "aesthetic":
-        from trainers.reward.aesthetic import calibration_error, pairwise_accuracy
-
-        acc = pairwise_accuracy(model, tokenizer, data["eval"], data["cache"])
-        return acc, {"pairwise_accuracy": acc,
-                     "calibration_error": calibration_error(model, tokenizer, data["eval"], data["cache"])}
-    if kind == "alignment":
-        from trainers.reward.alignment import accuracy_by_attribute
-
-        by_attr = accuracy_by_attribute(model, tokenizer, data["eval"])
-        return by_attr["all"], {f"accuracy_{k}": v for k, v in by_attr.items()}
-    from trainers.reward.coherence import pixel_auc
-
-    value = pixel_auc(model, data["eval"])
-    return value, {"pixel_auc": value}
+    """(the score the gate compares, every held-out metric): the kind's own evaluation (trainers/reward/kinds.py)."""
+    return kind_trainer(kind).evaluate(model, tokenizer, data)
 
 
 def chance_floor(kind: str, accuracy: float, data: dict, model=None) -> dict[str, Any]:
-    """How surely the held-out score beats chance: a one-sided exact sign test over independent units, the
-    held-out candidate sets for the aesthetic reward (its pairs share labels, so sets are the units; a set counts
-    as right in the proportion of its pairs, rounded over all sets), the held-out examples for the alignment
-    reward, and for coherence the held-out composites whose own pixel AUC is above 0.5. The registry's gate
-    refuses a version whose p-value is not below EDITLOOP_PROMOTION_FLOOR_ALPHA (editloop.registry.floor_failure)."""
+    """How surely the held-out score beats chance: a one-sided exact sign test over the kind's independent held-out
+    units (its trainer's `floor`: the held-out candidate sets for the aesthetic reward, whose pairs share labels; the
+    held-out examples for the alignment reward; for coherence the held-out composites whose own pixel AUC is above
+    0.5). The registry's gate refuses a version whose p-value is not below EDITLOOP_PROMOTION_FLOOR_ALPHA
+    (editloop.registry.floor_failure)."""
     from editloop.labels.stats import sign_test_p
 
-    if kind == "coherence":
-        from trainers.reward.coherence import example_wins
-
-        wins, units = example_wins(model, data["eval"])
-        name = "held-out composites (pixel AUC above 0.5)"
-    else:
-        if kind == "aesthetic":
-            units, name = len({p.set_id for p in data["eval"]}), "held-out candidate sets"
-        else:
-            units, name = len(data["eval"]), "held-out examples"
-        wins = int(round(accuracy * units)) if accuracy == accuracy else 0
+    wins, units, name = kind_trainer(kind).floor(accuracy, data, model)
     return {"units": units, "unit": name, "wins": wins, "p_value": sign_test_p(wins, units - wins)}
 
 
 def _data(kind: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
           cfg: RewardTrainConfig) -> dict:
-    if kind == "aesthetic":
-        from trainers.reward.data import ImageCache, preference_pairs
-
-        with sessions() as s:
-            pairs = preference_pairs(s, store, min_labels=cfg.min_labels)
-        return {"train": pairs.train, "eval": pairs.eval, "cache": ImageCache(store),
-                "lineage": {"labels": len(pairs.label_ids), "label_ids_sha256": hashlib.sha256(
-                    json.dumps(pairs.label_ids).encode()).hexdigest(), "max_label_id": max(pairs.label_ids),
-                    "train_pairs": len(pairs.train), "eval_pairs": len(pairs.eval), "skipped": pairs.skipped}}
-    if kind == "alignment":
-        from trainers.reward.alignment import mixed_examples
-
-        fraction = cfg.alignment_instructions
-        return {"train": mixed_examples(cfg.alignment_train, cfg.seed, fraction),
-                "eval": mixed_examples(cfg.alignment_eval, 10_000 + cfg.seed, fraction),
-                "lineage": {"source": "world captions with one-attribute hard negatives, and edit instructions "
-                                      "against another instruction of the same kind",
-                            "train_examples": cfg.alignment_train, "instruction_fraction": fraction,
-                            "seed": cfg.seed}}
-    from editloop.models.zoo import load_pipeline
-    from trainers.reward.coherence import coherence_examples
-
-    pipe = load_pipeline(settings.editor_model, "inpaint", device=settings.device)
-    return {"train": coherence_examples(pipe, cfg.coherence_train, cfg.seed, cfg.coherence_steps),
-            "eval": coherence_examples(pipe, cfg.coherence_eval, 10_000 + cfg.seed, cfg.coherence_steps),
-            "lineage": {"source": f"inpainted composites by {settings.editor_model.name}",
-                        "train_examples": cfg.coherence_train, "seed": cfg.seed}}
+    return kind_trainer(kind).data(sessions, store, settings, cfg)
 
 
 def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_dir: Path, progress):
-    if kind == "aesthetic":
-        from trainers.reward.aesthetic import train_aesthetic
-
-        return train_aesthetic(model, tokenizer, data["train"], data["eval"], data["cache"], cfg.loop(), run_dir,
-                               cfg.batch_size, progress, mirror=cfg.mirror)
-    if kind == "alignment":
-        from trainers.reward.alignment import train_alignment
-
-        return train_alignment(model, tokenizer, data["train"], data["eval"], cfg.loop(), run_dir, cfg.batch_size,
-                               progress)
-    from trainers.reward.coherence import train_coherence
-
-    return train_coherence(model, data["train"], data["eval"], cfg.loop(), run_dir, min(cfg.batch_size, 32),
-                           progress)
+    return kind_trainer(kind).train(model, tokenizer, data, cfg, run_dir, progress)
 
 
 def run_progress(sessions: sessionmaker[Session], run_id: str):
@@ -203,81 +137,55 @@ def _train_distributed(kind: str, run_id: str, cfg: RewardTrainConfig, settings:
     return best_model(model, run_dir), LoopResult(**json.loads((run_dir / "result.json").read_text()))
 
 
-def loads(store: BlobStore, cache: Path, kind: str):
-    """A check for `promote`: the version's checkpoint unpacks and loads as a `kind` reward model."""
-    def check(row) -> None:
-        load_reward(fetch_model_dir(store, row.checkpoint_key, cache), kind)
-
-    return check
-
-
 def train_reward(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
                  cfg: RewardTrainConfig | None = None) -> dict[str, Any]:
     """Train (or resume) run `run_id` of a `kind` reward model; returns its outputs (also on the run row)."""
-    if kind not in REWARD_KINDS:
-        raise ValueError(f"`kind` must be one of {list(REWARD_KINDS)}, got {kind!r}")
+    kind_trainer(kind)  # an unknown kind is refused before the run's row is written
     cfg = cfg or RewardTrainConfig()
+    return run_once(sessions, run_id, f"reward-{kind}", {"config": asdict(cfg)},
+                    lambda: _run(kind, run_id, sessions, store, settings, cfg))
+
+
+def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+         cfg: RewardTrainConfig) -> dict[str, Any]:
     cache = settings.state_dir / "models"
-    with sessions.begin() as s:
-        run = s.get(TrainingRun, run_id)
-        if run is None:
-            s.add(TrainingRun(id=run_id, kind=f"reward-{kind}", status="running", inputs={"config": asdict(cfg)}))
-        elif run.status == "succeeded":
-            return run.outputs
-        else:
-            run.status, run.error = "running", None
+    with sessions() as s:
         parent = promoted(s, kind)
         parent_info = (parent.id, parent.version, parent.checkpoint_key) if parent else None
-    try:
-        data = _data(kind, sessions, store, settings, cfg)
-        parent_dir = fetch_model_dir(store, parent_info[2], cache) if parent_info else None
-        model, tokenizer = _start_model(kind, parent_dir, cfg)
-        parent_score = None
-        if parent_dir is not None:
-            _, parent_model, parent_tok = load_reward(parent_dir, kind)
-            parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
+    data = _data(kind, sessions, store, settings, cfg)
+    parent_dir = fetch_model_dir(store, parent_info[2], cache) if parent_info else None
+    model, tokenizer = _start_model(kind, parent_dir, cfg)
+    parent_score = None
+    if parent_dir is not None:
+        _, parent_model, parent_tok = load_reward(parent_dir, kind)
+        parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
 
-        run_dir = settings.state_dir / "runs" / run_id
-        log.info("run %s reward-%s: %d training and %d held-out examples, starting from %s, %d steps%s", run_id[:12],
-                 kind, len(data["train"]), len(data["eval"]), parent_info[1] if parent_info else "scratch", cfg.steps,
-                 f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
-        if settings.train_procs > 1:
-            best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir, data)
-        else:
-            best, result = _train(kind, model, tokenizer, data, cfg, run_dir,
-                                  logged(run_progress(sessions, run_id), run_id, f"reward-{kind}",
-                                         run_dir=run_dir))
-        score, metrics = _evaluate(kind, best, tokenizer, data)
-        version = f"{kind}-{run_id[:12]}"
-        with tempfile.TemporaryDirectory() as tmp:
-            save_reward(best, kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id},
-                        tokenizer=tokenizer)
-            key = store_model_dir(store, Path(tmp))
-        metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
-                       steps_done=result.steps_done, stopped_early=result.stopped_early)
-        metrics["floor"] = chance_floor(kind, score, data, best)
-        outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
-        with sessions.begin() as s:
-            parent_row = s.get(ModelVersion, parent_info[0]) if parent_info else None  # the one compared with
-            row = register_candidate(s, kind, kind, version, key, metrics,
-                                     {"lineage": data["lineage"], "run_id": run_id, "train": asdict(cfg),
-                                      "parent_version": parent_info[1] if parent_info else None},
-                                     parent_row)
-            if cfg.auto_promote:
-                try:
-                    promote(s, kind, version, loads(store, cache, kind), cfg.tolerance,
-                            floor_alpha=settings.promotion_floor_alpha)
-                    outputs["promoted"] = True
-                except PromotionRefused as exc:
-                    outputs["promoted"], outputs["refused"] = False, str(exc)
-            run = s.get(TrainingRun, run_id)
-            run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
-        log.info("run %s reward-%s: registered %s (held-out %.4f, parent %s); %s", run_id[:12], kind, version, score,
-                 "none" if parent_score is None else f"{parent_score:.4f}",
-                 "promoted" if outputs.get("promoted") else
-                 f"not promoted: {outputs.get('refused', 'auto_promote off')}")
-        return outputs
-    except Exception as exc:
-        update_run(sessions, run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
-                outputs={"failed_at": datetime.now(UTC).isoformat()})
-        raise
+    run_dir = settings.state_dir / "runs" / run_id
+    log.info("run %s reward-%s: %d training and %d held-out examples, starting from %s, %d steps%s", run_id[:12],
+             kind, len(data["train"]), len(data["eval"]), parent_info[1] if parent_info else "scratch", cfg.steps,
+             f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
+    if settings.train_procs > 1:
+        best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir, data)
+    else:
+        best, result = _train(kind, model, tokenizer, data, cfg, run_dir,
+                              logged(run_progress(sessions, run_id), run_id, f"reward-{kind}", run_dir=run_dir))
+    score, metrics = _evaluate(kind, best, tokenizer, data)
+    version = f"{kind}-{run_id[:12]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        save_reward(best, kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id},
+                    tokenizer=tokenizer)
+        key = store_model_dir(store, Path(tmp))
+    metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
+                   steps_done=result.steps_done, stopped_early=result.stopped_early)
+    metrics["floor"] = chance_floor(kind, score, data, best)
+    outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
+    with sessions.begin() as s:  # the parent is the version it was compared with
+        register_and_gate(s, run_id, kind, version, key, metrics,
+                          {"lineage": data["lineage"], "run_id": run_id, "train": asdict(cfg),
+                           "parent_version": parent_info[1] if parent_info else None},
+                          parent_info[0] if parent_info else None, outputs, load_check(kind, store, cache),
+                          cfg.auto_promote, tolerance=cfg.tolerance, floor_alpha=settings.promotion_floor_alpha)
+    log.info("run %s reward-%s: registered %s (held-out %.4f, parent %s); %s", run_id[:12], kind, version, score,
+             "none" if parent_score is None else f"{parent_score:.4f}",
+             "promoted" if outputs.get("promoted") else f"not promoted: {outputs.get('refused', 'auto_promote off')}")
+    return outputs
