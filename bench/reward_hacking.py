@@ -14,7 +14,8 @@ reports, against the world's default utility (the simulated annotators' taste, n
 
     .venv/bin/python bench/reward_hacking.py --aesthetic DIR --alignment DIR      # ~10 CPU-minutes
 
-Writes bench/results/reward_hacking.json and prints a markdown table.
+Writes bench/results/reward_hacking.json and prints a markdown table. For versions in the registry,
+`editloop eval reward-drift REWARD --editor EDITOR` measures the same agreement on an editor's own samples.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The Celery app with a real worker process on Redis, RabbitMQ and the embedded SQL broker."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -90,6 +91,36 @@ def test_bad_spec_fails_the_task_with_the_field_named(worker):
     r = app.send_task("editloop.gpu.generate_candidates", args=[dict(prompt="a red circle", n=1)])
     with pytest.raises(ValueError, match="`n` must be in 2..16"):
         r.get(timeout=120)
+    # a message no editloop sender would build (another client, an old sender): refused by the worker's payload
+    # check before any run row or model, with the field named
+    r = app.send_task("editloop.gpu.train_reward", args=["aesthetic", "../etc", None])
+    with pytest.raises(ValueError, match=r"train_reward: `run_id` must be 1..32 letters"):
+        r.get(timeout=120)
+    with make_sessionmaker(make_engine(settings.resolved_database_url()))() as s:
+        from editloop.db import TrainingRun
+
+        assert s.scalars(select(TrainingRun)).all() == []
+
+
+def test_payloads_are_checked_where_they_are_built():
+    from editloop import queue
+
+    assert queue.TrainReward("alignment", "a" * 32, {"steps": 3}).args() == ["alignment", "a" * 32, {"steps": 3}]
+    link = queue.FeedbackStage("pefl", "r1", {"steps": 2})
+    assert link.args() == [None, "pefl", "r1", {"steps": 2}] and link.args(first=False) == ["pefl", "r1", {"steps": 2}]
+    assert queue.AlignRound("r2", None, {"version": "align-r1-x"}).args()[0] == {"version": "align-r1-x"}
+    bad = [(lambda: queue.TrainReward("beauty", "r1"), "`kind` must be one of ['aesthetic', 'alignment', 'coherence'"),
+           (lambda: queue.TrainReward("aesthetic", "x" * 33), "`run_id` must be 1..32"),
+           (lambda: queue.TrainReward("aesthetic", "r1", ["steps", 3]), "`config` must be a JSON object"),
+           (lambda: queue.TrainReward("aesthetic", "r1", {"lr": float("nan")}), "JSON-serialisable with finite"),
+           (lambda: queue.FeedbackStage("PeFL!", "r1"), "`stage` must be a stage name"),
+           (lambda: queue.AlignRound("r1", None, {"version": 3}), "`previous` must be null or"),
+           (lambda: queue.MakeLabelSets(""), "`run_id` must be"),
+           (lambda: queue.GenerateCandidateSets([]), "`specs` must be a list of 1..10000"),
+           (lambda: queue.GenerateCandidateSets(["a red circle"]), "`specs[0]` must be an object")]
+    for build, message in bad:
+        with pytest.raises(queue.PayloadError, match=re.escape(message)):
+            build()
 
 
 @pytest.mark.parametrize("worker", ["redis"], indirect=True)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from editloop import queue
 from editloop.db.models import TrainingRun
+from editloop.queue import AlignRound, FeedbackStage
 
 FEEDBACK_TASK = queue.FEEDBACK_STAGE
 ALIGN_TASK = queue.ALIGN_ROUND
@@ -27,9 +28,9 @@ def add_feedback_rows(session: Session, stages: list[str], config: dict[str, Any
 
 
 def send_feedback_chain(app: Celery, stages: list[str], run_ids: list[str], config: dict[str, Any]) -> None:
-    sigs = [app.signature(FEEDBACK_TASK, args=[None, stages[0], run_ids[0], config], task_id=run_ids[0])]
-    sigs += [app.signature(FEEDBACK_TASK, args=[stage, run_id, config], task_id=run_id)
-             for stage, run_id in zip(stages[1:], run_ids[1:])]  # each gets the stage before's result first
+    links = [FeedbackStage(stage, run_id, config) for stage, run_id in zip(stages, run_ids)]
+    sigs = [app.signature(FEEDBACK_TASK, args=link.args(first=i == 0), task_id=link.run_id)
+            for i, link in enumerate(links)]  # each after the first gets the stage before's result first
     chain(*sigs).apply_async()
 
 
@@ -53,7 +54,7 @@ def add_align_rows(session: Session, rounds: int, config: dict[str, Any], reason
 def send_align_chain(app: Celery, run_ids: list[str], config: dict[str, Any], start_version: str | None = None
                      ) -> None:
     first = {"version": start_version} if start_version else None
-    sigs = [app.signature(ALIGN_TASK, args=[first, run_ids[0], config], task_id=run_ids[0])]
-    sigs += [app.signature(ALIGN_TASK, args=[run_id, config], task_id=run_id)
-             for run_id in run_ids[1:]]  # each gets the round before's result first
+    links = [AlignRound(run_id, config, first if i == 0 else None) for i, run_id in enumerate(run_ids)]
+    sigs = [app.signature(ALIGN_TASK, args=link.args(first=i == 0), task_id=link.run_id)
+            for i, link in enumerate(links)]  # each after the first gets the round before's result first
     chain(*sigs).apply_async()

@@ -90,7 +90,8 @@ SETS_PER_TASK = 8  # one task makes this many sets: one message and one model lo
 def enqueue_edit_sets(app: Celery, specs: list[dict]) -> list[tuple[AsyncResult, int]]:
     """The sets in tasks of SETS_PER_TASK; (task result, sets in it) per task."""
     chunks = [specs[i:i + SETS_PER_TASK] for i in range(0, len(specs), SETS_PER_TASK)]
-    return [(app.send_task(queue.GENERATE_CANDIDATE_SETS, args=[chunk]), len(chunk)) for chunk in chunks]
+    payloads = [queue.GenerateCandidateSets(chunk) for chunk in chunks]
+    return [(app.send_task(p.task, args=p.args()), len(p.specs)) for p in payloads]
 
 
 def wait_for_sets(results: list[tuple[AsyncResult, int]], timeout_s: float, progress: Callable[[int], object]

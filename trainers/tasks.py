@@ -39,6 +39,7 @@ def generate_candidates(spec: dict[str, Any]) -> dict[str, Any]:
 def generate_candidate_sets(self, specs: list[dict[str, Any]]) -> list[int]:
     """Many candidate sets in one task (one model load, one message): each set is committed as it is made, so a
     redelivered task skips the sets already made (by idempotency key); reports PROGRESS {done, total}."""
+    queue.GenerateCandidateSets(specs)  # a malformed message fails here, before any model loads
     settings, sessions, store = worker_context()
     ids = []
     for i, spec in enumerate(specs):
@@ -91,7 +92,7 @@ def check_loop_task(source: str = "schedule") -> dict[str, Any]:
     decision = check_loop(sessions, settings, add_feedback_rows,
                           lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), source)
     labels = check_label_sets(sessions, settings, lambda run_id: app.send_task(
-        queue.MAKE_LABEL_SETS, args=[run_id], task_id=run_id), source)
+        queue.MAKE_LABEL_SETS, args=queue.MakeLabelSets(run_id).args(), task_id=run_id), source)
     align = check_align(sessions, settings, lambda ids, config, start: send_align_chain(app, ids, config, start),
                         source)
     return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids),
@@ -106,6 +107,7 @@ def make_label_sets_task(self, run_id: str) -> dict[str, Any]:
     from annotation.push import push_to_label_studio
     from trainers.label_rounds import make_label_sets
 
+    queue.MakeLabelSets(run_id)
     settings, sessions, store = worker_context()
 
     def progress(done: int, total: int) -> None:
@@ -126,6 +128,7 @@ def train_reward_task(kind: str, run_id: str, config: dict[str, Any] | None = No
     """Train (or resume, after a lost worker) reward run `run_id`; registers and gates a candidate version."""
     from trainers.reward.run import RewardTrainConfig, train_reward
 
+    queue.TrainReward(kind, run_id, config)
     settings, sessions, store = worker_context()
     with beating(run_id):
         outputs = train_reward(kind, run_id, sessions, store, settings, RewardTrainConfig(**(config or {})))
@@ -141,6 +144,7 @@ def feedback_stage_task(previous: dict[str, Any] | None, stage: str, run_id: str
     version is where this stage starts."""
     from trainers.feedback.run import run_feedback_stage
 
+    queue.FeedbackStage(stage, run_id, config, previous)
     settings, sessions, store = worker_context()
     parent = previous.get("version") if previous else None
     try:
@@ -202,6 +206,7 @@ def align_round_task(previous: dict[str, Any] | None, run_id: str, config: dict[
     its editor version is where this round starts (it regenerates the pairs)."""
     from trainers.align.run import run_align_round
 
+    queue.AlignRound(run_id, config, previous)
     settings, sessions, store = worker_context()
     parent = previous.get("version") if previous else None
     try:

@@ -233,7 +233,8 @@ def candidate_sets(settings, scenes, args) -> list[dict]:
     app = make_celery(settings)
     specs = [dict(prompt=s.caption, n=args.candidates, steps=args.steps, seed=args.seed + i,
                   idempotency_key=f"demo-{args.seed}-{i}-{args.candidates}-{args.steps}") for i, s in enumerate(scenes)]
-    result = app.send_task(queue.GENERATE_CANDIDATE_SETS, args=[specs])  # one task, one model load
+    payload = queue.GenerateCandidateSets(specs)
+    result = app.send_task(payload.task, args=payload.args())  # one task, one model load
     ids = follow_task(result, "   candidate sets", len(specs))
     store = open_store(settings)
     sets = []

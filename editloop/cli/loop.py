@@ -113,7 +113,7 @@ def _check(args: argparse.Namespace) -> int:
     print(("started: " if decision.start else "nothing started: ") + decision.reason
           + (f" (runs {', '.join(i[:12] for i in decision.run_ids)})" if decision.run_ids else ""))
     labels = check_label_sets(open_sessions(settings), settings, lambda run_id: app.send_task(
-        queue.MAKE_LABEL_SETS, args=[run_id], task_id=run_id), "by hand")
+        queue.MAKE_LABEL_SETS, args=queue.MakeLabelSets(run_id).args(), task_id=run_id), "by hand")
     print(("label sets started: " if labels.start else "no label sets started: ") + labels.reason
           + (f" (run {labels.run_id[:12]})" if labels.run_id else ""))
     align = check_align(open_sessions(settings), settings,

@@ -131,12 +131,11 @@ def enqueue_reward_run(settings: Settings, kind: str, config: dict, reason: str)
     from editloop.state import open_sessions
     from trainers.celery_app import make_celery
 
-    run_id = uuid.uuid4().hex
+    payload = queue.TrainReward(kind, uuid.uuid4().hex, config)  # refused here, before a row or a message
     with open_sessions(settings).begin() as s:
-        s.add(TrainingRun(id=run_id, kind=f"reward-{kind}", status="queued",
+        s.add(TrainingRun(id=payload.run_id, kind=f"reward-{kind}", status="queued",
                           inputs={"config": config, "trigger": reason}))
-    result = make_celery(settings).send_task(queue.TRAIN_REWARD, args=[kind, run_id, config],
-                                             task_id=run_id)
+    result = make_celery(settings).send_task(payload.task, args=payload.args(), task_id=payload.run_id)
     return result.id
 
 

@@ -21,7 +21,7 @@ from editloop.models.instruct import load_instruct_editor
 from editloop.models.instruct_sampling import edit_images
 from editloop.world import judge, render, sample_scene
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def main() -> None:

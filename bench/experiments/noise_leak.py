@@ -26,7 +26,7 @@ from editloop.models.data import to_tensor
 from editloop.world import render, sample_scene
 from editloop.world.palette import POSITIONS
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 SCHEDULES = {
     "scaled_linear 0.00085-0.012 (Stable Diffusion; the base models)":
         dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),

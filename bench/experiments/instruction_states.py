@@ -26,8 +26,8 @@ from editloop.models.pipeline_io import encode_texts
 from editloop.models.tokenizer import build_tokenizer
 from editloop.world.palette import COLORS, SHAPES
 
-RESULTS = Path(__file__).resolve().parent / "results"
-BASE = Path(__file__).resolve().parents[1] / "editloop" / "weights" / "base" / "t2i"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+BASE = Path(__file__).resolve().parents[2] / "editloop" / "weights" / "base" / "t2i"
 # (row name, trained word?, two grammatical sentences one word apart; {o} is "red circle", {c2} {c3} others)
 SWAPS = (
     ("instruction: larger / smaller", False, "make the {o} larger", "make the {o} smaller"),

@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=144, help="held-out examples (a third each task)")
     parser.add_argument("--seed", type=int, default=950_000)
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 20])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "step_spacing.json")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "results" / "step_spacing.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = args.model or base_model_dir("inpaint")
