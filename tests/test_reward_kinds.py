@@ -38,6 +38,16 @@ def test_the_built_in_kinds_and_clear_refusals():
         kind_trainer("sharpness")  # not registered outside the test that adds it
 
 
+def test_every_feedback_method_is_a_registered_stage():
+    from trainers.feedback.loop import METHODS
+    from trainers.feedback.progressive import STAGE_PRESETS, stage_config
+
+    assert set(STAGE_PRESETS) == set(METHODS)
+    assert stage_config("progressive").schedule.steps == 8 and stage_config("grpo").grpo is not None
+    with pytest.raises(ValueError, match="`stage` must be one of"):
+        stage_config("distill")
+
+
 def test_a_fourth_kind_in_one_file_trains_registers_serves_and_evaluates(toy_kind, tmp_path, postgres_url,
                                                                          monkeypatch, capsys):
     import asyncio

@@ -10,28 +10,37 @@ The stage presets live here too: which rewards, which schedule, whether the cohe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from trainers.feedback.adversarial import AdversarialConfig
 from trainers.feedback.grpo import GrpoConfig
-from trainers.feedback.loop import METHODS, FeedbackConfig
+from trainers.feedback.loop import FeedbackConfig
 from trainers.feedback.pefl import PeflSchedule
 
 PHASE_1 = PeflSchedule(20, 15, 10)
 PHASE_2 = PeflSchedule(8, 6, 3)
 
 
+# The training stages, looked up by name: each one's preset (FeedbackConfig fields; a run's overrides apply on top).
+# A feedback-lifecycle run trains one of them (trainers/feedback/run.py); the step it takes is PeFL's (pefl,
+# adversarial, progressive), Diffusion-DPO's (dpo.py) or GRPO's (grpo.py).
+STAGE_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
+    "pefl": lambda: {"schedule": PHASE_1},
+    "adversarial": lambda: {"schedule": PHASE_1, "adversarial": AdversarialConfig()},
+    # 8 steps from t = 999, not t = 876 (bench/experiments/step_spacing.py, BENCHMARKS.md)
+    "progressive": lambda: {"schedule": PHASE_2, "timestep_spacing": "trailing", "adversarial": AdversarialConfig()},
+    "dpo": lambda: {"schedule": PHASE_1},
+    # trained on the aesthetic reward (and coherence); alignment held out as the guard
+    "grpo": lambda: {"schedule": PHASE_1, "grpo": GrpoConfig(), "reward_weights": {"aesthetic": 1.0}},
+}
+
+
 def stage_config(stage: str, **overrides: Any) -> FeedbackConfig:
     """The preset of `stage` with `overrides` (plain values, e.g. steps=50) applied."""
-    if stage not in METHODS:
-        raise ValueError(f"`stage` must be one of {list(METHODS)}, got {stage!r}")
-    preset: dict[str, Any] = {"stage": stage, "schedule": PHASE_2 if stage == "progressive" else PHASE_1}
-    if stage == "progressive":  # 8 steps from t = 999, not t = 876 (bench/step_spacing.py, BENCHMARKS.md)
-        preset["timestep_spacing"] = "trailing"
-    if stage in ("adversarial", "progressive"):
-        preset["adversarial"] = AdversarialConfig()
-    if stage == "grpo":  # trained on the aesthetic reward (and coherence); alignment held out as the guard
-        preset.update(grpo=GrpoConfig(), reward_weights={"aesthetic": 1.0})
+    if stage not in STAGE_PRESETS:
+        raise ValueError(f"`stage` must be one of {list(STAGE_PRESETS)}, got {stage!r}")
+    preset: dict[str, Any] = {"stage": stage, **STAGE_PRESETS[stage]()}
     data = FeedbackConfig(**preset).to_dict()
     for key, value in overrides.items():
         if key not in data:
