@@ -23,6 +23,12 @@ from trainers.reward.run import RewardTrainConfig, _start_model, train_reward
 # (aesthetic, 24 steps of 16): the L2 distance between the two runs' weights is 3.0e-4 of the distance training
 # moved them, the logged losses agree to 5e-4 relative, the held-out scores exactly.
 RELATIVE_TOLERANCE = 1e-3
+# A feedback stage (3 steps of 4, the adversarial stage on the committed base): every step's loss, gradient norm,
+# critic loss and critic gradient norm agree to 1e-5 relative (measured: 6e-6 at most), the UNet's weights to
+# 1.3e-3 of the distance training moved them: three Adam steps move a parameter by about lr whatever the size of
+# its gradient, so the float-rounding differences of near-zero gradients show in the weights, not in the steps.
+STEP_TOLERANCE = 1e-4
+FEEDBACK_TOLERANCE = 5e-3
 
 
 def l2(tensors: dict[str, torch.Tensor]) -> float:
@@ -100,3 +106,44 @@ def test_a_two_process_job_from_the_queue_matches_the_single_process_run(tmp_pat
     losses = [(a["loss"], b["loss"]) for a, b in zip(one["state"]["history"], two["state"]["history"])]
     assert len(losses) == 2 and all(abs(a - b) <= RELATIVE_TOLERANCE * a for a, b in losses), losses
     assert [h["eval"] for h in one["state"]["history"]] == [h["eval"] for h in two["state"]["history"]]
+
+
+def test_a_two_process_feedback_stage_matches_the_single_process_run(tmp_path) -> None:
+    """The adversarial stage (PeFL's step and the coherence critic's step, both with their gradients averaged over
+    the ranks) as a 2-process job against the same run in one process: same examples, same noise rows, one
+    checkpoint, the weights equal within the tolerance."""
+    from conftest import promote_rewards
+
+    from editloop.models.reward import save_reward, tiny_reward
+    from trainers.feedback.run import run_feedback_stage
+
+    _, settings, sessions, store = worker_state(tmp_path)
+    rewards = tmp_path / "rewards"
+    for kind in ("aesthetic", "alignment", "coherence"):
+        save_reward(tiny_reward(kind, seed=1), kind, rewards / kind, version=f"{kind}-test")
+    promote_rewards(sessions, store, rewards)
+    config = {"steps": 3, "batch_size": 4, "checkpoint_every": 3, "eval": {"examples": 3, "auto_promote": False}}
+    one_id, two_id = uuid.uuid4().hex, uuid.uuid4().hex
+    run_feedback_stage("adversarial", one_id, sessions, store, settings, config)
+    two = run_feedback_stage("adversarial", two_id, sessions, store, settings.model_copy(update={"train_procs": 2}),
+                             config)
+    run_dir = settings.state_dir / "runs" / two_id
+    assert "editloop-rank 2/2" in (run_dir / "job.log").read_text(), "the job did not run 2 processes"
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["checkpoint.pt", "trained-unet.pt"]  # one checkpoint
+    assert two["version"] == f"adversarial-{two_id[:12]}" and two["metrics"]["steps_done"] == 3
+
+    from editloop.models.zoo import load_pipeline
+
+    start = load_pipeline(settings.editor_model, "inpaint", device="cpu", dtype="fp32").unet.state_dict()
+    a = torch.load(settings.state_dir / "runs" / one_id / "checkpoint.pt", weights_only=False)
+    b = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    for x, y in zip(a["history"], b["history"], strict=True):  # the same steps on the same global batches
+        assert x["steps_left"] == y["steps_left"]
+        for key in ("loss", "grad_norm", "d_loss", "d_grad_norm"):
+            assert abs(x[key] - y[key]) <= STEP_TOLERANCE * abs(x[key]), (key, x[key], y[key])
+    moved = l2({k: a["unet"][k] - start[k] for k in start})
+    diff = l2({k: a["unet"][k] - b["unet"][k] for k in start})
+    print(f"feedback: training moved the UNet by {moved:.3e} (L2); 2 processes vs 1 differ by {diff:.3e}")
+    assert moved > 0 and diff <= FEEDBACK_TOLERANCE * moved, f"2 processes differ by {diff:.2e} (moved {moved:.2e})"
+    disc_moved = l2({k: a["disc"][k] - b["disc"][k] for k in a["disc"]})
+    assert disc_moved <= FEEDBACK_TOLERANCE * l2(a["disc"]), f"the critics differ by {disc_moved:.2e}"

@@ -73,6 +73,44 @@ def shard(batch: T, rank: int, size: int) -> T:
     return batch
 
 
+def local_rows(n: int) -> slice:
+    """This rank's contiguous rows of a global batch of `n` (all of it outside a job); `n` must divide evenly."""
+    rank, size = world()
+    if size == 1:
+        return slice(0, n)
+    if n % size:
+        raise ValueError(f"a batch of {n} does not split over {size} processes: make `batch_size` a multiple of "
+                         f"EDITLOOP_TRAIN_PROCS ({size})")
+    per = n // size
+    return slice(rank * per, (rank + 1) * per)
+
+
+def rank_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a (detached) tensor over the job's ranks; itself outside a job. A loss normalised by a count over
+    the batch (pixels under the masks) divides each rank's sum by this mean of the counts: with the gradients
+    averaged over the ranks, the step is the one-process step on the global batch."""
+    size = world()[1]
+    if size == 1:
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out)
+    return out / size
+
+
+def average_gradients(params) -> None:
+    """Each parameter's gradient averaged over the job's ranks (after backward, before clipping and the optimiser
+    step: every rank then clips and steps on the global batch's gradient). A no-op outside a job. For training
+    loops that call the model several times per step (a sampler's denoising steps), where DDP's one-forward hooks
+    do not fit."""
+    size = world()[1]
+    if size == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(size)
+
+
 class LossModule(nn.Module):
     """`loss_fn(model, batch)` as a module's forward, so DistributedDataParallel sees the forward it syncs."""
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from editloop.models.reward import CoherenceReward
+from trainers.distributed import average_gradients, mean_over_ranks, rank_mean
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class AdversarialConfig:
 def generator_loss(disc: CoherenceReward, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean -log sigmoid(logit) over the regenerated pixels: the generator wants them judged real."""
     logits = disc(images.float())
-    return ((-F.logsigmoid(logits)) * mask).sum() / mask.sum().clamp(min=1)
+    return ((-F.logsigmoid(logits)) * mask).sum() / rank_mean(mask.sum()).clamp(min=1)
 
 
 def composite(generated: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,8 @@ def discriminator_loss(disc: CoherenceReward, generated: torch.Tensor, source: t
     logits = disc(images)
     target = (1 - fake) * real_label
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    fake_term = (bce * fake).sum() / fake.sum().clamp(min=1)
-    real_term = (bce * (1 - fake)).sum() / (1 - fake).sum().clamp(min=1)
+    fake_term = (bce * fake).sum() / rank_mean(fake.sum()).clamp(min=1)  # pixel counts of the global batch
+    real_term = (bce * (1 - fake)).sum() / rank_mean((1 - fake).sum()).clamp(min=1)
     return 0.5 * (fake_term + real_term)
 
 
@@ -79,7 +80,8 @@ def discriminator_step(disc: CoherenceReward, opt: torch.optim.Optimizer, genera
     loss = discriminator_loss(disc, generated, source, mask, cfg.real_label)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(disc.parameters())  # a data-parallel job: the global batch's gradient on every rank
     norm = torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.d_clip)
     opt.step()
     disc.requires_grad_(False)
-    return {"d_loss": float(loss.detach()), "d_grad_norm": float(norm)}
+    return {"d_loss": mean_over_ranks(float(loss.detach())), "d_grad_norm": float(norm)}

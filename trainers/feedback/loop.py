@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from editloop.models.data import edit_context, step_rng, to_tensor
 from editloop.models.zoo import set_timestep_spacing
+from trainers.distributed import average_gradients, is_main, local_rows, mean_over_ranks
 from trainers.feedback.adversarial import AdversarialConfig, discriminator_step, generator_loss
 from trainers.feedback.examples import TASKS, check_tasks, feedback_examples, make_example, upscale
 from trainers.feedback.grpo import GrpoConfig, check_grpo
@@ -252,9 +253,10 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
             disc.load_state_dict(saved["disc"])
             d_opt.load_state_dict(saved["d_opt"])
         state = FeedbackState(saved["step"], saved["history"])
-    progress = throttled(progress)
+    main = is_main()  # a data-parallel job's rank 0 alone writes checkpoints, snapshots and the history
+    progress = throttled(progress) if main else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"{cfg.stage} (T={cfg.schedule.steps})", unit="step",
-               disable=None)
+               disable=None if main else True)
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         record = (step(pipe, cfg, state.step, params, opt, anchor) if step is not None
@@ -267,9 +269,9 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
         state.history.append({"step": state.step, **record})
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
-        if cfg.snapshot_every and (state.step % cfg.snapshot_every == 0 or state.step == cfg.steps):
+        if main and cfg.snapshot_every and (state.step % cfg.snapshot_every == 0 or state.step == cfg.steps):
             save_snapshot(run_dir, state.step, ema.shadow)  # before the checkpoint that would skip it on resume
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+        if main and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
             payload = {"unet": unet.state_dict(), "opt": opt.state_dict(),
                        "ema": ema.shadow, "step": state.step, "history": state.history, "config": cfg.to_dict()}
             if disc is not None:
@@ -284,7 +286,8 @@ def train_feedback(pipe, rewards: RewardModels, cfg: FeedbackConfig, run_dir: Pa
     if cfg.lora_rank:  # merge the adapters into the weights: the saved model is a plain UNet again
         unet.fuse_lora()
         unet.unload_lora()
-    (run_dir / "history.json").write_text(json.dumps(state.history, indent=1))
+    if main:
+        (run_dir / "history.json").write_text(json.dumps(state.history, indent=1))
     return state
 
 
@@ -309,13 +312,15 @@ def start_anchor(unet: torch.nn.Module) -> torch.nn.Module:
 def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, params, opt, disc, d_opt,
               anchor=None) -> dict[str, float]:
     rng = step_rng(cfg.seed, cfg.stage, step)
+    rows = local_rows(cfg.batch_size)  # a data-parallel job: this rank's share of the global batch
     examples = [upscale(make_example(rng, cfg.tasks[(step * cfg.batch_size + i) % len(cfg.tasks)]), cfg.resolution)
-                for i in range(cfg.batch_size)]
+                for i in range(cfg.batch_size)][rows]
     generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
     batch = prepare(pipe, examples)
     pipe.unet.train()
     with autocast(pipe.unet.device):
-        x0, steps_left, drift = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance, anchor=anchor)
+        x0, steps_left, drift = predict_x0(pipe, batch, cfg.schedule, generator, cfg.guidance, anchor=anchor,
+                                           rows=(cfg.batch_size, rows))
         images = decode(pipe, x0)
         loss, record = reward_losses(rewards, cfg.reward_weights, images, batch.prompts,
                                      task_scales(cfg, [e.task for e in examples]), batch.source, batch.mask)
@@ -333,10 +338,12 @@ def _one_step(pipe, rewards: RewardModels, cfg: FeedbackConfig, step: int, param
                        f"the last good checkpoint is kept")
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(params)  # a data-parallel job: every rank clips and steps on the global batch's gradient
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     opt.step()
-    record.update(loss=float(loss.detach()), reference=float(reg.detach()), steps_left=steps_left,
-                  grad_norm=float(grad_norm))
+    record = {k: mean_over_ranks(v) if isinstance(v, float) else v for k, v in record.items()}
+    record.update(loss=mean_over_ranks(float(loss.detach())), reference=mean_over_ranks(float(reg.detach())),
+                  steps_left=steps_left, grad_norm=float(grad_norm))
     if disc is not None and cfg.adversarial.discriminator_due(step):
         record.update(discriminator_step(disc, d_opt, images.detach(), batch.source, batch.mask, cfg.adversarial))
     return record

@@ -128,16 +128,24 @@ class PeflForward(NamedTuple):
 
 
 def predict_x0(pipe, batch: EditBatch, schedule: PeflSchedule, generator: torch.Generator,
-               guidance: float = 4.0, steps_left: int | None = None, anchor=None) -> PeflForward:
+               guidance: float = 4.0, steps_left: int | None = None, anchor=None,
+               rows: tuple[int, slice] | None = None) -> PeflForward:
     """The PeFL forward: x0 latents with gradients through the last UNet call, t' (steps left), and with an
-    `anchor` UNet (the frozen start model) the drift of the last prediction from the anchor's."""
+    `anchor` UNet (the frozen start model) the drift of the last prediction from the anchor's. `rows` (global
+    batch size, this rank's slice) in a data-parallel job: the noise is drawn for the global batch and this rank
+    keeps its rows, so the job draws exactly what one process would."""
     sched = ddim(pipe, schedule.steps)
     ts = sched.timesteps
     first = schedule.steps - schedule.start
     if steps_left is None:
         steps_left = int(torch.randint(1, schedule.stop + 1, (1,), generator=generator))
     last = schedule.steps - steps_left
-    noise = torch.randn(batch.source_latents.shape, generator=generator).to(batch.source_latents)
+    shape = batch.source_latents.shape
+    if rows is None:
+        noise = torch.randn(shape, generator=generator)
+    else:
+        noise = torch.randn((rows[0], *shape[1:]), generator=generator)[rows[1]]
+    noise = noise.to(batch.source_latents)
     z = sched.add_noise(batch.source_latents, noise, ts[first : first + 1])
     with torch.no_grad():
         for i in range(first, last):

@@ -102,6 +102,12 @@ def start_model(sessions: sessionmaker[Session], store: BlobStore, settings: Set
 
 def promoted_rewards(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
                      kinds: list[str]) -> RewardModels:
+    return load_rewards(*promoted_reward_paths(sessions, store, settings, kinds))
+
+
+def promoted_reward_paths(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+                          kinds: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """(model directory, version) of each kind's promoted reward; refused, naming the command, when one is not."""
     paths, versions = {}, {}
     with sessions() as s:
         for kind in kinds:
@@ -111,7 +117,7 @@ def promoted_rewards(sessions: sessionmaker[Session], store: BlobStore, settings
                                  f"`editloop train reward --kind {kind}`")
             paths[kind] = fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
             versions[kind] = row.version
-    return load_rewards(paths, versions)
+    return paths, versions
 
 
 def default_steps(path: Path) -> int:
@@ -232,8 +238,15 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
 
     try:
         step = dpo_step(dpo, ImageCache(store)) if dpo is not None else grpo_step(scorer) if scorer else None
-        state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None,
-                               step=step)
+        if settings.train_procs > 1 and step is None and not selecting:  # a data-parallel job (PeFL stages)
+            paths, _ = promoted_reward_paths(sessions, store, settings, reward_kinds(cfg))
+            state = train_distributed(run_id, cfg, settings, start_dir, paths, rewards.versions, pipe, run_dir)
+        else:
+            if settings.train_procs > 1:
+                log.info("run %s feedback-%s: runs in one process (data-parallel jobs train the PeFL stages "
+                         "without checkpoint selection)", run_id[:12], stage)
+            state = train_feedback(pipe, rewards, cfg, run_dir, progress, validation_score if selecting else None,
+                                   step=step)
     finally:
         if scorer is not None:
             scorer.close()
@@ -282,6 +295,33 @@ def _run(stage: str, run_id: str, sessions: sessionmaker[Session], store: BlobSt
              metrics["success"], reference_metrics["success"],
              "promoted" if outputs["promoted"] else f"not promoted: {outputs.get('refused', 'auto_promote off')}")
     return outputs
+
+
+def train_distributed(run_id: str, cfg: FeedbackConfig, settings: Settings, start_dir: Path,
+                      reward_paths: dict[str, Path], versions: dict[str, str], pipe, run_dir: Path) -> FeedbackState:
+    """The stage's training as an EDITLOOP_TRAIN_PROCS-process job (trainers/feedback/job.py); `pipe` then holds its
+    trained UNet, as after train_feedback in this process."""
+    import json
+
+    import torch
+
+    from editloop.models.zoo import set_timestep_spacing
+    from trainers.distributed import launch
+    from trainers.feedback.job import TRAINED
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"config": cfg.to_dict(), "start_dir": str(start_dir), "rewards": {k: str(p) for k, p in
+                                                                              reward_paths.items()},
+            "versions": versions}
+    (run_dir / "job-spec.json").write_text(json.dumps(spec))
+    log.info("run %s feedback-%s: a %d-process job", run_id[:12], cfg.stage, settings.train_procs)
+    launch("trainers.feedback.job", [run_id, str(run_dir / "job-spec.json")], settings.train_procs, settings,
+           run_dir / "job.log")
+    if cfg.timestep_spacing is not None:  # as train_feedback sets it: trained, evaluated and saved with it
+        set_timestep_spacing(pipe, cfg.timestep_spacing)
+    pipe.unet.load_state_dict(torch.load(run_dir / TRAINED, map_location=pipe.unet.device, weights_only=True))
+    history = json.loads((run_dir / "history.json").read_text())
+    return FeedbackState(history[-1]["step"] if history else 0, history)
 
 
 def grpo_scorer(cfg: FeedbackConfig, rewards: RewardModels, settings: Settings):
