@@ -25,7 +25,7 @@ from trainers.reward.run import RewardTrainConfig, _start_model, train_reward
 RELATIVE_TOLERANCE = 1e-3
 # A feedback stage (3 steps of 4, the adversarial stage on the committed base): every step's loss, gradient norm,
 # critic loss and critic gradient norm agree to 1e-5 relative (measured: 6e-6 at most), the UNet's weights to
-# 1.3e-3 of the distance training moved them: three Adam steps move a parameter by about lr whatever the size of
+# 1.3e-3 of the distance training moved them (an alignment round's editor, 4 steps of 4: 1.1e-5): three Adam steps move a parameter by about lr whatever the size of
 # its gradient, so the float-rounding differences of near-zero gradients show in the weights, not in the steps.
 STEP_TOLERANCE = 1e-4
 FEEDBACK_TOLERANCE = 5e-3
@@ -147,3 +147,32 @@ def test_a_two_process_feedback_stage_matches_the_single_process_run(tmp_path) -
     assert moved > 0 and diff <= FEEDBACK_TOLERANCE * moved, f"2 processes differ by {diff:.2e} (moved {moved:.2e})"
     disc_moved = l2({k: a["disc"][k] - b["disc"][k] for k in a["disc"]})
     assert disc_moved <= FEEDBACK_TOLERANCE * l2(a["disc"]), f"the critics differ by {disc_moved:.2e}"
+
+
+def test_a_two_process_alignment_round_matches_the_single_process_round(tmp_path) -> None:
+    """A SeedEdit round's editor training as a 2-process job (the worker makes and filters the pairs once, the job
+    trains on them) against the same round in one process: the same rows, noise and timesteps per global batch,
+    one checkpoint, the trained editors equal within the tolerance, one version each."""
+    from test_align import ALIGN_TINY
+
+    from trainers.align.run import run_align_round
+
+    _, settings, sessions, store = worker_state(tmp_path)
+    config = {**ALIGN_TINY, "auto_promote": False, "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 4}}
+    one = run_align_round("align-one", sessions, store, settings, config)
+    two = run_align_round("align-two", sessions, store, settings.model_copy(update={"train_procs": 2}), config)
+    run_dir = settings.state_dir / "runs" / "align-two"
+    assert "editloop-rank 2/2" in (run_dir / "job.log").read_text(), "the job did not run 2 processes"
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["editor.pt", "job-pairs.pt"]  # one checkpoint
+    assert one["filter"] == two["filter"] and two["version"] == "align-r1-align-two"
+    a = torch.load(settings.state_dir / "runs" / "align-one" / "editor.pt", weights_only=False)
+    b = torch.load(run_dir / "editor.pt", weights_only=False)
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert abs(x["loss"] - y["loss"]) <= STEP_TOLERANCE * abs(x["loss"]), (x["loss"], y["loss"])
+    from trainers.align.editor_train import new_editor
+
+    start = new_editor("causal", "t2i", None, "cpu").unet.state_dict()
+    moved = l2({k: a["unet"][k] - start[k] for k in start})
+    diff = l2({k: a["unet"][k] - b["unet"][k] for k in start})
+    print(f"align: training moved the UNet by {moved:.3e} (L2); 2 processes vs 1 differ by {diff:.3e}")
+    assert moved > 0 and diff <= FEEDBACK_TOLERANCE * moved, f"2 processes differ by {diff:.2e} (moved {moved:.2e})"

@@ -24,6 +24,7 @@ from editloop.models.instruct import InstructEditor
 from editloop.models.pipeline_io import text_states
 from editloop.models.zoo import training_scheduler
 from trainers.align.pairs import Pairs
+from trainers.distributed import is_main, local_rows, mean_over_ranks
 from trainers.pretrain.common import EMA, guarded_step, set_lr
 from trainers.pretrain.diffusion import inflate_conv_in, min_snr_weights, prediction_target
 from trainers.runs import save_checkpoint, throttled
@@ -170,11 +171,14 @@ def condition_flags(rng: np.random.Generator, n: int, cfg: EditorTrainConfig) ->
 
 def editor_loss(editor: InstructEditor, scheduler, src_lat: torch.Tensor, tgt_lat: torch.Tensor,
                 text: torch.Tensor, empty: torch.Tensor, sees: torch.Tensor, gen: torch.Generator,
-                gamma: float) -> torch.Tensor:
+                gamma: float, rows: tuple[int, slice] | None = None) -> torch.Tensor:
     """Min-SNR-weighted MSE to the schedule's target (epsilon or velocity) on the target latents; for the
-    causal editor the input branch runs in the same graph, so its gradients reach the shared UNet too."""
-    noise = torch.randn(tgt_lat.shape, generator=gen).to(tgt_lat.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(tgt_lat),), generator=gen).to(tgt_lat.device)
+    causal editor the input branch runs in the same graph, so its gradients reach the shared UNet too. `rows`
+    (global batch size, this rank's slice) in a data-parallel job: noise and timesteps are drawn for the global
+    batch and this rank keeps its rows, as one process would have drawn them."""
+    n, keep = rows if rows is not None else (len(tgt_lat), slice(None))
+    noise = torch.randn((n, *tgt_lat.shape[1:]), generator=gen)[keep].to(tgt_lat.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)[keep].to(tgt_lat.device)
     noisy = scheduler.add_noise(tgt_lat, noise, t)
     if editor.arch == "causal":
         editor.encode_input_branch(src_lat, empty)
@@ -230,28 +234,34 @@ def train_editor(editor: InstructEditor, pairs: Pairs, cfg: EditorTrainConfig, r
         opt.load_state_dict(saved["optimizer"])
         ema.load_state_dict(saved["ema"])
         state = TrainState(saved["step"], saved["history"])
-    progress = throttled(progress)
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {editor.arch} editor", unit="step", disable=None)
+    main = is_main()  # a data-parallel job's rank 0 alone checkpoints and reports
+    progress = throttled(progress) if main else None
+    rows = local_rows(cfg.batch_size)  # this rank's share of every global batch (all of it in one process)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {editor.arch} editor", unit="step",
+               disable=None if main else True)
     loss_ema = state.history[-1]["loss_ema"] if state.history else None
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         rng = step_rng(cfg.seed, "align", state.step)
         idx = batch_indices(rng, pairs.kinds, cfg.batch_size, cfg.balance_kinds)
         keep_text, keep_image = condition_flags(rng, cfg.batch_size, cfg)
+        idx, keep_text, keep_image = idx[rows], keep_text[rows], keep_image[rows]
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         instr, empty = texts.batch(idx)
         text = torch.where(torch.from_numpy(keep_text).to(dev)[:, None, None], instr, empty)
         sees = torch.from_numpy(keep_image).to(dev)
         set_lr(opt, cfg.lr, state.step, cfg.steps, cfg.warmup)
-        loss = editor_loss(editor, scheduler, src_lat[idx], tgt_lat[idx], text, empty, sees, gen, cfg.min_snr_gamma)
+        loss = editor_loss(editor, scheduler, src_lat[idx], tgt_lat[idx], text, empty, sees, gen, cfg.min_snr_gamma,
+                           rows=(cfg.batch_size, rows))
         guarded_step(opt, loss, params, ema, state.step, "editor")
         state.step += 1
-        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-        last = {"step": state.step, "loss": loss.item(), "loss_ema": loss_ema, "seconds": time.perf_counter() - t0}
+        value = mean_over_ranks(loss.item())  # the global batch's loss
+        loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+        last = {"step": state.step, "loss": value, "loss_ema": loss_ema, "seconds": time.perf_counter() - t0}
         state.history.append(last)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.4f}")
-        if state.step == cfg.steps or state.step % cfg.checkpoint_every == 0:
+        if main and (state.step == cfg.steps or state.step % cfg.checkpoint_every == 0):
             saved = {"unet": unet.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
                      "step": state.step, "history": state.history, "config": cfg.to_dict()}
             if cfg.train_text_encoder:

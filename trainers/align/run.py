@@ -32,7 +32,7 @@ from editloop.registry import (
 )
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
-from trainers.align.editor_train import new_editor, train_editor
+from trainers.align.editor_train import TrainState, new_editor, train_editor
 from trainers.align.evaluate import evaluate_editor, held_out_edits
 from trainers.align.filters import AlignmentScorer, JudgeScorer, Scorer
 from trainers.align.pairs import Pairs
@@ -136,8 +136,12 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
 
     log.info("run %s align round %d: %d training pairs (this round's survivors: %s), %d steps", run_id[:12],
              round_no, len(train_pairs), counts, cfg.train.steps)
-    progress = logged(row_progress, run_id, f"align-{round_no}", run_dir=settings.state_dir / "runs" / run_id)
-    state = train_editor(editor, train_pairs, cfg.train, settings.state_dir / "runs" / run_id, progress)
+    run_dir = settings.state_dir / "runs" / run_id
+    if settings.train_procs > 1:
+        editor, state = train_distributed(run_id, round_no, cfg, settings, editor, train_pairs, run_dir)
+    else:
+        progress = logged(row_progress, run_id, f"align-{round_no}", run_dir=run_dir)
+        state = train_editor(editor, train_pairs, cfg.train, run_dir, progress)
     edits = held_out_edits(cfg.eval_per_kind)
     metrics, _ = evaluate_editor(editor, edits)
     reference, reference_name = _reference_metrics(sessions, store, settings, edits)
@@ -160,6 +164,29 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
         register_and_gate(s, run_id, KIND, version, key, all_metrics, meta, parent_id, outputs,
                           load_check(KIND, store, settings.state_dir / "models"), cfg.auto_promote, tolerance=0.0)
     return outputs
+
+
+def train_distributed(run_id: str, round_no: int, cfg: RoundConfig, settings: Settings, editor: InstructEditor,
+                      pairs: Pairs, run_dir: Path) -> tuple[InstructEditor, TrainState]:
+    """The round's editor training as an EDITLOOP_TRAIN_PROCS-process job (trainers/align/job.py); returns the
+    trained editor and the training state, as train_editor in this process would."""
+    import json
+
+    import torch
+
+    from trainers.align.job import TRAINED
+    from trainers.distributed import launch
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "start-editor").is_dir():  # a resumed round keeps the start it began from
+        editor.save(run_dir / "start-editor", {})
+    torch.save(pairs, run_dir / "job-pairs.pt")
+    (run_dir / "job-spec.json").write_text(json.dumps({"config": cfg.to_dict(), "round": round_no}))
+    log.info("run %s align round %d: a %d-process job", run_id[:12], round_no, settings.train_procs)
+    launch("trainers.align.job", [run_id, str(run_dir / "job-spec.json")], settings.train_procs, settings,
+           run_dir / "job.log")
+    history = json.loads((run_dir / "history.json").read_text())
+    return load_instruct_editor(run_dir / TRAINED, settings.device), TrainState(history[-1]["step"], history)
 
 
 def per_round_rows(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 
 from editloop.models.zoo import pick_device, pick_dtype
+from trainers.distributed import average_gradients
 from trainers.pretrain.config import PretrainConfig
 
 
@@ -82,6 +83,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: l
         raise FloatingPointError(f"{label} loss is {loss.item()} at step {step}; last good checkpoint kept")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(params)  # a data-parallel job (trainers/distributed.py): the global batch's gradient
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     ema.update(step)

@@ -1,0 +1,61 @@
+"""One process of a data-parallel alignment round's editor training (`python -m trainers.align.job RUN_ID SPEC`,
+started by torchrun from trainers/align/run.py when EDITLOOP_TRAIN_PROCS > 1; SPEC is a JSON file in the run
+directory).
+
+The worker generates and filters the round's pairs and builds the start editor as it does for a one-process round,
+then leaves both in the run directory (job-pairs.pt, start-editor/). Every process loads them and trains its share
+of each global batch (trainers/align/editor_train.py: the batch's rows, noise and timesteps drawn for the global
+batch; gradients averaged before clipping); rank 0 alone reports progress, writes the checkpoints and leaves the
+trained editor (trained-editor/, EMA weights) and its history for the worker, which evaluates, registers and gates
+the round's one version.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from editloop.db import make_engine, make_sessionmaker
+from editloop.models.instruct import load_instruct_editor
+from editloop.settings import Settings
+from trainers.align.editor_train import train_editor
+from trainers.align.round_config import RoundConfig
+from trainers.distributed import init_from_env, is_main, world
+from trainers.runs import logged, update_run
+
+TRAINED = "trained-editor"
+
+
+def main(argv: list[str]) -> None:
+    run_id, spec_path = argv
+    settings = Settings()
+    init_from_env(settings.device)
+    rank, size = world()
+    print(f"editloop-rank {rank + 1}/{size}: align run {run_id}", flush=True)
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = RoundConfig.from_dict(spec["config"])
+    run_dir = settings.state_dir / "runs" / run_id
+    editor = load_instruct_editor(run_dir / "start-editor", settings.device)
+    pairs = torch.load(run_dir / "job-pairs.pt", weights_only=False)
+    progress = None
+    if is_main():
+        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+
+        def row_progress(step: int, total: int, last: dict[str, float]) -> None:
+            update_run(sessions, run_id, progress=step / total, outputs={"last": last, "procs": size})
+
+        progress = logged(row_progress, run_id, f"align-{spec['round']}", run_dir=run_dir)
+    state = train_editor(editor, pairs, cfg.train, run_dir, progress)
+    if is_main():
+        editor.save(run_dir / TRAINED, {})
+        (run_dir / "history.json").write_text(json.dumps(state.history))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
