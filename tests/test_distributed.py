@@ -25,8 +25,9 @@ from trainers.reward.run import RewardTrainConfig, _start_model, train_reward
 RELATIVE_TOLERANCE = 1e-3
 # A feedback stage (3 steps of 4, the adversarial stage on the committed base): every step's loss, gradient norm,
 # critic loss and critic gradient norm agree to 1e-5 relative (measured: 6e-6 at most), the UNet's weights to
-# 1.3e-3 of the distance training moved them (an alignment round's editor, 4 steps of 4: 1.1e-5): three Adam steps move a parameter by about lr whatever the size of
+# 1.3e-3 of the distance training moved them: three Adam steps move a parameter by about lr whatever the size of
 # its gradient, so the float-rounding differences of near-zero gradients show in the weights, not in the steps.
+# An alignment round's editor (4 steps of 4): 1.1e-5.
 STEP_TOLERANCE = 1e-4
 FEEDBACK_TOLERANCE = 5e-3
 
