@@ -282,6 +282,10 @@ def test_a_report_renders_in_chromium_with_curves_samples_gate_and_lineage(eval_
     assert page["images"] == page["loaded"] == 1 and page["srcs"] == ["curves.png"]
     assert "The gate" in page["text"] and "chance floor" in page["text"] and "Lineage" in page["text"]
     assert f"run {run_id}" in page["text"] and len(page["shot"]) > 20_000
+    assert main(["report", run_id[:8], "--out", str(tmp_path / "run-report")]) == 0  # a run, by a prefix of its id
+    run_page = (tmp_path / "run-report" / "index.html").read_text()
+    assert f"run {run_id} (reward-alignment)" in run_page and 'src="curves.png"' in run_page
+    assert (tmp_path / "run-report" / "curves.png").stat().st_size > 5_000
 
     assert main(["report", "noisy-1", "--evaluate", "--out", str(tmp_path / "editor-report")]) == 0
     printed = capsys.readouterr().out
