@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from editloop.models.base import base_model_dir
 from editloop.models.zoo import load_pipeline
 from editloop.world.annotators import DEFAULT_WEIGHTS, FEATURES, features
+from trainers.evaluation.rewards import agreement as shared_agreement
 from trainers.feedback.evaluate import SAME_MARGIN, image_rewards, sample
 from trainers.feedback.examples import FeedbackExample, feedback_examples
 from trainers.feedback.loop import train_feedback
@@ -48,11 +49,8 @@ def feature_matrix(images: np.ndarray, examples: list[FeedbackExample]) -> np.nd
 
 def agreement(score_a: np.ndarray, score_b: np.ndarray, u_a: np.ndarray, u_b: np.ndarray) -> dict:
     """Share of pairs the score orders as the utility does, over pairs with |u_a - u_b| >= SAME_MARGIN."""
-    keep = np.abs(u_a - u_b) >= SAME_MARGIN
-    hits = np.sign(score_a - score_b)[keep] == np.sign(u_a - u_b)[keep]
-    n = int(keep.sum())
-    acc = float(hits.mean()) if n else float("nan")
-    return {"accuracy": acc, "pairs": n, "se": float(np.sqrt(acc * (1 - acc) / n)) if n else float("nan")}
+    got = shared_agreement(score_a, score_b, u_a, u_b, SAME_MARGIN)
+    return {k: got[k] for k in ("accuracy", "pairs", "se")}
 
 
 def by_task(values: np.ndarray, tasks: list[str]) -> dict[str, float]:

@@ -149,3 +149,22 @@ def register_and_gate(session: Session, run_id: str, kind: str, version: str, ch
     run = session.get(TrainingRun, run_id)
     run.status, run.progress, run.outputs = "succeeded", 1.0, {**outputs, "model_version_id": row.id}
     return outputs
+
+
+def job_progress(settings, run_id: str, what: str, run_dir: Path
+                 ) -> Callable[[int, int, dict[str, float]], None] | None:
+    """A data-parallel job's progress callback (trainers/*/job.py): on rank 0, the run row's progress and last
+    record (and the job's size), logged and written to TensorBoard; None on the other ranks."""
+    from trainers.distributed import is_main, world
+
+    if not is_main():
+        return None
+    from editloop.db import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+    size = world()[1]
+
+    def row_progress(step: int, total: int, last: dict[str, float]) -> None:
+        update_run(sessions, run_id, progress=step / total, outputs={"last": last, "procs": size})
+
+    return logged(row_progress, run_id, what, run_dir=run_dir)

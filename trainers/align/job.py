@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from editloop.db import make_engine, make_sessionmaker
 from editloop.models.instruct import load_instruct_editor
 from editloop.settings import Settings
 from trainers.align.editor_train import train_editor
 from trainers.align.round_config import RoundConfig
 from trainers.distributed import init_from_env, is_main, world
-from trainers.runs import logged, update_run
+from trainers.runs import job_progress
 
 TRAINED = "trained-editor"
 
@@ -41,14 +40,7 @@ def main(argv: list[str]) -> None:
     run_dir = settings.state_dir / "runs" / run_id
     editor = load_instruct_editor(run_dir / "start-editor", settings.device)
     pairs = torch.load(run_dir / "job-pairs.pt", weights_only=False)
-    progress = None
-    if is_main():
-        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
-
-        def row_progress(step: int, total: int, last: dict[str, float]) -> None:
-            update_run(sessions, run_id, progress=step / total, outputs={"last": last, "procs": size})
-
-        progress = logged(row_progress, run_id, f"align-{spec['round']}", run_dir=run_dir)
+    progress = job_progress(settings, run_id, f"align-{spec['round']}", run_dir)
     state = train_editor(editor, pairs, cfg.train, run_dir, progress)
     if is_main():
         editor.save(run_dir / TRAINED, {})

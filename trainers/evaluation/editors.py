@@ -112,17 +112,11 @@ def pixel_metrics(items: list[SuiteItem], outputs: np.ndarray) -> dict[str, list
 
 def reward_metrics(rewards, items: list[SuiteItem], outputs: np.ndarray) -> dict[str, list[float]]:
     """Per item, each loaded reward's score of the output for the item's prompt (and source and mask)."""
-    import torch
-
-    from trainers.feedback.evaluate import image_rewards
+    from trainers.feedback.evaluate import coherence_scores, image_rewards
 
     out = {f"reward_{k}": v.astype(float).tolist() for k, v in image_rewards(rewards, outputs, items).items()}
     if rewards.coherence is not None:
-        from editloop.models.data import to_tensor
-
-        with torch.no_grad():
-            model = rewards.coherence
-            out["reward_coherence"] = model.summary(model(to_tensor(list(outputs)))).float().tolist()
+        out["reward_coherence"] = coherence_scores(rewards, outputs).astype(float).tolist()
     return out
 
 

@@ -20,7 +20,7 @@ from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.evaluation.compare import compare_items
 from trainers.evaluation.records import of_version
-from trainers.runs import BOARD_DIR
+from trainers.runs import BOARD_DIR, numbers
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;border-bottom:1px solid #ccc;margin-top:1.6em}
@@ -117,9 +117,8 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, title: s
 def history_series(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
     for i, rec in enumerate(history):
-        for k, v in rec.items():
-            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
-                out.setdefault(k, []).append((int(rec.get("step", i)), float(v)))
+        for k, v in numbers(rec).items():
+            out.setdefault(k, []).append((int(rec.get("step", i)), v))
     return out
 
 

@@ -77,17 +77,12 @@ def _maybe(session: Session, kind: str, version: str):
         return None
 
 
-def promoted_reward_models(session: Session, store: BlobStore, settings: Settings):
+def promoted_reward_models(sessions: sessionmaker[Session], store: BlobStore, settings: Settings):
     """Every promoted reward, loaded in process (an empty RewardModels when none is promoted)."""
     from trainers.feedback.rewards import load_rewards
+    from trainers.feedback.run import promoted_reward_paths
 
-    paths, versions = {}, {}
-    for kind in kind_names():
-        row = promoted(session, kind)
-        if row is not None:
-            paths[kind] = fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
-            versions[kind] = row.version
-    return load_rewards(paths, versions)
+    return load_rewards(*promoted_reward_paths(sessions, store, settings, kind_names(), required=False))
 
 
 def evaluate_editor(sessions: sessionmaker[Session], store: BlobStore, settings: Settings, which: str, spec: str,
@@ -98,7 +93,7 @@ def evaluate_editor(sessions: sessionmaker[Session], store: BlobStore, settings:
 
     with sessions() as s:
         subject = (resolve_editor if which == "editor" else resolve_instruct)(s, store, settings, spec)
-        rewards = promoted_reward_models(s, store, settings)
+    rewards = promoted_reward_models(sessions, store, settings)
     suite = resolve_suite(suite_name, which, n)
     config = {"seed": EVAL_SEED, "model_name": subject.name, "path": str(subject.path),
               "rewards": rewards.versions, "clip": str(clip) if clip else None}

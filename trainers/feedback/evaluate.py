@@ -85,12 +85,17 @@ def outside_l1(images: np.ndarray, examples: list[FeedbackExample]) -> float:
 
 
 @torch.no_grad()
-def coherence_mean(rewards: RewardModels, images: np.ndarray, batch: int = 64) -> float:
-    """The coherence reward's mean real-probability over `images` (what its service's Score answers, averaged)."""
+def coherence_scores(rewards: RewardModels, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The coherence reward's real-probability of each image (what its service's Score answers)."""
     model = rewards.coherence
     device = next(model.parameters()).device
     got = [model.summary(model(to_tensor(list(images[i:i + batch])).to(device))) for i in range(0, len(images), batch)]
-    return float(torch.cat(got).mean())
+    return torch.cat(got).float().cpu().numpy()
+
+
+def coherence_mean(rewards: RewardModels, images: np.ndarray, batch: int = 64) -> float:
+    """The mean of coherence_scores."""
+    return float(coherence_scores(rewards, images, batch).mean())
 
 
 def utilities(images: np.ndarray, examples: list[FeedbackExample], weights: dict[str, float]) -> np.ndarray:

@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from editloop.db import make_engine, make_sessionmaker
 from editloop.models.zoo import load_pipeline
 from editloop.settings import Settings
 from trainers.distributed import init_from_env, is_main, world
 from trainers.feedback.loop import FeedbackConfig, train_feedback
 from trainers.feedback.rewards import load_rewards
-from trainers.runs import logged, update_run
+from trainers.runs import job_progress
 
 TRAINED = "trained-unet.pt"  # the job's result: the UNet's state dict after training
 
@@ -40,14 +39,7 @@ def main(argv: list[str]) -> None:
     pipe = load_pipeline(Path(spec["start_dir"]), "inpaint", device=settings.device, dtype="fp32")
     rewards = load_rewards({k: Path(p) for k, p in spec["rewards"].items()}, spec["versions"]).to(pipe.unet.device)
     run_dir = settings.state_dir / "runs" / run_id
-    progress = None
-    if is_main():
-        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
-
-        def row_progress(step: int, total: int, last: dict[str, float]) -> None:
-            update_run(sessions, run_id, progress=step / total, outputs={"last": last, "procs": size})
-
-        progress = logged(row_progress, run_id, f"feedback-{cfg.stage}", run_dir=run_dir)
+    progress = job_progress(settings, run_id, f"feedback-{cfg.stage}", run_dir)
     torch.manual_seed(cfg.seed)
     train_feedback(pipe, rewards, cfg, run_dir, progress)
     if is_main():

@@ -106,12 +106,16 @@ def promoted_rewards(sessions: sessionmaker[Session], store: BlobStore, settings
 
 
 def promoted_reward_paths(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
-                          kinds: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
-    """(model directory, version) of each kind's promoted reward; refused, naming the command, when one is not."""
+                          kinds: list[str] | tuple[str, ...], required: bool = True
+                          ) -> tuple[dict[str, Path], dict[str, str]]:
+    """(model directory, version) of each kind's promoted reward; a kind with none is refused, naming the command
+    (or, not `required`, left out)."""
     paths, versions = {}, {}
     with sessions() as s:
         for kind in kinds:
             row = promoted(s, kind)
+            if row is None and not required:
+                continue
             if row is None:
                 raise ValueError(f"feedback learning needs a promoted {kind} reward model; train one with "
                                  f"`editloop train reward --kind {kind}`")
