@@ -53,6 +53,21 @@ def init_from_env(device: str | None) -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
 
 
+def join_job(what: str) -> Settings:
+    """A job process's start: its settings (the worker's, through the environment), joined to the job, and the
+    rank line the tests and the job log look for."""
+    settings = Settings()
+    init_from_env(settings.device)
+    rank, size = world()
+    print(f"editloop-rank {rank + 1}/{size}: {what}", flush=True)
+    return settings
+
+
+def leave_job() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(batch: T, rank: int, size: int) -> T:
     """This rank's contiguous 1/size of a global batch: tensors and lists along their first axis, dataclasses and
     tuples field by field, anything else (None, a flag) as it is. The batch must divide evenly."""

@@ -17,13 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from editloop.models.instruct import load_instruct_editor
-from editloop.settings import Settings
 from trainers.align.editor_train import train_editor
 from trainers.align.round_config import RoundConfig
-from trainers.distributed import init_from_env, is_main, world
+from trainers.distributed import is_main, join_job, leave_job
 from trainers.runs import job_progress
 
 TRAINED = "trained-editor"
@@ -31,10 +29,7 @@ TRAINED = "trained-editor"
 
 def main(argv: list[str]) -> None:
     run_id, spec_path = argv
-    settings = Settings()
-    init_from_env(settings.device)
-    rank, size = world()
-    print(f"editloop-rank {rank + 1}/{size}: align run {run_id}", flush=True)
+    settings = join_job(f"align run {run_id}")
     spec = json.loads(Path(spec_path).read_text())
     cfg = RoundConfig.from_dict(spec["config"])
     run_dir = settings.state_dir / "runs" / run_id
@@ -45,8 +40,7 @@ def main(argv: list[str]) -> None:
     if is_main():
         editor.save(run_dir / TRAINED, {})
         (run_dir / "history.json").write_text(json.dumps(state.history))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_job()
 
 
 if __name__ == "__main__":

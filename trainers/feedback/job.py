@@ -16,11 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from editloop.models.zoo import load_pipeline
-from editloop.settings import Settings
-from trainers.distributed import init_from_env, is_main, world
+from trainers.distributed import is_main, join_job, leave_job
 from trainers.feedback.loop import FeedbackConfig, train_feedback
 from trainers.feedback.rewards import load_rewards
 from trainers.runs import job_progress
@@ -30,10 +28,7 @@ TRAINED = "trained-unet.pt"  # the job's result: the UNet's state dict after tra
 
 def main(argv: list[str]) -> None:
     run_id, spec_path = argv
-    settings = Settings()
-    init_from_env(settings.device)
-    rank, size = world()
-    print(f"editloop-rank {rank + 1}/{size}: feedback run {run_id}", flush=True)
+    settings = join_job(f"feedback run {run_id}")
     spec = json.loads(Path(spec_path).read_text())
     cfg = FeedbackConfig.from_dict(spec["config"])
     pipe = load_pipeline(Path(spec["start_dir"]), "inpaint", device=settings.device, dtype="fp32")
@@ -46,8 +41,7 @@ def main(argv: list[str]) -> None:
         tmp = run_dir / f"{TRAINED}.tmp"
         torch.save(pipe.unet.state_dict(), tmp)
         tmp.replace(run_dir / TRAINED)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_job()
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ import sys
 from dataclasses import asdict
 
 import torch
-import torch.distributed as dist
 
 from editloop.db import make_engine, make_sessionmaker
 from editloop.registry import fetch_model_dir
-from editloop.settings import Settings
 from editloop.store.base import open_store
-from trainers.distributed import init_from_env, is_main, world, write_result
+from trainers.distributed import is_main, join_job, leave_job, write_result
 from trainers.reward.kinds import kind_trainer
 from trainers.reward.run import JOB_DATA, RewardTrainConfig, _start_model, _train, run_progress
 from trainers.runs import logged
@@ -28,10 +26,7 @@ from trainers.runs import logged
 
 def main(argv: list[str]) -> None:
     kind, run_id, config, parent_key = argv
-    settings = Settings()
-    init_from_env(settings.device)
-    rank, size = world()
-    print(f"editloop-rank {rank + 1}/{size}: {kind} run {run_id}", flush=True)
+    settings = join_job(f"{kind} run {run_id}")
     cfg = RewardTrainConfig(**json.loads(config))
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     store = open_store(settings)
@@ -46,8 +41,7 @@ def main(argv: list[str]) -> None:
     _, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
     if is_main():
         write_result(run_dir / "result.json", asdict(result))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_job()
 
 
 if __name__ == "__main__":
