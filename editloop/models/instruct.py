@@ -26,7 +26,7 @@ from editloop.models.causal_attention import BranchState, install_causal_attenti
 from editloop.models.coord_unet import load_unet
 from editloop.models.data import to_tensor
 from editloop.models.pipeline_io import encode_texts
-from editloop.models.zoo import pick_device
+from editloop.models.zoo import native_size, pick_device
 
 ARCHS = {"causal": 4, "concat": 8}  # architecture -> UNet input channels
 KIND = "instruct"
@@ -68,7 +68,7 @@ class InstructEditor:
 
     @property
     def native_size(self) -> int:
-        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return native_size(self)
 
     def setting(self, name: str) -> Any:
         return self.meta.get(name, DEFAULTS.get(name))

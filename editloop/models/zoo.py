@@ -110,6 +110,11 @@ def make_pipeline(components: dict[str, Any]) -> StableDiffusionPipeline | Stabl
     return pipe
 
 
+def native_size(pipe: Any) -> int:
+    """The side of the images a pipeline makes: its UNet's latent size times the VAE's downsampling."""
+    return int(pipe.unet.config.sample_size) * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
 def load_pipeline(
     path: str | Path, kind: str, device: str | None = None, dtype: str | None = None
 ) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:

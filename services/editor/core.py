@@ -11,7 +11,7 @@ import torch
 
 from editloop.models.model_dir import model_version
 from editloop.models.pipeline_io import inpaint_inputs, pipeline_to_uint8
-from editloop.models.zoo import load_pipeline, set_scheduler
+from editloop.models.zoo import load_pipeline, native_size, set_scheduler
 from services.core.batching import split_per_job
 from services.core.errors import InvalidArgument
 from services.core.sampling import ModelDefaults, Sampling, TokenCounter
@@ -35,8 +35,7 @@ class EditorCore:
         self.name = name
         self.version = model_version(self.path)
         self.defaults = ModelDefaults.from_dir(self.path)
-        vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-        self.native = self.pipe.unet.config.sample_size * vae_scale
+        self.native = native_size(self.pipe)
 
     def check_image(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]

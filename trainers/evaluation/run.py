@@ -94,21 +94,24 @@ def evaluate_editor(sessions: sessionmaker[Session], store: BlobStore, settings:
     with sessions() as s:
         subject = (resolve_editor if which == "editor" else resolve_instruct)(s, store, settings, spec)
     rewards = promoted_reward_models(sessions, store, settings)
-    suite = resolve_suite(suite_name, which, n)
     config = {"seed": EVAL_SEED, "model_name": subject.name, "path": str(subject.path),
               "rewards": rewards.versions, "clip": str(clip) if clip else None}
     if which == "editor":
-        from editloop.models.zoo import load_pipeline
+        from editloop.models.zoo import load_pipeline, native_size
 
         defaults = SamplingDefaults.from_dir(subject.path)
         pipe = load_pipeline(subject.path, "inpaint", device=settings.device, dtype="fp32")
+        suite = resolve_suite(suite_name, which, n, native_size(pipe))  # a folder suite at the model's size
         run = sample_inpaint(pipe, suite, defaults.steps, defaults.guidance)
         config |= {"steps": defaults.steps, "guidance": defaults.guidance}
     else:
         from editloop.models.instruct import load_instruct_editor
 
-        run = sample_instruct(load_instruct_editor(subject.path, settings.device), suite)
+        editor = load_instruct_editor(subject.path, settings.device)
+        suite = resolve_suite(suite_name, which, n, editor.native_size)
+        run = sample_instruct(editor, suite)
         config |= {"steps": run.steps}
+    config["size"] = int(suite.items[0].source.shape[0])
     result = measure(suite, run, rewards, clip)
     grid = samples_grid(suite.items, run.outputs, f"{subject.name} {subject.version}")
     return save_evaluation(sessions, store, settings.state_dir, subject=which, model_kind=subject.kind,
