@@ -15,8 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-from editloop.settings import Settings
-
 VERSION_HELP = "a version in the registry, `promoted` (the served one) or `base` (the committed base model)"
 
 
@@ -106,12 +104,9 @@ def _evaluate_for_report(settings, sessions, store, name: str) -> None:
 
 
 def _state():
-    from editloop.cli.stack import stack_settings
-    from editloop.state import open_state
+    from editloop.cli.platform import registry_context
 
-    settings = stack_settings(Settings())
-    sessions, store = open_state(settings)
-    return settings, sessions, store
+    return registry_context()
 
 
 def _print_record(record: dict, path: Path, as_json: bool) -> None:

@@ -186,7 +186,7 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_context():
+def registry_context():
     from editloop.state import open_state
 
     settings = Settings()
@@ -206,7 +206,7 @@ def _models_show(args: argparse.Namespace) -> int:
 
     from editloop.db import ModelVersion
 
-    _, sessions, _ = _registry_context()
+    _, sessions, _ = registry_context()
     with sessions() as s:
         rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == args.kind).order_by(ModelVersion.id)).all()
         if not rows:
@@ -222,7 +222,7 @@ def _models_show(args: argparse.Namespace) -> int:
 def _models_promote(args: argparse.Namespace) -> int:
     from editloop.registry import promote
 
-    settings, sessions, store = _registry_context()
+    settings, sessions, store = registry_context()
     with sessions.begin() as s:
         row = promote(s, args.kind, args.version, _load_check(settings, store, args.kind), args.tolerance,
                       args.force, floor_alpha=settings.promotion_floor_alpha)
@@ -234,7 +234,7 @@ def _models_review(args: argparse.Namespace) -> int:
     from editloop.labels.review import REVIEW_ALPHA, record_review, review_verdicts
     from editloop.registry import DEFAULT_TOLERANCE, PromotionRefused, find_version, promote
 
-    settings, sessions, store = _registry_context()
+    settings, sessions, store = registry_context()
     with sessions.begin() as s:
         row = find_version(s, args.kind, args.version)
         review, pairs = review_verdicts(s, row.version)
@@ -267,7 +267,7 @@ def _models_review(args: argparse.Namespace) -> int:
 def _models_rollback(args: argparse.Namespace) -> int:
     from editloop.registry import rollback
 
-    settings, sessions, store = _registry_context()
+    settings, sessions, store = registry_context()
     with sessions.begin() as s:
         row = rollback(s, args.kind, _load_check(settings, store, args.kind))
         print(f"rolled back: {row.kind} {row.version} is promoted again")
