@@ -1,6 +1,6 @@
 """Full turns of the loop, from the committed base, with a simulated panel of the reversed taste (issue 32).
 
-    .venv/bin/python bench/loop_turn.py --out bench/results/loop_turn.json      # ~2 hours on this machine, alone
+    .venv/bin/python bench/loop_turn.py --out bench/results/loop_turn.json      # ~1-2 hours on this machine, alone
 
 `editloop up --port 0` on a fresh state (embedded broker, SQLite, local blobs, Label Studio) serving the committed
 base models; the loop's policy is set by the EDITLOOP_* values in LOOP_ENV (written into the result) and nothing is
@@ -48,9 +48,12 @@ from trainers.feedback.examples import feedback_examples  # noqa: E402
 
 LOOP_ENV = {  # a CPU-sized turn; every other setting is the platform's default
     "EDITLOOP_LOOP_REWARDS": "aesthetic=1",  # the taste lives in the labels; the alignment reward learns the world
-    "EDITLOOP_LOOP_LABEL_SETS": "24", "EDITLOOP_LOOP_LABEL_POOL": "2", "EDITLOOP_LOOP_LABEL_IMAGES": "4",
+    # 48 sets a batch, made as the pool (1: no active selection, which did not cut labels on renders, BENCHMARKS
+    # "Which sets to label", and would double the cost of a batch here); the first reward run at 300 labels
+    # (at 104 its floor refused it: 11 of 19 held-out sets, p = 0.32; loop_turn_partial.json)
+    "EDITLOOP_LOOP_LABEL_SETS": "48", "EDITLOOP_LOOP_LABEL_POOL": "1", "EDITLOOP_LOOP_LABEL_IMAGES": "4",
     "EDITLOOP_LOOP_LABEL_OVERLAP": "1", "EDITLOOP_LOOP_LABEL_GOLD": "2",
-    "EDITLOOP_RETRAIN_LABEL_THRESHOLD": "100", "EDITLOOP_RETRAIN_DEBOUNCE_S": "0",
+    "EDITLOOP_RETRAIN_LABEL_THRESHOLD": "300", "EDITLOOP_RETRAIN_DEBOUNCE_S": "0",
     "EDITLOOP_REWARD_TRAIN_STEPS": "300",
     "EDITLOOP_LOOP_FEEDBACK_STEPS": "60", "EDITLOOP_LOOP_EVAL_EXAMPLES": "48",
     "EDITLOOP_LOOP_INTERVAL_S": "10", "EDITLOOP_TRIGGER_INTERVAL_S": "10", "EDITLOOP_RELOAD_INTERVAL_S": "2",
