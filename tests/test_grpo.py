@@ -201,7 +201,7 @@ def test_bad_grpo_configs_are_named(tmp_path):
     for flags, text in ((["--group", "1"], "`grpo.group` must be in 2..64"),
                         (["--rewards", "beauty=1"], "unknown reward 'beauty'"),
                         (["--scorer", "services"], "no reward service address is known"),
-                        (["--reward-address", "aesthetic"], "--reward-address must be KIND=HOST:PORT")):
+                        (["--reward-address", "aesthetic"], "entry 'aesthetic' must be KIND=HOST:PORT")):
         done = subprocess.run([sys.executable, "-m", "editloop.cli.main", "train", "grpo", *flags], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode != 0 and text in done.stderr, (flags, done.stderr[-800:])

@@ -71,15 +71,10 @@ def _alive(pid: int) -> bool:
 
 def configured_addresses(settings: Settings) -> dict[str, str]:
     """EDITLOOP_SERVICE_ADDRESSES as {part: host:port}; ValueError naming the entry that is not PART=HOST:PORT."""
-    out: dict[str, str] = {}
-    for item in filter(None, (x.strip() for x in settings.service_addresses.split(","))):
-        part, _, address = item.partition("=")
-        host, _, port = address.rpartition(":")
-        if part not in SERVICES or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"EDITLOOP_SERVICE_ADDRESSES entry {item[:80]!r} must be PART=HOST:PORT with PART one of "
-                             f"{', '.join(SERVICES)} and PORT in 1..65535")
-        out[part] = address
-    return out
+    from editloop.addresses import parse_named_addresses
+
+    items = [x.strip() for x in settings.service_addresses.split(",") if x.strip()]
+    return parse_named_addresses(items, "EDITLOOP_SERVICE_ADDRESSES", SERVICES, "PART=HOST:PORT")
 
 
 def service_address(settings: Settings, part: str) -> str:

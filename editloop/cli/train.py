@@ -310,7 +310,11 @@ def grpo_config(args: argparse.Namespace, settings: Settings) -> dict:
     if args.guard is not None:
         grpo["guard"] = [] if args.guard.strip() == "none" else [k.strip() for k in args.guard.split(",") if k.strip()]
     if args.reward_address:
-        grpo["addresses"] = parse_addresses(args.reward_address)
+        from editloop.addresses import parse_named_addresses
+        from editloop.models.reward_kinds import kind_names
+
+        grpo["addresses"] = parse_named_addresses(args.reward_address, "--reward-address", kind_names(),
+                                                  "KIND=HOST:PORT")
     config["grpo"] = grpo
     evaluation = {"auto_promote": not args.no_promote,
                   **({"examples": args.eval_examples} if args.eval_examples is not None else {})}
@@ -338,16 +342,6 @@ def split_coherence(text: str) -> tuple[dict[str, float], float]:
             except ValueError:
                 raise ValueError(f"`--rewards` must be KIND=WEIGHT[,KIND=WEIGHT], got {item!r}") from None
     return parse_reward_weights(",".join(rest), "--rewards"), coherence
-
-
-def parse_addresses(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        kind, sep, address = item.partition("=")
-        if not sep:
-            raise ValueError(f"--reward-address must be KIND=HOST:PORT, got {item!r}")
-        out[kind.strip()] = address.strip()
-    return out
 
 
 def _train_grpo(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from editloop.addresses import is_host_port
 from editloop.models.data import step_rng, to_uint8
 from editloop.models.reward_kinds import kind_names, preference_names
 from editloop.models.zoo import predicted_x0
@@ -89,8 +90,7 @@ class GrpoConfig:
         for kind, address in self.addresses.items():
             if kind not in kind_names():
                 raise ValueError(f"`grpo.addresses` names unknown reward {kind!r}")
-            host, sep, port = str(address).rpartition(":")
-            if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            if not is_host_port(str(address)):
                 raise ValueError(f"`grpo.addresses[{kind!r}]` must be host:port, got {address!r}")
         ClientPolicy(self.timeout, self.retries)  # checks them
 
