@@ -13,7 +13,7 @@ from xml.sax.saxutils import escape
 BEST_KEYS = "123456789"
 WORST_KEYS = "qwertyuio"
 MAX_CANDIDATES = 16
-TASK_KINDS = ("t2i", "edit")
+TASK_KINDS = ("t2i", "edit", "instruct")
 
 BEST_WORST_INSTRUCTIONS = (
     "<p><b>Pick the best and the worst image.</b> Judge how well each image follows the prompt "
@@ -24,6 +24,11 @@ EDIT_INSTRUCTIONS = (
     "<p><b>Pick the best and the worst edit.</b> The source image is shown with the edited region tinted red. "
     "A good edit changes only that region, follows the instruction, and blends in. Both answers are required "
     "and must differ. Hotkeys: best = 1..9, worst = q..o.</p>"
+)
+INSTRUCT_INSTRUCTIONS = (
+    "<p><b>Pick the best and the worst edit.</b> Each image is the source image edited by the instruction above "
+    "it. A good edit does what the instruction says, keeps everything else as it was, and looks clean. Both "
+    "answers are required and must differ. Hotkeys: best = 1..9, worst = q..o.</p>"
 )
 SIDE_BY_SIDE_INSTRUCTIONS = (
     "<p><b>Which image is better?</b> Compare the left and the right image for the same prompt. "
@@ -41,7 +46,7 @@ SIDE_BY_SIDE_CHOICES = ("Left", "Same", "Right")
 class ProjectSpec:
     """One Label Studio project: a labelling kind and, for best/worst, the candidate count it shows."""
 
-    kind: str  # t2i | edit | side_by_side | side_by_side_edit
+    kind: str  # t2i | edit | instruct | side_by_side | side_by_side_edit
     n: int = 0
     prefix: str = "editloop"  # one Label Studio can hold several editloop deployments' projects
 
@@ -56,11 +61,11 @@ class ProjectSpec:
     def label_config(self) -> str:
         if self.kind in ("side_by_side", "side_by_side_edit"):
             return side_by_side_config(edit=self.kind == "side_by_side_edit")
-        return best_worst_config(self.n, edit=self.kind == "edit")
+        return best_worst_config(self.n, edit=self.kind == "edit", instruct=self.kind == "instruct")
 
     @property
     def instructions(self) -> str:
-        return {"t2i": BEST_WORST_INSTRUCTIONS, "edit": EDIT_INSTRUCTIONS,
+        return {"t2i": BEST_WORST_INSTRUCTIONS, "edit": EDIT_INSTRUCTIONS, "instruct": INSTRUCT_INSTRUCTIONS,
                 "side_by_side_edit": SIDE_BY_SIDE_EDIT_INSTRUCTIONS}.get(self.kind, SIDE_BY_SIDE_INSTRUCTIONS)
 
 
@@ -78,13 +83,16 @@ def _image(name: str, caption: str) -> str:
             f"    </View>")
 
 
-def best_worst_config(n: int, edit: bool = False) -> str:
-    """Prompt (or instruction plus source with the mask over it) and N images; best and worst both required."""
+def best_worst_config(n: int, edit: bool = False, instruct: bool = False) -> str:
+    """Prompt (or caption plus source with the mask over it, or instruction plus source) and N images; best and
+    worst both required."""
     if not 2 <= n <= MAX_CANDIDATES:
         raise ValueError(f"`n` must be in 2..{MAX_CANDIDATES}, got {n}")
     header = ['  <Header value="$prompt"/>']
     if edit:
         header += edit_header()
+    if instruct:
+        header += ['  <View style="display:flex;gap:8px">', _image("source_image", "source"), "  </View>"]
     images = "\n".join(_image(f"img{i + 1}", str(i + 1)) for i in range(n))
     return "\n".join([
         "<View>", *header,

@@ -54,7 +54,7 @@ def overlay_png(source_png: bytes, mask_png: bytes, alpha: float = 0.45) -> byte
 
 
 def _spec_for(cs: CandidateSet, prefix: str) -> ProjectSpec:
-    kind = "t2i" if cs.kind == "t2i" else "edit"
+    kind = {"t2i": "t2i", "instruct": "instruct"}.get(cs.kind, "edit")
     if len(cs.items) > MAX_CANDIDATES:
         raise ValueError(f"candidate set {cs.id} has {len(cs.items)} images; at most {MAX_CANDIDATES} can be shown")
     return ProjectSpec(kind, len(cs.items), prefix)
@@ -64,7 +64,9 @@ def candidate_task(cs: CandidateSet, session: Session, store: BlobStore, link: C
     data = {"external_key": f"cs:{cs.id}", "candidate_set_id": cs.id, "prompt": cs.prompt.text}
     for item in cs.items:
         data[f"img{item.position + 1}"] = link(item.image.blob_key)
-    if cs.kind != "t2i" and cs.source_image_id is not None and cs.mask_key:
+    if cs.kind == "instruct" and cs.source_image_id is not None:
+        data["source_image"] = link(session.get(ImageRecord, cs.source_image_id).blob_key)
+    elif cs.kind != "t2i" and cs.source_image_id is not None and cs.mask_key:
         source = session.get(ImageRecord, cs.source_image_id)
         data["source_image"] = link(source.blob_key)
         overlay = overlay_png(store.get(source.blob_key), store.get(cs.mask_key))

@@ -19,9 +19,9 @@ from label_studio_sdk import LabelStudio
 
 from annotation.client import connect, retrying
 from annotation.server import personal_access_token, signup
-from editloop.world.annotators import SimulatedAnnotator
+from editloop.world.annotators import SimulatedAnnotator, intended_scene
 from editloop.world.io import from_png
-from editloop.world.scene import Scene, parse_caption
+from editloop.world.scene import Scene
 
 log = logging.getLogger("editloop.annotation.simulate")
 SAME_MARGIN = 0.1  # utility gap under which a side-by-side answer is "Same"
@@ -59,30 +59,32 @@ def next_task(url: str, labeller: Labeller, project_id: int) -> dict | None:
     return resp.json()
 
 
-def _intended(prompt: str) -> Scene | None:
-    try:
-        return parse_caption(prompt)
-    except ValueError:
-        return None
-
-
 def _load(http: requests.Session, link: str) -> np.ndarray:
     resp = requests.get(link, timeout=30)  # signed links need no credentials, like an <img> tag
     resp.raise_for_status()
     return from_png(resp.content, "task image", size=None)
 
 
+def _intended(labeller: Labeller, data: dict) -> Scene | None:
+    """The scene the task asks for: its caption's, or its source's with the instruction done to it."""
+    prompt = data.get("prompt", "")
+    scene = intended_scene(prompt)  # a caption: the source is not needed
+    if scene is None and "source_image" in data:
+        scene = intended_scene(prompt, _load(labeller.http, data["source_image"]))
+    return scene
+
+
 def best_worst_result(labeller: Labeller, data: dict) -> list[dict]:
     names = sorted((k for k in data if k.startswith("img") and k[3:].isdigit()), key=lambda k: int(k[3:]))
     images = [_load(labeller.http, data[k]) for k in names]
-    best, worst = labeller.annotator.best_worst(images, _intended(data.get("prompt", "")))
+    best, worst = labeller.annotator.best_worst(images, _intended(labeller, data))
     return [{"from_name": name, "to_name": "img1", "type": "choices", "value": {"choices": [str(pos + 1)]}}
             for name, pos in (("best", best), ("worst", worst))]
 
 
 def side_by_side_result(labeller: Labeller, data: dict) -> list[dict]:
     left, right = (_load(labeller.http, data[k]) for k in ("left", "right"))
-    u_left, u_right = labeller.annotator.utilities([left, right], _intended(data.get("prompt", "")))
+    u_left, u_right = labeller.annotator.utilities([left, right], _intended(labeller, data))
     if abs(u_left - u_right) < SAME_MARGIN:
         verdict = "Same"
     else:

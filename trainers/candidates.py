@@ -1,4 +1,5 @@
-"""Generate a candidate set: N images for a prompt, or N edits of a source and mask.
+"""Generate a candidate set: N images for a prompt, N edits of a source and mask, or N edits of a source by an
+instruction.
 
 A plain function the Celery task wraps: it receives a session and a store, generates, stores the images
 and records the generation and the candidate set (with the model name and version that made them).
@@ -6,10 +7,12 @@ Idempotent: the same `idempotency_key` returns the set made the first time.
 
 Text-to-image sets come from the base generator. Edit sets come from an editor chosen by `editor`: the
 one the editor service serves (the promoted feedback-learning version, else the base inpainting model),
-"base", or any registered editor version, a refused candidate included. Labelling the samples of the
-model being fine-tuned is what keeps a learned reward accurate where fine-tuning takes the model
-(BENCHMARKS.md, "what PeFL does to its reward": 0.715 accurate on the base's pairs, 0.459 on the pairs
-PeFL creates); the base's samples alone teach it nothing about the fine-tuned model's.
+"base", or any registered editor version, a refused candidate included. Instruction-edit sets ("instruct":
+the prompt is the instruction) come from the instruction editor `editor` names the same way: the promoted
+instruct version (an alignment round's or a DPO run's), "base" (the committed one), or any registered one.
+Labelling the samples of the model being fine-tuned is what keeps a learned reward accurate where fine-tuning
+takes the model (BENCHMARKS.md, "what PeFL does to its reward": 0.715 accurate on the base's pairs, 0.459 on the
+pairs PeFL creates); the base's samples alone teach it nothing about the fine-tuned model's.
 """
 
 from __future__ import annotations
@@ -31,33 +34,42 @@ from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from editloop.world.io import from_png, mask_from_png, to_png
 
+KINDS = ("t2i", "inpaint", "instruct")
+
 
 @dataclass(frozen=True)
 class CandidateSpec:
     prompt: str
     n: int = 4
-    kind: str = "t2i"  # t2i | inpaint
-    source_key: str | None = None  # for inpaint: blob keys of the source image and mask
+    kind: str = "t2i"  # t2i | inpaint | instruct
+    source_key: str | None = None  # for inpaint: blob keys of the source image and mask; instruct: the source
     mask_key: str | None = None
     steps: int | None = None  # None: the model's default (an 8-step editor says 8 in its editloop.json)
     guidance: float = 4.0
     seed: int = 0
     scheduler: str = "ddim"
     idempotency_key: str | None = None
-    editor: str | None = None  # inpaint only: None = the served editor, "base", or an editor version
+    editor: str | None = None  # inpaint, instruct: None = the served editor, "base", or a registered version
 
     def check(self) -> None:
-        if self.kind not in ("t2i", "inpaint"):
-            raise ValueError(f"`kind` must be 't2i' or 'inpaint', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {list(KINDS)}, got {self.kind!r}")
         if not 2 <= self.n <= 16:
             raise ValueError(f"`n` must be in 2..16 (a candidate set compares images), got {self.n}")
         if not self.prompt.strip():
             raise ValueError("`prompt` is empty")
         if self.kind == "inpaint" and not (self.source_key and self.mask_key):
             raise ValueError("`source_key` and `mask_key` are required for an inpaint candidate set")
+        if self.kind == "instruct":
+            from editloop.world.instructions import check_instruction
+
+            check_instruction(self.prompt, "prompt")  # the instruction
+            if not self.source_key or self.mask_key:
+                raise ValueError("an instruct candidate set takes `source_key` (the image to edit) and no "
+                                 f"`mask_key`, got source_key={self.source_key!r}, mask_key={self.mask_key!r}")
         if self.kind == "t2i" and self.editor is not None:
-            raise ValueError(f"`editor` applies to inpaint candidate sets only, got editor={self.editor!r} "
-                             "with kind 't2i'")
+            raise ValueError(f"`editor` applies to inpaint and instruct candidate sets only, got "
+                             f"editor={self.editor!r} with kind 't2i'")
         if self.steps is not None and not 1 <= self.steps <= 100:
             raise ValueError(f"`steps` must be in 1..100, got {self.steps}")
 
@@ -80,6 +92,8 @@ def candidate_model(spec: CandidateSpec, session: Session, store: BlobStore, set
 
     if spec.kind == "t2i":
         name, version, path = "base-t2i", model_version(settings.generator_model), settings.generator_model
+    elif spec.kind == "instruct":
+        name, version, path = instruct_model(spec.editor, session, store, settings)
     elif spec.editor == "base":
         name, version, path = "base-inpaint", model_version(settings.editor_model), settings.editor_model
     else:
@@ -91,9 +105,33 @@ def candidate_model(spec: CandidateSpec, session: Session, store: BlobStore, set
     return CandidateModel(name, version, path, SamplingDefaults.from_dir(path).steps)
 
 
+def instruct_model(editor: str | None, session: Session, store: BlobStore, settings: Settings
+                   ) -> tuple[str, str, Path]:
+    """(name, version, directory) of the instruction editor `editor` names (module docstring)."""
+    from editloop.models.card import has_card
+    from editloop.models.model_dir import model_version
+    from editloop.registry import PromotionRefused, instruct_model_dir
+
+    if editor == "base":
+        if not has_card(settings.instruct_model):
+            raise ValueError(f"`editor` 'base': {settings.instruct_model} holds no instruction editor")
+        return "default-instruct", model_version(settings.instruct_model), settings.instruct_model
+    try:
+        found = instruct_model_dir(session, store, settings.instruct_model, settings.state_dir / "models", editor)
+    except PromotionRefused as exc:
+        raise ValueError(f"`editor` {editor!r}: {exc}") from exc
+    if found is None:
+        raise ValueError(f"no instruction editor: none is promoted and {settings.instruct_model} holds none")
+    return found[0], found[1], found[2]
+
+
 @lru_cache(maxsize=2)
 def cached_pipeline(path: str, kind: str, device: str | None):
-    """One pipeline per worker process, loaded on first use."""
+    """One pipeline (an InstructEditor for "instruct") per worker process, loaded on first use."""
+    if kind == "instruct":
+        from editloop.models.instruct import load_instruct_editor
+
+        return load_instruct_editor(path, device=device)
     return load_pipeline(Path(path), kind, device=device)
 
 
@@ -113,6 +151,19 @@ def generate_images(pipe, spec: CandidateSpec, store: BlobStore, steps: int) -> 
     return list(pipeline_to_uint8(out)), source_png, mask_png
 
 
+def instruct_images(editor, spec: CandidateSpec, store: BlobStore, steps: int) -> tuple[list[np.ndarray], bytes,
+                                                                                      None]:
+    """`spec.n` edits of the source by the instruction (text guidance `spec.guidance`, the editor's image
+    guidance), one seed each."""
+    from editloop.models.instruct_sampling import edit_images
+
+    source_png = store.get(spec.source_key)
+    image = from_png(source_png, "source", size=editor.native_size)
+    out = edit_images(editor, np.stack([image] * spec.n), [spec.prompt] * spec.n,
+                      [spec.seed + i for i in range(spec.n)], steps=steps, text_guidance=spec.guidance)
+    return list(out), source_png, None
+
+
 def run(spec: CandidateSpec, session: Session, store: BlobStore, settings: Settings) -> int:
     """Make (or find) the candidate set; returns its id. The caller commits."""
     spec.check()
@@ -124,7 +175,10 @@ def run(spec: CandidateSpec, session: Session, store: BlobStore, settings: Setti
     model = candidate_model(spec, session, store, settings)
     steps = spec.steps or model.default_steps
     pipe = cached_pipeline(str(model.path), spec.kind, settings.device)
-    images, source_png, mask_png = generate_images(pipe, spec, store, steps)
+    if spec.kind == "instruct":
+        images, source_png, mask_png = instruct_images(pipe, spec, store, steps)
+    else:
+        images, source_png, mask_png = generate_images(pipe, spec, store, steps)
     pngs = [to_png(im) for im in images]
     gen, _ = record_generation(
         session, store, kind=spec.kind, prompt=spec.prompt, pngs=pngs, shape=images[0].shape[:2],

@@ -8,6 +8,11 @@ enqueues their candidate sets on the `gpu` queue (SETS_PER_TASK sets per task), 
 version (the served one by default, or a candidate the gate refused). The sets are then pushed to Label
 Studio like any other (`editloop annotation push`), and the next reward run learns from their labels.
 
+With `instruct`, the sets are instruction edits instead (SeedEdit's task; kind "instruct"): world edits of the
+seven kinds (trainers.align.pairs.edit_specs), each source a clean render and each set N edits of it by its
+instruction, made by an instruction editor version (the promoted instruct version by default, "base" for the
+committed one). Labels on them are what a Diffusion-DPO run of the instruction editor trains on.
+
 The seeds of these examples start at LABEL_SEED by default, away from the held-out sets the gates and
 benchmarks use (20000+, 40000+, 950000+, 960000+). Enqueuing is idempotent: the same editor version,
 seed, example and sampling settings give the same idempotency key, so enqueuing again (after an
@@ -42,28 +47,42 @@ class EditSetsRequest:
     seed: int = LABEL_SEED
     tasks: tuple[str, ...] = TASKS
     steps: int | None = None  # None: the editor's default steps
-    guidance: float = 4.0
+    guidance: float | None = None  # None: 4.0 for inpainting, the instruction editors' default 5.0 for instruct
+    instruct: bool = False  # instruction-edit sets by an instruction editor (module docstring)
+
+    @property
+    def text_guidance(self) -> float:
+        from editloop.models.instruct import DEFAULTS
+
+        return self.guidance if self.guidance is not None else (
+            float(DEFAULTS["default_guidance"]) if self.instruct else 4.0)
 
     def check(self) -> None:
-        check_tasks(self.tasks)
+        if not self.instruct:
+            check_tasks(self.tasks)
         if not 1 <= self.sets <= 10_000:
             raise ValueError(f"`sets` must be in 1..10000, got {self.sets}")
         if not self.editor.strip():
             raise ValueError("`editor` is empty; give 'served', 'base' or an editor version")
-        CandidateSpec(prompt="check", n=self.images, kind="inpaint", source_key="-", mask_key="-",
-                      steps=self.steps, guidance=self.guidance, editor="base").check()
+        if self.instruct:
+            CandidateSpec(prompt="remove the red circle", n=self.images, kind="instruct", source_key="-",
+                          steps=self.steps, guidance=self.text_guidance, editor="base").check()
+        else:
+            CandidateSpec(prompt="check", n=self.images, kind="inpaint", source_key="-", mask_key="-",
+                          steps=self.steps, guidance=self.text_guidance, editor="base").check()
 
 
-def resolve_editor(session: Session, editor: str) -> str:
-    """"served" -> the promoted editor version, else "base"; anything else is checked against the registry."""
+def resolve_editor(session: Session, editor: str, kind: str = "editor") -> str:
+    """"served" -> the promoted version of `kind` ("editor" or "instruct"), else "base"; anything else is checked
+    against the registry."""
     from editloop.registry import PromotionRefused, find_version, promoted
 
     if editor == "served":
-        row = promoted(session, "editor")
+        row = promoted(session, kind)
         return row.version if row is not None else "base"
     if editor != "base":
         try:
-            find_version(session, "editor", editor)
+            find_version(session, kind, editor)
         except PromotionRefused as exc:
             raise ValueError(f"`editor` {editor!r}: {exc}") from exc
     return editor
@@ -72,15 +91,33 @@ def resolve_editor(session: Session, editor: str) -> str:
 def edit_set_specs(request: EditSetsRequest, editor: str, store: BlobStore) -> list[dict]:
     """One candidate-set spec per world example, its source and mask stored (content-addressed blobs)."""
     request.check()
+    if request.instruct:
+        return instruct_set_specs(request, editor, store)
     specs = []
     for i, example in enumerate(feedback_examples(request.sets, request.seed, request.tasks)):
         source_key = store.put(to_png(example.source), "image/png")
         mask_key = store.put(mask_to_png(example.mask), "image/png")
         key = (f"edit-set:{editor}:{request.seed}:{','.join(request.tasks)}:{i}:{request.images}:"
-               f"{request.steps or 'default'}:{request.guidance}")
+               f"{request.steps or 'default'}:{request.text_guidance}")
         specs.append(dict(prompt=example.prompt, n=request.images, kind="inpaint", source_key=source_key,
-                          mask_key=mask_key, steps=request.steps, guidance=request.guidance,
+                          mask_key=mask_key, steps=request.steps, guidance=request.text_guidance,
                           seed=request.seed + 1000 * i, editor=editor, idempotency_key=key))
+    return specs
+
+
+def instruct_set_specs(request: EditSetsRequest, editor: str, store: BlobStore) -> list[dict]:
+    """One instruction-edit set spec per world edit (the seven kinds in turn), its clean source render stored."""
+    from editloop.world.render import render
+    from trainers.align.pairs import edit_specs
+
+    specs = []
+    for i, edit in enumerate(edit_specs(request.sets, request.seed)):
+        source_key = store.put(to_png(render(edit.source)), "image/png")
+        key = (f"instruct-set:{editor}:{request.seed}:{i}:{request.images}:{request.steps or 'default'}:"
+               f"{request.text_guidance}")
+        specs.append(dict(prompt=edit.instruction, n=request.images, kind="instruct", source_key=source_key,
+                          steps=request.steps, guidance=request.text_guidance, seed=request.seed + 1000 * i,
+                          editor=editor, idempotency_key=key))
     return specs
 
 
@@ -122,5 +159,5 @@ def make_edit_sets(settings: Settings, request: EditSetsRequest) -> tuple[str, l
     request.check()
     sessions, store = open_state(settings)
     with sessions() as session:
-        editor = resolve_editor(session, request.editor)
+        editor = resolve_editor(session, request.editor, "instruct" if request.instruct else "editor")
     return editor, enqueue_edit_sets(make_celery(settings), edit_set_specs(request, editor, store))

@@ -29,7 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cand.add_argument("--seed", type=int, default=None, help="first example seed (default 500000: no held-out set)")
     cand.add_argument("--tasks", default="inpaint,erase,outpaint", help="comma-separated edit tasks")
     cand.add_argument("--steps", type=int, default=None, help="sampling steps (default: the editor's own)")
-    cand.add_argument("--guidance", type=float, default=4.0)
+    cand.add_argument("--guidance", type=float, default=None,
+                      help="text guidance (default 4.0; with --instruct the instruction editors' 5.0)")
+    cand.add_argument("--instruct", action="store_true",
+                      help="instruction-edit sets (the seven world edit kinds) made by an instruction editor: "
+                           "--editor then names an instruct version (served: the promoted one, else the committed)")
     cand.add_argument("--no-wait", action="store_true", help="enqueue and return (the sets appear as the worker "
                                                              "makes them)")
     cand.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each set (default 1800)")
@@ -121,7 +125,7 @@ def _candidates(args: argparse.Namespace) -> int:
 
     request = EditSetsRequest(args.editor, args.sets, args.images, LABEL_SEED if args.seed is None else args.seed,
                               tuple(t.strip() for t in args.tasks.split(",") if t.strip()), args.steps,
-                              args.guidance)
+                              args.guidance, args.instruct)
     editor, results = make_edit_sets(_settings(), request)
     total = sum(count for _, count in results)
     print(f"{total} candidate sets enqueued on the gpu queue in {len(results)} tasks, made by editor {editor!r}")

@@ -18,10 +18,9 @@ from editloop.db.models import CandidateItem, CandidateSet, ImageRecord, Prefere
 from editloop.records import get_or_create_image, get_or_create_prompt
 from editloop.store.base import BlobStore
 from editloop.world import cell_mask, render, sample_scene
-from editloop.world.annotators import SimulatedAnnotator
+from editloop.world.annotators import SimulatedAnnotator, intended_scene
 from editloop.world.io import from_png, mask_to_png, to_png
 from editloop.world.render import sample_quality
-from editloop.world.scene import parse_caption
 
 
 def add_candidate_set(session: Session, store: BlobStore, prompt: str, images: list[np.ndarray], kind: str,
@@ -92,7 +91,8 @@ def simulate_labels(sessions: sessionmaker[Session], store: BlobStore, set_ids: 
         keys = {i: k for i, k in session.execute(select(ImageRecord.id, ImageRecord.blob_key))}
         for i, cs in enumerate(sets):
             images = [from_png(store.get(keys[item.image_id])) for item in cs.items]
-            intended = parse_caption(cs.prompt.text)
+            source = from_png(store.get(keys[cs.source_image_id])) if cs.source_image_id else None
+            intended = intended_scene(cs.prompt.text, source)
             for j in range(plan.overlap):
                 annotator = plan.annotators[(i + j) % len(plan.annotators)]
                 best, worst = annotator.best_worst(images, intended)

@@ -104,3 +104,22 @@ def panel(
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
+
+
+def intended_scene(prompt: str, source: np.ndarray | None = None) -> Scene | None:
+    """What a person reading a task expects to see: the scene a caption describes, or for an instruction the
+    source image's scene (as the judge reads it) with the instruction done to it; None when neither applies."""
+    from editloop.world.edits import apply_instruction, judged_scene
+    from editloop.world.scene import parse_caption
+
+    try:
+        return parse_caption(prompt)
+    except ValueError:
+        pass
+    scene = judged_scene(judge(source)) if source is not None else None
+    if scene is None:
+        return None
+    try:
+        return apply_instruction(scene, prompt)
+    except ValueError:
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -138,3 +139,52 @@ def edit_preservation(judged: JudgedScene, edit: Edit) -> bool:
     if edit.kind != "background":
         flags.append(cmp.background)
     return all(flags)
+
+
+_FORMS = (  # the grammar of editloop.world.instructions, as make_edit writes it
+    ("recolor", re.compile(r"make the (\w+) (\w+) (\w+)$")),
+    ("reshape", re.compile(r"turn the (\w+) (\w+) into a (\w+)$")),
+    ("resize", re.compile(r"make the (\w+) (\w+) (larger|smaller)$")),
+    ("move", re.compile(r"move the (\w+) (\w+) to the (.+)$")),
+    ("remove", re.compile(r"remove the (\w+) (\w+)$")),
+    ("add", re.compile(r"add a (\w+) (\w+) (\w+) at the (.+)$")),
+    ("background", re.compile(r"change the background to (\w+)$")),
+)
+
+
+def apply_instruction(source: Scene, instruction: str) -> Scene:
+    """The scene `instruction` asks for, done to `source` (what a person reading it expects to see); ValueError
+    when it does not apply (names an object the scene lacks, or would make an invalid scene)."""
+    from editloop.world.instructions import check_instruction
+
+    text = check_instruction(instruction)
+    for kind, form in _FORMS:
+        if (m := form.match(text)) is None or (kind == "recolor" and m.group(3) in ("larger", "smaller")):
+            continue
+        if kind == "background":
+            return Scene(m.group(1), source.objects)
+        if kind == "add":
+            size, color, shape, position = m.groups()
+            return Scene(source.background, (*source.objects, SceneObject(shape, color, size, position)))
+        color, shape = m.group(1), m.group(2)
+        index = next((i for i, o in enumerate(source.objects) if (o.color, o.shape) == (color, shape)), None)
+        if index is None:
+            raise ValueError(f"`instruction` {text!r} names the {color} {shape}, which the scene does not hold")
+        obj = source.objects[index]
+        if kind == "remove":
+            return Scene(source.background, tuple(o for i, o in enumerate(source.objects) if i != index))
+        value = m.group(3)
+        field = {"recolor": "color", "reshape": "shape", "resize": "size", "move": "position"}[kind]
+        if kind == "resize":
+            value = "large" if value == "larger" else "small"
+        return _with_object(source, index, replace(obj, **{field: value}))
+    raise ValueError(f"`instruction` {text!r} has no form")  # check_instruction admits only the forms above
+
+
+def judged_scene(judged: JudgedScene) -> Scene | None:
+    """The scene the judge read, or None when it is not a valid scene (no object, more than three, two alike)."""
+    try:
+        return Scene(judged.background, tuple(SceneObject(o.shape, o.color, o.size, o.position)
+                                              for o in judged.objects))
+    except ValueError:
+        return None
