@@ -9,6 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import requests
 from conftest import free_port, start_worker
@@ -30,15 +31,17 @@ from editloop.db.models import (
     CandidateSet,
     Comparison,
     ComparisonPair,
+    ImageRecord,
     LabelEvent,
     LabelTask,
     Preference,
 )
 from editloop.labels.results import InvalidLabel, parse_best_worst
-from editloop.labels.simulated import render_candidate_sets
+from editloop.labels.simulated import render_candidate_sets, render_instruct_sets
 from editloop.settings import Settings
 from editloop.store import open_store
-from editloop.world.annotators import SimulatedAnnotator
+from editloop.world.annotators import SimulatedAnnotator, intended_scene
+from editloop.world.io import from_png
 
 
 @dataclass
@@ -78,6 +81,7 @@ def test_label_configs_are_validated_by_label_studio(label_studio):
     ls = connect(label_studio.url, label_studio.token)
     prefix = f"cfg-{uuid.uuid4().hex[:6]}"
     for spec in (ProjectSpec("t2i", 2, prefix), ProjectSpec("t2i", 12, prefix), ProjectSpec("edit", 4, prefix),
+                 ProjectSpec("instruct", 3, prefix),
                  ProjectSpec("side_by_side", prefix=prefix), ProjectSpec("side_by_side_edit", prefix=prefix)):
         project_id = ensure_project(ls, spec, overlap=2)
         assert ensure_project(ls, spec, overlap=3) == project_id  # found again, not duplicated
@@ -472,3 +476,34 @@ def test_label_studio_down_in_the_middle_of_a_sync_loses_and_doubles_nothing(env
         env.info.save(info_path(env.settings))
         proxy.go_down()
         proxy.listener.close()
+
+
+def test_instruction_edit_sets_are_labelled_in_their_own_project_by_what_the_instruction_asks(env):
+    """Instruction-edit sets (source + instruction, no mask) go to a project that shows the source; a simulated
+    annotator reads the instruction against the source; the labels sync to the sets and only the instruction
+    editor's DPO reads them (not the preference rewards)."""
+    from trainers.align.dpo import instruct_labels
+    from trainers.reward.data import reward_labels
+
+    ids = render_instruct_sets(env.sessions, env.store, 6, n_images=3, seed=4)
+    pushed = push_candidate_sets(env.ls, env.sessions, env.store, LinkMaker(env.settings, env.store),
+                                 env.target(overlap=1, webhook=False))
+    prefix = env.settings.annotation_project_prefix
+    assert pushed.created == 6 and list(pushed.projects) == [f"{prefix} best/worst instruct x3"]
+    project_id = pushed.projects[f"{prefix} best/worst instruct x3"]
+    tasks = list(env.ls.tasks.list(project=project_id, fields="all"))
+    assert all("source_image" in t.data and "mask_overlay" not in t.data for t in tasks)
+    labeller = join(env.info.url, SimulatedAnnotator(f"instr-{prefix}", 0.001, seed=1))  # picks its argmax
+    assert sum(label_project(env.info.url, [labeller], project_id).values()) == 6
+    assert sync(env.ls, env.sessions).recorded == 6
+    with env.sessions() as s:
+        labels = instruct_labels(s)
+        assert sorted(p.candidate_set_id for p in labels) == ids and not s.scalars(reward_labels()).all()
+        for label in labels:
+            cs = s.get(CandidateSet, label.candidate_set_id)
+            source = from_png(env.store.get(s.get(ImageRecord, cs.source_image_id).blob_key))
+            intended = intended_scene(cs.prompt.text, source)
+            assert intended is not None  # the instruction applies to the source the task shows
+            images = [from_png(env.store.get(item.image.blob_key)) for item in cs.items]
+            best = cs.items[int(np.argmax(labeller.annotator.utilities(images, intended)))]
+            assert label.best_image_id == best.image_id, cs.prompt.text

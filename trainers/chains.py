@@ -1,5 +1,6 @@
 """Feedback chains on the queue: one training-run row per stage (queued, with the reason it started), then one
-Celery chain whose each stage starts from the version the stage before made. Used by `editloop train` and by
+Celery chain whose each stage starts from the version the stage before made; the same for chains of alignment
+rounds, and a single instruction-editor DPO run (an ALIGN_ROUND message too). Used by `editloop train` and by
 the automatic loop (trainers.autoloop)."""
 
 from __future__ import annotations
@@ -58,3 +59,21 @@ def send_align_chain(app: Celery, run_ids: list[str], config: dict[str, Any], st
     sigs = [app.signature(ALIGN_TASK, args=link.args(first=i == 0), task_id=link.run_id)
             for i, link in enumerate(links)]  # each after the first gets the round before's result first
     chain(*sigs).apply_async()
+
+
+def add_instruct_dpo_row(session: Session, config: dict[str, Any], reason: str, start_version: str | None) -> str:
+    """The queued row of an instruction-editor DPO run (trainers/align/dpo.py) starting from instruct version
+    `start_version` (None: the committed editor), its config checked first; the caller commits before sending."""
+    from trainers.align.dpo import KIND, split_config
+
+    split_config(config)
+    run_id = uuid.uuid4().hex
+    session.add(TrainingRun(id=run_id, kind=KIND, status="queued", inputs={
+        "config": config, "trigger": reason, "chain": [run_id],
+        **({"first": {"version": start_version}} if start_version else {})}))
+    return run_id
+
+
+def send_instruct_dpo(app: Celery, run_id: str, config: dict[str, Any], start_version: str | None) -> None:
+    link = AlignRound(run_id, config, {"version": start_version} if start_version else None)
+    app.send_task(ALIGN_TASK, args=link.args(), task_id=run_id)

@@ -61,8 +61,10 @@ def new_label_count(session: Session) -> int:
                              .order_by(ModelVersion.id.desc()).limit(1)).first()
     seen = [((v.config or {}).get("lineage") or {}).get("max_label_id", 0) for v in (current, newest) if v]
     since = max(seen, default=0)
-    return session.scalar(select(func.count()).select_from(Preference).where(
-        Preference.status == "valid", Preference.id > since)) or 0
+    from trainers.reward.data import reward_labels  # torch, loaded only where a count is asked
+
+    return session.scalar(select(func.count()).select_from(
+        reward_labels().where(Preference.id > since).order_by(None).subquery())) or 0
 
 
 def decide(session: Session, settings: Settings, now: datetime,

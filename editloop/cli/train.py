@@ -1,6 +1,7 @@
 """`editloop train reward --kind K [--wait]`: enqueue a reward-model training run on the gpu queue.
 `editloop train pefl|adversarial|progressive [--wait]`: enqueue a feedback chain (ByteEdit) on the gpu queue.
-`editloop train dpo [--wait]`: enqueue a Diffusion-DPO run (from the best/worst labels on edit sets) on the gpu queue.
+`editloop train dpo [--instruct] [--wait]`: enqueue a Diffusion-DPO run (from the best/worst labels on edit sets, or
+with --instruct on instruction-edit sets, training the instruction editor) on the gpu queue.
 `editloop train grpo [--wait]`: enqueue an online GRPO run (samples scored by the reward services) on the gpu queue.
 `editloop train align --rounds N [--wait]`: enqueue SeedEdit alignment rounds as a chain on the gpu queue."""
 
@@ -70,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--eval-examples", type=int, default=None, help="held-out examples of the gate")
     d.add_argument("--rewards", default=None, metavar="KIND=W,...",
                    help="the promoted rewards the gate scores with (default aesthetic=1,alignment=1)")
+    d.add_argument("--instruct", action="store_true",
+                   help="train the instruction editor (SeedEdit) from the labels on instruction-edit sets "
+                        "(`editloop annotation candidates --instruct`), starting from the promoted instruct version "
+                        "(else the committed one); gated on the alignment rounds' held-out edits")
+    d.add_argument("--eval-per-kind", type=int, default=None,
+                   help="--instruct: held-out edits per edit kind of the gate (default 8)")
+    d.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     d.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
     d.add_argument("--wait", action="store_true", help="wait for the run and print its result")
     d.set_defaults(func=_train_dpo)
@@ -246,8 +254,13 @@ def _train_feedback(args: argparse.Namespace) -> int:
 def dpo_config(args: argparse.Namespace) -> dict:
     """The DPO run's config from the flags, checked as the worker checks it (ValueError naming the field)."""
     config: dict = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                                       ("dpo_beta", args.beta), ("lr", args.lr), ("lora_rank", args.lora_rank))
-                    if v is not None}
+                                       ("dpo_beta", args.beta), ("lr", args.lr), ("lora_rank", args.lora_rank),
+                                       ("checkpoint_every", args.checkpoint_every)) if v is not None}
+    if args.instruct:
+        return instruct_dpo_config(args, config)
+    if args.eval_per_kind is not None:
+        raise ValueError("`--eval-per-kind` applies to --instruct runs; the inpainting editor's gate takes "
+                         "--eval-examples")
     if args.rewards is not None:
         from trainers.feedback.loop import parse_reward_weights
 
@@ -258,11 +271,43 @@ def dpo_config(args: argparse.Namespace) -> dict:
     return {**config, "eval": evaluation}
 
 
+def instruct_dpo_config(args: argparse.Namespace, config: dict) -> dict:
+    """An instruction-editor DPO run's config (trainers/align/dpo.py), checked as the worker checks it."""
+    from trainers.align.dpo import split_config
+
+    for flag, value in (("--rewards", args.rewards), ("--eval-examples", args.eval_examples)):
+        if value is not None:
+            raise ValueError(f"`{flag}` does not apply to --instruct (its gate is the world's judge on held-out "
+                             f"edits: --eval-per-kind)")
+    config = {**config, "auto_promote": not args.no_promote,
+              **({"eval_per_kind": args.eval_per_kind} if args.eval_per_kind is not None else {})}
+    split_config(config)
+    return config
+
+
 def _train_dpo(args: argparse.Namespace) -> int:
     settings = Settings()
+    if args.instruct:
+        return _train_instruct_dpo(args, settings)
     (run_id,) = enqueue_feedback_chain(settings, ["dpo"], dpo_config(args), "by hand: editloop train dpo")
     print(f"queued dpo run {run_id}")
     return wait_for_run(settings, run_id, "dpo") if args.wait else 0
+
+
+def _train_instruct_dpo(args: argparse.Namespace, settings: Settings) -> int:
+    from editloop.registry import promoted
+    from editloop.state import open_sessions
+    from trainers.celery_app import make_celery
+    from trainers.chains import add_instruct_dpo_row, send_instruct_dpo
+
+    config = dpo_config(args)
+    with open_sessions(settings).begin() as s:
+        row = promoted(s, "instruct")
+        start = row.version if row is not None else None
+        run_id = add_instruct_dpo_row(s, config, "by hand: editloop train dpo --instruct", start)
+    send_instruct_dpo(make_celery(settings), run_id, config, start)
+    print(f"queued instruct dpo run {run_id} (from {start or 'the committed instruction editor'})")
+    return wait_for_run(settings, run_id, "instruct dpo") if args.wait else 0
 
 
 def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:

@@ -27,9 +27,10 @@ def add_candidate_set(session: Session, store: BlobStore, prompt: str, images: l
                       source: np.ndarray | None = None, mask: np.ndarray | None = None) -> int:
     """One candidate set of `images` for `prompt` (with its source image and mask for an edit set); returns its id."""
     cs = CandidateSet(kind=kind, prompt=get_or_create_prompt(session, prompt))
-    if source is not None and mask is not None:
+    if source is not None:  # an edit set's source (with its mask; an instruction-edit set has none)
         cs.source_image_id = get_or_create_image(session, store.put(to_png(source)), source.shape[1],
                                                  source.shape[0]).id
+    if source is not None and mask is not None:
         cs.mask_key = store.put(mask_to_png(mask))
     for position, image in enumerate(images):
         record = get_or_create_image(session, store.put(to_png(image)), image.shape[1], image.shape[0])
@@ -53,6 +54,25 @@ def render_candidate_sets(sessions: sessionmaker[Session], store: BlobStore, n_s
             ids.append(add_candidate_set(session, store, scene.caption, images, kind,
                                          render(scene) if edit else None,
                                          cell_mask(scene.objects[0].position) if edit else None))
+    return ids
+
+
+def render_instruct_sets(sessions: sessionmaker[Session], store: BlobStore, n_sets: int, n_images: int = 4,
+                         seed: int = 0) -> list[int]:
+    """`n_sets` instruction-edit sets (kind "instruct": the source render, the instruction as the prompt) of
+    `n_images` renders each: the edit's target scene at q ~ U[0, 1], one of them left undone (the source again, as
+    an editor that ignores the instruction would give)."""
+    from trainers.align.pairs import edit_specs
+
+    rng = np.random.default_rng(seed)
+    ids = []
+    with sessions.begin() as session:
+        for edit in edit_specs(n_sets, seed):
+            images = [render(edit.target, sample_quality(rng, len(edit.target.objects), q=float(rng.uniform(0, 1))))
+                      for _ in range(n_images - 1)]
+            images.insert(int(rng.integers(n_images)), render(edit.source, sample_quality(
+                rng, len(edit.source.objects), q=float(rng.uniform(0, 1)))))
+            ids.append(add_candidate_set(session, store, edit.instruction, images, "instruct", render(edit.source)))
     return ids
 
 

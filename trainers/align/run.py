@@ -100,7 +100,7 @@ def _start(sessions: sessionmaker[Session], store: BlobStore, settings: Settings
     return editor, int(meta.get("round", 0)) + 1, meta
 
 
-def _reference_metrics(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
+def reference_metrics(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
                        edits: list) -> tuple[dict | None, str | None]:
     """The promoted (or default) instruction editor's metrics on the same held-out edits."""
     with sessions() as s:
@@ -144,7 +144,7 @@ def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, setting
         state = train_editor(editor, train_pairs, cfg.train, run_dir, progress)
     edits = held_out_edits(cfg.eval_per_kind)
     metrics, _ = evaluate_editor(editor, edits)
-    reference, reference_name = _reference_metrics(sessions, store, settings, edits)
+    reference, reference_name = reference_metrics(sessions, store, settings, edits)
     version = f"align-r{round_no}-{run_id[:12]}"
     lineage = {"run_id": run_id, "round": round_no, "start_version": parent_version, "reference": reference_name,
                **({"base": base_fingerprint()} if parent_version is None else {})}  # started from the committed base

@@ -51,15 +51,16 @@ def edit_labels(session: Session) -> list[Preference]:
                CandidateSet.mask_key.is_not(None)).order_by(Preference.id)))
 
 
-def dpo_data(sessions: sessionmaker[Session], store: BlobStore, run_id: str, min_labels: int = MIN_LABELS
-             ) -> DpoData:
-    """The run's preference pairs. Its first start takes every valid label on an edit set and writes their ids on
-    the run's row; a resumed run reads the same labels again, so labels that arrive meanwhile do not change it.
-    NotEnoughLabels (with the count and the minimum) when too few are usable."""
+def dpo_data(sessions: sessionmaker[Session], store: BlobStore, run_id: str, min_labels: int = MIN_LABELS,
+             labels_of: Callable[[Session], list[Preference]] = edit_labels,
+             sets: str = "edit sets (with a source and a mask)") -> DpoData:
+    """The run's preference pairs. Its first start takes every valid label `labels_of` gives (on edit sets by
+    default) and writes their ids on the run's row; a resumed run reads the same labels again, so labels that
+    arrive meanwhile do not change it. NotEnoughLabels (with the count and the minimum) when too few are usable."""
     with sessions.begin() as s:
         run = s.get(TrainingRun, run_id)
         pinned = (run.inputs or {}).get("labels") if run is not None else None
-        labels = edit_labels(s)
+        labels = labels_of(s)
         if pinned is not None:
             wanted = set(pinned)
             labels = [p for p in labels if p.id in wanted]
@@ -71,9 +72,8 @@ def dpo_data(sessions: sessionmaker[Session], store: BlobStore, run_id: str, min
             pairs.extend(got)
             used.append(label.id)
         if len(used) < min_labels:
-            raise NotEnoughLabels(f"DPO needs at least {min_labels} valid best/worst labels on edit sets (with a "
-                                  f"source and a mask); {len(used)} usable ({missing} skipped: an image is gone "
-                                  f"from the store)")
+            raise NotEnoughLabels(f"DPO needs at least {min_labels} valid best/worst labels on {sets}; "
+                                  f"{len(used)} usable ({missing} skipped: an image is gone from the store)")
         if run is not None and pinned is None:
             run.inputs = {**(run.inputs or {}), "labels": used}
     return DpoData(pairs, used)
@@ -141,24 +141,41 @@ def dpo_step(data: DpoData, cache: ImageCache) -> Callable[..., dict[str, float]
         if not made:
             made.append(DDPMScheduler.from_config(pipe.scheduler.config))
         sched = made[0]
-        rng = step_rng(cfg.seed, "dpo", step)
-        chosen = [data.pairs[int(i)] for i in rng.integers(len(data.pairs), size=cfg.batch_size)]
-        generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
+        chosen, generator = draw_pairs(data, cfg, step, "dpo")
         batch = encode_pairs(pipe, chosen, cache)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(chosen),), generator=generator)
-        noise = torch.randn(batch.win.shape, generator=generator).to(batch.win)
-        t = t.to(batch.win.device)
+        t, noise = draw_noise(sched, batch.win, generator)
         pipe.unet.train()
         errors = denoising_errors(pipe.unet, sched, batch, t, noise)
         with torch.no_grad():
             reference = denoising_errors(anchor, sched, batch, t, noise)
-        loss, record = dpo_loss(errors, reference, cfg.dpo_beta)
-        if not torch.isfinite(loss):
-            raise Diverged(f"dpo loss is {float(loss)} at step {step + 1}; the last good checkpoint is kept")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        return {**record, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+        return dpo_update(errors, reference, cfg, step, params, opt)
 
     return step_fn
+
+
+def draw_pairs(data: DpoData, cfg, step: int, stream: str) -> tuple[list[Pair], torch.Generator]:
+    """Step `step`'s batch of pairs and the generator of its timesteps and noise: from (seed, stream, step) alone,
+    so a resumed run draws what it would have drawn."""
+    rng = step_rng(cfg.seed, stream, step)
+    chosen = [data.pairs[int(i)] for i in rng.integers(len(data.pairs), size=cfg.batch_size)]
+    return chosen, torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
+
+
+def draw_noise(scheduler, latents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, noise) for a batch shaped like `latents`, shared by its win and lose halves."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    return t.to(latents.device), noise
+
+
+def dpo_update(errors: torch.Tensor, reference_errors: torch.Tensor, cfg, step: int, params, opt) -> dict[str, Any]:
+    """The DPO loss of the model's and the reference's errors, one clipped optimiser step; the step's record.
+    Diverged on a non-finite loss (nothing is stepped)."""
+    loss, record = dpo_loss(errors, reference_errors, cfg.dpo_beta)
+    if not torch.isfinite(loss):
+        raise Diverged(f"dpo loss is {float(loss)} at step {step + 1}; the last good checkpoint is kept")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    return {**record, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}

@@ -71,7 +71,7 @@ def pairs_by_label(session: Session, store: BlobStore, prefs: list[Preference]) 
         cs = sets[p.candidate_set_id]
         item_keys = [keys[i.image_id] for i in cs.items]
         source = keys[cs.source_image_id] if cs.source_image_id else None
-        needed = [*item_keys, *([source, cs.mask_key] if source else [])]
+        needed = [*item_keys, *(k for k in (source, cs.mask_key) if k)]
         if not all(exists(k) for k in needed):
             yield p, None
             continue
@@ -80,10 +80,20 @@ def pairs_by_label(session: Session, store: BlobStore, prefs: list[Preference]) 
                   if win != lose]  # two positions can hold identical images
 
 
+INSTRUCT_SET_KIND = "instruct"  # its labels train the instruction editor (Diffusion-DPO, trainers/align/dpo.py),
+# not the preference rewards: an instruction is not a caption, and the rewards never see the source it edits
+
+
+def reward_labels():
+    """The valid labels the preference rewards learn from (a select of Preference, oldest first)."""
+    return (select(Preference).join(CandidateSet, CandidateSet.id == Preference.candidate_set_id)
+            .where(Preference.status == "valid", CandidateSet.kind != INSTRUCT_SET_KIND).order_by(Preference.id))
+
+
 def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 0.15,
                      min_labels: int = 20) -> PairSet:
     """Every valid preference as win/lose pairs, split by candidate set. Raises NotEnoughLabels."""
-    prefs = list(session.scalars(select(Preference).where(Preference.status == "valid").order_by(Preference.id)))
+    prefs = list(session.scalars(reward_labels()))
     result = PairSet([], [], [], {"missing image": 0})
     for p, pairs in pairs_by_label(session, store, prefs):
         if pairs is None:
@@ -103,8 +113,7 @@ def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 
 
 def newest_pairs(session: Session, store: BlobStore, n_labels: int) -> list[Pair]:
     """The pairs of the newest `n_labels` valid labels (for drift checks), images that still exist only."""
-    prefs = list(session.scalars(select(Preference).where(Preference.status == "valid")
-                                 .order_by(Preference.id.desc()).limit(n_labels)))
+    prefs = list(session.scalars(reward_labels().order_by(None).order_by(Preference.id.desc()).limit(n_labels)))
     return [pair for _, pairs in pairs_by_label(session, store, prefs) if pairs for pair in pairs]
 
 
