@@ -169,7 +169,7 @@ def test_edit_sets_for_labelling_come_from_the_editor_version_asked_for(worker, 
         assert (gen.model_name, gen.steps) == ("base-inpaint", 2)
     with pytest.raises(ValueError, match="`editor` 'nope': no editor version 'nope'"):
         make_edit_sets(settings, EditSetsRequest(editor="nope", sets=1))
-    with pytest.raises(ValueError, match="`editor` applies to inpaint candidate sets only"):
+    with pytest.raises(ValueError, match="`editor` applies to inpaint and instruct candidate sets only"):
         CandidateSpec(prompt="a red circle", editor="tiny-3").check()
     assert main(["annotation", "candidates", "--editor", "nope", "--sets", "1"]) == 2
     assert "no editor version 'nope'" in capsys.readouterr().err
