@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     loop_align_rounds: int = 1  # rounds per chain (0: the loop starts none)
     loop_align_interval_s: float = 0.0  # also a chain this long after the last one started (0: only on a promotion)
     loop_align_config: str = ""  # the rounds' settings as JSON (trainers/align/round_config.py), e.g. {"pairs": 96}
+    # the loop's instruction-editor DPO leg (trainers/instruct_dpo_loop.py): new labels on instruction-edit sets
+    loop_instruct_dpo_labels: int = 0  # new labels that start a DPO run of the instruction editor (0: off)
+    loop_instruct_dpo_config: str = ""  # its settings as JSON (trainers/align/dpo.py), e.g. {"steps": 100}
     # the loop's last leg (trainers/label_rounds.py): candidate sets from the served editor, pushed to Label Studio
     loop_label_sets: int = 16  # sets pushed per served editor version (0: the loop makes none)
     loop_label_images: int = 4  # images per set

@@ -116,3 +116,49 @@ def test_editloop_train_dpo_instruct_resumes_after_a_killed_worker_into_one_vers
         versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "instruct")).all()
         assert [v.version for v in versions] == [f"dpo-{run.id[:12]}"]
     assert f"queued instruct dpo run {run.id}" in stdout
+
+
+def test_the_loop_starts_one_instruct_dpo_run_on_enough_new_instruction_labels(tmp_path, tiny_instruct):
+    """EDITLOOP_LOOP_INSTRUCT_DPO_LABELS: two checks at once start one run (recorded with its trigger, sent once);
+    the labels a run pinned are not new again; a bad policy is named; a paused loop starts nothing."""
+    import threading
+
+    from trainers.autoloop import set_paused
+    from trainers.instruct_dpo_loop import check_instruct_dpo
+
+    _, settings, sessions, _, _ = instruct_world(tmp_path, tiny_instruct, 24, edit_sets=30)
+    off = check_instruct_dpo(sessions, settings, lambda *a: None)
+    assert not off.start and off.reason == "off (EDITLOOP_LOOP_INSTRUCT_DPO_LABELS=0)"
+    settings = settings.model_copy(update={"loop_instruct_dpo_labels": 20,
+                                           "loop_instruct_dpo_config": '{"steps": 2, "eval_per_kind": 1}'})
+    sent, results, barrier = [], [], threading.Barrier(2)
+
+    def racer() -> None:
+        barrier.wait()
+        results.append(check_instruct_dpo(sessions, settings, lambda *args: sent.append(args), "test"))
+
+    threads = [threading.Thread(target=racer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (started,) = [d for d in results if d.start]
+    assert started.reason == "new instruction-edit labels: 24 >= 20"  # the 30 inpainting labels do not count
+    assert "debounced: instruct DPO run" in next(d for d in results if not d.start).reason
+    assert sent == [(started.run_id, {"steps": 2, "eval_per_kind": 1}, None)]  # from the committed editor
+    with sessions.begin() as s:
+        (run,) = s.scalars(select(TrainingRun)).all()
+        assert run.kind == "align-dpo" and run.inputs["trigger"] == "loop (test): new instruction-edit labels: 24 >= 20"
+        run.status, run.inputs = "succeeded", {**run.inputs, "labels": [p.id for p in instruct_labels(s)]}
+    assert check_instruct_dpo(sessions, settings, lambda *a: None).reason == "0 new instruction-edit labels of 20"
+    with sessions.begin() as s:
+        set_paused(s, True, "looking at the labels")
+    assert check_instruct_dpo(sessions, settings, lambda *a: None).reason.startswith("paused (looking at the labels)")
+    for update, text in (({"loop_instruct_dpo_labels": 5}, "`EDITLOOP_LOOP_INSTRUCT_DPO_LABELS` must be 0 (off) or "
+                                                           "in 20..1000000"),
+                         ({"loop_instruct_dpo_config": '{"steps": 0}'}, "`EDITLOOP_LOOP_INSTRUCT_DPO_CONFIG`: "),
+                         ({"loop_instruct_dpo_config": '{"reward_weights": {"aesthetic": 1}}'},
+                          "`reward_weights` does not apply to an instruction editor's DPO run"),
+                         ({"loop_instruct_dpo_config": "[1]"}, "must be a JSON object")):
+        with pytest.raises(ValueError, match=text.replace("(", r"\(").replace(")", r"\)")):
+            check_instruct_dpo(sessions, settings.model_copy(update=update), lambda *a: None)

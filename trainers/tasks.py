@@ -81,23 +81,15 @@ def check_triggers_task(source: str = "schedule") -> dict[str, Any]:
 def check_loop_task(source: str = "schedule") -> dict[str, Any]:
     """Start a feedback round if a reward the loop's policy names was promoted since the last one, a batch of
     candidate sets for Label Studio if the served editor has none yet, and SeedEdit alignment rounds if the
-    alignment reward was promoted since the last ones (each debounced)."""
-    from trainers.align_loop import check_align
-    from trainers.autoloop import check_loop
-    from trainers.chains import add_feedback_rows, send_align_chain, send_feedback_chain
-    from trainers.label_rounds import check_label_sets
+    alignment reward was promoted since the last ones, and a DPO run of the instruction editor when enough new
+    labels on instruction-edit sets came in (each debounced)."""
+    from trainers.loop_legs import check_legs
 
     settings, sessions, _ = worker_context()
-    app = check_loop_task.app
-    decision = check_loop(sessions, settings, add_feedback_rows,
-                          lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), source)
-    labels = check_label_sets(sessions, settings, lambda run_id: app.send_task(
-        queue.MAKE_LABEL_SETS, args=queue.MakeLabelSets(run_id).args(), task_id=run_id), source)
-    align = check_align(sessions, settings, lambda ids, config, start: send_align_chain(app, ids, config, start),
-                        source)
-    return {"start": decision.start, "reason": decision.reason, "run_ids": list(decision.run_ids),
-            "label_sets": {"start": labels.start, "reason": labels.reason, "run_id": labels.run_id},
-            "align": {"start": align.start, "reason": align.reason, "run_ids": list(align.run_ids)}}
+    legs = check_legs(sessions, settings, check_loop_task.app, source)
+    feedback = legs.pop("feedback")
+    return {"start": feedback.start, "reason": feedback.reason, "run_ids": list(feedback.run_ids),
+            **{name: {"start": d.start, "reason": d.reason, "run_ids": list(d.run_ids)} for name, d in legs.items()}}
 
 
 @shared_task(name=queue.MAKE_LABEL_SETS, bind=True, acks_late=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from editloop import queue
 from editloop.cli.stack import stack_settings
 from editloop.settings import Settings
 
@@ -46,7 +45,18 @@ def loop_report(settings: Settings, session) -> dict:
             "steps": settings.loop_feedback_steps,
             "would_start": bool(decision and decision.start),
             "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)",
-            "label_sets": label_sets_report(settings, session), "align": align_report(settings, session)}
+            "label_sets": label_sets_report(settings, session), "align": align_report(settings, session),
+            "instruct_dpo": instruct_dpo_report(settings, session)}
+
+
+def instruct_dpo_report(settings: Settings, session) -> dict:
+    """The instruction editor's DPO leg: its policy and what it would decide now (trainers/instruct_dpo_loop.py)."""
+    from trainers.instruct_dpo_loop import decide_instruct_dpo, instruct_dpo_policy
+
+    pol = instruct_dpo_policy(settings)
+    decision = decide_instruct_dpo(session, pol) if settings.loop_enabled else None
+    return {"labels": pol.labels, "config": pol.config, "would_start": bool(decision and decision.start),
+            "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)"}
 
 
 def align_report(settings: Settings, session) -> dict:
@@ -95,29 +105,23 @@ def _status(args: argparse.Namespace) -> int:
     al = r["align"]
     print(f"alignment rounds: {al['rounds']} per chain, settings {al['config'] or 'default'}; now: "
           f"{'would START a chain' if al['would_start'] else 'would not start'}: {al['why']}")
+    dpo = r["instruct_dpo"]
+    print(f"instruct DPO: a run per {dpo['labels'] or '(off)'} new instruction-edit labels, settings "
+          f"{dpo['config'] or 'default'}; now: {'would START a run' if dpo['would_start'] else 'would not start'}: "
+          f"{dpo['why']}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     from editloop.state import open_sessions
-    from trainers.align_loop import check_align
-    from trainers.autoloop import check_loop
     from trainers.celery_app import make_celery
-    from trainers.chains import add_feedback_rows, send_align_chain, send_feedback_chain
-    from trainers.label_rounds import check_label_sets
+    from trainers.loop_legs import check_legs
 
     settings = stack_settings(Settings())
-    app = make_celery(settings)
-    decision = check_loop(open_sessions(settings), settings, add_feedback_rows,
-                          lambda stages, ids, config: send_feedback_chain(app, stages, ids, config), "by hand")
-    print(("started: " if decision.start else "nothing started: ") + decision.reason
-          + (f" (runs {', '.join(i[:12] for i in decision.run_ids)})" if decision.run_ids else ""))
-    labels = check_label_sets(open_sessions(settings), settings, lambda run_id: app.send_task(
-        queue.MAKE_LABEL_SETS, args=queue.MakeLabelSets(run_id).args(), task_id=run_id), "by hand")
-    print(("label sets started: " if labels.start else "no label sets started: ") + labels.reason
-          + (f" (run {labels.run_id[:12]})" if labels.run_id else ""))
-    align = check_align(open_sessions(settings), settings,
-                        lambda ids, config, start: send_align_chain(app, ids, config, start), "by hand")
-    print(("alignment rounds started: " if align.start else "no alignment rounds started: ") + align.reason
-          + (f" (runs {', '.join(i[:12] for i in align.run_ids)})" if align.run_ids else ""))
+    legs = check_legs(open_sessions(settings), settings, make_celery(settings), "by hand")
+    for name, what in (("feedback", "feedback round"), ("label_sets", "label sets"), ("align", "alignment rounds"),
+                       ("instruct_dpo", "instruct DPO run")):
+        d = legs[name]
+        print(f"{what}: " + ("started: " if d.start else "nothing started: ") + d.reason
+              + (f" (runs {', '.join(i[:12] for i in d.run_ids)})" if d.run_ids else ""))
     return 0
