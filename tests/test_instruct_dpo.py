@@ -162,3 +162,43 @@ def test_the_loop_starts_one_instruct_dpo_run_on_enough_new_instruction_labels(t
                          ({"loop_instruct_dpo_config": "[1]"}, "must be a JSON object")):
         with pytest.raises(ValueError, match=text.replace("(", r"\(").replace(")", r"\)")):
             check_instruct_dpo(sessions, settings.model_copy(update=update), lambda *a: None)
+
+
+def test_instruction_edit_sets_are_made_by_the_instruction_editor_asked_for(tmp_path, tiny_instruct):
+    """`editloop annotation candidates --instruct`'s specs, made as the worker makes them: the committed ("base")
+    or a registered instruct version, one set per world edit, recorded with the model that made it; idempotent."""
+    from editloop.db.models import Generation
+    from editloop.registry import register_candidate, store_model_dir
+    from editloop.world.instructions import check_instruction
+    from trainers import candidates
+    from trainers.edit_sets import EditSetsRequest, edit_set_specs, resolve_editor
+
+    _, settings, sessions, store = worker_state(tmp_path)
+    settings = settings.model_copy(update={"instruct_model": tiny_instruct["causal"]})
+    with sessions.begin() as s:
+        register_candidate(s, "instruct", "instruct", "tiny-i2", store_model_dir(store, tiny_instruct["concat"]),
+                           {"eval_score": 0.5}, {}, None)
+        assert resolve_editor(s, "served", "instruct") == "base"  # nothing promoted
+        with pytest.raises(ValueError, match="`editor` 'nope'"):
+            resolve_editor(s, "nope", "instruct")
+
+    def made(editor: str) -> list[int]:
+        specs = edit_set_specs(EditSetsRequest(editor=editor, sets=3, images=2, steps=2, instruct=True), editor, store)
+        with sessions.begin() as s:
+            return [candidates.run(candidates.CandidateSpec(**spec), s, store, settings) for spec in specs]
+
+    base_ids, version_ids = made("base"), made("tiny-i2")
+    assert made("base") == base_ids  # the same sets again
+    with sessions() as s:
+        for set_id, (name, version) in [*((i, ("default-instruct", "tiny-causal")) for i in base_ids),
+                                        *((i, ("instruct", "tiny-i2")) for i in version_ids)]:
+            cs = s.get(CandidateSet, set_id)
+            gen = s.get(Generation, cs.generation_id)
+            assert cs.kind == gen.kind == "instruct" and cs.source_image_id and cs.mask_key is None
+            assert len(cs.items) == 2 and (gen.model_name, gen.model_version, gen.steps) == (name, version, 2)
+            assert check_instruction(cs.prompt.text) == cs.prompt.text  # the world edit's instruction
+    for spec, text in ((dict(prompt="paint it black", kind="instruct", source_key="k"), "not an instruction"),
+                       (dict(prompt="remove the red circle", kind="instruct", source_key="k", mask_key="m"),
+                        "takes `source_key` \\(the image to edit\\) and no `mask_key`")):
+        with pytest.raises(ValueError, match=text):
+            candidates.CandidateSpec(**spec).check()
