@@ -233,6 +233,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"label sets: would {'START a batch' if ls['would_start'] else 'not start'} now: {ls['why']}")
     al = loop["align"]
     lines.append(f"alignment rounds: would {'START a chain' if al['would_start'] else 'not start'} now: {al['why']}")
+    dpo = loop["instruct_dpo"]
+    lines.append(f"instruct DPO: would {'START a run' if dpo['would_start'] else 'not start'} now: {dpo['why']}")
     for kind, t in r["triggers"].items():
         lines.append(f"triggers: {kind} reward would {'START' if t['would_start'] else 'not start'} now: "
                      f"{t['reason']}")
