@@ -168,6 +168,37 @@ def timeline(snap: dict, labelled: list[dict], served_at: float | None) -> dict:
             "last_label_to_served_s": round(served_at - last_label, 1)}
 
 
+def label_signal(settings: Settings, sessions) -> dict:
+    """How much the labels say: per labelled set, the spread of the panel's own utility over its images; per label,
+    whether its best has a higher utility than its worst (ties half): the annotators' ceiling on these sets."""
+    import numpy as np
+    from sqlalchemy.orm import selectinload
+
+    from editloop.db.models import CandidateSet
+    from editloop.world.annotators import intended_scene, utility
+    from editloop.world.io import from_png
+
+    store, weights = open_store(settings), reversed_weights()
+    spreads, agree = [], []
+    with sessions() as s:
+        labels = s.scalars(select(Preference).where(Preference.status == "valid")).all()
+        sets = {cs.id: cs for cs in s.scalars(select(CandidateSet).options(selectinload(CandidateSet.items)).where(
+            CandidateSet.id.in_({p.candidate_set_id for p in labels})))}
+        utilities = {}
+        for set_id, cs in sets.items():
+            images = [from_png(store.get(item.image.blob_key)) for item in cs.items]
+            u = [utility(im, intended_scene(cs.prompt.text), weights) for im in images]
+            utilities[set_id] = {item.image_id: value for item, value in zip(cs.items, u)}
+            spreads.append(max(u) - min(u))
+        for p in labels:
+            u = utilities[p.candidate_set_id]
+            diff = u[p.best_image_id] - u[p.worst_image_id]
+            agree.append(1.0 if diff > 0 else 0.5 if diff == 0 else 0.0)
+    return {"labels": len(agree), "sets": len(spreads), "best_above_worst": float(np.mean(agree)),
+            "utility_spread_median": float(np.median(spreads)), "utility_spread_mean": float(np.mean(spreads)),
+            "spread_over_0_5": float(np.mean(np.array(spreads) > 0.5))}
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -223,13 +254,15 @@ def main() -> None:
     except KeyboardInterrupt:  # stopped by hand: keep what the records say so far
         if "sessions" in locals():
             result.update(interrupted_at_s=round(time.time() - t0, 1), snapshot=snapshot(sessions),
-                          label_batches=[{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled])
+                          label_batches=[{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled],
+                          label_signal=label_signal(settings, sessions))
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=1, default=str))
         raise
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
+    result["label_signal"] = label_signal(settings, sessions)
     if served_at is not None:
         result["judged"] = judge(settings, sessions, args.eval, args.eval_seed)
         for row in result["judged"]["rows"]:
