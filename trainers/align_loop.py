@@ -12,7 +12,6 @@ must have beaten chance (`loop_floor_alpha`) to drive it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from editloop.db.models import TrainingRun, as_utc
 from editloop.registry import promoted
 from editloop.settings import Settings
-from trainers.autoloop import LoopDecision, below_floor, decide_and_record, held_back
+from trainers.autoloop import LoopDecision, below_floor, decide_and_record, held_back, json_setting
 
 KIND = "align"
 
@@ -46,16 +45,8 @@ def align_policy(settings: Settings) -> AlignPolicy:
     if settings.loop_align_interval_s < 0:
         raise ValueError(f"`EDITLOOP_LOOP_ALIGN_INTERVAL_S` must be >= 0 (0: only on a promotion), got "
                          f"{settings.loop_align_interval_s}")
-    try:
-        config = json.loads(settings.loop_align_config or "{}")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_CONFIG` must be a JSON object of round settings: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_CONFIG` must be a JSON object, got {settings.loop_align_config!r}")
-    try:
-        RoundConfig.from_dict(config)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_CONFIG`: {exc}") from exc
+    config = json_setting("EDITLOOP_LOOP_ALIGN_CONFIG", settings.loop_align_config, "round settings",
+                          RoundConfig.from_dict)
     return AlignPolicy(settings.loop_align_rounds, config, settings.loop_align_interval_s, settings.loop_floor_alpha)
 
 

@@ -104,6 +104,24 @@ def set_paused(session: Session, paused: bool, reason: str) -> LoopState:
 
 
 
+def json_setting(name: str, text: str, what: str, check: Callable[[dict], object]) -> dict:
+    """A setting holding a JSON object of `what` (e.g. "round settings"), parsed and `check`ed; ValueError naming
+    setting `name` (e.g. EDITLOOP_LOOP_ALIGN_CONFIG) and what is wrong with it."""
+    import json
+
+    try:
+        config = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"`{name}` must be a JSON object of {what}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"`{name}` must be a JSON object, got {text!r}")
+    try:
+        check(config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}`: {exc}") from exc
+    return config
+
+
 def held_back(session: Session, newest: TrainingRun | None, what: str) -> str | None:
     """Why a leg starts nothing now whatever else holds: the loop is paused, or the leg's newest run (`what`) is
     still queued or running (debounce)."""

@@ -12,7 +12,6 @@ promoted by the run as by hand, paused with `editloop loop pause`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from editloop.db.models import CandidateSet, Preference, TrainingRun
 from editloop.registry import promoted
 from editloop.settings import Settings
-from trainers.autoloop import LoopDecision, decide_and_record, held_back
+from trainers.autoloop import LoopDecision, decide_and_record, held_back, json_setting
 
 
 @dataclass(frozen=True)
@@ -39,17 +38,8 @@ def instruct_dpo_policy(settings: Settings) -> InstructDpoPolicy:
     if labels != 0 and not MIN_LABELS <= labels <= 1_000_000:
         raise ValueError(f"`EDITLOOP_LOOP_INSTRUCT_DPO_LABELS` must be 0 (off) or in {MIN_LABELS}..1000000 (a DPO "
                          f"run needs {MIN_LABELS} labels at least), got {labels}")
-    try:
-        config = json.loads(settings.loop_instruct_dpo_config or "{}")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"`EDITLOOP_LOOP_INSTRUCT_DPO_CONFIG` must be a JSON object of DPO settings: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"`EDITLOOP_LOOP_INSTRUCT_DPO_CONFIG` must be a JSON object, got "
-                         f"{settings.loop_instruct_dpo_config!r}")
-    try:
-        split_config(config)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"`EDITLOOP_LOOP_INSTRUCT_DPO_CONFIG`: {exc}") from exc
+    config = json_setting("EDITLOOP_LOOP_INSTRUCT_DPO_CONFIG", settings.loop_instruct_dpo_config, "DPO settings",
+                          split_config)
     return InstructDpoPolicy(labels, config)
 
 
