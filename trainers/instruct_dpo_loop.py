@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.db.models import CandidateSet, Preference, TrainingRun
+from editloop.db.models import Preference, TrainingRun
 from editloop.registry import promoted
 from editloop.settings import Settings
 from trainers.autoloop import LoopDecision, decide_and_record, held_back, json_setting
@@ -45,12 +45,11 @@ def instruct_dpo_policy(settings: Settings) -> InstructDpoPolicy:
 
 def new_instruct_labels(session: Session, newest: TrainingRun | None) -> int:
     """Valid labels on instruction-edit sets newer than every label `newest` (the newest DPO run) pinned."""
-    from trainers.reward.data import INSTRUCT_SET_KIND
+    from trainers.align.dpo import instruct_label_query
 
     since = max((newest.inputs or {}).get("labels") or [0]) if newest is not None else 0
-    return session.scalar(select(func.count()).select_from(Preference).join(
-        CandidateSet, CandidateSet.id == Preference.candidate_set_id).where(
-        Preference.status == "valid", CandidateSet.kind == INSTRUCT_SET_KIND, Preference.id > since)) or 0
+    return session.scalar(select(func.count()).select_from(
+        instruct_label_query().where(Preference.id > since).order_by(None).subquery())) or 0
 
 
 def decide_instruct_dpo(session: Session, pol: InstructDpoPolicy) -> LoopDecision:

@@ -47,12 +47,17 @@ MIN_LABELS = 20
 EVAL_DEFAULTS = {"eval_per_kind": 8, "auto_promote": True}
 
 
+def instruct_label_query():
+    """The valid best/worst answers on instruction-edit sets (a select of Preference, oldest first): what a run
+    reads, and what the loop's DPO leg counts."""
+    return (select(Preference).join(CandidateSet, CandidateSet.id == Preference.candidate_set_id)
+            .where(Preference.status == "valid", CandidateSet.kind == INSTRUCT_SET_KIND,
+                   CandidateSet.source_image_id.is_not(None)).order_by(Preference.id))
+
+
 def instruct_labels(session: Session) -> list[Preference]:
     """Valid best/worst answers on instruction-edit sets, oldest first."""
-    return list(session.scalars(
-        select(Preference).join(CandidateSet, CandidateSet.id == Preference.candidate_set_id)
-        .where(Preference.status == "valid", CandidateSet.kind == INSTRUCT_SET_KIND,
-               CandidateSet.source_image_id.is_not(None)).order_by(Preference.id)))
+    return list(session.scalars(instruct_label_query()))
 
 
 def instruct_dpo_data(sessions: sessionmaker[Session], store: BlobStore, run_id: str, min_labels: int = MIN_LABELS
