@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     loop_label_overlap: int = 2  # annotators per pushed task
     loop_label_gold: int = 2  # gold sets (known answers, editloop/labels/gold.py) mixed into every batch
     loop_label_interval_s: float = 0.0  # also new sets for the same editor this often (0: only when it changes)
+    # each image of a set at its own text guidance, cycled ("": all at 4.0): the annotators' best-above-worst
+    # ceiling on the base editor's sets is 0.77 varied vs 0.65 same (BENCHMARKS, "A turn of the loop")
+    loop_label_guidances: str = "1.0,2.5,4.0,7.0"
     loop_label_when_done: bool = True  # also new sets for the same editor once the last batch is fully labelled
     annotation_web_port: int = 8090  # editloop's webhook receiver and signed image links
     annotation_web_url: str = ""  # how Label Studio and browsers reach it; default http://127.0.0.1:<port>

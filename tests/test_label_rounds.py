@@ -43,7 +43,8 @@ def test_one_batch_per_served_editor_recorded_with_its_trigger(db_url, tmp_path)
         assert run.kind == KIND and run.status == "queued" and run.inputs["editor"] == "base"
         assert run.inputs["trigger"] == "loop (test): editor base served"
         assert run.inputs["config"] == {"sets": 4, "images": 4, "pool": 2, "selection": "active", "overlap": 2,
-                                        "interval_s": 0.0, "gold": 2, "when_done": True}
+                                        "interval_s": 0.0, "gold": 2, "when_done": True,
+                                        "guidances": [1.0, 2.5, 4.0, 7.0]}
     assert "debounced" in _check(sessions, settings, sent.append).reason  # queued: nothing new
     _finish(sessions, first.run_id)
     assert _check(sessions, settings, sent.append).reason.startswith("editor base's sets were made")

@@ -88,6 +88,18 @@ def busy_host(states: dict[str, Path], sessions, timeout: float = 600) -> tuple[
     raise AssertionError(f"no worker checkpointed a run within {timeout:.0f}s")
 
 
+def mirrored_files(sessions, run_id: str, wanted: set[str], timeout: float = 60) -> dict[str, str]:
+    """The run's mirrored files once `wanted` are all named (or the timeout passes): the run is marked succeeded
+    inside its task, and the task's last push (history.json, written just before the gate) follows on its way out."""
+    deadline = time.time() + timeout
+    while True:
+        with sessions() as s:
+            files = {f.name: f.key for f in s.scalars(select(RunFile).where(RunFile.run_id == run_id))}
+        if wanted <= set(files) or time.time() > deadline:
+            return files
+        time.sleep(0.5)
+
+
 def test_a_worker_host_dies_mid_run_and_the_other_finishes_it_from_the_mirrored_checkpoint(hosts, tmp_path):
     for name in ("data", "w1", "w2", "svc"):
         hosts.add(name)
@@ -176,7 +188,7 @@ def test_a_worker_host_dies_mid_run_and_the_other_finishes_it_from_the_mirrored_
             versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == "aesthetic")).all()
             assert [v.version for v in versions] == [run.outputs["version"]]
             assert s.scalar(select(func.count()).select_from(Preference)) == labels_before
-            files = {f.name: f.key for f in s.scalars(select(RunFile).where(RunFile.run_id == run_id))}
+        files = mirrored_files(sessions, run_id, {"checkpoint.pt", "best.pt", "history.json"})
         assert {"checkpoint.pt", "best.pt", "history.json"} <= set(files)
         assert all(store.exists(key) for key in files.values())
         assert not failures, f"the reward service failed {len(failures)} probes: {failures[:5]}"

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from editloop.db.models import CandidateItem, CandidateSet
+from editloop.guidances import check_guidances, guidance_groups
 from editloop.models.pipeline_io import inpaint_inputs, per_image_generators, pipeline_to_uint8
 from editloop.models.zoo import load_pipeline, set_scheduler
 from editloop.records import get_or_create_prompt, record_generation
@@ -46,6 +47,7 @@ class CandidateSpec:
     mask_key: str | None = None
     steps: int | None = None  # None: the model's default (an 8-step editor says 8 in its editloop.json)
     guidance: float = 4.0
+    guidances: tuple[float, ...] | None = None  # per image, cycled over the set (None: every image at `guidance`)
     seed: int = 0
     scheduler: str = "ddim"
     idempotency_key: str | None = None
@@ -72,6 +74,12 @@ class CandidateSpec:
                              f"editor={self.editor!r} with kind 't2i'")
         if self.steps is not None and not 1 <= self.steps <= 100:
             raise ValueError(f"`steps` must be in 1..100, got {self.steps}")
+        check_guidances(self.guidances, "guidances")
+
+    def image_guidances(self) -> list[float]:
+        """Each image's text guidance: `guidances` cycled over the set, else `guidance` for all."""
+        values = tuple(self.guidances) if self.guidances else (self.guidance,)
+        return [float(values[i % len(values)]) for i in range(self.n)]
 
 
 @dataclass(frozen=True)
@@ -137,31 +145,41 @@ def cached_pipeline(path: str, kind: str, device: str | None):
 
 def generate_images(pipe, spec: CandidateSpec, store: BlobStore, steps: int) -> tuple[list[np.ndarray],
                                                                                    bytes | None, bytes | None]:
+    """Image i with seed `spec.seed + i` at its own guidance (one sampler call per distinct guidance)."""
     set_scheduler(pipe, spec.scheduler)
-    gens = per_image_generators(spec.seed + i for i in range(spec.n))
-    kwargs = dict(num_inference_steps=steps, guidance_scale=spec.guidance, generator=gens, output_type="np")
-    source_png = mask_png = None
+    source_png = mask_png = image = mask = None
     if spec.kind == "inpaint":
         source_png, mask_png = store.get(spec.source_key), store.get(spec.mask_key)
         image, mask = from_png(source_png, "source"), mask_from_png(mask_png)
-        image_t, mask_t = inpaint_inputs(np.stack([image] * spec.n), np.stack([mask] * spec.n))
-        kwargs.update(image=image_t, mask_image=mask_t, height=image.shape[0], width=image.shape[1])
-    with torch.inference_mode():
-        out = pipe([spec.prompt] * spec.n, **kwargs).images
-    return list(pipeline_to_uint8(out)), source_png, mask_png
+    out: list[np.ndarray] = [np.empty(0)] * spec.n
+    for guidance, idx in guidance_groups(spec.image_guidances()):
+        kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                      generator=per_image_generators(spec.seed + i for i in idx))
+        if image is not None:
+            image_t, mask_t = inpaint_inputs(np.stack([image] * len(idx)), np.stack([mask] * len(idx)))
+            kwargs.update(image=image_t, mask_image=mask_t, height=image.shape[0], width=image.shape[1])
+        with torch.inference_mode():
+            got = pipe([spec.prompt] * len(idx), **kwargs).images
+        for i, im in zip(idx, pipeline_to_uint8(got)):
+            out[i] = im
+    return out, source_png, mask_png
 
 
 def instruct_images(editor, spec: CandidateSpec, store: BlobStore, steps: int) -> tuple[list[np.ndarray], bytes,
                                                                                       None]:
-    """`spec.n` edits of the source by the instruction (text guidance `spec.guidance`, the editor's image
-    guidance), one seed each."""
+    """`spec.n` edits of the source by the instruction (each at its text guidance, the editor's image guidance),
+    one seed each."""
     from editloop.models.instruct_sampling import edit_images
 
     source_png = store.get(spec.source_key)
     image = from_png(source_png, "source", size=editor.native_size)
-    out = edit_images(editor, np.stack([image] * spec.n), [spec.prompt] * spec.n,
-                      [spec.seed + i for i in range(spec.n)], steps=steps, text_guidance=spec.guidance)
-    return list(out), source_png, None
+    out: list[np.ndarray] = [np.empty(0)] * spec.n
+    for guidance, idx in guidance_groups(spec.image_guidances()):
+        got = edit_images(editor, np.stack([image] * len(idx)), [spec.prompt] * len(idx),
+                          [spec.seed + i for i in idx], steps=steps, text_guidance=guidance)
+        for i, im in zip(idx, got):
+            out[i] = im
+    return out, source_png, None
 
 
 def run(spec: CandidateSpec, session: Session, store: BlobStore, settings: Settings) -> int:
@@ -184,6 +202,7 @@ def run(spec: CandidateSpec, session: Session, store: BlobStore, settings: Setti
         session, store, kind=spec.kind, prompt=spec.prompt, pngs=pngs, shape=images[0].shape[:2],
         model_name=model.name, model_version=model.version, steps=steps, guidance=spec.guidance,
         seed=spec.seed, scheduler=spec.scheduler, source_png=source_png, mask_png=mask_png,
+        params={"guidances": spec.image_guidances()} if spec.guidances else None,
     )
     cs = CandidateSet(kind=spec.kind, prompt=get_or_create_prompt(session, spec.prompt), generation_id=gen.id,
                       source_image_id=gen.source_image_id, mask_key=gen.mask_key,

@@ -48,6 +48,7 @@ class EditSetsRequest:
     tasks: tuple[str, ...] = TASKS
     steps: int | None = None  # None: the editor's default steps
     guidance: float | None = None  # None: 4.0 for inpainting, the instruction editors' default 5.0 for instruct
+    guidances: tuple[float, ...] | None = None  # per image, cycled (overrides `guidance`): varied sets teach more
     instruct: bool = False  # instruction-edit sets by an instruction editor (module docstring)
 
     @property
@@ -65,11 +66,17 @@ class EditSetsRequest:
         if not self.editor.strip():
             raise ValueError("`editor` is empty; give 'served', 'base' or an editor version")
         if self.instruct:
-            CandidateSpec(prompt="remove the red circle", n=self.images, kind="instruct", source_key="-",
-                          steps=self.steps, guidance=self.text_guidance, editor="base").check()
+            probe = dict(prompt="remove the red circle", kind="instruct", source_key="-")
         else:
-            CandidateSpec(prompt="check", n=self.images, kind="inpaint", source_key="-", mask_key="-",
-                          steps=self.steps, guidance=self.text_guidance, editor="base").check()
+            probe = dict(prompt="check", kind="inpaint", source_key="-", mask_key="-")
+        CandidateSpec(**probe, n=self.images, steps=self.steps, guidance=self.text_guidance,
+                      guidances=self.guidances, editor="base").check()
+
+    @property
+    def sampling_key(self) -> str:
+        """The sampling settings as the sets' idempotency keys name them."""
+        guidance = ",".join(f"{g:g}" for g in self.guidances) if self.guidances else self.text_guidance
+        return f"{self.steps or 'default'}:{guidance}"
 
 
 def resolve_editor(session: Session, editor: str, kind: str = "editor") -> str:
@@ -98,10 +105,11 @@ def edit_set_specs(request: EditSetsRequest, editor: str, store: BlobStore) -> l
         source_key = store.put(to_png(example.source), "image/png")
         mask_key = store.put(mask_to_png(example.mask), "image/png")
         key = (f"edit-set:{editor}:{request.seed}:{','.join(request.tasks)}:{i}:{request.images}:"
-               f"{request.steps or 'default'}:{request.text_guidance}")
+               f"{request.sampling_key}")
         specs.append(dict(prompt=example.prompt, n=request.images, kind="inpaint", source_key=source_key,
                           mask_key=mask_key, steps=request.steps, guidance=request.text_guidance,
-                          seed=request.seed + 1000 * i, editor=editor, idempotency_key=key))
+                          guidances=request.guidances, seed=request.seed + 1000 * i, editor=editor,
+                          idempotency_key=key))
     return specs
 
 
@@ -113,11 +121,10 @@ def instruct_set_specs(request: EditSetsRequest, editor: str, store: BlobStore) 
     specs = []
     for i, edit in enumerate(edit_specs(request.sets, request.seed)):
         source_key = store.put(to_png(render(edit.source)), "image/png")
-        key = (f"instruct-set:{editor}:{request.seed}:{i}:{request.images}:{request.steps or 'default'}:"
-               f"{request.text_guidance}")
+        key = f"instruct-set:{editor}:{request.seed}:{i}:{request.images}:{request.sampling_key}"
         specs.append(dict(prompt=edit.instruction, n=request.images, kind="instruct", source_key=source_key,
-                          steps=request.steps, guidance=request.text_guidance, seed=request.seed + 1000 * i,
-                          editor=editor, idempotency_key=key))
+                          steps=request.steps, guidance=request.text_guidance, guidances=request.guidances,
+                          seed=request.seed + 1000 * i, editor=editor, idempotency_key=key))
     return specs
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import TrainingRun, as_utc
+from editloop.guidances import parse_guidances
 from editloop.settings import Settings
 from trainers.autoloop import LoopDecision, decide_and_record, held_back
 from trainers.label_selection import check_selection
@@ -47,6 +48,7 @@ class LabelSetsPolicy:
     interval_s: float
     gold: int = 0  # gold sets mixed in (editloop.labels.gold), measuring each annotator
     when_done: bool = False  # another batch for the same editor once the last one is fully labelled
+    guidances: tuple[float, ...] | None = None  # each image of a set at its own guidance (cycled); None: one for all
 
 
 def label_policy(settings: Settings) -> LabelSetsPolicy:
@@ -58,13 +60,14 @@ def label_policy(settings: Settings) -> LabelSetsPolicy:
         if not low <= value <= high:
             raise ValueError(f"`EDITLOOP_{name.upper()}` must be in {low}..{high}, got {value}")
     check_selection(settings.loop_label_selection, "EDITLOOP_LOOP_LABEL_SELECTION")
+    guidances = parse_guidances(settings.loop_label_guidances, "EDITLOOP_LOOP_LABEL_GUIDANCES")
     if settings.loop_label_interval_s < 0:
         raise ValueError(f"`EDITLOOP_LOOP_LABEL_INTERVAL_S` must be >= 0 (0: only when the served editor "
                          f"changes), got {settings.loop_label_interval_s}")
     return LabelSetsPolicy(settings.loop_label_sets, settings.loop_label_images, settings.loop_label_pool,
                            settings.loop_label_selection, settings.loop_label_overlap,
                            settings.loop_label_interval_s, settings.loop_label_gold,
-                           settings.loop_label_when_done)
+                           settings.loop_label_when_done, guidances)
 
 
 def served_editor(session: Session) -> str:
@@ -186,7 +189,7 @@ def make_label_sets(run_id: str, sessions: sessionmaker[Session], store, setting
     pol = LabelSetsPolicy(**inputs["config"])
     try:
         request = EditSetsRequest(editor=inputs["editor"], sets=pol.sets * pol.pool, images=pol.images,
-                                  seed=inputs["seed"])
+                                  seed=inputs["seed"], guidances=tuple(pol.guidances) if pol.guidances else None)
         specs = edit_set_specs(request, inputs["editor"], store)
         ids = []
         for i, spec in enumerate(specs):

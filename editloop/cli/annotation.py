@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cand.add_argument("--steps", type=int, default=None, help="sampling steps (default: the editor's own)")
     cand.add_argument("--guidance", type=float, default=None,
                       help="text guidance (default 4.0; with --instruct the instruction editors' 5.0)")
+    cand.add_argument("--guidances", default="",
+                      help="each image at its own text guidance, cycled over the set (e.g. 1,2.5,4,7; overrides "
+                           "--guidance): sets that differ teach the reward more than near-twins")
     cand.add_argument("--instruct", action="store_true",
                       help="instruction-edit sets (the seven world edit kinds) made by an instruction editor: "
                            "--editor then names an instruct version (served: the promoted one, else the committed)")
@@ -121,11 +124,14 @@ def _down(args: argparse.Namespace) -> int:
 def _candidates(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from editloop.guidances import parse_guidances
     from trainers.edit_sets import LABEL_SEED, EditSetsRequest, make_edit_sets, wait_for_sets
 
-    request = EditSetsRequest(args.editor, args.sets, args.images, LABEL_SEED if args.seed is None else args.seed,
-                              tuple(t.strip() for t in args.tasks.split(",") if t.strip()), args.steps,
-                              args.guidance, args.instruct)
+    request = EditSetsRequest(editor=args.editor, sets=args.sets, images=args.images,
+                              seed=LABEL_SEED if args.seed is None else args.seed,
+                              tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), steps=args.steps,
+                              guidance=args.guidance, guidances=parse_guidances(args.guidances, "--guidances"),
+                              instruct=args.instruct)
     editor, results = make_edit_sets(_settings(), request)
     total = sum(count for _, count in results)
     print(f"{total} candidate sets enqueued on the gpu queue in {len(results)} tasks, made by editor {editor!r}")
