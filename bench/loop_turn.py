@@ -53,6 +53,9 @@ LOOP_ENV = {  # a CPU-sized turn; every other setting is the platform's default
     # (at 104 its floor refused it: 11 of 19 held-out sets, p = 0.32; loop_turn_partial.json)
     "EDITLOOP_LOOP_LABEL_SETS": "48", "EDITLOOP_LOOP_LABEL_POOL": "1", "EDITLOOP_LOOP_LABEL_IMAGES": "4",
     "EDITLOOP_LOOP_LABEL_OVERLAP": "1", "EDITLOOP_LOOP_LABEL_GOLD": "2",
+    # each edit of a set at its own guidance (the default since run 3; runs 1-2 had one guidance, 4.0, whose
+    # near-twin sets left the first reward at chance: bench/experiments/label_signal.py)
+    "EDITLOOP_LOOP_LABEL_GUIDANCES": "1.0,2.5,4.0,7.0",
     "EDITLOOP_RETRAIN_LABEL_THRESHOLD": "300", "EDITLOOP_RETRAIN_DEBOUNCE_S": "0",
     "EDITLOOP_REWARD_TRAIN_STEPS": "300",
     "EDITLOOP_LOOP_FEEDBACK_STEPS": "60", "EDITLOOP_LOOP_EVAL_EXAMPLES": "48",
