@@ -33,8 +33,9 @@ from editloop.settings import Settings  # noqa: E402
 from editloop.state import open_state  # noqa: E402
 from editloop.world.annotators import DEFAULT_WEIGHTS, panel, reversed_weights, utility  # noqa: E402
 from trainers import candidates  # noqa: E402
-from trainers.align.dpo import instruct_labels, run_instruct_dpo  # noqa: E402
+from trainers.align.dpo import instruct_labels  # noqa: E402
 from trainers.align.evaluate import evaluate_editor, held_out_edits  # noqa: E402
+from trainers.align.tuning import run_instruct_dpo  # noqa: E402
 from trainers.edit_sets import EditSetsRequest, edit_set_specs  # noqa: E402
 from trainers.feedback.evaluate import panel_gsb  # noqa: E402
 

@@ -253,15 +253,23 @@ def test_editloop_train_grpo_scores_through_the_services_and_resumes_after_a_kil
         assert run.kind == "feedback-grpo" and run.status == "succeeded", run.error
         metrics = run.outputs["metrics"]
         assert metrics["steps_done"] == 4 and "coherence" in metrics and "l1_outside" in metrics
-        (version,) = s.scalars(select(ModelVersion).where(ModelVersion.kind == "editor")).all()
+    history = scored_through(sessions, run, "editor", served, checkpoint)
+    assert all(0 < h["reward_aesthetic"] < 1 and 0 < h["guard_alignment"] < 1 for h in history)
+    assert f"queued grpo run {run.id}" in stdout
+
+
+def scored_through(sessions, run, kind: str, served: ServedRewards, checkpoint) -> list[dict]:
+    """The run's one `kind` version (grpo-<run>) was scored through the served rewards, pinned to the test's
+    versions, nothing dropped; its 4 steps' history."""
+    with sessions() as s:
+        (version,) = s.scalars(select(ModelVersion).where(ModelVersion.kind == kind)).all()
         assert version.version == f"grpo-{run.id[:12]}"
         scorer = version.config["lineage"]["scorer"]
     assert scorer["via"] == "services" and scorer["addresses"] == served.addresses
     assert scorer["versions"] == {k: f"{k}-test" for k in KINDS} and scorer["dropped"] == 0
     history = torch.load(checkpoint.parent / "checkpoint.pt", weights_only=False)["history"]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
-    assert all(0 < h["reward_aesthetic"] < 1 and 0 < h["guard_alignment"] < 1 for h in history)
-    assert f"queued grpo run {run.id}" in stdout
+    return history
 
 
 def test_a_run_whose_reward_service_is_down_fails_with_its_address_before_sampling(tmp_path, reward_dirs):

@@ -18,7 +18,8 @@ from editloop.world.annotators import SimulatedAnnotator, intended_scene
 from editloop.world.edits import apply_instruction, sample_edit
 from editloop.world.render import render
 from editloop.world.scene import Scene, SceneObject, sample_scene
-from trainers.align.dpo import instruct_labels, run_instruct_dpo
+from trainers.align.dpo import instruct_labels
+from trainers.align.tuning import run_instruct_dpo
 from trainers.reward.data import NotEnoughLabels
 
 TINY = {"steps": 3, "batch_size": 2, "checkpoint_every": 1, "eval_per_kind": 1}

@@ -61,19 +61,21 @@ def send_align_chain(app: Celery, run_ids: list[str], config: dict[str, Any], st
     chain(*sigs).apply_async()
 
 
-def add_instruct_dpo_row(session: Session, config: dict[str, Any], reason: str, start_version: str | None) -> str:
-    """The queued row of an instruction-editor DPO run (trainers/align/dpo.py) starting from instruct version
-    `start_version` (None: the committed editor), its config checked first; the caller commits before sending."""
-    from trainers.align.dpo import KIND, split_config
+def add_instruct_tuning_row(session: Session, config: dict[str, Any], reason: str, start_version: str | None,
+                            method: str = "dpo") -> str:
+    """The queued row of an instruction-editor DPO or GRPO run (trainers/align/tuning.py) starting from instruct
+    version `start_version` (None: the committed editor), its config checked first; the caller commits before
+    sending."""
+    from trainers.align.tuning import KINDS, split_config
 
-    split_config(config)
+    split_config(config, method)
     run_id = uuid.uuid4().hex
-    session.add(TrainingRun(id=run_id, kind=KIND, status="queued", inputs={
+    session.add(TrainingRun(id=run_id, kind=KINDS[method], status="queued", inputs={
         "config": config, "trigger": reason, "chain": [run_id],
         **({"first": {"version": start_version}} if start_version else {})}))
     return run_id
 
 
-def send_instruct_dpo(app: Celery, run_id: str, config: dict[str, Any], start_version: str | None) -> None:
+def send_instruct_tuning(app: Celery, run_id: str, config: dict[str, Any], start_version: str | None) -> None:
     link = AlignRound(run_id, config, {"version": start_version} if start_version else None)
     app.send_task(ALIGN_TASK, args=link.args(), task_id=run_id)

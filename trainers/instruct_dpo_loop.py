@@ -32,7 +32,8 @@ class InstructDpoPolicy:
 
 def instruct_dpo_policy(settings: Settings) -> InstructDpoPolicy:
     """The policy from settings; ValueError naming the setting, its value and the limit."""
-    from trainers.align.dpo import MIN_LABELS, split_config
+    from trainers.align.dpo import MIN_LABELS
+    from trainers.align.tuning import split_config
 
     labels = settings.loop_instruct_dpo_labels
     if labels != 0 and not MIN_LABELS <= labels <= 1_000_000:
@@ -70,7 +71,7 @@ def decide_instruct_dpo(session: Session, pol: InstructDpoPolicy) -> LoopDecisio
 def check_instruct_dpo(sessions: sessionmaker[Session], settings: Settings,
                        send: Callable[[str, dict, str | None], None], source: str = "schedule") -> LoopDecision:
     """Decide under the loop's lock; a starting run's row is committed (with its trigger) before it is sent."""
-    from trainers.chains import add_instruct_dpo_row
+    from trainers.chains import add_instruct_tuning_row
 
     pol = instruct_dpo_policy(settings)
     if not settings.loop_enabled:
@@ -80,7 +81,7 @@ def check_instruct_dpo(sessions: sessionmaker[Session], settings: Settings,
     def record(session: Session, trigger: str) -> list[str]:
         current = promoted(session, "instruct")  # the run starts from the promoted instruct version
         started["version"] = current.version if current is not None else None
-        return [add_instruct_dpo_row(session, pol.config, trigger, started["version"])]
+        return [add_instruct_tuning_row(session, pol.config, trigger, started["version"])]
 
     decision = decide_and_record(sessions, lambda s: decide_instruct_dpo(s, pol), record, source)
     if decision.start:

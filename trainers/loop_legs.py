@@ -19,7 +19,7 @@ def check_legs(sessions: sessionmaker[Session], settings: Settings, app: Celery,
     """Each leg's decision by name (LEGS), its runs sent through `app` when it started."""
     from trainers.align_loop import check_align
     from trainers.autoloop import check_loop
-    from trainers.chains import add_feedback_rows, send_align_chain, send_feedback_chain, send_instruct_dpo
+    from trainers.chains import add_feedback_rows, send_align_chain, send_feedback_chain, send_instruct_tuning
     from trainers.instruct_dpo_loop import check_instruct_dpo
     from trainers.label_rounds import check_label_sets
 
@@ -30,6 +30,6 @@ def check_legs(sessions: sessionmaker[Session], settings: Settings, app: Celery,
             queue.MAKE_LABEL_SETS, args=queue.MakeLabelSets(run_id).args(), task_id=run_id), source),
         "align": check_align(sessions, settings,
                              lambda ids, config, start: send_align_chain(app, ids, config, start), source),
-        "instruct_dpo": check_instruct_dpo(sessions, settings, lambda run_id, config, start: send_instruct_dpo(
+        "instruct_dpo": check_instruct_dpo(sessions, settings, lambda run_id, config, start: send_instruct_tuning(
             app, run_id, config, start), source),
     }

@@ -196,20 +196,24 @@ def align_round_task(previous: dict[str, Any] | None, run_id: str, config: dict[
                      ) -> dict[str, Any]:
     """Run (or resume) one SeedEdit alignment round; in a chain, `previous` is the round before's result and
     its editor version is where this round starts (it regenerates the pairs). A run recorded as an
-    instruction-editor DPO run (kind "align-dpo") trains by DPO from `previous`'s version instead."""
+    instruction-editor tuning run (kind "align-dpo" or "align-grpo", trainers/align/tuning.py) trains by DPO or GRPO
+    from `previous`'s version instead."""
+    from functools import partial
+
     from editloop.db.models import TrainingRun
-    from trainers.align import dpo
     from trainers.align.run import run_align_round
+    from trainers.align.tuning import method_of, run_instruct_tuning
 
     queue.AlignRound(run_id, config, previous)
     settings, sessions, store = worker_context()
     parent = previous.get("version") if previous else None
     with sessions() as s:
         row = s.get(TrainingRun, run_id)
-        method = dpo.run_instruct_dpo if row is not None and row.kind == dpo.KIND else run_align_round
+        tuning = method_of(row.kind) if row is not None else None
+    run = partial(run_instruct_tuning, tuning) if tuning else run_align_round
     try:
         with beating(run_id):
-            return method(run_id, sessions, store, settings, config, parent)
+            return run(run_id, sessions, store, settings, config, parent)
     except Exception:
         cancel_rest_of_chain(sessions, run_id)
         raise

@@ -2,7 +2,8 @@
 `editloop train pefl|adversarial|progressive [--wait]`: enqueue a feedback chain (ByteEdit) on the gpu queue.
 `editloop train dpo [--instruct] [--wait]`: enqueue a Diffusion-DPO run (from the best/worst labels on edit sets, or
 with --instruct on instruction-edit sets, training the instruction editor) on the gpu queue.
-`editloop train grpo [--wait]`: enqueue an online GRPO run (samples scored by the reward services) on the gpu queue.
+`editloop train grpo [--instruct] [--wait]`: enqueue an online GRPO run (samples scored by the reward services) on the
+gpu queue; with --instruct it trains the instruction editor on its own edits of world instructions.
 `editloop train align --rounds N [--wait]`: enqueue SeedEdit alignment rounds as a chain on the gpu queue."""
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def dpo_config(args: argparse.Namespace) -> dict:
 
 def instruct_dpo_config(args: argparse.Namespace, config: dict) -> dict:
     """An instruction-editor DPO run's config (trainers/align/dpo.py), checked as the worker checks it."""
-    from trainers.align.dpo import split_config
+    from trainers.align.tuning import split_config
 
     for flag, value in (("--rewards", args.rewards), ("--eval-examples", args.eval_examples)):
         if value is not None:
@@ -288,26 +289,26 @@ def instruct_dpo_config(args: argparse.Namespace, config: dict) -> dict:
 def _train_dpo(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.instruct:
-        return _train_instruct_dpo(args, settings)
+        return _train_instruct(args, settings, "dpo", dpo_config(args))
     (run_id,) = enqueue_feedback_chain(settings, ["dpo"], dpo_config(args), "by hand: editloop train dpo")
     print(f"queued dpo run {run_id}")
     return wait_for_run(settings, run_id, "dpo") if args.wait else 0
 
 
-def _train_instruct_dpo(args: argparse.Namespace, settings: Settings) -> int:
+def _train_instruct(args: argparse.Namespace, settings: Settings, method: str, config: dict) -> int:
+    """Queue an instruction-editor DPO or GRPO run (trainers/align/tuning.py) from the promoted instruct version."""
     from editloop.registry import promoted
     from editloop.state import open_sessions
     from trainers.celery_app import make_celery
-    from trainers.chains import add_instruct_dpo_row, send_instruct_dpo
+    from trainers.chains import add_instruct_tuning_row, send_instruct_tuning
 
-    config = dpo_config(args)
     with open_sessions(settings).begin() as s:
         row = promoted(s, "instruct")
         start = row.version if row is not None else None
-        run_id = add_instruct_dpo_row(s, config, "by hand: editloop train dpo --instruct", start)
-    send_instruct_dpo(make_celery(settings), run_id, config, start)
-    print(f"queued instruct dpo run {run_id} (from {start or 'the committed instruction editor'})")
-    return wait_for_run(settings, run_id, "instruct dpo") if args.wait else 0
+        run_id = add_instruct_tuning_row(s, config, f"by hand: editloop train {method} --instruct", start, method)
+    send_instruct_tuning(make_celery(settings), run_id, config, start)
+    print(f"queued instruct {method} run {run_id} (from {start or 'the committed instruction editor'})")
+    return wait_for_run(settings, run_id, f"instruct {method}") if args.wait else 0
 
 
 def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:
@@ -322,6 +323,8 @@ def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:
     g.add_argument("--kl-weight", type=float, default=None, help="KL to the start model (default 0.04)")
     g.add_argument("--clip", type=float, default=None, help="PPO clip range of the ratio (default 1e-4)")
     g.add_argument("--eta", type=float, default=None, help="DDIM eta of the sampling policy, (0, 1] (default 1)")
+    g.add_argument("--sample-steps", type=int, default=None,
+                   help="sampling steps of a rollout (default: the stage's 20; with --instruct the editor's own)")
     g.add_argument("--train-fraction", type=float, default=None,
                    help="share of the sampling steps trained per batch (default 0.5)")
     g.add_argument("--rewards", default=None, metavar="KIND=W,...",
@@ -337,6 +340,13 @@ def add_grpo_parser(tsub: argparse._SubParsersAction) -> None:
                    help="a reward service's address (repeatable; default: the running stack's)")
     g.add_argument("--reward-timeout", type=float, default=None, help="seconds per reward request (default 30)")
     g.add_argument("--eval-examples", type=int, default=None, help="held-out examples of the gate")
+    g.add_argument("--instruct", action="store_true",
+                   help="train the instruction editor (SeedEdit) on its own edits of world instructions, scored "
+                        "against the caption each instruction asks for (default rewards alignment=1,coherence=0.5, "
+                        "guard aesthetic), starting from the promoted instruct version (else the committed one); "
+                        "gated on the alignment rounds' held-out edits")
+    g.add_argument("--eval-per-kind", type=int, default=None,
+                   help="--instruct: held-out edits per edit kind of the gate (default 8)")
     g.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
     g.add_argument("--wait", action="store_true", help="wait for the run and print its result")
     g.set_defaults(func=_train_grpo)
@@ -349,6 +359,7 @@ def grpo_config(args: argparse.Namespace, settings: Settings) -> dict:
                                        ("checkpoint_every", args.checkpoint_every)) if v is not None}
     grpo: dict = {k: v for k, v in (("group", args.group), ("kl_weight", args.kl_weight), ("clip", args.clip),
                                      ("eta", args.eta), ("train_fraction", args.train_fraction),
+                                     ("sample_steps", args.sample_steps),
                                      ("scorer", args.scorer), ("timeout", args.reward_timeout)) if v is not None}
     if args.rewards is not None:
         config["reward_weights"], grpo["coherence_weight"] = split_coherence(args.rewards)
@@ -361,15 +372,31 @@ def grpo_config(args: argparse.Namespace, settings: Settings) -> dict:
         grpo["addresses"] = parse_named_addresses(args.reward_address, "--reward-address", kind_names(),
                                                   "KIND=HOST:PORT")
     config["grpo"] = grpo
-    evaluation = {"auto_promote": not args.no_promote,
-                  **({"examples": args.eval_examples} if args.eval_examples is not None else {})}
-    check_feedback_config(["grpo"], config, evaluation)
-    from trainers.feedback.progressive import stage_config
     from trainers.feedback.reward_client import resolve_addresses
 
-    full = stage_config("grpo", **config)  # scorer "services" with no address known: refused before queueing
+    if args.instruct:
+        from trainers.align.tuning import split_config, training_config
+
+        if args.eval_examples is not None:
+            raise ValueError("`--eval-examples` does not apply to --instruct (its gate is the world's judge on "
+                             "held-out edits: --eval-per-kind)")
+        config = {**config, "auto_promote": not args.no_promote,
+                  **({"eval_per_kind": args.eval_per_kind} if args.eval_per_kind is not None else {})}
+        full = training_config("grpo", split_config(config, "grpo")[0])
+    else:
+        if args.eval_per_kind is not None:
+            raise ValueError("`--eval-per-kind` applies to --instruct runs; the inpainting editor's gate takes "
+                             "--eval-examples")
+        evaluation = {"auto_promote": not args.no_promote,
+                      **({"examples": args.eval_examples} if args.eval_examples is not None else {})}
+        check_feedback_config(["grpo"], config, evaluation)
+        from trainers.feedback.progressive import stage_config
+
+        full = stage_config("grpo", **config)
+        config = {**config, "eval": evaluation}
+    # scorer "services" with no address known: refused before queueing
     resolve_addresses(full.grpo.scorer, full.grpo.reward_kinds(full.reward_weights), settings, full.grpo.addresses)
-    return {**config, "eval": evaluation}
+    return config
 
 
 def split_coherence(text: str) -> tuple[dict[str, float], float]:
@@ -391,6 +418,8 @@ def split_coherence(text: str) -> tuple[dict[str, float], float]:
 
 def _train_grpo(args: argparse.Namespace) -> int:
     settings = Settings()
+    if args.instruct:
+        return _train_instruct(args, settings, "grpo", grpo_config(args, settings))
     (run_id,) = enqueue_feedback_chain(settings, ["grpo"], grpo_config(args, settings), "by hand: editloop train grpo")
     print(f"queued grpo run {run_id}")
     return wait_for_run(settings, run_id, "grpo") if args.wait else 0

@@ -8,21 +8,16 @@ and noised with the same noise at the same timestep; the editor predicts the noi
 the set's source image and instruction (the causal editor's input branch in the same graph, as its training runs
 it), and so does the frozen reference (the start editor's UNet). The loss is feedback/dpo.py's dpo_loss.
 
-A run (kind "align-dpo") goes through the ALIGN_ROUND task and the alignment lifecycle: it starts from the
-instruct version the chain names (the promoted one when queued, pinned on the run's row, so a resumed run starts
-from the same), trains with the feedback loop's checkpoints, EMA and exact resume (train_feedback with this step),
-is judged by the world on the alignment rounds' held-out edits, registered as an `instruct` version
-(`dpo-<run>`: one per run, resumes included) with the labels it used in its lineage, and promoted through the same
-gate as a round (no worse than the promoted editor on the same held-out edits).
+A run (kind "align-dpo") goes through the ALIGN_ROUND task and the lifecycle of trainers/align/tuning.py (the
+start version pinned, train_feedback's checkpoints and exact resume, the world's judge and an alignment round's
+gate), registered as an `instruct` version (`dpo-<run>`) with the labels it used in its lineage.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.db.models import CandidateSet, Preference
 from editloop.models.causal_attention import CausalBranchProcessor
-from editloop.models.instruct import InstructEditor, load_instruct_editor
+from editloop.models.instruct import InstructEditor
 from editloop.models.zoo import training_scheduler
-from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.feedback.dpo import DpoData, dpo_data, dpo_update, draw_noise, draw_pairs
 from trainers.pretrain.diffusion import prediction_target
@@ -126,98 +120,3 @@ def instruct_dpo_step(data: DpoData, cache: ImageCache) -> Callable[..., dict[st
         return dpo_update(errors, reference, cfg, step, params, opt)
 
     return step_fn
-
-
-def split_config(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(training fields: a feedback "dpo" stage's, evaluation fields: eval_per_kind, auto_promote), checked."""
-    from trainers.feedback.progressive import stage_config
-
-    train = dict(config or {})
-    evaluation = {k: train.pop(k, v) for k, v in EVAL_DEFAULTS.items()}
-    if not isinstance(evaluation["eval_per_kind"], int) or not 1 <= evaluation["eval_per_kind"] <= 256:
-        raise ValueError(f"`eval_per_kind` must be an integer in 1..256, got {evaluation['eval_per_kind']!r}")
-    for name in ("reward_weights", "tasks", "adversarial", "grpo"):
-        if name in train:
-            raise ValueError(f"`{name}` does not apply to an instruction editor's DPO run")
-    stage_config("dpo", **train)  # ValueError naming an unknown or bad field
-    return train, evaluation
-
-
-def run_instruct_dpo(run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
-                     config: dict[str, Any] | None = None, start_version: str | None = None) -> dict[str, Any]:
-    """Run (or resume) instruction-editor DPO run `run_id` from instruct version `start_version` (None: the
-    committed editor); returns its outputs (also on the run row)."""
-    from trainers.runs import run_once
-
-    train, evaluation = split_config(config)
-    return run_once(sessions, run_id, KIND, {"config": config or {}, "start_version": start_version},
-                    lambda: _run(run_id, sessions, store, settings, train, evaluation, start_version))
-
-
-def _start(sessions: sessionmaker[Session], store: BlobStore, settings: Settings, version: str | None
-           ) -> tuple[str, Path, int | None, dict[str, Any]]:
-    """(name, directory, registry id, registry config) of the start editor: instruct version `version`, or the
-    committed editor when None."""
-    from editloop.models.card import has_card
-    from editloop.models.model_dir import model_version
-    from editloop.registry import find_version, instruct_model_dir
-
-    if version is None:
-        if not has_card(settings.instruct_model):
-            raise ValueError(f"no instruction editor to start from: {settings.instruct_model} holds none")
-        return f"default-instruct:{model_version(settings.instruct_model)}", settings.instruct_model, None, {}
-    with sessions() as s:
-        row = find_version(s, "instruct", version)  # PromotionRefused naming it when it is not registered
-        _, name, path, row_id = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models",
-                                                   version)
-        return name, path, row_id, dict(row.config or {})
-
-
-def _run(run_id: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings, train: dict[str, Any],
-         evaluation: dict[str, Any], start_version: str | None) -> dict[str, Any]:
-    from editloop.registry import load_check, store_model_dir
-    from trainers.align.evaluate import evaluate_editor, held_out_edits
-    from trainers.align.run import eval_score, reference_metrics
-    from trainers.feedback.loop import train_feedback
-    from trainers.feedback.progressive import stage_config
-    from trainers.runs import logged, register_and_gate, update_run
-
-    cfg = stage_config("dpo", **train)
-    data = instruct_dpo_data(sessions, store, run_id)
-    name, path, parent_id, parent_meta = _start(sessions, store, settings, start_version)
-    editor = load_instruct_editor(path, device=settings.device)
-    log.info("run %s instruct dpo: %d pairs from %d labels, start %s, %d steps", run_id[:12], len(data.pairs),
-             len(data.label_ids), name, cfg.steps)
-    update_run(sessions, run_id, outputs={"pairs": len(data.pairs), "labels": len(data.label_ids), "start": name})
-
-    def row_progress(step: int, total: int, last: dict[str, float]) -> None:
-        update_run(sessions, run_id, progress=step / total, outputs={"last": last})
-
-    run_dir = settings.state_dir / "runs" / run_id
-    state = train_feedback(editor, None, cfg, run_dir, logged(row_progress, run_id, "instruct-dpo", run_dir=run_dir),
-                           step=instruct_dpo_step(data, ImageCache(store)))
-    editor.unet.eval()
-    edits = held_out_edits(int(evaluation["eval_per_kind"]))
-    metrics, _ = evaluate_editor(editor, edits)
-    reference, reference_name = reference_metrics(sessions, store, settings, edits)
-    version = f"dpo-{run_id[:12]}"
-    lineage = {"run_id": run_id, "method": "diffusion-dpo", "start_version": name, "reference": reference_name,
-               "labels": len(data.label_ids), "max_label_id": max(data.label_ids)}
-    last = state.history[-1] if state.history else {}
-    all_metrics = {**metrics, "eval_score": eval_score(metrics), "labels": len(data.label_ids),
-                   "pairs": len(data.pairs), "steps_done": state.step, "final_loss": last.get("loss"),
-                   "implicit_accuracy": last.get("implicit_accuracy"),
-                   **({"parent_eval_score": eval_score(reference), "reference": reference} if reference else {})}
-    # a later alignment round continues this version as it would its start: the same round count and kept pairs
-    meta = {**{k: parent_meta[k] for k in ("round", "pairs_keys") if k in parent_meta}, "lineage": lineage,
-            "train": cfg.to_dict()}
-    with tempfile.TemporaryDirectory() as tmp:
-        editor.save(Path(tmp), {"version": version, "lineage": lineage})
-        key = store_model_dir(store, Path(tmp))
-    outputs: dict[str, Any] = {"version": version, "checkpoint_key": key, "start": name,
-                               "metrics": {k: v for k, v in all_metrics.items() if k != "reference"}}
-    with sessions.begin() as s:
-        register_and_gate(s, run_id, "instruct", version, key, all_metrics, meta, parent_id, outputs,
-                          load_check("instruct", store, settings.state_dir / "models"),
-                          bool(evaluation["auto_promote"]), tolerance=0.0)
-    return outputs

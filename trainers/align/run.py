@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.models.base import base_fingerprint
@@ -103,13 +104,20 @@ def _start(sessions: sessionmaker[Session], store: BlobStore, settings: Settings
 def reference_metrics(sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
                        edits: list) -> tuple[dict | None, str | None]:
     """The promoted (or default) instruction editor's metrics on the same held-out edits."""
+    metrics, name, _ = reference_edits(sessions, store, settings, edits)
+    return metrics, name
+
+
+def reference_edits(sessions: sessionmaker[Session], store: BlobStore, settings: Settings, edits: list
+                    ) -> tuple[dict | None, str | None, np.ndarray | None]:
+    """(metrics, name, outputs) of the promoted (or default) instruction editor on the held-out edits."""
     with sessions() as s:
         found = instruct_model_dir(s, store, settings.instruct_model, settings.state_dir / "models")
     if found is None:
-        return None, None
+        return None, None, None
     name, version, path, _ = found
-    metrics, _ = evaluate_editor(load_instruct_editor(path, device=settings.device), edits)
-    return metrics, f"{name}:{version}"
+    metrics, outputs = evaluate_editor(load_instruct_editor(path, device=settings.device), edits)
+    return metrics, f"{name}:{version}", outputs
 
 
 def eval_score(metrics: dict) -> float:

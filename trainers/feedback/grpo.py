@@ -65,6 +65,8 @@ class GrpoConfig:
     addresses: dict[str, str] = field(default_factory=dict)  # kind -> host:port (default: the running stack's)
     timeout: float = 30.0  # seconds per reward request
     retries: int = 3
+    # sampling steps of a rollout (0: the inpainting stage's schedule steps; the instruction editor's default steps)
+    sample_steps: int = 0
 
     def __post_init__(self) -> None:
         if not 2 <= self.group <= 64:
@@ -79,6 +81,9 @@ class GrpoConfig:
                 raise ValueError(f"`grpo.{name}` must be a finite number >= 0, got {value!r}")
         if self.clip <= 0:
             raise ValueError(f"`grpo.clip` must be > 0, got {self.clip}")
+        if not (isinstance(self.sample_steps, int) and 0 <= self.sample_steps <= 100):
+            raise ValueError(f"`grpo.sample_steps` must be an integer in 0..100 (0: the model's own), "
+                             f"got {self.sample_steps!r}")
         if not 1 <= self.updates <= 16:
             raise ValueError(f"`grpo.updates` must be in 1..16, got {self.updates}")
         for kind in self.guard:
@@ -226,19 +231,30 @@ def trained_steps(rng: np.random.Generator, steps: int, fraction: float) -> list
     return sorted(int(i) for i in rng.choice(steps, size=k, replace=False))
 
 
+def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2) || N(ref_mean, std^2)) per example, averaged over its elements."""
+    return ((mean.float() - ref_mean.float()) ** 2).mean(dim=tuple(range(1, mean.dim()))) / (2 * std.float() ** 2)
+
+
+def step_loss(mean: torch.Tensor, ref_mean: torch.Tensor, next_latents: torch.Tensor, old_log_prob: torch.Tensor,
+              std: torch.Tensor, advantages: torch.Tensor, grpo: GrpoConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """One sampling step's loss from the policy's step mean (with gradients) and the reference's: the clipped
+    objective on the sampled x_{t-1} + kl_weight * KL to the reference."""
+    log_prob = gaussian_log_prob(next_latents, mean, std)
+    objective, clipped = clipped_objective(log_prob, old_log_prob, advantages, grpo.clip)
+    kl = kl_to_reference(mean, ref_mean, std)
+    return objective + grpo.kl_weight * kl.mean(), {"kl": float(kl.mean().detach()), "clipped": float(clipped)}
+
+
 def policy_loss(pipe, anchor, roll: Rollout, index: int, advantages: torch.Tensor, cfg,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss at sampling step `index` of the rollout: clipped objective + kl_weight * KL to the anchor."""
     grpo, sched = cfg.grpo, roll.sched
     x, t, std = roll.latents[index], roll.timesteps[index], roll.stds[index]
     mean, _ = ddim_step(sched, predict(pipe.unet, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
-    log_prob = gaussian_log_prob(roll.next_latents[index], mean, std)
-    objective, clipped = clipped_objective(log_prob, roll.log_probs[index], advantages, grpo.clip)
     with torch.no_grad():
         ref_mean, _ = ddim_step(sched, predict(anchor, x, t, roll.batch, cfg.guidance), t, x, grpo.eta)
-    kl = ((mean.float() - ref_mean.float()) ** 2).mean(dim=(1, 2, 3)) / (2 * std.float() ** 2)
-    loss = objective + grpo.kl_weight * kl.mean()
-    return loss, {"kl": float(kl.mean().detach()), "clipped": float(clipped)}
+    return step_loss(mean, ref_mean, roll.next_latents[index], roll.log_probs[index], std, advantages, grpo)
 
 
 def score_rollout(scorer: Scorer, kinds: list[str], roll: Rollout, examples: list) -> dict[str, np.ndarray]:
@@ -247,13 +263,55 @@ def score_rollout(scorer: Scorer, kinds: list[str], roll: Rollout, examples: lis
     return {kind: scorer.score(kind, batch) for kind in kinds}
 
 
+def batch_advantages(scores: dict[str, np.ndarray], weights: dict[str, float], group: int, step: int,
+                     device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """(the weighted group-relative advantages, which samples kept every weighted score); AllScoresDropped when
+    none did."""
+    scored = np.all([np.isfinite(scores[k]) for k, w in weights.items() if w > 0], axis=0)
+    if not scored.any():
+        raise AllScoresDropped(f"every one of the {len(scored)} samples of step {step + 1} lost its reward "
+                               f"(requests past their deadline after every retry)")
+    advantages = torch.tensor(weighted_advantages(scores, weights, group), dtype=torch.float32, device=device)
+    return advantages, scored
+
+
+def optimise(loss_at: Callable[[int], tuple[torch.Tensor, dict[str, float]]], chosen_steps: list[int], cfg,
+             step: int, params, opt) -> dict[str, float]:
+    """`cfg.grpo.updates` optimiser steps, each accumulating the loss of every chosen sampling step (one step's graph
+    in memory at a time); the mean loss, KL and clipped share, and the last gradient norm."""
+    from trainers.feedback.loop import Diverged
+
+    parts: dict[str, list[float]] = {"loss": [], "kl": [], "clipped": []}
+    for _ in range(cfg.grpo.updates):
+        opt.zero_grad(set_to_none=True)
+        for index in chosen_steps:
+            loss, got = loss_at(index)
+            if not torch.isfinite(loss):
+                raise Diverged(f"grpo loss is {float(loss)} at step {step + 1}; the last good checkpoint is kept")
+            (loss / len(chosen_steps)).backward()
+            parts["loss"].append(float(loss.detach()))
+            parts["kl"].append(got["kl"])
+            parts["clipped"].append(got["clipped"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+    return {**{k: float(np.mean(v)) for k, v in parts.items()}, "grad_norm": float(grad_norm)}
+
+
+def scores_record(scores: dict[str, np.ndarray], scored: np.ndarray, advantages: torch.Tensor,
+                  grpo: GrpoConfig) -> dict[str, float]:
+    """What a step records of its scores: dropped samples, the advantages' spread, each reward's raw mean (a
+    preference reward's score, coherence's probability), guards named as such."""
+    record: dict[str, float] = {"dropped": int((~scored).sum()), "advantage_spread": float(advantages.abs().mean())}
+    for kind, values in scores.items():
+        record[f"{'guard' if kind in grpo.guard else 'reward'}_{kind}"] = float(np.nanmean(values))
+    return record
+
+
 def grpo_step(scorer: Scorer) -> Callable[..., dict[str, float]]:
     """A training step for trainers.feedback.loop.train_feedback: (pipe, cfg, step, params, opt, anchor) -> record,
     `anchor` being the frozen start UNet (the KL's reference)."""
 
     def step_fn(pipe, cfg, step: int, params, opt, anchor) -> dict[str, Any]:
-        from trainers.feedback.loop import Diverged
-
         grpo = cfg.grpo
         rng = step_rng(cfg.seed, "grpo", step)
         edits = cfg.batch_size // grpo.group
@@ -262,36 +320,16 @@ def grpo_step(scorer: Scorer) -> Callable[..., dict[str, float]]:
         examples = [e for e in chosen for _ in range(grpo.group)]  # each edit `group` times, consecutively
         generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
         pipe.unet.eval()
-        roll = rollout(pipe, prepare(pipe, examples), cfg.schedule.steps, cfg.guidance, grpo.eta, generator)
+        roll = rollout(pipe, prepare(pipe, examples), grpo.sample_steps or cfg.schedule.steps, cfg.guidance,
+                       grpo.eta, generator)
         weights = {**cfg.reward_weights, "coherence": grpo.coherence_weight}
         scores = score_rollout(scorer, grpo.reward_kinds(cfg.reward_weights), roll, examples)
-        scored = np.all([np.isfinite(scores[k]) for k, w in weights.items() if w > 0], axis=0)
-        if not scored.any():
-            raise AllScoresDropped(f"every one of the {len(scored)} samples of step {step + 1} lost its reward "
-                                   f"(requests past their deadline after every retry)")
-        advantages = torch.tensor(weighted_advantages(scores, weights, grpo.group), dtype=torch.float32,
-                                  device=pipe.unet.device)
+        advantages, scored = batch_advantages(scores, weights, grpo.group, step, pipe.unet.device)
         chosen_steps = trained_steps(rng, len(roll.timesteps), grpo.train_fraction)
         pipe.unet.train()
-        parts: dict[str, list[float]] = {"loss": [], "kl": [], "clipped": []}
-        for _ in range(grpo.updates):
-            opt.zero_grad(set_to_none=True)
-            for index in chosen_steps:
-                loss, got = policy_loss(pipe, anchor, roll, index, advantages, cfg)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"grpo loss is {float(loss)} at step {step + 1}; the last good checkpoint is kept")
-                (loss / len(chosen_steps)).backward()
-                parts["loss"].append(float(loss.detach()))
-                parts["kl"].append(got["kl"])
-                parts["clipped"].append(got["clipped"])
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-        record = {k: float(np.mean(v)) for k, v in parts.items()}
-        record.update(grad_norm=float(grad_norm), dropped=int((~scored).sum()),
-                      advantage_spread=float(advantages.abs().mean()))
-        for kind, values in scores.items():  # raw means: a preference reward's score, coherence's probability
-            record[f"{'guard' if kind in grpo.guard else 'reward'}_{kind}"] = float(np.nanmean(values))
-        return record
+        record = optimise(lambda index: policy_loss(pipe, anchor, roll, index, advantages, cfg), chosen_steps, cfg,
+                          step, params, opt)
+        return {**record, **scores_record(scores, scored, advantages, grpo)}
 
     return step_fn
 
