@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     loop_align_rounds: int = 1  # rounds per chain (0: the loop starts none)
     loop_align_interval_s: float = 0.0  # also a chain this long after the last one started (0: only on a promotion)
     loop_align_config: str = ""  # the rounds' settings as JSON (trainers/align/round_config.py), e.g. {"pairs": 96}
+    loop_align_method: str = "rounds"  # rounds, or grpo: one instruct GRPO run (trainers/align/grpo.py) instead
     # the loop's instruction-editor DPO leg (trainers/instruct_dpo_loop.py): new labels on instruction-edit sets
     loop_instruct_dpo_labels: int = 0  # new labels that start a DPO run of the instruction editor (0: off)
     loop_instruct_dpo_config: str = ""  # its settings as JSON (trainers/align/dpo.py), e.g. {"steps": 100}

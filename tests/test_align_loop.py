@@ -79,7 +79,36 @@ def test_the_schedule_starts_a_chain_and_off_means_off(db_url, tmp_path):
     assert check_align(sessions, off, lambda *a: None).reason == "off (EDITLOOP_LOOP_ALIGN_ROUNDS=0)"
 
 
+def test_method_grpo_starts_one_instruct_grpo_run_instead_of_rounds(db_url, tmp_path):
+    """EDITLOOP_LOOP_ALIGN_METHOD=grpo: a promoted alignment reward starts one instruct GRPO run (kind align-grpo,
+    recorded with its trigger and the promoted instruct version it continues), sent once, debounced while it runs."""
+    upgrade(db_url)
+    sessions = make_sessionmaker(make_engine(db_url))
+    settings = Settings(state_dir=tmp_path, database_url=db_url, loop_align_method="grpo",
+                        loop_align_config='{"steps": 50, "grpo": {"group": 4}}')
+    chains, runs = [], []
+
+    def check(source="test"):
+        return check_align(sessions, settings, lambda *a: chains.append(a), source, lambda *a: runs.append(a))
+
+    _promote(sessions, "alignment", "al-1")
+    _promote(sessions, "instruct", "round-2")
+    first = check("alignment reward promoted")
+    assert first.start and len(first.run_ids) == 1 and not chains
+    assert runs == [(first.run_ids[0], {"steps": 50, "grpo": {"group": 4}}, "round-2")]
+    with sessions() as s:
+        run = s.get(TrainingRun, first.run_ids[0])
+    assert run.kind == "align-grpo" and run.status == "queued" and run.inputs["first"] == {"version": "round-2"}
+    assert run.inputs["trigger"] == "loop (alignment reward promoted): alignment reward al-1 promoted"
+    assert check().reason.startswith("debounced: instruct GRPO run")
+    _finish(sessions, first.run_ids)
+    assert check().reason.startswith("no alignment reward promoted since the last round") and len(runs) == 1
+    with pytest.raises(ValueError, match="`EDITLOOP_LOOP_ALIGN_METHOD` grpo needs a sender"):
+        check_align(sessions, settings, lambda *a: None)
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
+    ("loop_align_method", "ppo", "`EDITLOOP_LOOP_ALIGN_METHOD` must be one of \\['rounds', 'grpo'\\], got 'ppo'"),
     ("loop_align_rounds", 11, "`EDITLOOP_LOOP_ALIGN_ROUNDS` must be in 0..10"),
     ("loop_align_interval_s", -5.0, "`EDITLOOP_LOOP_ALIGN_INTERVAL_S` must be >= 0"),
     ("loop_align_config", "{pairs: 3", "`EDITLOOP_LOOP_ALIGN_CONFIG` must be a JSON object of round settings"),
@@ -89,3 +118,5 @@ def test_the_schedule_starts_a_chain_and_off_means_off(db_url, tmp_path):
 def test_a_bad_align_policy_is_named(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         align_policy(Settings(state_dir=tmp_path, **{field: value}))
+    with pytest.raises(ValueError, match=r"`EDITLOOP_LOOP_ALIGN_CONFIG`: `batch_size` \(8\) must be a multiple of "):
+        align_policy(Settings(state_dir=tmp_path, loop_align_method="grpo", loop_align_config='{"grpo": {"group": 3}}'))

@@ -103,7 +103,8 @@ def test_a_bad_policy_is_named_and_the_cli_pauses_and_shows_the_loop(tmp_path, m
     assert "loop: paused (labels look odd)" in out and "would not start: paused" in out
     assert "label sets: 16 of 32 made per served editor (active selection) + 2 gold, overlap 2; now: would not " \
            "start: waiting for Label Studio: Label Studio is not up (no " in out
-    assert "alignment rounds: 1 per chain, settings default; now: would not start: paused (labels look odd)" in out
+    assert ("instruct editor: 1 alignment rounds per chain on a promoted alignment reward, settings default; now: "
+            "would not start: paused (labels look odd)") in out
     assert main(["loop", "resume"]) == 0
     assert main(["loop", "status"]) == 0
     assert "loop: on" in capsys.readouterr().out

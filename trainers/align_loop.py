@@ -8,6 +8,10 @@ that often without a promotion (0: only on a promotion). Like the feedback leg (
 under the loop's lock, debounced while an alignment round is queued or running, recorded with its trigger before
 its chain is sent, gated and promoted by each round as by hand, paused with `editloop loop pause`, and the reward
 must have beaten chance (`loop_floor_alpha`) to drive it.
+
+`loop_align_method` "grpo" starts one online GRPO run of the instruct editor instead (trainers/align/grpo.py: its
+own edits scored against the captions its instructions ask for, by the promoted alignment reward and coherence, the
+aesthetic reward held out as the guard); EDITLOOP_LOOP_ALIGN_CONFIG then holds that run's settings.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from editloop.settings import Settings
 from trainers.autoloop import LoopDecision, below_floor, decide_and_record, held_back, json_setting
 
 KIND = "align"
+METHODS = ("rounds", "grpo")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,13 @@ class AlignPolicy:
     config: dict
     interval_s: float
     floor_alpha: float
+    method: str = "rounds"  # SeedEdit's rounds, or one instruct GRPO run scored by the promoted rewards
+
+    @property
+    def run_kind(self) -> str:
+        from trainers.align.tuning import KINDS
+
+        return KIND if self.method == "rounds" else KINDS["grpo"]
 
 
 def align_policy(settings: Settings) -> AlignPolicy:
@@ -45,18 +57,28 @@ def align_policy(settings: Settings) -> AlignPolicy:
     if settings.loop_align_interval_s < 0:
         raise ValueError(f"`EDITLOOP_LOOP_ALIGN_INTERVAL_S` must be >= 0 (0: only on a promotion), got "
                          f"{settings.loop_align_interval_s}")
-    config = json_setting("EDITLOOP_LOOP_ALIGN_CONFIG", settings.loop_align_config, "round settings",
-                          RoundConfig.from_dict)
-    return AlignPolicy(settings.loop_align_rounds, config, settings.loop_align_interval_s, settings.loop_floor_alpha)
+    if settings.loop_align_method not in METHODS:
+        raise ValueError(f"`EDITLOOP_LOOP_ALIGN_METHOD` must be one of {list(METHODS)}, got "
+                         f"{settings.loop_align_method!r}")
+    if settings.loop_align_method == "grpo":
+        from trainers.align.tuning import split_config
+
+        config = json_setting("EDITLOOP_LOOP_ALIGN_CONFIG", settings.loop_align_config, "GRPO run settings",
+                              lambda c: split_config(c, "grpo"))
+    else:
+        config = json_setting("EDITLOOP_LOOP_ALIGN_CONFIG", settings.loop_align_config, "round settings",
+                              RoundConfig.from_dict)
+    return AlignPolicy(settings.loop_align_rounds, config, settings.loop_align_interval_s, settings.loop_floor_alpha,
+                       settings.loop_align_method)
 
 
 def decide_align(session: Session, pol: AlignPolicy, now: datetime | None = None) -> LoopDecision:
     now = now or datetime.now(UTC)
     if pol.rounds == 0:
         return LoopDecision(False, "off (EDITLOOP_LOOP_ALIGN_ROUNDS=0)")
-    last = session.scalars(select(TrainingRun).where(TrainingRun.kind == KIND)
+    last = session.scalars(select(TrainingRun).where(TrainingRun.kind == pol.run_kind)
                            .order_by(TrainingRun.created_at.desc())).first()
-    if why := held_back(session, last, "alignment round"):
+    if why := held_back(session, last, "alignment round" if pol.method == "rounds" else "instruct GRPO run"):
         return LoopDecision(False, why)
     reward = promoted(session, "alignment")
     if reward is not None and (why := below_floor(reward, pol.floor_alpha)):
@@ -72,9 +94,11 @@ def decide_align(session: Session, pol: AlignPolicy, now: datetime | None = None
 
 
 def check_align(sessions: sessionmaker[Session], settings: Settings,
-                send: Callable[[list[str], dict, str | None], None], source: str = "schedule") -> LoopDecision:
-    """Decide under the loop's lock; a starting chain's rows are committed (with their trigger) before it is sent."""
-    from trainers.chains import add_align_rows
+                send: Callable[[list[str], dict, str | None], None], source: str = "schedule",
+                send_tuning: Callable[[str, dict, str | None], None] | None = None) -> LoopDecision:
+    """Decide under the loop's lock; a starting chain's rows are committed (with their trigger) before it is sent
+    (`send` a chain of rounds; `send_tuning` one instruct GRPO run)."""
+    from trainers.chains import add_align_rows, add_instruct_tuning_row
 
     pol = align_policy(settings)
     if not settings.loop_enabled:
@@ -84,9 +108,15 @@ def check_align(sessions: sessionmaker[Session], settings: Settings,
     def record(session: Session, trigger: str) -> list[str]:
         current = promoted(session, "instruct")  # the chain continues the promoted instruct version
         started["version"] = current.version if current is not None else None
+        if pol.method == "grpo":
+            return [add_instruct_tuning_row(session, pol.config, trigger, started["version"], "grpo")]
         return add_align_rows(session, pol.rounds, pol.config, trigger, started["version"])
 
+    if pol.method == "grpo" and send_tuning is None:
+        raise ValueError("`EDITLOOP_LOOP_ALIGN_METHOD` grpo needs a sender for instruct GRPO runs")
     decision = decide_and_record(sessions, lambda s: decide_align(s, pol), record, source)
-    if decision.start:
+    if decision.start and pol.method == "grpo":
+        send_tuning(decision.run_ids[0], pol.config, started["version"])
+    elif decision.start:
         send(list(decision.run_ids), pol.config, started["version"])
     return decision

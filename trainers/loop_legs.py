@@ -29,7 +29,8 @@ def check_legs(sessions: sessionmaker[Session], settings: Settings, app: Celery,
         "label_sets": check_label_sets(sessions, settings, lambda run_id: app.send_task(
             queue.MAKE_LABEL_SETS, args=queue.MakeLabelSets(run_id).args(), task_id=run_id), source),
         "align": check_align(sessions, settings,
-                             lambda ids, config, start: send_align_chain(app, ids, config, start), source),
+                             lambda ids, config, start: send_align_chain(app, ids, config, start), source,
+                             lambda run_id, config, start: send_instruct_tuning(app, run_id, config, start)),
         "instruct_dpo": check_instruct_dpo(sessions, settings, lambda run_id, config, start: send_instruct_tuning(
             app, run_id, config, start), source),
     }

@@ -65,7 +65,7 @@ def align_report(settings: Settings, session) -> dict:
 
     pol = align_policy(settings)
     decision = decide_align(session, pol) if settings.loop_enabled else None
-    return {"rounds": pol.rounds, "config": pol.config, "interval_s": pol.interval_s,
+    return {"method": pol.method, "rounds": pol.rounds, "config": pol.config, "interval_s": pol.interval_s,
             "would_start": bool(decision and decision.start),
             "why": decision.reason if decision else "off (EDITLOOP_LOOP_ENABLED=false)"}
 
@@ -103,8 +103,10 @@ def _status(args: argparse.Namespace) -> int:
           f"selection) + {ls['gold']} gold, overlap {ls['overlap']}; now: "
           f"{'would START a batch' if ls['would_start'] else 'would not start'}: {ls['why']}")
     al = r["align"]
-    print(f"alignment rounds: {al['rounds']} per chain, settings {al['config'] or 'default'}; now: "
-          f"{'would START a chain' if al['would_start'] else 'would not start'}: {al['why']}")
+    what = (f"{al['rounds']} alignment rounds per chain" if al["method"] == "rounds" else
+            "one instruct GRPO run (EDITLOOP_LOOP_ALIGN_METHOD=grpo)")
+    print(f"instruct editor: {what} on a promoted alignment reward, settings {al['config'] or 'default'}; now: "
+          f"{'would START' if al['would_start'] else 'would not start'}: {al['why']}")
     dpo = r["instruct_dpo"]
     print(f"instruct DPO: a run per {dpo['labels'] or '(off)'} new instruction-edit labels, settings "
           f"{dpo['config'] or 'default'}; now: {'would START a run' if dpo['would_start'] else 'would not start'}: "
