@@ -15,7 +15,6 @@ gate), registered as an `instruct` version (`dpo-<run>`) with the labels it used
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +33,8 @@ from trainers.feedback.dpo import DpoData, dpo_data, dpo_update, draw_noise, dra
 from trainers.pretrain.diffusion import prediction_target
 from trainers.reward.data import INSTRUCT_SET_KIND, ImageCache, Pair
 
-log = logging.getLogger(__name__)
-
 KIND = "align-dpo"  # the run's kind; its version is an "instruct" version
 MIN_LABELS = 20
-EVAL_DEFAULTS = {"eval_per_kind": 8, "auto_promote": True}
 
 
 def instruct_label_query():
