@@ -8,7 +8,10 @@ over the set's images; the sampler runs once per distinct value, each image keep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 MAX_SET_GUIDANCE = 10.0  # the instruction editors' limit (editloop.models.instruct_sampling), for every kind
 
@@ -39,3 +42,13 @@ def parse_guidances(text: str, name: str) -> tuple[float, ...] | None:
 def guidance_groups(guidances: list[float]) -> list[tuple[float, list[int]]]:
     """(guidance, the indices of the images at it) per distinct guidance: one sampler call each."""
     return [(g, [i for i, x in enumerate(guidances) if x == g]) for g in sorted(set(guidances))]
+
+
+def by_guidance(guidances: list[float], make: Callable[[float, list[int]], Sequence[T]]) -> list[T]:
+    """Every image in set order, made by `make(guidance, indices)` once per distinct guidance (the images at those
+    indices, in that order)."""
+    out: list[T | None] = [None] * len(guidances)
+    for guidance, idx in guidance_groups(guidances):
+        for i, image in zip(idx, make(guidance, idx), strict=True):
+            out[i] = image
+    return out  # type: ignore[return-value]  # every index is in one group

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from editloop.db.models import CandidateItem, CandidateSet
-from editloop.guidances import check_guidances, guidance_groups
+from editloop.guidances import by_guidance, check_guidances
 from editloop.models.pipeline_io import inpaint_inputs, per_image_generators, pipeline_to_uint8
 from editloop.models.zoo import load_pipeline, set_scheduler
 from editloop.records import get_or_create_prompt, record_generation
@@ -151,17 +151,17 @@ def generate_images(pipe, spec: CandidateSpec, store: BlobStore, steps: int) -> 
     if spec.kind == "inpaint":
         source_png, mask_png = store.get(spec.source_key), store.get(spec.mask_key)
         image, mask = from_png(source_png, "source"), mask_from_png(mask_png)
-    out: list[np.ndarray] = [np.empty(0)] * spec.n
-    for guidance, idx in guidance_groups(spec.image_guidances()):
+
+    def make(guidance: float, idx: list[int]) -> np.ndarray:
         kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                       generator=per_image_generators(spec.seed + i for i in idx))
         if image is not None:
             image_t, mask_t = inpaint_inputs(np.stack([image] * len(idx)), np.stack([mask] * len(idx)))
             kwargs.update(image=image_t, mask_image=mask_t, height=image.shape[0], width=image.shape[1])
         with torch.inference_mode():
-            got = pipe([spec.prompt] * len(idx), **kwargs).images
-        for i, im in zip(idx, pipeline_to_uint8(got)):
-            out[i] = im
+            return pipeline_to_uint8(pipe([spec.prompt] * len(idx), **kwargs).images)
+
+    out = by_guidance(spec.image_guidances(), make)
     return out, source_png, mask_png
 
 
@@ -173,12 +173,9 @@ def instruct_images(editor, spec: CandidateSpec, store: BlobStore, steps: int) -
 
     source_png = store.get(spec.source_key)
     image = from_png(source_png, "source", size=editor.native_size)
-    out: list[np.ndarray] = [np.empty(0)] * spec.n
-    for guidance, idx in guidance_groups(spec.image_guidances()):
-        got = edit_images(editor, np.stack([image] * len(idx)), [spec.prompt] * len(idx),
-                          [spec.seed + i for i in idx], steps=steps, text_guidance=guidance)
-        for i, im in zip(idx, got):
-            out[i] = im
+    out = by_guidance(spec.image_guidances(), lambda guidance, idx: edit_images(
+        editor, np.stack([image] * len(idx)), [spec.prompt] * len(idx), [spec.seed + i for i in idx], steps=steps,
+        text_guidance=guidance))
     return out, source_png, None
 
 

@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from editloop.guidances import by_guidance  # noqa: E402
 from editloop.models.base import base_model_dir  # noqa: E402
 from editloop.models.pipeline_io import inpaint_inputs, per_image_generators, pipeline_to_uint8  # noqa: E402
 from editloop.models.zoo import load_pipeline, set_scheduler  # noqa: E402
@@ -40,17 +41,16 @@ TEMPERATURES = (0.25, 0.5, 1.0)
 
 def edits(pipe, example, guidances: list[float], seed: int, steps: int) -> list[np.ndarray]:
     """Four edits of `example`, image i at guidances[i] with seed + i (one pipeline call per distinct guidance)."""
-    out: list[np.ndarray | None] = [None] * len(guidances)
-    for g in sorted(set(guidances)):
-        idx = [i for i, x in enumerate(guidances) if x == g]
+
+    def make(g: float, idx: list[int]) -> np.ndarray:
         image, mask = inpaint_inputs(np.stack([example.source] * len(idx)), np.stack([example.mask] * len(idx)))
         with torch.inference_mode():
-            got = pipe([example.prompt] * len(idx), image=image, mask_image=mask, num_inference_steps=steps,
-                       guidance_scale=g, generator=per_image_generators(seed + i for i in idx), output_type="np",
-                       height=64, width=64).images
-        for i, im in zip(idx, pipeline_to_uint8(got)):
-            out[i] = im
-    return out
+            return pipeline_to_uint8(pipe([example.prompt] * len(idx), image=image, mask_image=mask,
+                                          num_inference_steps=steps, guidance_scale=g, output_type="np",
+                                          generator=per_image_generators(seed + i for i in idx), height=64,
+                                          width=64).images)
+
+    return by_guidance(guidances, make)
 
 
 def ceiling(u: np.ndarray, temperature: float) -> float:
