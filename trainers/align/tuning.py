@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from editloop.models.instruct import load_instruct_editor
+from editloop.models.card import read_card
+from editloop.models.instruct import DEFAULTS, load_instruct_editor
 from editloop.settings import Settings
 from editloop.store.base import BlobStore
 from trainers.align.dpo import KIND as DPO_KIND
@@ -152,8 +153,9 @@ def _run(method: str, run_id: str, sessions: sessionmaker[Session], store: BlobS
 
     cfg = training_config(method, train)
     name, path, parent_id, parent_meta = _start(sessions, store, settings, start_version)
-    editor = load_instruct_editor(path, device=settings.device)
-    sample_steps = (cfg.grpo.sample_steps if cfg.grpo is not None else 0) or int(editor.setting("default_steps"))
+    sample_steps = (cfg.grpo.sample_steps if cfg.grpo is not None else 0) or int(
+        read_card(path).get("default_steps", DEFAULTS["default_steps"]))
+    # too few labels, or a reward service down: stopped here, before the editor is loaded
     step, data_lineage, scorer = _method_step(method, run_id, sessions, store, settings, cfg, sample_steps)
     log.info("run %s instruct %s: start %s, %d steps; %s", run_id[:12], method, name, cfg.steps, data_lineage)
     update_run(sessions, run_id, outputs={**data_lineage, "start": name})
@@ -163,6 +165,7 @@ def _run(method: str, run_id: str, sessions: sessionmaker[Session], store: BlobS
 
     run_dir = settings.state_dir / "runs" / run_id
     try:
+        editor = load_instruct_editor(path, device=settings.device)
         state = train_feedback(editor, None, cfg, run_dir,
                                logged(row_progress, run_id, f"instruct-{method}", run_dir=run_dir), step=step)
         editor.unet.eval()
