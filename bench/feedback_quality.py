@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ from reward_quality import _Merged, pool_pairs, utility_accuracy
 from tqdm import tqdm
 
 from editloop.cli.train import parse_task_scales
+from editloop.guidances import by_guidance
 from editloop.labels.simulated import image_candidate_sets
 from editloop.models.base import base_model_dir
 from editloop.models.reward import save_reward, tiny_reward
@@ -95,23 +97,35 @@ class GeneratedPool:
 
 
 def generated_pool(model: Path, n_sets: int, n_images: int, seed: int, steps: int, cache_dir: Path,
-                   chunk: int = 64) -> GeneratedPool:
+                   chunk: int = 64, guidances: tuple[float, ...] | None = None, device: str = "cpu"
+                   ) -> GeneratedPool:
     """`n_images` samples per example of `feedback_examples(n_sets, seed)` (taste-independent: generated once and
-    kept in `cache_dir`, then labelled by each taste's panel)."""
+    kept in `cache_dir`, then labelled by each taste's panel). With `guidances`, candidate j of every set is sampled
+    at guidances[j % len] (the loop's varied sets, editloop/guidances.py); else all at the sampler's 4.0."""
     examples = feedback_examples(n_sets, seed)
     prompts = [e.prompt for e in examples]
     sources, masks = np.stack([e.source for e in examples]), np.stack([e.mask for e in examples])
-    path = cache_dir / f"generated-{seed}-{n_sets}x{n_images}-{steps}steps-{model_fingerprint(model)}.npz"
+    varied = "" if guidances is None else "-g" + "_".join(f"{g:g}" for g in guidances)
+    path = cache_dir / f"generated-{seed}-{n_sets}x{n_images}-{steps}steps{varied}-{model_fingerprint(model)}.npz"
     if path.is_file():
         return GeneratedPool(prompts, np.load(path)["images"], sources, masks)
-    pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
+    pipe = load_pipeline(model, "inpaint", device=device, dtype="fp32")
     repeated = [e for e in examples for _ in range(n_images)]
-    parts = []
-    for start in tqdm(range(0, len(repeated), chunk), desc=f"generating {len(repeated)} candidates", unit="chunk"):
-        parts.append(sample(pipe, repeated[start:start + chunk], seed + start, steps).images)
-    images = np.concatenate(parts).reshape(n_sets, n_images, *parts[0].shape[1:])
+    per_image = [4.0 if guidances is None else guidances[i % n_images % len(guidances)] for i in range(len(repeated))]
+
+    def make(guidance: float, idx: list[int]) -> list[np.ndarray]:
+        parts = []
+        for start in tqdm(range(0, len(idx), chunk), desc=f"generating {len(idx)} candidates at {guidance:g}",
+                          unit="chunk"):
+            part = [repeated[i] for i in idx[start:start + chunk]]
+            parts.append(sample(pipe, part, seed + idx[start], steps, guidance).images)
+        return list(np.concatenate(parts))
+
+    images = np.stack(by_guidance(per_image, make)).reshape(n_sets, n_images, *examples[0].source.shape)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=images)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")  # several benches may share the cache
+    np.savez_compressed(partial, images=images)
+    os.replace(partial, path)
     return GeneratedPool(prompts, images, sources, masks)
 
 
@@ -176,12 +190,13 @@ def train_aesthetic_reward(root: Path, weights: dict[str, float], args: argparse
     torch.manual_seed(0)
     loop = LoopConfig(steps=args.reward_steps, eval_every=max(50, args.reward_steps // 6), patience=4,
                       checkpoint_every=10**9)
-    best, _ = train_aesthetic(tiny_reward("aesthetic", 0), build_tokenizer(), train, held_out, cache, loop,
+    device = getattr(args, "device", "cpu")  # the reward trains where the editor does (method_compare --device)
+    best, _ = train_aesthetic(tiny_reward("aesthetic", 0).to(device), build_tokenizer(), train, held_out, cache, loop,
                               Path(tempfile.mkdtemp()), batch_size=32)
     accuracy = {pool: pairwise_accuracy(best, build_tokenizer(), ho, c) for pool, (_, ho, c) in pools.items()}
     ceiling = {pool: utility_accuracy(ho, c, weights) for pool, (_, ho, c) in pools.items()}
     where = (args.reward_cache or root) / name
-    save_reward(best, "aesthetic", where, version=f"bench-{tag}")
+    save_reward(best.cpu(), "aesthetic", where, version=f"bench-{tag}")
     result = {"heldout_accuracy": accuracy, "ceiling": ceiling, "label_pool": args.label_pool,
               "reads_source": bool(best.config.reads_source),
               "train_pairs": {pool: len(tr) for pool, (tr, _, _) in pools.items()}, "steps": args.reward_steps,
@@ -223,8 +238,9 @@ def fine_tune(start: Path, rewards, stage: str, steps: int, out: Path, **overrid
     return out / "model", time.time() - t0
 
 
-def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spacing: str | None = None) -> dict:
-    pipe = load_pipeline(model, "inpaint", device="cpu", dtype="fp32")
+def measure(model: Path, steps: int, examples, seed: int, rewards, weights, spacing: str | None = None,
+            device: str = "cpu") -> dict:
+    pipe = load_pipeline(model, "inpaint", device=device, dtype="fp32")
     if spacing is not None:  # the same weights sampled at other timesteps
         set_timestep_spacing(pipe, spacing)
     samples = sample(pipe, examples, seed, steps)

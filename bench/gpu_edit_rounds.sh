@@ -10,13 +10,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_edit_rounds}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 HF_HUB_OFFLINE=1
-PY=${PY:-python3}
+source bench/gpu_env.sh
 EDITOR=/tmp/gpu_edit_rounds_editor
 rm -rf "$EDITOR"
 {

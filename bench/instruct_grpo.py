@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,9 +56,9 @@ def promote_dir(sessions, store, kind: str, path: Path) -> None:
         promote(s, kind, f"bench-{kind}", force=True)
 
 
-def judged(editor_dir: Path, edits, scorer) -> dict:
+def judged(editor_dir: Path, edits, scorer, device: str = "cpu") -> dict:
     """World metrics, the alignment reward's mean score and each taste's utilities of the editor's held-out edits."""
-    metrics, images = evaluate_editor(load_instruct_editor(editor_dir), edits)
+    metrics, images = evaluate_editor(load_instruct_editor(editor_dir, device=device), edits)
     sources = np.stack([render(e.source) for e in edits])
     alignment = score_edits(scorer, ["alignment"], images, edits, sources)["alignment"]
     return {"metrics": {k: metrics[k] for k in ("success", "preservation", "l1_outside")},
@@ -81,44 +82,55 @@ def main() -> None:
     p.add_argument("--alignment-steps", type=int, default=200)
     p.add_argument("--coherence-train", type=int, default=256)
     p.add_argument("--coherence-steps", type=int, default=300)
+    p.add_argument("--device", default="cpu", help="where the editor samples and trains (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--runs", default="grpo,grpo-no-coherence", help="which runs (coherence on, off), in order")
     args = p.parse_args()
+    unknown = sorted({r.strip() for r in args.runs.split(",") if r.strip()} - {"grpo", "grpo-no-coherence"})
+    if unknown:
+        p.error(f"--runs: unknown {unknown[0]!r}; runs: grpo, grpo-no-coherence")
+    torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="instruct-grpo-"))
     alignment = train_alignment_reward(root, args.alignment_steps, args.cache)
     coherence = train_coherence_reward(args.cache, args.coherence_train, args.coherence_steps)
-    settings = Settings(state_dir=args.work / uuid.uuid4().hex[:8], device="cpu", broker_url="", result_backend="")
+    settings = Settings(state_dir=args.work / uuid.uuid4().hex[:8], device=args.device, broker_url="",
+                        result_backend="")
     sessions, store = open_state(settings)
     promote_dir(sessions, store, "alignment", alignment["path"])
     promote_dir(sessions, store, "coherence", coherence)
     scorer = LocalScorer(load_rewards({"alignment": alignment["path"], "coherence": coherence}))
     edits = held_out_edits(args.eval_per_kind)
-    base = judged(settings.instruct_model, edits, scorer)
+    base = judged(settings.instruct_model, edits, scorer, args.device)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "alignment_reward_accuracy":
               alignment["heldout_accuracy"], "base": "the committed instruction editor (editloop/weights/instruct)",
               "edits": len(edits), "rows": {"base": {**base["metrics"], "alignment_score": base["alignment_score"]}}}
-    for name, weight in (("grpo", args.coherence), ("grpo-no-coherence", 0.0)):
+    weights = {"grpo": args.coherence, "grpo-no-coherence": 0.0}
+    for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
+        weight = weights[name]
         config = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "checkpoint_every": 20,
                   "eval_per_kind": args.eval_per_kind, "reward_weights": {"alignment": 1.0},
                   "grpo": {"group": args.group, "train_fraction": args.train_fraction, "coherence_weight": weight,
                            "guard": [], "scorer": "in-process"}}
-        t0 = time.process_time()
+        t0, w0 = time.process_time(), time.perf_counter()
         out = run_instruct_tuning("grpo", uuid.uuid4().hex, sessions, store, settings, config)
-        cpu_min = (time.process_time() - t0) / 60
+        cpu_min, wall_min = (time.process_time() - t0) / 60, (time.perf_counter() - w0) / 60
         with sessions() as s:
             row = find_version(s, "instruct", out["version"])
             version_dir = fetch_model_dir(store, row.checkpoint_key, settings.state_dir / "models")
-        got = judged(version_dir, edits, scorer)
+        got = judged(version_dir, edits, scorer, args.device)
         gsb = {t: panel_gsb(got["utility"][t], base["utility"][t], panel(weights=w, seed=7))
                for t, w in TASTES.items()}
         report["rows"][name] = {**got["metrics"], "alignment_score": got["alignment_score"],
                                 "superiority": {t: g.superiority for t, g in gsb.items()},
                                 "gsb": {t: [g.good, g.same, g.bad] for t, g in gsb.items()},
                                 "promoted": out["promoted"], "refused": out.get("refused"),
-                                "cpu_minutes_run": cpu_min, "coherence_weight": weight}
+                                "cpu_minutes_run": cpu_min, "wall_minutes_run": wall_min, "device": args.device,
+                                "coherence_weight": weight}
         print(f"{name}: success {got['metrics']['success']:.3f} (base {base['metrics']['success']:.3f}), "
               f"preservation {got['metrics']['preservation']:.3f} (base {base['metrics']['preservation']:.3f}), "
               f"alignment score {got['alignment_score']:.3f} (base {base['alignment_score']:.3f}), superiority "
               f"{', '.join(f'{t} {g.superiority:.3f}' for t, g in gsb.items())}; promoted {out['promoted']}; "
-              f"{cpu_min:.1f} CPU-min", flush=True)
+              f"{cpu_min:.1f} CPU-min, {wall_min:.1f} min wall on {args.device}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1, default=float))
     print("| model | success | preservation | L1 outside | alignment score | superiority default / reversed |")

@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from feedback_quality import (
 from reward_hacking import agreement
 
 from editloop.cli.train import RECIPE_KL_WEIGHT
+from editloop.guidances import parse_guidances
 from editloop.models.base import base_model_dir
 from editloop.models.reward import save_reward, tiny_reward
 from editloop.models.zoo import load_pipeline
@@ -73,7 +75,7 @@ METHODS = ("pefl", "dpo", "grpo", "grpo-no-coherence")
 LABEL_SEED = 21  # feedback_quality's labelling seed of the base's generated pool: the aesthetic reward's labels
 
 
-def train_coherence_reward(cache: Path, n_train: int, steps: int) -> Path:
+def train_coherence_reward(cache: Path, n_train: int, steps: int, device: str = "cpu") -> Path:
     """The coherence reward on the base's composites (taste-independent; kept in `cache`)."""
     from trainers.reward.coherence import coherence_examples, pixel_auc, train_coherence
 
@@ -81,7 +83,7 @@ def train_coherence_reward(cache: Path, n_train: int, steps: int) -> Path:
     where = cache / cache_name("coherence", n=n_train, steps=steps, base=model_fingerprint(base))
     if (where / "result.json").is_file():
         return where
-    pipe = load_pipeline(base, "inpaint", device="cpu", dtype="fp32")
+    pipe = load_pipeline(base, "inpaint", device=device, dtype="fp32")
     train, held_out = coherence_examples(pipe, n_train, 0), coherence_examples(pipe, max(32, n_train // 4), 10_000)
     torch.manual_seed(0)
     best, _ = train_coherence(tiny_reward("coherence", 0), train, held_out,
@@ -94,16 +96,18 @@ def train_coherence_reward(cache: Path, n_train: int, steps: int) -> Path:
     return where
 
 
-def tune(method: str, rewards, steps: int, out: Path, step=None, **overrides) -> tuple[Path, float, list]:
-    """Fine-tune the base with `method` (a feedback-lifecycle stage); (model dir, training CPU-seconds, history)."""
-    pipe = load_pipeline(base_model_dir("inpaint"), "inpaint", device="cpu", dtype="fp32")
+def tune(method: str, rewards, steps: int, out: Path, device: str, step=None, **overrides
+         ) -> tuple[Path, dict, list]:
+    """Fine-tune the base with `method` (a feedback-lifecycle stage) on `device`; (model dir, {"cpu_s": process
+    CPU-seconds, "wall_s": wall seconds of training}, history)."""
+    pipe = load_pipeline(base_model_dir("inpaint"), "inpaint", device=device, dtype="fp32")
     cfg = stage_config(method, steps=steps, **overrides)
-    t0 = time.process_time()
+    t0, w0 = time.process_time(), time.perf_counter()
     state = train_feedback(pipe, rewards, cfg, out / "run", step=step)
-    seconds = time.process_time() - t0
+    cost = {"cpu_s": time.process_time() - t0, "wall_s": time.perf_counter() - w0}
     pipe.save_pretrained(out / "model", safe_serialization=True)
     (out / "history.json").write_text(json.dumps(state.history))
-    return out / "model", seconds, state.history
+    return out / "model", cost, state.history
 
 
 def erase_preservation(images: np.ndarray, examples) -> float:
@@ -112,74 +116,93 @@ def erase_preservation(images: np.ndarray, examples) -> float:
     return float(np.mean(got))
 
 
-def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, coherence: Path) -> dict:
+def judged_row(method: str, got: dict, base: dict, examples, rewards, weights, base_scores: np.ndarray) -> dict:
+    """One table row: the panel's GSB vs base, the world's verdicts and the reward's agreement on own samples."""
+    row = compare(method, got, base, weights, [e.task for e in examples])
+    row["erase_preservation"] = erase_preservation(got["images"], examples)
+    scores = image_rewards(rewards, got["images"], examples)["aesthetic"]
+    row["reward_accuracy_vs_base"] = agreement(scores, base_scores, got["utility"], base["utility"])
+    return row
+
+
+def save_grid(path: Path, examples, results: dict, name: str) -> None:
+    grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:9]]]
+    grid += [list(r["images"][:9]) for r in results.values()]
+    save_grid_png(grid, path, ["source (mask darkened)", *results], [f"{e.task}: {e.prompt}" for e in examples[:9]],
+                  f"held-out edits, {name} taste")
+
+
+def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, coherence: Path,
+              save: Callable[[dict], None]) -> dict:
+    """Train and judge every method for one taste; `save` gets the result after each method (a bench stopped at a
+    time limit keeps the methods it finished)."""
     weights = TASTES[name]
     print(f"taste: {name}", flush=True)
     base = base_model_dir("inpaint")
-    generated = {"train": generated_pool(base, args.sets, 4, GENERATED, 20, args.cache),
-                 "eval": generated_pool(base, max(args.sets // 5, 16), 4, GENERATED + 5000, 20, args.cache)}
+    pool = {"guidances": args.guidances, "device": args.device}
+    generated = {"train": generated_pool(base, args.sets, 4, GENERATED, 20, args.cache, **pool),
+                 "eval": generated_pool(base, max(args.sets // 5, 16), 4, GENERATED + 5000, 20, args.cache, **pool)}
     reward_args = argparse.Namespace(label_pool="generated", labels=args.sets, reward_steps=args.reward_steps,
-                                     reward_reads_source=True, reward_cache=args.cache)
+                                     reward_reads_source=True, reward_cache=args.cache, device=args.device)
     aesthetic = train_aesthetic_reward(root, weights, reward_args, name, generated)
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment, "coherence": coherence})
+    rewards.to(torch.device(args.device))
     pairs, images = generated_pairs(root / f"{name}-dpo", generated["train"], weights, LABEL_SEED, with_source=True)
+    batch = {k: v for k, v in (("batch_size", args.batch_size), ("ema_decay", args.ema_decay)) if v is not None}
     grpo = {"scorer": "in-process", "coherence_weight": args.coherence, "train_fraction": args.grpo_fraction}
     runs = {
-        "pefl": lambda: tune("pefl", rewards, args.pefl_steps, root / f"{name}-pefl", kl_weight=RECIPE_KL_WEIGHT,
-                             reward_weights={"aesthetic": 1.0, "alignment": 1.0}),
-        "dpo": lambda: tune("dpo", rewards, args.dpo_steps, root / f"{name}-dpo",
-                            step=dpo_step(DpoData(pairs, []), images)),
-        "grpo": lambda: tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo",
-                             step=grpo_step(LocalScorer(rewards)), grpo=grpo, lr=args.grpo_lr),
-        "grpo-no-coherence": lambda: tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo-nc",
+        "pefl": lambda: tune("pefl", rewards, args.pefl_steps, root / f"{name}-pefl", args.device,
+                             kl_weight=RECIPE_KL_WEIGHT, reward_weights={"aesthetic": 1.0, "alignment": 1.0},
+                             **batch),
+        "dpo": lambda: tune("dpo", rewards, args.dpo_steps, root / f"{name}-dpo", args.device,
+                            step=dpo_step(DpoData(pairs, []), images), **batch),
+        "grpo": lambda: tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo", args.device,
+                             step=grpo_step(LocalScorer(rewards)), grpo=grpo, lr=args.grpo_lr, **batch),
+        "grpo-no-coherence": lambda: tune("grpo", rewards, args.grpo_steps, root / f"{name}-grpo-nc", args.device,
                                           step=grpo_step(LocalScorer(rewards)),
-                                          grpo={**grpo, "coherence_weight": 0.0}, lr=args.grpo_lr),
+                                          grpo={**grpo, "coherence_weight": 0.0}, lr=args.grpo_lr, **batch),
     }
-    made = {method: runs[method]() for method in args.methods}
-    for method, (_, seconds, _) in made.items():
-        print(f"  {method}: trained in {seconds / 60:.1f} CPU-minutes", flush=True)
     examples = feedback_examples(args.eval, HELD_OUT)
-    tasks = [e.task for e in examples]
-    results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights)}
-    results.update({m: measure(path, 20, examples, HELD_OUT, rewards, weights) for m, (path, _, _) in made.items()})
+    results = {"base": measure(base, 20, examples, HELD_OUT, rewards, weights, device=args.device)}
     base_scores = image_rewards(rewards, results["base"]["images"], examples)["aesthetic"]
-    rows = []
-    for method, got in results.items():
-        row = compare(method, got, results["base"], weights, tasks)
-        row["erase_preservation"] = erase_preservation(got["images"], examples)
-        scores = image_rewards(rewards, got["images"], examples)["aesthetic"]
-        row["reward_accuracy_vs_base"] = agreement(scores, base_scores, got["utility"], results["base"]["utility"])
-        if method != "base":
-            row["train_cpu_minutes"] = made[method][1] / 60
-            row["gate_refuses"] = promotion_guards(row, results["base"]["metrics"], EvalConfig().success_tolerance,
-                                                   "the base")
-            if method.startswith("grpo"):
-                cfg = stage_config("grpo", grpo=grpo)
-                row["gate_refuses"] += hacking_guard(row, results["base"]["metrics"], cfg.grpo, "the base")
-        rows.append(row)
-    grid = [[np.where(e.mask[..., None] > 0, (e.source * 0.4).astype(np.uint8), e.source) for e in examples[:9]]]
-    grid += [list(r["images"][:9]) for r in results.values()]
     grid_path = args.out.with_name(f"{args.out.stem}_grid_{name}.png")
-    save_grid_png(grid, grid_path, ["source (mask darkened)", *results],
-                  [f"{e.task}: {e.prompt}" for e in examples[:9]], f"held-out edits, {name} taste")
-    return {"taste": name, "labels": args.sets, "pairs": len(pairs), "rows": rows,
-            "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "grid": str(grid_path),
-            "grid_rows": ["source (mask darkened)", *results],
-            "grid_columns": [f"{e.task}: {e.prompt}" for e in examples[:9]],
-            "histories": {m: h[-10:] for m, (_, _, h) in made.items()}}
+    out = {"taste": name, "labels": args.sets, "pairs": len(pairs), "guidances": args.guidances,
+           "rows": [judged_row("base", results["base"], results["base"], examples, rewards, weights, base_scores)],
+           "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "annotators_ceiling": aesthetic["ceiling"],
+           "grid": str(grid_path), "grid_columns": [f"{e.task}: {e.prompt}" for e in examples[:9]],
+           "histories": {}, "grid_rows": ["source (mask darkened)", "base"]}
+    save(out)
+    for method in args.methods:
+        path, cost, history = runs[method]()
+        print(f"  {method}: trained in {cost['wall_s']:.0f} s ({cost['cpu_s'] / 60:.1f} CPU-minutes)", flush=True)
+        results[method] = measure(path, 20, examples, HELD_OUT, rewards, weights, device=args.device)
+        row = judged_row(method, results[method], results["base"], examples, rewards, weights, base_scores)
+        row.update(train_cpu_minutes=cost["cpu_s"] / 60, train_wall_minutes=cost["wall_s"] / 60, device=args.device)
+        row["gate_refuses"] = promotion_guards(row, results["base"]["metrics"], EvalConfig().success_tolerance,
+                                               "the base")
+        if method.startswith("grpo"):
+            row["gate_refuses"] += hacking_guard(row, results["base"]["metrics"], stage_config("grpo", grpo=grpo).grpo,
+                                                 "the base")
+        out["rows"].append(row)
+        out["histories"][method] = history[-10:]
+        save_grid(grid_path, examples, results, name)
+        out["grid_rows"] = ["source (mask darkened)", *results]
+        save(out)
+    return out
 
 
 def table(result: dict) -> str:
     lines = [f"taste {result['taste']} ({result['labels']} labels, {result['pairs']} pairs)",
              "| model | GSB vs base | superiority | mean utility | success | erase preservation | L1 outside "
-             "| reward acc. on own samples | train CPU-min | gate |",
+             "| reward acc. on own samples | train CPU-min (wall-min) | gate |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         gate = "-" if r["model"] == "base" else ("; ".join(r["gate_refuses"]) or "would promote")
         acc = r["reward_accuracy_vs_base"]["accuracy"]
         lines.append(f"| {r['model']} | {'/'.join(map(str, r['gsb']))} | {r['superiority']:.3f} | "
                      f"{r['mean_utility']:.3f} | {r['success']:.3f} | {r['erase_preservation']:.3f} | "
-                     f"{r['l1_outside']:.4f} | {acc:.3f} | {r.get('train_cpu_minutes', 0):.1f} | {gate} |")
+                     f"{r['l1_outside']:.4f} | {acc:.3f} | {r.get('train_cpu_minutes', 0):.1f} "
+                     f"({r.get('train_wall_minutes', 0):.1f}) | {gate} |")
     return "\n".join(lines)
 
 
@@ -201,21 +224,36 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
     parser.add_argument("--cache", type=Path, default=Path(".editloop/bench/feedback_cache"))
     parser.add_argument("--methods", default=",".join(METHODS), help="which to train and judge against the base")
+    parser.add_argument("--guidances", default="",
+                        help="per-candidate text guidance of the labelled sets, cycled (the loop's varied sets, e.g. "
+                             "1.0,2.5,4.0,7.0); empty: all at 4.0")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="every method's batch (GRPO: edits x group); default: each stage's own")
+    parser.add_argument("--ema-decay", type=float, default=None, help="the saved EMA's decay (default: the stage's)")
+    parser.add_argument("--device", default="cpu", help="where the models sample and train (cpu, cuda)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
+    try:
+        args.guidances = parse_guidances(args.guidances, "--guidances")
+    except ValueError as err:
+        parser.error(str(err))
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"--methods: unknown {unknown[0]!r}; methods: {', '.join(METHODS)}")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="method-compare-"))
     alignment = train_alignment_reward(root, args.alignment_steps, args.cache)["path"]
-    coherence = train_coherence_reward(args.cache, args.coherence_train, args.coherence_steps)
+    coherence = train_coherence_reward(args.cache, args.coherence_train, args.coherence_steps, args.device)
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "tastes": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(taste: dict) -> None:
+        out["tastes"][taste["taste"]] = taste
+        args.out.write_text(json.dumps(out, indent=1, default=float))
+
     for name in [t.strip() for t in args.tastes.split(",") if t.strip()]:
-        out["tastes"][name] = run_taste(name, args, root, alignment, coherence)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1, default=float))  # each taste as it finishes
-        print(table(out["tastes"][name]), flush=True)
+        print(table(run_taste(name, args, root, alignment, coherence, save)), flush=True)
 
 
 if __name__ == "__main__":

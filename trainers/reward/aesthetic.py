@@ -22,8 +22,11 @@ def tokenize(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> tuple[to
 
 def score(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, images: torch.Tensor, prompts: list[str],
           source: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """R(c, x) on the model's device (the inputs are moved there; the batches are built on the CPU)."""
+    device = next(model.parameters()).device
     ids, attn = tokenize(tokenizer, prompts)
-    return model(images, ids, attn, source, mask)
+    source, mask = (None if t is None else t.to(device) for t in (source, mask))
+    return model(images.to(device), ids.to(device), attn.to(device), source, mask)
 
 
 def pair_margin(model: PreferenceReward, tokenizer: PreTrainedTokenizerFast, batch: PairBatch) -> torch.Tensor:
@@ -43,7 +46,7 @@ def pairwise_accuracy(model: PreferenceReward, tokenizer: PreTrainedTokenizerFas
     hits = []
     for start in range(0, len(pairs), batch_size):
         margin = pair_margin(model, tokenizer, make_batch(pairs[start:start + batch_size], cache))
-        hits.append(((margin > 0).float() + 0.5 * (margin == 0).float()).numpy())
+        hits.append(((margin > 0).float() + 0.5 * (margin == 0).float()).cpu().numpy())
     return float(np.concatenate(hits).mean()) if hits else float("nan")
 
 
@@ -55,7 +58,7 @@ def calibration_error(model: PreferenceReward, tokenizer: PreTrainedTokenizerFas
     probs = []
     for start in range(0, len(pairs), batch_size):
         probs.append(torch.sigmoid(pair_margin(model, tokenizer, make_batch(pairs[start:start + batch_size],
-                                                                               cache))).numpy())
+                                                                               cache))).cpu().numpy())
     p = np.concatenate(probs)
     confidence, correct = np.maximum(p, 1 - p), (p > 0.5).astype(float)
     edges = np.linspace(0.5, 1.0, bins + 1)

@@ -76,7 +76,7 @@ def best_model(model: nn.Module, run_dir: Path) -> nn.Module:
     best = copy.deepcopy(model)
     best_path = run_dir / "best.pt"
     if best_path.is_file():
-        best.load_state_dict(torch.load(best_path, weights_only=True))
+        best.load_state_dict(torch.load(best_path, weights_only=True, map_location="cpu"))
     return best.eval()
 
 
@@ -94,7 +94,7 @@ def train_loop(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[nn.M
     state: dict[str, Any] = {"step": 0, "best_score": float("-inf"), "best_step": 0, "bad_evals": 0,
                              "history": [], "config": asdict(cfg)}
     if ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = torch.load(ckpt, weights_only=False, map_location="cpu")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
