@@ -54,7 +54,7 @@ def preference_scores(rewards: RewardModels, kind: str, images: torch.Tensor, pr
     context = {}
     if model.config.reads_source and source is not None:
         context = {"source": source.to(device, torch.float32), "mask": mask.to(device, torch.float32)}
-    return model(images.float(), tok.input_ids.to(device), tok.attention_mask.to(device), **context)
+    return model(images.to(device).float(), tok.input_ids.to(device), tok.attention_mask.to(device), **context)
 
 
 @torch.no_grad()
