@@ -6,16 +6,16 @@
 # taste-independent rewards (alignment, coherence) come trained in --cache (.editloop/bench/feedback_cache, carried).
 #
 # First a smoke run of every code path on the GPU at toy sizes (a minute; a failure stops the call there and costs
-# little), then three benches at once on the one GPU (each is launch-bound at this model size): the default taste,
-# the reversed taste (bench/method_compare.py) and the instruction editor (bench/instruct_grpo.py). Each is stopped
-# by SIGINT at the call's deadline (BENCH_DEADLINE_S after the start, default 560) and keeps what it finished: the
-# benches write their JSON after every method. Results: $OUT/*.json, the grids, one log.
+# little), then the benches BENCHES names (default: default, the method table on the default taste; also reversed
+# and instruct, bench/instruct_grpo.py), at once on the one GPU. Three at once did not finish a method in 490 s on
+# the first H200 run (BENCHMARKS.md): run one per call. Each is stopped by SIGINT at the call's deadline
+# (BENCH_DEADLINE_S after the start, default 560) and keeps what it finished: the benches write their JSON after
+# every method, and tqdm logs each run's step rate every 30 s. Results: $OUT/*.json, the grids, one log.
 set -uo pipefail
 START=$(date +%s)
 OUT=${OUT:-/tmp/gpu_method_compare}
 mkdir -p "$OUT"
 source bench/gpu_env.sh
-export TQDM_DISABLE=1
 CACHE=${CACHE:-.editloop/bench/feedback_cache}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu SMOKE_ONLY=1: the smoke here, a check of this script
 LOGS=/tmp/gpu_method_compare_logs
@@ -39,17 +39,19 @@ wait $B || { echo "smoke: instruct_grpo failed"; exit 1; }
 echo "smoke passed after $(( $(date +%s) - START )) s"
 [ -n "${SMOKE_ONLY:-}" ] && exit 0
 
-# 2. the three benches at once, each stopped at the deadline
+# 2. the benches BENCHES names, at once, each stopped at the deadline
 LEFT=$(( ${BENCH_DEADLINE_S:-560} - ($(date +%s) - START) ))
 FULL=(--device "$DEVICE" --threads 4 --guidances 1.0,2.5,4.0,7.0 --sets "${SETS:-960}" --reward-steps 1500
       --pefl-steps "${PEFL_STEPS:-200}" --dpo-steps "${DPO_STEPS:-600}" --grpo-steps "${GRPO_STEPS:-100}"
       --batch-size 16 --eval "${EVAL:-192}" --cache "$CACHE")
+BENCHES=",${BENCHES:-default},"
 for taste in default reversed; do
+  [[ $BENCHES == *",$taste,"* ]] || continue
   timeout --signal=INT "$LEFT" $PY bench/method_compare.py "${FULL[@]}" --tastes $taste \
     --out "$OUT/method_compare_gpu_$taste.json" > "$LOGS/2-method-compare-$taste.log" 2>&1 &
 done
-timeout --signal=INT "$LEFT" $PY bench/instruct_grpo.py --device "$DEVICE" --threads 4 --steps "${INSTRUCT_STEPS:-150}" \
-  --batch-size 16 --group 4 --eval-per-kind 16 --cache "$CACHE" --out "$OUT/instruct_grpo_gpu.json" \
-  > "$LOGS/3-instruct-grpo.log" 2>&1 &
+[[ $BENCHES == *",instruct,"* ]] && timeout --signal=INT "$LEFT" $PY bench/instruct_grpo.py --device "$DEVICE" \
+  --threads 4 --steps "${INSTRUCT_STEPS:-150}" --batch-size 16 --group 4 --eval-per-kind 16 --cache "$CACHE" \
+  --out "$OUT/instruct_grpo_gpu.json" > "$LOGS/3-instruct-grpo.log" 2>&1 &
 wait
 echo "done after $(( $(date +%s) - START )) s"
