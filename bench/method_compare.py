@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/method_compare.py --out bench/results/method_compare.json \
         --cache .editloop/bench/feedback_cache          # ~70 CPU-minutes per taste with a cold cache, alone
+    bash bench/gpu_method_compare.sh                    # on a lent GPU machine (--device cuda; see the script)
 
 Per taste (--tastes): the committed base inpainting model's own samples on training examples (--sets examples x 4
 candidates, 20 steps; generated once, kept in --cache), each set labelled best/worst by the taste's simulated panel
