@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from editloop.models.reward import CoherenceReward, PreferenceReward, load_reward
 from editloop.models.reward_kinds import is_coherence
+from trainers.reward.aesthetic import score
 
 
 @dataclass
@@ -48,13 +49,9 @@ def preference_scores(rewards: RewardModels, kind: str, images: torch.Tensor, pr
     """R_kind(c, x) for images in [-1, 1], with gradients w.r.t. the images. The edit's source image and mask
     (N,3,H,W in [-1, 1]; N,1,H,W) reach a reward trained with sources (`reads_source`) and no other."""
     model, tokenizer = rewards.preference[kind]
-    tok = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                    return_tensors="pt")
-    device = next(model.parameters()).device
-    context = {}
-    if model.config.reads_source and source is not None:
-        context = {"source": source.to(device, torch.float32), "mask": mask.to(device, torch.float32)}
-    return model(images.to(device).float(), tok.input_ids.to(device), tok.attention_mask.to(device), **context)
+    if not (model.config.reads_source and source is not None):
+        return score(model, tokenizer, images.float(), prompts)
+    return score(model, tokenizer, images.float(), prompts, source.float(), mask.float())
 
 
 @torch.no_grad()
