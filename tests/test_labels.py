@@ -189,6 +189,19 @@ def test_generated_candidate_sets_are_labelled_into_pairs_and_bad_shapes_are_ref
         image_candidate_sets(sessions, store, [s.caption for s in scenes], images[..., 0])
 
 
+def test_the_held_out_sets_the_floor_scores_are_apart_from_those_that_choose_the_checkpoint():
+    """A reward run chooses its best checkpoint on the "select" sets and is gated (and floored) on the "eval" sets:
+    the three sides are disjoint, and adding a select side moves sets only out of train, never out of eval."""
+    from trainers.reward.data import split_of
+
+    plain = {i: split_of(i) for i in range(4000)}
+    three = {i: split_of(i, select_fraction=0.10) for i in range(4000)}
+    assert {i for i, side in plain.items() if side == "eval"} == {i for i, side in three.items() if side == "eval"}
+    assert all(plain[i] == "train" for i, side in three.items() if side == "select")
+    counts = {side: sum(v == side for v in three.values()) for side in ("train", "select", "eval")}
+    assert 0.13 < counts["eval"] / 4000 < 0.17 and 0.08 < counts["select"] / 4000 < 0.12, counts
+
+
 def test_generated_edit_sets_carry_their_source_and_mask_and_train_a_reward_that_reads_them(db_url, tmp_path):
     """Edit samples labelled with the masked source they were made from: the pairs keep the source and mask,
     and an aesthetic reward trained on them records `reads_source` (feedback learning passes sources then)."""

@@ -58,12 +58,16 @@ def test_a_run_trains_registers_and_promotes_then_a_second_run_is_gated_against_
     caplog.set_level("INFO", logger="trainers.reward.run")
     first = train_reward("aesthetic", uuid.uuid4().hex, sessions, store, settings, TINY)
     said = caplog.text  # the worker's log says what the run did: its data, its evaluations, its outcome
-    assert "training and" in said and "held-out examples, starting from scratch, 30 steps" in said
+    assert "checkpoint-choosing and" in said and "held-out examples, starting from scratch, 30 steps" in said
     assert "step 15/30" in said and "eval " in said and "step 30/30" in said
     assert f"registered {first['version']}" in said and "promoted" in said
     assert 0.0 <= first["metrics"]["pairwise_accuracy"] <= 1.0
     assert 0.0 <= first["metrics"]["calibration_error"] <= 0.5
     assert first["metrics"]["parent_eval_score"] is None
+    with sessions() as s:  # its checkpoint was chosen on held-out sets of their own, not on those it is scored on
+        lineage = s.scalars(select(ModelVersion).where(ModelVersion.version == first["version"])).one().config[
+            "lineage"]
+    assert lineage["selected_on"] == "held-out sets" and lineage["select_pairs"] > 0 and lineage["eval_pairs"] > 0
     floor = first["metrics"]["floor"]  # how surely it beats chance, counted over held-out candidate sets
     assert floor["unit"] == "held-out candidate sets" and 1 <= floor["units"] < 60 and 0 < floor["p_value"] <= 1
     # a first version has no parent: the floor decides (30 steps on 60 labels rarely beat chance surely)

@@ -54,7 +54,8 @@ def accuracy(model, tokenizer, pairs: list[SharpPair]) -> float:
 
 
 def _data(sessions, store, settings, cfg) -> dict:
-    return {"train": sharp_pairs(64, cfg.seed), "eval": sharp_pairs(32, 10_000 + cfg.seed),
+    return {"train": sharp_pairs(64, cfg.seed), "select": sharp_pairs(16, 20_000 + cfg.seed),
+            "eval": sharp_pairs(32, 10_000 + cfg.seed),
             "lineage": {"source": "world renders against themselves blurred (sigma 1.5)", "seed": cfg.seed}}
 
 
@@ -63,7 +64,7 @@ def _train(model, tokenizer, data: dict, cfg, run_dir, progress):
         return -F.logsigmoid(margins(m, tokenizer, batch)).mean()
 
     return train_loop(model, shuffled_batches(data["train"], cfg.batch_size, cfg.seed), loss_fn,
-                      lambda m: accuracy(m, tokenizer, data["eval"]), cfg.loop(), run_dir, progress)
+                      lambda m: accuracy(m, tokenizer, data["select"]), cfg.loop(), run_dir, progress)
 
 
 def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:

@@ -93,16 +93,21 @@ def _data(sessions, store, settings, cfg) -> dict:
     from trainers.reward.data import preference_pairs
 
     with sessions() as s:
-        pairs = preference_pairs(s, store, min_labels=cfg.min_labels)
-    return {"train": pairs.train, "eval": pairs.eval, "cache": ImageCache(store),
+        pairs = preference_pairs(s, store, min_labels=cfg.min_labels, select_fraction=cfg.select_fraction)
+    # the best checkpoint is chosen on held-out sets of its own, so the held-out score the gate and the chance floor
+    # read was not chosen on; with no such set yet (a few labels) it is chosen on the training pairs
+    select = pairs.select or pairs.train
+    return {"train": pairs.train, "select": select, "eval": pairs.eval, "cache": ImageCache(store),
             "lineage": {"labels": len(pairs.label_ids), "label_ids_sha256": hashlib.sha256(
                 json.dumps(pairs.label_ids).encode()).hexdigest(), "max_label_id": max(pairs.label_ids),
-                "train_pairs": len(pairs.train), "eval_pairs": len(pairs.eval), "skipped": pairs.skipped}}
+                "train_pairs": len(pairs.train), "eval_pairs": len(pairs.eval),
+                "select_pairs": len(pairs.select), "selected_on": "held-out sets" if pairs.select else "train pairs",
+                "skipped": pairs.skipped}}
 
 
 def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
-    return train_aesthetic(model, tokenizer, data["train"], data["eval"], data["cache"], cfg.loop(), run_dir,
-                           cfg.batch_size, progress, mirror=cfg.mirror)
+    return train_aesthetic(model, tokenizer, data["train"], data.get("select", data["eval"]), data["cache"],
+                           cfg.loop(), run_dir, cfg.batch_size, progress, mirror=cfg.mirror)
 
 
 def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:

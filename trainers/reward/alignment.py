@@ -127,14 +127,16 @@ def _data(sessions, store, settings, cfg) -> dict:
     fraction = cfg.alignment_instructions
     return {"train": mixed_examples(cfg.alignment_train, cfg.seed, fraction),
             "eval": mixed_examples(cfg.alignment_eval, 10_000 + cfg.seed, fraction),
+            # chooses the best checkpoint, so the eval examples' score (the gate's, the floor's) is not chosen on
+            "select": mixed_examples(max(cfg.alignment_eval // 2, 1), 20_000 + cfg.seed, fraction),
             "lineage": {"source": "world captions with one-attribute hard negatives, and edit instructions "
                                   "against another instruction of the same kind",
                         "train_examples": cfg.alignment_train, "instruction_fraction": fraction, "seed": cfg.seed}}
 
 
 def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
-    return train_alignment(model, tokenizer, data["train"], data["eval"], cfg.loop(), run_dir, cfg.batch_size,
-                           progress)
+    return train_alignment(model, tokenizer, data["train"], data.get("select", data["eval"]), cfg.loop(), run_dir,
+                           cfg.batch_size, progress)
 
 
 def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:

@@ -121,13 +121,16 @@ def _data(sessions, store, settings, cfg) -> dict:
     pipe = load_pipeline(settings.editor_model, "inpaint", device=settings.device)
     return {"train": coherence_examples(pipe, cfg.coherence_train, cfg.seed, cfg.coherence_steps),
             "eval": coherence_examples(pipe, cfg.coherence_eval, 10_000 + cfg.seed, cfg.coherence_steps),
+            # chooses the best checkpoint, so the eval composites' score (the gate's, the floor's) is not chosen on
+            "select": coherence_examples(pipe, max(cfg.coherence_eval // 2, 1), 20_000 + cfg.seed,
+                                         cfg.coherence_steps),
             "lineage": {"source": f"inpainted composites by {settings.editor_model.name}",
                         "train_examples": cfg.coherence_train, "seed": cfg.seed}}
 
 
 def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
-    return train_coherence(model, data["train"], data["eval"], cfg.loop(), run_dir, min(cfg.batch_size, 32),
-                           progress)
+    return train_coherence(model, data["train"], data.get("select", data["eval"]), cfg.loop(), run_dir,
+                           min(cfg.batch_size, 32), progress)
 
 
 def _evaluate(model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:

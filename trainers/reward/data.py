@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -41,14 +41,21 @@ class Pair:
 @dataclass
 class PairSet:
     train: list[Pair]
-    eval: list[Pair]
+    eval: list[Pair]  # held out: the gate's score and the chance floor, never used to choose anything
     label_ids: list[int]  # the preferences they came from (lineage)
     skipped: dict[str, int]
+    select: list[Pair] = field(default_factory=list)  # held out too: chooses the run's best checkpoint
+
+    def all(self) -> list[Pair]:
+        return self.train + self.select + self.eval
 
 
-def split_of(set_id: int, eval_fraction: float = 0.15, salt: str = "editloop-reward-split") -> str:
-    h = int(hashlib.sha256(f"{salt}:{set_id}".encode()).hexdigest()[:8], 16)
-    return "eval" if h / 0xFFFFFFFF < eval_fraction else "train"
+def split_of(set_id: int, eval_fraction: float = 0.15, salt: str = "editloop-reward-split",
+             select_fraction: float = 0.0) -> str:
+    """"eval", "select" or "train" for a candidate set, by a hash of its id: a set keeps its side as labels grow.
+    The eval side is the first `eval_fraction` of the hash range whatever `select_fraction` is."""
+    h = int(hashlib.sha256(f"{salt}:{set_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "eval" if h < eval_fraction else "select" if h < eval_fraction + select_fraction else "train"
 
 
 def pairs_from_answer(items: list[str], best: str, worst: str) -> list[tuple[str, str]]:
@@ -91,15 +98,16 @@ def reward_labels():
 
 
 def preference_pairs(session: Session, store: BlobStore, eval_fraction: float = 0.15,
-                     min_labels: int = 20) -> PairSet:
-    """Every valid preference as win/lose pairs, split by candidate set. Raises NotEnoughLabels."""
+                     min_labels: int = 20, select_fraction: float = 0.0) -> PairSet:
+    """Every valid preference as win/lose pairs, split by candidate set (train / select / eval, split_of).
+    Raises NotEnoughLabels."""
     prefs = list(session.scalars(reward_labels()))
     result = PairSet([], [], [], {"missing image": 0})
     for p, pairs in pairs_by_label(session, store, prefs):
         if pairs is None:
             result.skipped["missing image"] += 1
             continue
-        side = result.eval if split_of(p.candidate_set_id, eval_fraction) == "eval" else result.train
+        side = getattr(result, split_of(p.candidate_set_id, eval_fraction, select_fraction=select_fraction))
         side.extend(pairs)
         result.label_ids.append(p.id)
     if len(result.label_ids) < min_labels:

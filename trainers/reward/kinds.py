@@ -2,10 +2,11 @@
 
 A kind's file (trainers/reward/aesthetic.py, alignment.py, coherence.py) defines its model-family entry in the
 kernel (editloop/models/reward_kinds.py: built-in kinds are there already) and calls `register_trainer` with:
-- `data(sessions, store, settings, cfg)`: {"train": ..., "eval": ..., "lineage": {...}} (the run records the
-  lineage with the version; anything else the kind's functions need may ride along);
+- `data(sessions, store, settings, cfg)`: {"train": ..., "select": ..., "eval": ..., "lineage": {...}} (the run
+  records the lineage with the version; anything else the kind's functions need may ride along): "select" chooses
+  the best checkpoint and "eval" gives the gate's score and the chance floor, so that score is not one chosen on;
 - `train(model, tokenizer, data, cfg, run_dir, progress)`: a trainers.reward.loop.LoopResult (resumable: the
-  loop checkpoints in run_dir);
+  loop checkpoints in run_dir), the best checkpoint by its score on data["select"];
 - `evaluate(model, tokenizer, data)`: (the score the gate compares, every held-out metric);
 - `floor(score, data, model)`: (wins, units, unit name): the independent held-out units the chance floor's sign
   test counts (trainers/reward/run.py chance_floor);

@@ -47,6 +47,9 @@ class RewardTrainConfig:
     patience: int = 5
     seed: int = 0
     min_labels: int = 20
+    # aesthetic: labelled sets held out to choose the best checkpoint, apart from the 15% the gate and the chance
+    # floor score (trainers/reward/data.split_of): a score chosen on is not a held-out score
+    select_fraction: float = 0.10
     alignment_train: int = 4000  # generated examples (alignment)
     alignment_eval: int = 1000
     alignment_instructions: float = 0.2  # the fraction of alignment examples on edit instructions
@@ -161,8 +164,9 @@ def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobSto
         parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
 
     run_dir = settings.state_dir / "runs" / run_id
-    log.info("run %s reward-%s: %d training and %d held-out examples, starting from %s, %d steps%s", run_id[:12],
-             kind, len(data["train"]), len(data["eval"]), parent_info[1] if parent_info else "scratch", cfg.steps,
+    log.info("run %s reward-%s: %d training, %d checkpoint-choosing and %d held-out examples, starting from %s, "
+             "%d steps%s", run_id[:12], kind, len(data["train"]), len(data.get("select", ())), len(data["eval"]),
+             parent_info[1] if parent_info else "scratch", cfg.steps,
              f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
     if settings.train_procs > 1:
         best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir, data)
