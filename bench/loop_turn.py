@@ -173,6 +173,35 @@ def timeline(snap: dict, labelled: list[dict], served_at: float | None) -> dict:
             "last_label_to_served_s": round(served_at - last_label, 1)}
 
 
+def turns(result: dict) -> list[dict]:
+    """Every aesthetic reward run of a result (times in seconds from `up`): the labels it saw, its held-out score and
+    floor, its verdict, and for a promoted one the feedback stages it started, their verdicts, and the wall time from
+    the last label it saw to the loop's verdict on the editor (and to the service serving it, when it did). Works on
+    a saved result too (`--summarize`), whether the editor moved or not."""
+    runs, batches = result.get("runs", []), result.get("label_batches", [])
+    out = []
+    for reward in (r for r in runs if r["kind"] == "reward-aesthetic" and r["status"] == "succeeded"):
+        metrics, version = reward["outputs"].get("metrics", {}), reward["outputs"].get("version")
+        seen = [b for b in batches if b["at_s"] <= reward["created"]]
+        last_label = seen[-1]["at_s"] if seen else None
+        row = {"reward": version, "labels_when_queued": sum(b["labels"] for b in seen), "queued_s": reward["created"],
+               "run_s": round(reward["updated"] - reward["created"], 1),
+               "held_out": metrics.get("pairwise_accuracy"), "best_step": metrics.get("best_step"),
+               "steps_done": metrics.get("steps_done"), "floor": metrics.get("floor"),
+               "promoted": bool(reward["outputs"].get("promoted")), "refused": reward["outputs"].get("refused")}
+        stages = [r for r in runs if r["kind"].startswith("feedback-") and version and version in (r["trigger"] or "")]
+        if stages:
+            verdict_at = max(r["updated"] for r in stages)
+            row["stages"] = [{"kind": r["kind"], "status": r["status"], "run_s": round(r["updated"] - r["created"], 1),
+                              "version": r["outputs"].get("version"), "promoted": r["outputs"].get("promoted"),
+                              "refused": r["outputs"].get("refused"), "error": r["error"]} for r in stages]
+            row["reward_done_to_round_queued_s"] = round(min(r["created"] for r in stages) - reward["updated"], 1)
+            if last_label is not None:
+                row["last_label_to_editor_verdict_s"] = round(verdict_at - last_label, 1)
+        out.append(row)
+    return out
+
+
 def label_signal(settings: Settings, sessions) -> dict:
     """How much the labels say: per labelled set, the spread of the panel's own utility over its images; per label,
     whether its best has a higher utility than its worst (ties half): the annotators' ceiling on these sets."""
@@ -215,7 +244,14 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=7200, help="give up when the editor has not moved by then")
     p.add_argument("--eval", type=int, default=96, help="held-out edits judged before/after")
     p.add_argument("--eval-seed", type=int, default=960_000)
+    p.add_argument("--summarize", type=Path, help="only add `turns` to this saved result and print them")
     args = p.parse_args()
+    if args.summarize:
+        saved = json.loads(args.summarize.read_text())
+        saved["turns"] = turns(saved)
+        args.summarize.write_text(json.dumps(saved, indent=1))
+        print(json.dumps(saved["turns"], indent=1))
+        return
     shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True)
     env = {**os.environ, **LOOP_ENV, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
@@ -268,6 +304,7 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
     result["label_signal"] = label_signal(settings, sessions)
+    result["turns"] = turns(result)
     if served_at is not None:
         result["judged"] = judge(settings, sessions, args.eval, args.eval_seed)
         for row in result["judged"]["rows"]:
