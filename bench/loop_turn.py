@@ -116,12 +116,27 @@ def snapshot(sessions) -> dict:
         runs = s.scalars(select(TrainingRun).order_by(TrainingRun.created_at)).all()
         out = [{"id": r.id[:12], "kind": r.kind, "status": r.status, "trigger": (r.inputs or {}).get("trigger"),
                 "created": as_utc(r.created_at).timestamp(), "updated": as_utc(r.updated_at).timestamp(),
-                "error": r.error, "outputs": _brief(r.kind, r.outputs or {})} for r in runs]
+                "error": r.error, "outputs": _brief(r.kind, r.outputs or {}),
+                **_last_label(s, r)} for r in runs]
         labels = s.scalar(select(func.count()).select_from(Preference).where(Preference.status == "valid")) or 0
         editor = s.scalars(select(ModelVersion).where(ModelVersion.kind == "editor",
                                                       ModelVersion.status == "promoted")).first()
         return {"runs": out, "valid_labels": labels, "promoted_editor": editor.version if editor else None,
                 "promoted_at": as_utc(editor.promoted_at).timestamp() if editor and editor.promoted_at else None}
+
+
+def _last_label(s, run: TrainingRun) -> dict:
+    """A reward run's newest label (its lineage's max label id): {"last_label": when it was submitted in Label
+    Studio, "labels": how many it trained and held out on}; {} for other runs."""
+    version = (run.outputs or {}).get("version")
+    if not run.kind.startswith("reward-") or not version:
+        return {}
+    row = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
+    lineage = ((row.config or {}).get("lineage") or {}) if row else {}
+    label = s.get(Preference, lineage["max_label_id"]) if "max_label_id" in lineage else None
+    if label is None:
+        return {}
+    return {"last_label": as_utc(label.ls_updated_at or label.created_at).timestamp(), "labels": lineage.get("labels")}
 
 
 def _brief(kind: str, outputs: dict) -> dict:
@@ -183,8 +198,9 @@ def turns(result: dict) -> list[dict]:
     for reward in (r for r in runs if r["kind"] == "reward-aesthetic" and r["status"] == "succeeded"):
         metrics, version = reward["outputs"].get("metrics", {}), reward["outputs"].get("version")
         seen = [b for b in batches if b["at_s"] <= reward["created"]]
-        last_label = seen[-1]["at_s"] if seen else None
-        row = {"reward": version, "labels_when_queued": sum(b["labels"] for b in seen), "queued_s": reward["created"],
+        last_label = reward.get("last_label", seen[-1]["at_s"] if seen else None)
+        row = {"reward": version, "labels": reward.get("labels", sum(b["labels"] for b in seen)),
+               "last_label_s": last_label, "queued_s": reward["created"],
                "run_s": round(reward["updated"] - reward["created"], 1),
                "held_out": metrics.get("pairwise_accuracy"), "best_step": metrics.get("best_step"),
                "steps_done": metrics.get("steps_done"), "floor": metrics.get("floor"),
@@ -245,6 +261,8 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=96, help="held-out edits judged before/after")
     p.add_argument("--eval-seed", type=int, default=960_000)
     p.add_argument("--summarize", type=Path, help="only add `turns` to this saved result and print them")
+    p.add_argument("--resume", action="store_true",
+                   help="start `up` again on the state a stopped run left (its labels, runs and tasks kept)")
     args = p.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
@@ -252,17 +270,20 @@ def main() -> None:
         args.summarize.write_text(json.dumps(saved, indent=1))
         print(json.dumps(saved["turns"], indent=1))
         return
-    shutil.rmtree(args.state, ignore_errors=True)
-    args.state.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(args.state, ignore_errors=True)
+    args.state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **LOOP_ENV, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
            "EDITLOOP_BROKER_URL": "", "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DATABASE_URL": "",
            "EDITLOOP_LABEL_STUDIO_VENV": str(ROOT / ".venv-label-studio"),
            "EDITLOOP_ANNOTATION_PROJECT_PREFIX": "turn"}
-    log = args.state.parent / "loop_turn-up.log"
+    log = args.state.parent / ("loop_turn-up-resumed.log" if args.resume else "loop_turn-up.log")
+    (args.state / "stack.json").unlink(missing_ok=True)  # a stopped run's table says "ready" for parts long gone
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped bench stops its platform too (the finally below)
     t0 = time.time()
     proc = up(env, log)
-    result: dict = {"env": LOOP_ENV, "panel": {"taste": "reversed", "temperatures": TEMPERATURES}}
+    result: dict = {"env": LOOP_ENV, "panel": {"taste": "reversed", "temperatures": TEMPERATURES},
+                    "resumed": args.resume}
     try:
         parts = ready(args.state, proc, log)
         result["ready_s"] = round(time.time() - t0, 1)
@@ -287,8 +308,8 @@ def main() -> None:
         result.update({"wall_s": round(time.time() - t0, 1), "served": moved if served_at else None,
                        "labels_given": sum(b["labels"] for b in labelled), "valid_labels": snap["valid_labels"],
                        "label_batches": [{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled],
-                       "runs": [{**r, "created": round(r["created"] - t0, 1), "updated": round(r["updated"] - t0, 1)}
-                                for r in snap["runs"]],
+                       "runs": [{**r, **{k: round(r[k] - t0, 1) for k in ("created", "updated", "last_label")
+                                             if k in r}} for r in snap["runs"]],
                        "timeline": timeline(snap, labelled, served_at)})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
