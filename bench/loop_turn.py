@@ -261,6 +261,8 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=96, help="held-out edits judged before/after")
     p.add_argument("--eval-seed", type=int, default=960_000)
     p.add_argument("--summarize", type=Path, help="only add `turns` to this saved result and print them")
+    p.add_argument("--set", action="append", default=[], metavar="EDITLOOP_X=VALUE",
+                   help="override a LOOP_ENV setting (repeatable; written into the result's env)")
     p.add_argument("--resume", action="store_true",
                    help="start `up` again on the state a stopped run left (its labels, runs and tasks kept)")
     args = p.parse_args()
@@ -273,7 +275,10 @@ def main() -> None:
     if not args.resume:
         shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **LOOP_ENV, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
+    policy = {**LOOP_ENV, **dict(kv.split("=", 1) for kv in args.set)}
+    if bad := [k for k in policy if not k.startswith("EDITLOOP_")]:
+        raise SystemExit(f"--set takes EDITLOOP_* settings, got {bad}")
+    env = {**os.environ, **policy, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
            "EDITLOOP_BROKER_URL": "", "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DATABASE_URL": "",
            "EDITLOOP_LABEL_STUDIO_VENV": str(ROOT / ".venv-label-studio"),
            "EDITLOOP_ANNOTATION_PROJECT_PREFIX": "turn"}
@@ -282,7 +287,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped bench stops its platform too (the finally below)
     t0 = time.time()
     proc = up(env, log)
-    result: dict = {"env": LOOP_ENV, "panel": {"taste": "reversed", "temperatures": TEMPERATURES},
+    result: dict = {"env": policy, "panel": {"taste": "reversed", "temperatures": TEMPERATURES},
                     "resumed": args.resume}
     try:
         parts = ready(args.state, proc, log)
