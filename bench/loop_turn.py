@@ -268,7 +268,9 @@ def main() -> None:
     args = p.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
-        saved["turns"] = turns(saved)
+        # a run stopped by hand kept its platform's records as a snapshot, times in seconds since the epoch (and
+        # its label batches' times relative to its start): a turn's durations are differences, so they still hold
+        saved["turns"] = turns(saved if "runs" in saved else {"runs": saved["snapshot"]["runs"], "label_batches": []})
         args.summarize.write_text(json.dumps(saved, indent=1))
         print(json.dumps(saved["turns"], indent=1))
         return
