@@ -46,9 +46,6 @@ class PairSet:
     skipped: dict[str, int]
     select: list[Pair] = field(default_factory=list)  # held out too: chooses the run's best checkpoint
 
-    def all(self) -> list[Pair]:
-        return self.train + self.select + self.eval
-
 
 def split_of(set_id: int, eval_fraction: float = 0.15, salt: str = "editloop-reward-split",
              select_fraction: float = 0.0) -> str:
