@@ -277,9 +277,9 @@ def main() -> None:
     if not args.resume:
         shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True, exist_ok=True)
+    if bad := [kv for kv in args.set if "=" not in kv or not kv.startswith("EDITLOOP_")]:
+        raise SystemExit(f"--set takes EDITLOOP_X=VALUE, got {bad}")
     policy = {**LOOP_ENV, **dict(kv.split("=", 1) for kv in args.set)}
-    if bad := [k for k in policy if not k.startswith("EDITLOOP_")]:
-        raise SystemExit(f"--set takes EDITLOOP_* settings, got {bad}")
     env = {**os.environ, **policy, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
            "EDITLOOP_BROKER_URL": "", "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DATABASE_URL": "",
            "EDITLOOP_LABEL_STUDIO_VENV": str(ROOT / ".venv-label-studio"),
