@@ -266,6 +266,9 @@ def main() -> None:
     p.add_argument("--resume", action="store_true",
                    help="start `up` again on the state a stopped run left (its labels, runs and tasks kept)")
     args = p.parse_args()
+    if bad := [kv for kv in args.set if "=" not in kv or not kv.startswith("EDITLOOP_")]:
+        raise SystemExit(f"--set takes EDITLOOP_X=VALUE, got {bad}")
+    policy = {**LOOP_ENV, **dict(kv.split("=", 1) for kv in args.set)}
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
         # a run stopped by hand kept its platform's records as a snapshot, times in seconds since the epoch (and
@@ -277,9 +280,6 @@ def main() -> None:
     if not args.resume:
         shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True, exist_ok=True)
-    if bad := [kv for kv in args.set if "=" not in kv or not kv.startswith("EDITLOOP_")]:
-        raise SystemExit(f"--set takes EDITLOOP_X=VALUE, got {bad}")
-    policy = {**LOOP_ENV, **dict(kv.split("=", 1) for kv in args.set)}
     env = {**os.environ, **policy, "EDITLOOP_STATE_DIR": str(args.state), "EDITLOOP_DEVICE": "cpu",
            "EDITLOOP_BROKER_URL": "", "EDITLOOP_RESULT_BACKEND": "", "EDITLOOP_DATABASE_URL": "",
            "EDITLOOP_LABEL_STUDIO_VENV": str(ROOT / ".venv-label-studio"),
