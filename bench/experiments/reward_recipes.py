@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from editloop.db import make_engine, make_sessionmaker  # noqa: E402
-from editloop.labels.stats import sign_test_p  # noqa: E402
 from editloop.models.reward import tiny_reward  # noqa: E402
 from editloop.models.tokenizer import build_tokenizer  # noqa: E402
 from editloop.settings import Settings  # noqa: E402
 from editloop.store import open_store  # noqa: E402
 from trainers.reward.aesthetic import pairwise_accuracy, train_aesthetic  # noqa: E402
 from trainers.reward.data import ImageCache, Pair, preference_pairs  # noqa: E402
-from trainers.reward.run import RewardTrainConfig  # noqa: E402
+from trainers.reward.loop import LoopConfig  # noqa: E402
+from trainers.reward.run import RewardTrainConfig, chance_floor  # noqa: E402
 
 RECIPES = ("platform", "per-label", "image-only", "decay")
 
@@ -54,8 +54,8 @@ def recipe(name: str, labels: int) -> tuple[dict, int, bool]:
 
 def oldest_labels(pairs: list[Pair], n: int) -> list[Pair]:
     """The pairs of the first `n` training sets (set ids grow with time: the labels a run at n labels saw)."""
-    keep = sorted({p.set_id for p in pairs})[:n]
-    return [p for p in pairs if p.set_id in set(keep)]
+    keep = set(sorted({p.set_id for p in pairs})[:n])
+    return [p for p in pairs if p.set_id in keep]
 
 
 def image_only(pairs: list[Pair]) -> list[Pair]:
@@ -63,8 +63,6 @@ def image_only(pairs: list[Pair]) -> list[Pair]:
 
 
 def main() -> None:
-    from trainers.reward.loop import LoopConfig
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state", type=Path, required=True, help="a loop run's state directory")
     p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
@@ -93,10 +91,9 @@ def main() -> None:
             best, loop = train_aesthetic(tiny_reward("aesthetic", 0), tokenizer, strip(train), strip(split.select),
                                          cache, LoopConfig(**overrides), Path(tempfile.mkdtemp()), batch_size=batch)
             acc = pairwise_accuracy(best, tokenizer, strip(split.eval), cache)
-            units = len({q.set_id for q in split.eval})
-            wins = int(round(acc * units))
+            floor = chance_floor("aesthetic", acc, {"eval": split.eval}, best)  # the platform's own floor
             row = {"recipe": name, "train_sets": used, "held_out_accuracy": round(acc, 4),
-                   "floor": {"wins": wins, "units": units, "p_value": round(sign_test_p(wins, units - wins), 4)},
+                   "floor": {"wins": floor["wins"], "units": floor["units"], "p_value": round(floor["p_value"], 4)},
                    "best_step": loop.best_step, "steps_done": loop.steps_done,
                    "seconds": round(time.monotonic() - started, 1)}
             result["runs"].append(row)
