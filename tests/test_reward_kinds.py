@@ -38,6 +38,18 @@ def test_the_built_in_kinds_and_clear_refusals():
         kind_trainer("sharpness")  # not registered outside the test that adds it
 
 
+def test_a_kind_whose_data_names_no_choosing_set_is_refused_by_name(toy_kind, monkeypatch):
+    from trainers.reward.kinds import _TRAINERS, KindTrainer
+    from trainers.reward.run import RewardTrainConfig, _data
+
+    full = _data(toy_kind, None, None, None, RewardTrainConfig())
+    assert {"train", "select", "eval", "lineage"} <= set(full) and len(full["select"]) == 16
+    no_select = {k: v for k, v in full.items() if k != "select"}
+    monkeypatch.setitem(_TRAINERS, toy_kind, KindTrainer(**{**vars(_TRAINERS[toy_kind]), "data": lambda *a: no_select}))
+    with pytest.raises(ValueError, match=r"the sharpness reward's data\(\) returned no 'select'"):
+        _data(toy_kind, None, None, None, RewardTrainConfig())
+
+
 def test_every_feedback_method_is_a_registered_stage():
     from trainers.feedback.loop import METHODS
     from trainers.feedback.progressive import STAGE_PRESETS, stage_config

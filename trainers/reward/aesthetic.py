@@ -106,7 +106,7 @@ def _data(sessions, store, settings, cfg) -> dict:
 
 
 def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
-    return train_aesthetic(model, tokenizer, data["train"], data.get("select", data["eval"]), data["cache"],
+    return train_aesthetic(model, tokenizer, data["train"], data["select"], data["cache"],
                            cfg.loop(), run_dir, cfg.batch_size, progress, mirror=cfg.mirror)
 
 

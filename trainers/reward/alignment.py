@@ -135,7 +135,7 @@ def _data(sessions, store, settings, cfg) -> dict:
 
 
 def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
-    return train_alignment(model, tokenizer, data["train"], data.get("select", data["eval"]), cfg.loop(), run_dir,
+    return train_alignment(model, tokenizer, data["train"], data["select"], cfg.loop(), run_dir,
                            cfg.batch_size, progress)
 
 

@@ -129,7 +129,7 @@ def _data(sessions, store, settings, cfg) -> dict:
 
 
 def _train(model, tokenizer, data: dict, cfg, run_dir: Path, progress) -> tuple[object, LoopResult]:
-    return train_coherence(model, data["train"], data.get("select", data["eval"]), cfg.loop(), run_dir,
+    return train_coherence(model, data["train"], data["select"], cfg.loop(), run_dir,
                            min(cfg.batch_size, 32), progress)
 
 

@@ -102,9 +102,17 @@ def chance_floor(kind: str, accuracy: float, data: dict, model=None) -> dict[str
     return {"units": units, "unit": name, "wins": wins, "p_value": sign_test_p(wins, units - wins)}
 
 
+DATA_KEYS = ("train", "select", "eval", "lineage")  # what every kind's data() returns (trainers/reward/kinds.py)
+
+
 def _data(kind: str, sessions: sessionmaker[Session], store: BlobStore, settings: Settings,
           cfg: RewardTrainConfig) -> dict:
-    return kind_trainer(kind).data(sessions, store, settings, cfg)
+    data = kind_trainer(kind).data(sessions, store, settings, cfg)
+    missing = [key for key in DATA_KEYS if key not in data]
+    if missing:  # a kind that chose its checkpoint on "eval" would make the gate's score one chosen on
+        raise ValueError(f"the {kind} reward's data() returned no {', '.join(map(repr, missing))} (a kind's data "
+                         f"must name {', '.join(DATA_KEYS)}: trainers/reward/kinds.py)")
+    return data
 
 
 def _train(kind: str, model, tokenizer, data: dict, cfg: RewardTrainConfig, run_dir: Path, progress):
@@ -165,7 +173,7 @@ def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobSto
 
     run_dir = settings.state_dir / "runs" / run_id
     log.info("run %s reward-%s: %d training, %d checkpoint-choosing and %d held-out examples, starting from %s, "
-             "%d steps%s", run_id[:12], kind, len(data["train"]), len(data.get("select", ())), len(data["eval"]),
+             "%d steps%s", run_id[:12], kind, len(data["train"]), len(data["select"]), len(data["eval"]),
              parent_info[1] if parent_info else "scratch", cfg.steps,
              f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
     if settings.train_procs > 1:
