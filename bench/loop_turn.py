@@ -111,13 +111,15 @@ def label_open_tasks(url: str, token: str, prefix: str) -> int:
     return made
 
 
-def snapshot(sessions) -> dict:
+def snapshot(sessions, last_labels: bool = False) -> dict:
+    """The platform's records now; `last_labels` adds each reward run's newest label (the final snapshots: it reads
+    every reward version's lineage, which the 5-second polls do not need)."""
     with sessions() as s:
         runs = s.scalars(select(TrainingRun).order_by(TrainingRun.created_at)).all()
         out = [{"id": r.id[:12], "kind": r.kind, "status": r.status, "trigger": (r.inputs or {}).get("trigger"),
                 "created": as_utc(r.created_at).timestamp(), "updated": as_utc(r.updated_at).timestamp(),
                 "error": r.error, "outputs": _brief(r.kind, r.outputs or {}),
-                **_last_label(s, r)} for r in runs]
+                **(_last_label(s, r) if last_labels else {})} for r in runs]
         labels = s.scalar(select(func.count()).select_from(Preference).where(Preference.status == "valid")) or 0
         editor = s.scalars(select(ModelVersion).where(ModelVersion.kind == "editor",
                                                       ModelVersion.status == "promoted")).first()
@@ -163,37 +165,13 @@ def judge(settings: Settings, sessions, examples: int, seed: int) -> dict:
     return {"examples": examples, "seed": seed, "rows": rows}
 
 
-def timeline(snap: dict, labelled: list[dict], served_at: float | None) -> dict:
-    """The promoted round's path from the last label its reward saw to the service serving it."""
-    runs = snap["runs"]
-    fb = [r for r in runs if r["kind"].startswith("feedback-") and r["outputs"].get("version") == snap[
-        "promoted_editor"]]
-    if not fb or served_at is None:
-        return {}
-    reward_version = None
-    for r in runs:
-        trig = fb[0]["trigger"] or ""
-        if r["kind"] == "reward-aesthetic" and r["outputs"].get("version") and r["outputs"]["version"] in trig:
-            reward_version = r
-    if reward_version is None:
-        return {}
-    before = [b for b in labelled if b["done"] <= reward_version["created"]]
-    last_label = before[-1]["done"] if before else reward_version["created"]
-    return {"labels_before_reward_run": sum(b["labels"] for b in before),
-            "last_label_to_reward_queued_s": round(reward_version["created"] - last_label, 1),
-            "reward_run_s": round(reward_version["updated"] - reward_version["created"], 1),
-            "reward_to_feedback_queued_s": round(fb[0]["created"] - reward_version["updated"], 1),
-            "feedback_round_s": round(fb[-1]["updated"] - fb[0]["created"], 1),
-            "promoted_to_served_s": round(served_at - (snap["promoted_at"] or fb[-1]["updated"]), 1),
-            "last_label_to_served_s": round(served_at - last_label, 1)}
-
-
 def turns(result: dict) -> list[dict]:
     """Every aesthetic reward run of a result (times in seconds from `up`): the labels it saw, its held-out score and
     floor, its verdict, and for a promoted one the feedback stages it started, their verdicts, and the wall time from
     the last label it saw to the loop's verdict on the editor (and to the service serving it, when it did). Works on
     a saved result too (`--summarize`), whether the editor moved or not."""
     runs, batches = result.get("runs", []), result.get("label_batches", [])
+    served, served_at = result.get("served"), result.get("served_at_s")
     out = []
     for reward in (r for r in runs if r["kind"] == "reward-aesthetic" and r["status"] == "succeeded"):
         metrics, version = reward["outputs"].get("metrics", {}), reward["outputs"].get("version")
@@ -214,6 +192,9 @@ def turns(result: dict) -> list[dict]:
             row["reward_done_to_round_queued_s"] = round(min(r["created"] for r in stages) - reward["updated"], 1)
             if last_label is not None:
                 row["last_label_to_editor_verdict_s"] = round(verdict_at - last_label, 1)
+            if last_label is not None and served_at is not None and served in [r["version"] for r in row["stages"]]:
+                row["verdict_to_served_s"] = round(served_at - verdict_at, 1)
+                row["last_label_to_served_s"] = round(served_at - last_label, 1)
         out.append(row)
     return out
 
@@ -311,18 +292,18 @@ def main() -> None:
                 served_at = time.time()
                 break
             time.sleep(5)
-        snap = snapshot(sessions)
+        snap = snapshot(sessions, last_labels=True)
         result.update({"wall_s": round(time.time() - t0, 1), "served": moved if served_at else None,
+                       "served_at_s": round(served_at - t0, 1) if served_at else None,
                        "labels_given": sum(b["labels"] for b in labelled), "valid_labels": snap["valid_labels"],
                        "label_batches": [{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled],
                        "runs": [{**r, **{k: round(r[k] - t0, 1) for k in ("created", "updated", "last_label")
-                                             if k in r}} for r in snap["runs"]],
-                       "timeline": timeline(snap, labelled, served_at)})
+                                             if k in r}} for r in snap["runs"]]})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
     except KeyboardInterrupt:  # stopped by hand: keep what the records say so far
         if "sessions" in locals():
-            result.update(interrupted_at_s=round(time.time() - t0, 1), snapshot=snapshot(sessions),
+            result.update(interrupted_at_s=round(time.time() - t0, 1), snapshot=snapshot(sessions, True),
                           label_batches=[{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled],
                           label_signal=label_signal(settings, sessions))
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -340,7 +321,7 @@ def main() -> None:
                   f"{row['mean_utility']:.3f} success {row['success']:.3f} feedback score "
                   f"{row['feedback_score']:.4f}", flush=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result.get("timeline"), indent=1))
+    print(json.dumps(result["turns"], indent=1))
 
 
 if __name__ == "__main__":
