@@ -146,6 +146,12 @@ def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, 
     reward_args = argparse.Namespace(label_pool="generated", labels=args.sets, reward_steps=args.reward_steps,
                                      reward_reads_source=True, reward_cache=args.cache, device=args.device)
     aesthetic = train_aesthetic_reward(root, weights, reward_args, name, generated)
+    image_only = None
+    if args.image_only_reward:  # the same labels (same panel seed) and recipe, the reward reading the edited image
+        # alone; its own root, since a pool's labelled database is kept under its root with or without sources
+        image_only = train_aesthetic_reward(root / "image-only", weights,
+                                            argparse.Namespace(**{**vars(reward_args), "reward_reads_source": False}),
+                                            name, generated)
     rewards = load_rewards({"aesthetic": aesthetic["path"], "alignment": alignment, "coherence": coherence})
     rewards.to(torch.device(args.device))
     pairs, images = generated_pairs(root / f"{name}-dpo", generated["train"], weights, LABEL_SEED, with_source=True)
@@ -170,6 +176,8 @@ def run_taste(name: str, args: argparse.Namespace, root: Path, alignment: Path, 
     out = {"taste": name, "labels": args.sets, "pairs": len(pairs), "guidances": args.guidances,
            "rows": [judged_row("base", results["base"], results["base"], examples, rewards, weights, base_scores)],
            "aesthetic_reward_accuracy": aesthetic["heldout_accuracy"], "annotators_ceiling": aesthetic["ceiling"],
+           "aesthetic_reward_eval_pairs": aesthetic.get("eval_pairs"),
+           "image_only_reward_accuracy": image_only["heldout_accuracy"] if image_only else None,
            "grid": str(grid_path), "grid_columns": [f"{e.task}: {e.prompt}" for e in examples[:9]],
            "histories": {}, "grid_rows": ["source (mask darkened)", "base"]}
     save(out)
@@ -225,6 +233,9 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=96, help="held-out examples (a third each task)")
     parser.add_argument("--cache", type=Path, default=Path(".editloop/bench/feedback_cache"))
     parser.add_argument("--methods", default=",".join(METHODS), help="which to train and judge against the base")
+    parser.add_argument("--image-only-reward", action="store_true",
+                        help="also train the aesthetic reward without the source and mask channels on the same labels "
+                             "and report its held-out accuracy (the methods use the platform's, which reads them)")
     parser.add_argument("--guidances", default="",
                         help="per-candidate text guidance of the labelled sets, cycled (the loop's varied sets, e.g. "
                              "1.0,2.5,4.0,7.0); empty: all at 4.0")
