@@ -25,7 +25,7 @@ rm -rf "$LOGS" && mkdir -p "$LOGS"
 collect() { for f in "$LOGS"/*.log; do echo "===== $(basename "$f")"; cat "$f"; done > "$OUT/log.txt"; }
 trap collect EXIT
 
-$PY -c "import torch, diffusers, transformers, sqlalchemy, celery; print('torch', torch.__version__, 'diffusers',
+$PY -c "import torch, diffusers, transformers, sqlalchemy; print('torch', torch.__version__, 'diffusers',
 diffusers.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" || exit 1
 
 BENCHES=",${BENCHES:-default},"
