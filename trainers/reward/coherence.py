@@ -49,10 +49,12 @@ def coherence_examples(pipe, n: int, seed: int, steps: int = 20, batch: int = 32
     return [CoherenceExample(c, m) for c, m in zip(composites, masks)]
 
 
-def _tensors(batch: list[CoherenceExample]) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(batch: list[CoherenceExample], model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, per-pixel "real" labels) on the model's device (examples are kept as arrays on the CPU)."""
+    device = next(model.parameters()).device
     images = to_tensor([e.image for e in batch])
     real = torch.from_numpy(1.0 - np.stack([e.generated for e in batch]).astype(np.float32))[:, None]
-    return images, real
+    return images.to(device), real.to(device)
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -77,9 +79,9 @@ def pixel_auc(model: CoherenceReward, examples: list[CoherenceExample], batch_si
     model.eval()
     scores, labels = [], []
     for start in range(0, len(examples), batch_size):
-        images, real = _tensors(examples[start:start + batch_size])
-        scores.append(model(images).flatten().numpy())
-        labels.append(real.flatten().numpy())
+        images, real = _tensors(examples[start:start + batch_size], model)
+        scores.append(model(images).flatten().cpu().numpy())
+        labels.append(real.flatten().cpu().numpy())
     return auc(np.concatenate(scores), np.concatenate(labels))
 
 
@@ -90,8 +92,8 @@ def example_wins(model: CoherenceReward, examples: list[CoherenceExample], batch
     model.eval()
     wins = units = 0
     for start in range(0, len(examples), batch_size):
-        images, real = _tensors(examples[start:start + batch_size])
-        for score, label in zip(model(images).numpy(), real.numpy()):
+        images, real = _tensors(examples[start:start + batch_size], model)
+        for score, label in zip(model(images).cpu().numpy(), real.cpu().numpy()):
             value = auc(score.flatten(), label.flatten())
             if value == value:  # NaN: the example has one kind of pixel only
                 units += 1
@@ -103,7 +105,7 @@ def train_coherence(model: CoherenceReward, train: list[CoherenceExample], held_
                     cfg: LoopConfig, run_dir: Path, batch_size: int = 32,
                     progress=None) -> tuple[CoherenceReward, LoopResult]:
     def loss_fn(m: CoherenceReward, batch: list[CoherenceExample]) -> torch.Tensor:
-        images, real = _tensors(batch)
+        images, real = _tensors(batch, m)
         # generated pixels are a minority: weight them so both classes count equally
         balance = (real > 0.5).float().mean() / (real <= 0.5).float().mean().clamp_min(1e-3)
         weight = torch.where(real > 0.5, 1.0, balance)

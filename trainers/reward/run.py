@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from editloop.models.reward import load_reward, save_reward, tiny_reward
 from editloop.models.reward_kinds import is_coherence
+from editloop.models.zoo import pick_device
 from editloop.registry import (
     fetch_model_dir,
     load_check,
@@ -165,16 +166,18 @@ def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobSto
         parent_info = (parent.id, parent.version, parent.checkpoint_key) if parent else None
     data = _data(kind, sessions, store, settings, cfg)
     parent_dir = fetch_model_dir(store, parent_info[2], cache) if parent_info else None
+    device = pick_device(settings.device)  # the worker's accelerator when it has one (EDITLOOP_DEVICE overrides)
     model, tokenizer = _start_model(kind, parent_dir, cfg)
+    model.to(device)
     parent_score = None
     if parent_dir is not None:
         _, parent_model, parent_tok = load_reward(parent_dir, kind)
-        parent_score, _ = _evaluate(kind, parent_model, parent_tok, data)
+        parent_score, _ = _evaluate(kind, parent_model.to(device), parent_tok, data)
 
     run_dir = settings.state_dir / "runs" / run_id
     log.info("run %s reward-%s: %d training, %d checkpoint-choosing and %d held-out examples, starting from %s, "
-             "%d steps%s", run_id[:12], kind, len(data["train"]), len(data["select"]), len(data["eval"]),
-             parent_info[1] if parent_info else "scratch", cfg.steps,
+             "%d steps on %s%s", run_id[:12], kind, len(data["train"]), len(data["select"]), len(data["eval"]),
+             parent_info[1] if parent_info else "scratch", cfg.steps, device,
              f", {settings.train_procs} processes" if settings.train_procs > 1 else "")
     if settings.train_procs > 1:
         best, result = _train_distributed(kind, run_id, cfg, settings, parent_info, model, run_dir, data)
@@ -183,13 +186,13 @@ def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobSto
                               logged(run_progress(sessions, run_id), run_id, f"reward-{kind}", run_dir=run_dir))
     score, metrics = _evaluate(kind, best, tokenizer, data)
     version = f"{kind}-{run_id[:12]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        save_reward(best, kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id},
-                    tokenizer=tokenizer)
-        key = store_model_dir(store, Path(tmp))
     metrics.update(eval_score=score, parent_eval_score=parent_score, best_step=result.best_step,
                    steps_done=result.steps_done, stopped_early=result.stopped_early)
     metrics["floor"] = chance_floor(kind, score, data, best)
+    with tempfile.TemporaryDirectory() as tmp:  # saved from the CPU: the version loads anywhere
+        save_reward(best.cpu(), kind, Path(tmp), version=version, extra={"trained": True, "run_id": run_id},
+                    tokenizer=tokenizer)
+        key = store_model_dir(store, Path(tmp))
     outputs = {"version": version, "checkpoint_key": key, "metrics": metrics, "history": result.history}
     with sessions.begin() as s:  # the parent is the version it was compared with
         register_and_gate(s, run_id, kind, version, key, metrics,
