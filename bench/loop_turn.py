@@ -303,7 +303,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=1))
     except KeyboardInterrupt:  # stopped by hand: keep what the records say so far
         if "sessions" in locals():
-            result.update(interrupted_at_s=round(time.time() - t0, 1), snapshot=snapshot(sessions, True),
+            result.update(interrupted_at_s=round(time.time() - t0, 1), snapshot=snapshot(sessions, last_labels=True),
                           label_batches=[{"at_s": round(b["done"] - t0, 1), "labels": b["labels"]} for b in labelled],
                           label_signal=label_signal(settings, sessions))
             args.out.parent.mkdir(parents=True, exist_ok=True)
