@@ -152,6 +152,7 @@ def test_a_port_in_use_is_refused_naming_the_part(tmp_path, tiny_models, tiny_in
 @pytest.mark.parametrize("flag, value, message", [
     ("--train-size", "0", "`--train-size` must be >= 1, got 0"),
     ("--eval-every", "-5", "`--eval-every` must be >= 1, got -5"),
+    ("--epochs", "0", "`--epochs` must be > 0, got 0.0"),
 ])
 def test_train_reward_takes_the_data_size_and_names_bad_values(tmp_path, flag, value, message):
     from editloop.cli.main import build_parser
@@ -166,6 +167,8 @@ def test_train_reward_takes_the_data_size_and_names_bad_values(tmp_path, flag, v
     aesthetic = build_parser().parse_args(["train", "reward", "--kind", "aesthetic", "--train-size", "10"])
     with pytest.raises(ValueError, match="trains on the valid labels"):
         reward_config(aesthetic)
+    sized = build_parser().parse_args(["train", "reward", "--kind", "aesthetic", "--epochs", "2.5"])
+    assert reward_config(sized) == {"auto_promote": True, "epochs": 2.5}
 
 
 def test_an_annotator_with_a_token_gets_a_fresh_one_and_the_old_one_stops_working(label_studio):

@@ -50,6 +50,18 @@ def test_a_kind_whose_data_names_no_choosing_set_is_refused_by_name(toy_kind, mo
         _data(toy_kind, None, None, None, RewardTrainConfig())
 
 
+def test_a_run_with_epochs_is_sized_to_its_training_examples():
+    from trainers.reward.run import RewardTrainConfig
+
+    fixed = RewardTrainConfig()
+    assert fixed.sized_to(10) is fixed  # no epochs: always `steps`
+    cfg = RewardTrainConfig(epochs=3.0)  # batch 64, steps 1500, at least 200
+    assert (cfg.sized_to(180).steps, cfg.sized_to(180).eval_every) == (200, 25)  # 50 labels: the minimum
+    assert (cfg.sized_to(6400).steps, cfg.sized_to(6400).eval_every) == (300, 37)  # 3 passes of 100 steps
+    assert (cfg.sized_to(10**6).steps, cfg.sized_to(10**6).eval_every) == (1500, 100)  # capped at `steps`
+    assert RewardTrainConfig(epochs=3.0, steps=10).sized_to(180).steps == 10  # a short run stays short
+
+
 def test_every_feedback_method_is_a_registered_stage():
     from trainers.feedback.loop import METHODS
     from trainers.feedback.progressive import STAGE_PRESETS, stage_config

@@ -96,7 +96,7 @@ def check_triggers(sessions: sessionmaker[Session], settings: Settings, enqueue:
         if not decision.start:
             return decision
         run_id = uuid.uuid4().hex
-        config = {"steps": settings.reward_train_steps}
+        config = {"steps": settings.reward_train_steps, "epochs": settings.reward_train_epochs}
         session.add(TrainingRun(id=run_id, kind=f"reward-{KIND}", status="queued",
                                 inputs={"config": config, "trigger": f"{source}: {decision.reason}"}))
     enqueue(KIND, run_id, config)

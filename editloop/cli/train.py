@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="held-out examples (alignment default 1000, coherence default 128)")
     r.add_argument("--batch-size", type=int, default=None, help="examples per step (default 64)")
     r.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations (default 100)")
+    r.add_argument("--epochs", type=float, default=None,
+                   help="train the fewer of --steps and this many passes over the training examples (at least 200 "
+                        "steps), as the loop's triggered runs do (EDITLOOP_REWARD_TRAIN_EPOCHS, 3); default: --steps")
     r.add_argument("--no-promote", action="store_true", help="register the candidate but do not promote it")
     r.add_argument("--wait", action="store_true", help="wait for the run and print its result")
     r.set_defaults(func=_train_reward)
@@ -163,6 +166,10 @@ def reward_config(args: argparse.Namespace) -> dict:
             raise ValueError(f"`{flag}` applies to the alignment and coherence rewards; the aesthetic reward trains "
                              f"on the valid labels (held-out split by candidate set)")
         config[key] = value
+    if args.epochs is not None:
+        if not args.epochs > 0:
+            raise ValueError(f"`--epochs` must be > 0, got {args.epochs}")
+        config["epochs"] = args.epochs
     return config
 
 

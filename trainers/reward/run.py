@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ class RewardTrainConfig:
     backbone: str = ""  # a CLIP directory (transformers format) to build a new aesthetic/alignment model on
     tolerance: float = 0.01
     auto_promote: bool = True
+    # > 0: the run trains the fewer of `steps` and this many passes over its training examples, at least
+    # `min_steps`, evaluating ~8 times (sized_to); 0: always `steps` (the labels' triggered runs use
+    # EDITLOOP_REWARD_TRAIN_EPOCHS)
+    epochs: float = 0.0
+    min_steps: int = 200
+
+    def sized_to(self, examples: int) -> RewardTrainConfig:
+        """The config for a run on `examples` training examples: with `epochs`, a small label set gets a few passes
+        instead of `steps` (1500 steps memorise a few hundred pairs within ~200: BENCHMARKS, "A turn of the loop")."""
+        if self.epochs <= 0:
+            return self
+        steps = min(self.steps, max(self.min_steps, math.ceil(self.epochs * examples / self.batch_size)))
+        return replace(self, steps=steps, eval_every=min(self.eval_every, max(25, steps // 8)))
 
     def loop(self) -> LoopConfig:
         return LoopConfig(steps=self.steps, lr=self.lr, eval_every=self.eval_every, patience=self.patience,
@@ -165,6 +179,7 @@ def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobSto
         parent = promoted(s, kind)
         parent_info = (parent.id, parent.version, parent.checkpoint_key) if parent else None
     data = _data(kind, sessions, store, settings, cfg)
+    cfg = cfg.sized_to(len(data["train"]))
     parent_dir = fetch_model_dir(store, parent_info[2], cache) if parent_info else None
     device = pick_device(settings.device)  # the worker's accelerator when it has one (EDITLOOP_DEVICE overrides)
     model, tokenizer = _start_model(kind, parent_dir, cfg)
