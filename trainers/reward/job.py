@@ -16,6 +16,7 @@ from dataclasses import asdict
 import torch
 
 from editloop.db import make_engine, make_sessionmaker
+from editloop.models.zoo import pick_device
 from editloop.registry import fetch_model_dir
 from editloop.store.base import open_store
 from trainers.distributed import is_main, join_job, leave_job, write_result
@@ -36,6 +37,7 @@ def main(argv: list[str]) -> None:
         data = attach(data, store)
     parent_dir = fetch_model_dir(store, parent_key, settings.state_dir / "models") if parent_key else None
     model, tokenizer = _start_model(kind, parent_dir, cfg)
+    model.to(pick_device(settings.device))  # this rank's GPU (join_job set it) under NCCL, else the CPU
     run_dir = settings.state_dir / "runs" / run_id
     progress = logged(run_progress(sessions, run_id), run_id, f"reward-{kind}", run_dir=run_dir) if is_main() else None
     _, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)
