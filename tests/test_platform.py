@@ -152,7 +152,8 @@ def test_a_port_in_use_is_refused_naming_the_part(tmp_path, tiny_models, tiny_in
 @pytest.mark.parametrize("flag, value, message", [
     ("--train-size", "0", "`--train-size` must be >= 1, got 0"),
     ("--eval-every", "-5", "`--eval-every` must be >= 1, got -5"),
-    ("--epochs", "0", "`--epochs` must be > 0, got 0.0"),
+    ("--epochs", "0", "`--epochs` must be > 0 and <= 10000, got 0.0"),
+    ("--epochs", "inf", "`--epochs` must be > 0 and <= 10000, got inf"),
 ])
 def test_train_reward_takes_the_data_size_and_names_bad_values(tmp_path, flag, value, message):
     from editloop.cli.main import build_parser

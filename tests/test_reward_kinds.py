@@ -60,6 +60,7 @@ def test_a_run_with_epochs_is_sized_to_its_training_examples():
     assert (cfg.sized_to(6400).steps, cfg.sized_to(6400).eval_every) == (300, 37)  # 3 passes of 100 steps
     assert (cfg.sized_to(10**6).steps, cfg.sized_to(10**6).eval_every) == (1500, 100)  # capped at `steps`
     assert RewardTrainConfig(epochs=3.0, steps=10).sized_to(180).steps == 10  # a short run stays short
+    assert RewardTrainConfig(epochs=float("inf")).sized_to(180).steps == 1500  # a setting of inf: `steps`
 
 
 def test_every_feedback_method_is_a_registered_stage():

@@ -167,8 +167,8 @@ def reward_config(args: argparse.Namespace) -> dict:
                              f"on the valid labels (held-out split by candidate set)")
         config[key] = value
     if args.epochs is not None:
-        if not args.epochs > 0:
-            raise ValueError(f"`--epochs` must be > 0, got {args.epochs}")
+        if not 0 < args.epochs <= 10_000:  # NaN and inf too
+            raise ValueError(f"`--epochs` must be > 0 and <= 10000, got {args.epochs}")
         config["epochs"] = args.epochs
     return config
 

@@ -71,9 +71,10 @@ class RewardTrainConfig:
     def sized_to(self, examples: int) -> RewardTrainConfig:
         """The config for a run on `examples` training examples: with `epochs`, a small label set gets a few passes
         instead of `steps` (1500 steps memorise a few hundred pairs within ~200: BENCHMARKS, "A turn of the loop")."""
-        if self.epochs <= 0:
+        if not self.epochs > 0:
             return self
-        steps = min(self.steps, max(self.min_steps, math.ceil(self.epochs * examples / self.batch_size)))
+        passes = self.epochs * examples / self.batch_size
+        steps = min(self.steps, max(self.min_steps, math.ceil(passes) if math.isfinite(passes) else self.steps))
         return replace(self, steps=steps, eval_every=min(self.eval_every, max(25, steps // 8)))
 
     def loop(self) -> LoopConfig:
