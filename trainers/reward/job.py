@@ -36,8 +36,8 @@ def main(argv: list[str]) -> None:
     if attach is not None:  # what the worker could not pickle (the aesthetic kind's image cache)
         data = attach(data, store)
     parent_dir = fetch_model_dir(store, parent_key, settings.state_dir / "models") if parent_key else None
-    model, tokenizer = _start_model(kind, parent_dir, cfg)
-    model.to(pick_device(settings.device))  # this rank's GPU (join_job set it) under NCCL, else the CPU
+    # on this rank's GPU (join_job set it) under NCCL, else the CPU
+    model, tokenizer = _start_model(kind, parent_dir, cfg, pick_device(settings.device))
     run_dir = settings.state_dir / "runs" / run_id
     progress = logged(run_progress(sessions, run_id), run_id, f"reward-{kind}", run_dir=run_dir) if is_main() else None
     _, result = _train(kind, model, tokenizer, data, cfg, run_dir, progress)

@@ -83,12 +83,19 @@ class RewardTrainConfig:
                           warmup=self.warmup)
 
 
-def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):
+def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig, device: Any = None):
+    """(model in training mode, tokenizer or None) a run starts from, on `device` (None: where it was built, the CPU):
+    the promoted parent's weights, a CLIP backbone, or a fresh tiny model."""
+    model, tokenizer = _built_model(kind, parent_dir, cfg)
+    return (model if device is None else model.to(device)).train(), tokenizer
+
+
+def _built_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):
     from editloop.models.tokenizer import build_tokenizer
 
     if parent_dir is not None and cfg.warm_start:
         _, model, tokenizer = load_reward(parent_dir, kind)
-        return model.train(), tokenizer
+        return model, tokenizer
     if cfg.backbone and not is_coherence(kind):
         import torch
         from transformers import AutoTokenizer
@@ -97,8 +104,8 @@ def _start_model(kind: str, parent_dir: Path | None, cfg: RewardTrainConfig):
 
         torch.manual_seed(cfg.seed)
         model = PreferenceReward.from_clip(cfg.backbone)
-        return model.train(), AutoTokenizer.from_pretrained(cfg.backbone, local_files_only=True)
-    return tiny_reward(kind, cfg.seed).train(), (None if is_coherence(kind) else build_tokenizer())
+        return model, AutoTokenizer.from_pretrained(cfg.backbone, local_files_only=True)
+    return tiny_reward(kind, cfg.seed), (None if is_coherence(kind) else build_tokenizer())
 
 
 def _evaluate(kind: str, model, tokenizer, data: dict) -> tuple[float, dict[str, float]]:
@@ -183,8 +190,7 @@ def _run(kind: str, run_id: str, sessions: sessionmaker[Session], store: BlobSto
     cfg = cfg.sized_to(len(data["train"]))
     parent_dir = fetch_model_dir(store, parent_info[2], cache) if parent_info else None
     device = pick_device(settings.device)  # the worker's accelerator when it has one (EDITLOOP_DEVICE overrides)
-    model, tokenizer = _start_model(kind, parent_dir, cfg)
-    model.to(device)
+    model, tokenizer = _start_model(kind, parent_dir, cfg, device)
     parent_score = None
     if parent_dir is not None:
         _, parent_model, parent_tok = load_reward(parent_dir, kind)
